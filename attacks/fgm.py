@@ -1,0 +1,98 @@
+"""Fast gradient method: FGSM (L∞) and FGM (L2).
+
+References:
+    I. Goodfellow, J. Shlens, C. Szegedy, "Explaining and Harnessing Adversarial Examples", ICLR 2015
+    (FGSM); T. Miyato, A. Dai, I. Goodfellow, "Adversarial Training Methods for Semi-Supervised Text
+    Classification", ICLR 2017 (the L2 variant).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from attacks.core import (
+    AttackResult,
+    batches,
+    check_epsilons,
+    check_inputs,
+    check_loss,
+    check_model,
+    check_norm,
+    check_positive_int,
+    gradient_fn,
+    normalize,
+    predict_logits,
+    success_of,
+)
+
+
+def fast_gradient_method(
+    model: keras.Model,
+    x: Any,
+    labels: Any,
+    epsilons: Any,
+    *,
+    norm: str = "linf",
+    loss: str = "ce",
+    targets: Any = None,
+    batch_size: int = 128,
+) -> AttackResult:
+    """One gradient step of size ε from the clean input, for every ε of a list.
+
+    The gradient is computed once per example and reused for all ε:
+    ``x_adv = clip_[0,1](x + Π_ε(± ε · normalize(∇_x loss)))``.
+
+    Args:
+        model: logits model, float32 ``(N, 28, 28, 1)`` in [0, 1] → ``(N, 10)``.
+        x: clean images ``(N, 28, 28, 1)`` in [0, 1].
+        labels: true classes ``(N,)`` in 0..9 (always required).
+        epsilons: one ε or a list, each in [0, 1] (L∞) or [0, 28] (L2), in pixel units on [0, 1].
+        norm: ``"linf"`` (FGSM: sign of the gradient) or ``"l2"`` (FGM: unit-norm gradient).
+        loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner logit margin).
+        targets: target classes ``(N,)`` for a targeted attack (descends the loss towards them).
+        batch_size: examples per gradient call.
+
+    Returns:
+        An :class:`~attacks.core.AttackResult` with ``K = len(epsilons)`` rows.
+    """
+    check_model(model)
+    norm, loss = check_norm(norm), check_loss(loss)
+    eps = check_epsilons(epsilons, norm)
+    batch_size = check_positive_int("batch_size", batch_size)
+    x, labels, targets = check_inputs(x, labels, targets)
+    classes = targets if targets is not None else labels
+    direction = -1.0 if targets is not None else 1.0
+
+    step_direction = np.empty_like(x)
+    value_and_gradient = gradient_fn(model, loss)
+    for part in batches(len(x), batch_size):
+        _, gradient = value_and_gradient(tf.constant(x[part]), tf.constant(classes[part]))
+        step_direction[part] = normalize(gradient, norm).numpy()
+
+    x_adv = np.empty((len(eps),) + x.shape, dtype=np.float32)
+    for k, epsilon in enumerate(eps):
+        x_adv[k] = fgm_step(x, step_direction, float(epsilon), norm, direction)
+    logits = np.stack([predict_logits(model, x_adv[k], batch_size=max(batch_size, 256)) for k in range(len(eps))]) \
+        if len(x) else np.zeros((len(eps), 0, 10), np.float32)
+    success = np.stack([success_of(logits[k], labels, targets) for k in range(len(eps))])
+    return AttackResult(epsilons=eps, x_adv=x_adv, logits=logits, success=success, norm=norm,
+                        targeted=targets is not None)
+
+
+def fgm_step(x0: np.ndarray, unit_step: np.ndarray, epsilon: float, norm: str, direction: float = 1.0) -> np.ndarray:
+    """``clip_[0,1](x0 + Π_ε(direction · ε · unit_step))`` in float32, in foolbox's order of operations."""
+    if epsilon == 0.0:
+        return x0.copy()
+    eps32 = np.float32(epsilon)
+    x = x0 + np.float32(direction) * (eps32 * unit_step)
+    delta = x - x0
+    if norm == "linf":
+        delta = np.clip(delta, -eps32, eps32)
+    else:
+        norms = np.maximum(np.linalg.norm(delta.reshape(len(delta), -1), axis=1), np.float32(1e-12))
+        delta = delta * np.minimum(np.float32(1.0), eps32 / norms).astype(np.float32).reshape(-1, 1, 1, 1)
+    return np.clip(x0 + delta, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,85 @@
+"""One entry point for every attack and both implementations, so a sweep switches with one word."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import keras
+
+from attacks.core import AttackResult, check_norm
+from attacks.fgm import fast_gradient_method
+from attacks.foolbox_adapter import foolbox_attack
+from attacks.pgd import basic_iterative_method, projected_gradient_descent
+
+IMPLEMENTATIONS: tuple[str, ...] = ("own", "foolbox")
+
+# name → (function of the own implementation, foolbox adapter's attack name, fixed norm or None)
+ATTACKS: dict[str, tuple[Callable[..., AttackResult], str, str | None]] = {
+    "fgsm": (fast_gradient_method, "fgm", "linf"),
+    "fgm": (fast_gradient_method, "fgm", None),
+    "pgd": (projected_gradient_descent, "pgd", None),
+    "bim": (basic_iterative_method, "bim", None),
+}
+_FOOLBOX_PARAMS = set(inspect.signature(foolbox_attack).parameters) - {"attack", "model", "x", "labels", "epsilons"}
+
+
+def attack_parameters(name: str) -> list[str]:
+    """The keyword hyper-parameters an attack accepts."""
+    function = ATTACKS[check_attack(name)][0]
+    return [p for p in inspect.signature(function).parameters if p not in ("model", "x", "labels", "epsilons")]
+
+
+def check_attack(name: Any) -> str:
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; known attacks: {sorted(ATTACKS)}")
+    return str(name)
+
+
+def check_implementation(implementation: Any) -> str:
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"`implementation` must be one of {list(IMPLEMENTATIONS)}. "
+                         f"Received: implementation={implementation!r}")
+    return str(implementation)
+
+
+def run_attack(
+    name: str,
+    model: keras.Model,
+    x: Any,
+    labels: Any,
+    epsilons: Any,
+    *,
+    implementation: str = "own",
+    **params: Any,
+) -> AttackResult:
+    """Run attack ``name`` (``"fgsm"``, ``"fgm"``, ``"pgd"``, ``"bim"``) by either implementation.
+
+    Args:
+        name: the attack; ``"fgsm"`` is the L∞ fast gradient method, ``"fgm"`` takes ``norm``.
+        model, x, labels, epsilons: as :func:`attacks.projected_gradient_descent`.
+        implementation: ``"own"`` (``tf.GradientTape``) or ``"foolbox"``.
+        **params: the attack's hyper-parameters (see :func:`attack_parameters`).
+
+    Raises:
+        ValueError: unknown attack, implementation or parameter, or a bad value.
+    """
+    function, foolbox_name, fixed_norm = ATTACKS[check_attack(name)]
+    implementation = check_implementation(implementation)
+    allowed = attack_parameters(name)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"attack {name!r} has no parameter(s) {unknown}; allowed: {allowed}")
+    if fixed_norm is not None:
+        if check_norm(params.get("norm", fixed_norm)) != fixed_norm:
+            raise ValueError(f"attack {name!r} is {fixed_norm} only; use 'fgm' with norm='l2'")
+        params["norm"] = fixed_norm
+    if implementation == "own":
+        return function(model, x, labels, epsilons, **params)
+    # foolbox always runs every step; early stop only saves work and never weakens the attack
+    params.pop("early_stop", None)
+    unsupported = sorted(set(params) - _FOOLBOX_PARAMS)
+    if unsupported:
+        raise ValueError(f"the foolbox implementation of {name!r} does not take {unsupported}")
+    return foolbox_attack(foolbox_name, model, x, labels, epsilons, **params)

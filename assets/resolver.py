@@ -203,6 +203,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 writes array bytes in protocol-2 pickles; returns bytes only
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -212,6 +213,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             from numpy._core import multiarray  # numpy >= 2; numpy 1.x re-exports through numpy.core
 
             return multiarray._reconstruct
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
         return getattr(np, name)
 
 

@@ -121,7 +121,7 @@ def check_inputs(x: Any, labels: Any, targets: Any = None) -> tuple[np.ndarray, 
     if x.size and (not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0):
         raise ValueError(f"`x` must lie in [0, 1] with no NaN. Received: min={np.nanmin(x)}, max={np.nanmax(x)}, "
                          f"NaN={bool(np.isnan(x).any())}")
-    checked = []
+    checked: list[np.ndarray | None] = []
     for name, value in (("labels", labels), ("targets", targets)):
         if value is None and name == "targets":
             checked.append(None)
@@ -135,10 +135,12 @@ def check_inputs(x: Any, labels: Any, targets: Any = None) -> tuple[np.ndarray, 
         if array.size and (array.min() < 0 or array.max() > 9):
             raise ValueError(f"`{name}` must be classes in 0..9. Received: min={array.min()}, max={array.max()}")
         checked.append(array.astype(np.int64))
-    if checked[1] is not None and np.any(checked[1] == checked[0]):
+    labels_checked, targets_checked = checked
+    assert labels_checked is not None
+    if targets_checked is not None and np.any(targets_checked == labels_checked):
         raise ValueError("`targets` must differ from `labels` for every example (a targeted attack towards the "
                          "true class is meaningless)")
-    return x, checked[0], checked[1]
+    return x, labels_checked, targets_checked
 
 
 def check_model(model: Any) -> keras.Model:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -16,7 +17,7 @@ import pandas as pd  # noqa: E402
 OKABE_ITO: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 COLUMN_WIDTH_INCHES = 3.35  # one column of a two-column paper (IEEE / NeurIPS-like)
 
-STYLE = {
+STYLE: dict[str, Any] = {
     "font.size": 8,
     "axes.titlesize": 8,
     "axes.labelsize": 8,
@@ -57,7 +58,7 @@ def save_figure(figure: plt.Figure, stem: Path) -> list[Path]:
 
 def plot_training_curves(history: pd.DataFrame, stem: Path, *, title: str = "") -> list[Path]:
     """Loss and accuracy per epoch, training and validation, side by side."""
-    with plt.rc_context(STYLE):
+    with plt.rc_context(STYLE):  # type: ignore[arg-type]
         figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(2 * COLUMN_WIDTH_INCHES, 2.2))
         for axis, metric, label in ((loss_axis, "loss", "cross-entropy loss"), (accuracy_axis, "accuracy", "accuracy")):
             axis.plot(history["epoch"], history[metric], color=OKABE_ITO[0], marker="o", ms=2.5, label="train")

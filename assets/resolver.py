@@ -103,6 +103,10 @@ class Resolved:
     path: Path
     content_sha256: str
 
+    def to_dict(self) -> dict[str, str]:
+        """JSON-ready: name, source, path (as a string) and content hash."""
+        return {"name": self.name, "source": self.source, "path": str(self.path), "content_sha256": self.content_sha256}
+
 
 # --------------------------------------------------------------------------------------------
 # hashing and file helpers

@@ -80,7 +80,9 @@ def projected_gradient_descent(
         loss: ``"ce"`` or ``"margin"`` (Carlini–Wagner).
         targets: target classes for a targeted attack.
         early_stop: stop attacking an example as soon as the attack succeeds on it (saves work when
-            robust accuracy is what is wanted; the adversarial returned is the first one found).
+            robust accuracy is what is wanted; the adversarial returned is the first one found). The
+            ε grid is then walked in ascending order and an adversarial found at one ε is kept for
+            every larger ε (it lies in every larger ball), so robust accuracy never rises with ε.
         seed: seeds the random starts; the same seed gives the same adversarials.
         batch_size: examples per gradient call.
 
@@ -144,7 +146,16 @@ def _iterative(
     x_adv = np.empty((len(eps),) + x.shape, dtype=np.float32)
     logits = np.empty((len(eps), n, 10), dtype=np.float32)
     success = np.zeros((len(eps), n), dtype=bool)
-    for k, epsilon in enumerate(eps):
+    previous: int | None = None
+    for k in np.argsort(eps, kind="stable"):  # ascending ε
+        epsilon = eps[k]
+        carried = np.zeros(n, dtype=bool)
+        if early_stop and previous is not None:
+            # an adversarial found at a smaller ε lies inside this ε-ball too: keep it, attack only the rest
+            carried = success[previous].copy()
+            x_adv[k, carried], logits[k, carried], success[k, carried] = (
+                x_adv[previous, carried], logits[previous, carried], True)
+        previous = k
         if epsilon == 0.0:  # nothing can move: the clean input, no gradient needed
             x_adv[k] = x
             logits[k] = predict_logits(model, x, batch_size=max(batch_size, 256))
@@ -152,7 +163,7 @@ def _iterative(
             continue
         stepsize = float(abs_stepsize) if abs_stepsize is not None else float(rel_stepsize) * float(epsilon)
         for restart in range(restarts):
-            todo = np.flatnonzero(~success[k]) if restart > 0 else np.arange(n)
+            todo = np.flatnonzero(~success[k] & ~carried) if restart > 0 else np.flatnonzero(~carried)
             if len(todo) == 0:
                 break
             rng = np.random.default_rng([seed, k, restart])

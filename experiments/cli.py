@@ -42,7 +42,7 @@ def _configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL"):
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -51,15 +51,13 @@ def _configure_logging(verbosity: int) -> None:
 
 
 def _command_assets(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from assets import load_mnist, load_vgg16_weights
 
     _, mnist = load_mnist(args.mnist)
     _, weights = load_vgg16_weights(args.vgg16_weights)
-    rows = [dataclasses.asdict(mnist), dataclasses.asdict(weights)]
+    rows = [mnist.to_dict(), weights.to_dict()]
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps(rows, indent=2))
     else:
         print(f"{'asset':<22} {'source':<11} {'content sha256':<66} path")
         for row in rows:

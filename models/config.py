@@ -40,7 +40,7 @@ class ModelConfig:
     input_size: int = 32
     resize: str = "pad"
     cut: str = "block4_pool"
-    head: str = "mlp"
+    head: str = "linear"
     hidden_units: tuple[int, ...] = (512,)
     dropout: float = 0.0
     feature_scaling: bool = True

@@ -205,12 +205,12 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
     mnist_arrays, mnist = load_mnist(mnist_path)
     split = make_split(config, mnist_arrays)
     seed_everything(config.seed)
-    assets: dict[str, Any] = {"mnist": dataclasses.asdict(mnist)}
+    assets: dict[str, Any] = {"mnist": mnist.to_dict()}
     feature_info: dict[str, Any] | None = None
 
     if config.kind == "vgg16":
         weights, weights_resolved = load_vgg16_weights(weights_path)
-        assets["vgg16_imagenet_notop"] = dataclasses.asdict(weights_resolved)
+        assets["vgg16_imagenet_notop"] = weights_resolved.to_dict()
         model = build_vgg16_classifier(
             weights, input_size=config.input_size, resize=config.resize, cut=config.cut, head=config.head,
             hidden_units=config.hidden_units, dropout=config.dropout, feature_scaling=config.feature_scaling,

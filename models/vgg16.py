@@ -114,7 +114,7 @@ def build_preprocessing(*, input_size: int = 32, resize: str = "pad") -> list[ke
 def build_head(
     num_features: int,
     *,
-    head: str = "mlp",
+    head: str = "linear",
     hidden_units: Sequence[int] = (512,),
     dropout: float = 0.0,
     feature_scaling: bool = True,
@@ -142,7 +142,7 @@ def build_vgg16_classifier(
     input_size: int = 32,
     resize: str = "pad",
     cut: str = "block4_pool",
-    head: str = "mlp",
+    head: str = "linear",
     hidden_units: Sequence[int] = (512,),
     dropout: float = 0.0,
     feature_scaling: bool = True,

@@ -31,7 +31,7 @@ ATTACK_TABLE = [
 def _sample(any_model, test_images):
     name, model = any_model
     x, y = test_images
-    n = 64 if name == "vgg16" else 200
+    n = 32 if name == "vgg16" else 200
     return name, model, x[:n], y[:n]
 
 
@@ -50,8 +50,20 @@ def test_adversarials_stay_in_ball_and_bounds_and_accuracy_falls(any_model, test
     np.testing.assert_array_equal(result.x_adv[0], x)  # ε = 0 changes nothing
     accuracy = result.robust_accuracy
     assert accuracy[0] == pytest.approx(np.mean(np.argmax(model(x).numpy(), 1) == y))
-    assert np.all(np.diff(accuracy) <= 1.0 / len(x) + 1e-9), accuracy  # falls with ε (one example of slack)
-    assert accuracy[-1] < accuracy[0]  # the attack does something
+    assert accuracy[-1] < accuracy[0] - 0.2  # the attack does something
+
+
+@pytest.mark.parametrize("attack,params,grid", [row[1:] for row in ATTACK_TABLE], ids=[row[0] for row in ATTACK_TABLE])
+def test_accuracy_falls_as_eps_grows(any_model, test_images, attack, params, grid):
+    """As the sweep runs them (iterative attacks stop an example at its first adversarial), accuracy never
+    rises with ε. A plain fixed-step PGD need not be monotone: on the frozen VGG16, PGD-10 with steps of 0.25 ε
+    overshoots at large ε; the evaluation checks report that (see test_checks.py)."""
+    _, model, x, y = _sample(any_model, test_images)
+    if attack in ("pgd", "bim"):
+        params = {**params, "early_stop": True}
+    accuracy = run_attack(attack, model, x, y, grid, **params).robust_accuracy
+    assert np.all(np.diff(accuracy) <= 0.0), accuracy
+    assert accuracy[-1] < accuracy[0]
 
 
 def test_success_flags_match_predictions(small_cnn, test_images):
@@ -64,8 +76,9 @@ def test_success_flags_match_predictions(small_cnn, test_images):
 def test_pgd_is_at_least_as_strong_as_fgsm(any_model, test_images):
     _, model, x, y = _sample(any_model, test_images)
     fgsm = fast_gradient_method(model, x, y, LINF_GRID[1:])
-    pgd = projected_gradient_descent(model, x, y, LINF_GRID[1:], steps=10, rel_stepsize=0.25)
-    assert np.all(pgd.robust_accuracy <= fgsm.robust_accuracy + 1.0 / len(x))
+    pgd = projected_gradient_descent(model, x, y, LINF_GRID[1:], steps=10, rel_stepsize=0.25, early_stop=True)
+    assert np.all(pgd.robust_accuracy <= fgsm.robust_accuracy + 1.0 / len(x)), (pgd.robust_accuracy,
+                                                                                 fgsm.robust_accuracy)
 
 
 def test_same_seed_same_adversarials_other_seed_other(small_cnn, test_images):

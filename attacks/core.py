@@ -218,23 +218,38 @@ def _per_example(values: tf.Tensor, ndim: int) -> tf.Tensor:
     return tf.reshape(values, [-1] + [1] * (ndim - 1))
 
 
+def _l2_norms(values: tf.Tensor) -> tf.Tensor:
+    """Per-example L2 norms as eagerpy computes them: ``sqrt(sum(square(x)))``."""
+    return tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(values, [tf.shape(values)[0], -1])), axis=-1))
+
+
+# normalize and project run eagerly, with foolbox's exact sequence of float32 operations: a compiled
+# graph may rewrite them (x * (1 / y) into x / y) and so differ from foolbox in the last bit.
+
+
 def normalize(gradient: tf.Tensor, norm: str) -> tf.Tensor:
     """Sign (L∞) or unit L2 norm per example (norms floored at 1e-12, as foolbox)."""
     if norm == "linf":
         return tf.sign(gradient)
-    norms = tf.norm(tf.reshape(gradient, [tf.shape(gradient)[0], -1]), axis=-1)
-    return gradient * _per_example(1.0 / tf.maximum(norms, 1e-12), gradient.shape.rank)
+    factor = 1.0 / tf.maximum(_l2_norms(gradient), 1e-12)
+    return gradient * _per_example(factor, gradient.shape.rank)
 
 
 def project(x: tf.Tensor, x0: tf.Tensor, eps: tf.Tensor, norm: str) -> tf.Tensor:
-    """Project ``x`` onto the ε-ball around ``x0``; ``eps`` is per example ``(N,)``."""
+    """Project ``x`` onto the ε-ball around ``x0``; ``eps`` is per example ``(N,)`` float32."""
     delta = x - x0
-    eps_b = _per_example(eps, x.shape.rank)
     if norm == "linf":
+        eps_b = _per_example(eps, x.shape.rank)
         return x0 + tf.clip_by_value(delta, -eps_b, eps_b)
-    norms = tf.maximum(tf.norm(tf.reshape(delta, [tf.shape(delta)[0], -1]), axis=-1), 1e-12)
-    factor = tf.minimum(1.0, eps / norms)
+    factor = tf.minimum(1.0, eps / tf.maximum(_l2_norms(delta), 1e-12))
     return x0 + delta * _per_example(factor, x.shape.rank)
+
+
+def pgd_step(x: tf.Tensor, x0: tf.Tensor, gradient: tf.Tensor, eps: tf.Tensor, stepsize: tf.Tensor, norm: str,
+             direction: float) -> tf.Tensor:
+    """``clip_[0,1](Π_ε(x + direction · stepsize · normalize(g)))``, foolbox's update (eager)."""
+    moved = x + direction * (_per_example(stepsize, x.shape.rank) * normalize(gradient, norm))
+    return tf.clip_by_value(project(moved, x0, eps, norm), 0.0, 1.0)
 
 
 def random_start(x0: np.ndarray, eps: np.ndarray, norm: str, rng: np.random.Generator) -> np.ndarray:

@@ -26,6 +26,7 @@ from attacks.core import (
     gradient_fn,
     normalize,
     predict_logits,
+    project,
     success_of,
 )
 
@@ -84,15 +85,10 @@ def fast_gradient_method(
 
 
 def fgm_step(x0: np.ndarray, unit_step: np.ndarray, epsilon: float, norm: str, direction: float = 1.0) -> np.ndarray:
-    """``clip_[0,1](x0 + Π_ε(direction · ε · unit_step))`` in float32, in foolbox's order of operations."""
+    """``clip_[0,1](Π_ε(x0 + direction · ε · unit_step))`` in float32, in foolbox's order of operations."""
     if epsilon == 0.0:
         return x0.copy()
-    eps32 = np.float32(epsilon)
-    x = x0 + np.float32(direction) * (eps32 * unit_step)
-    delta = x - x0
-    if norm == "linf":
-        delta = np.clip(delta, -eps32, eps32)
-    else:
-        norms = np.maximum(np.linalg.norm(delta.reshape(len(delta), -1), axis=1), np.float32(1e-12))
-        delta = delta * np.minimum(np.float32(1.0), eps32 / norms).astype(np.float32).reshape(-1, 1, 1, 1)
-    return np.clip(x0 + delta, 0.0, 1.0).astype(np.float32)
+    x0_t = tf.constant(x0)
+    moved = x0_t + direction * (np.float32(epsilon) * tf.constant(unit_step))
+    eps = tf.fill([len(x0)], np.float32(epsilon))
+    return tf.clip_by_value(project(moved, x0_t, eps, norm), 0.0, 1.0).numpy()

@@ -26,9 +26,8 @@ from attacks.core import (
     check_positive_int,
     check_stepsize,
     gradient_fn,
-    normalize,
+    pgd_step,
     predict_logits,
-    project,
     random_start,
     success_of,
 )
@@ -212,7 +211,6 @@ def pgd_run(
     eps32 = eps.astype(np.float32)
     start = draw_start(x0, eps, norm, rng) if random_start else x0.copy()
     value_and_gradient = gradient_fn(model, loss)
-    step = _step_fn(norm)
 
     x_out = np.empty_like(x0)
     logits_out = np.empty((len(x0), 10), dtype=np.float32)
@@ -235,26 +233,8 @@ def pgd_run(
                     index = index[keep]
                     x_cur, x_orig, cls = (tf.gather(t, keep) for t in (x_cur, x_orig, cls))
                     eps_t, step_t, gradient = (tf.gather(t, keep) for t in (eps_t, step_t, gradient))
-            x_cur = step(x_cur, x_orig, gradient, eps_t, step_t, tf.constant(direction, tf.float32))
+            x_cur = pgd_step(x_cur, x_orig, gradient, eps_t, step_t, norm, direction)
         else:
             x_out[index] = x_cur.numpy()
             logits_out[index] = predict_logits(model, x_out[index], batch_size=len(index))
     return x_out, logits_out
-
-
-_STEP_FNS: dict[str, Any] = {}
-
-
-def _step_fn(norm: str) -> Any:
-    """The compiled PGD update, ``clip_[0,1](Π_ε(x + direction · stepsize · normalize(g)))``."""
-    if norm not in _STEP_FNS:
-
-        @tf.function(reduce_retracing=True)
-        def update(x: tf.Tensor, x0: tf.Tensor, gradient: tf.Tensor, eps: tf.Tensor, stepsize: tf.Tensor,
-                   direction: tf.Tensor) -> tf.Tensor:
-            rank = x.shape.rank
-            moved = x + direction * (tf.reshape(stepsize, [-1] + [1] * (rank - 1)) * normalize(gradient, norm))
-            return tf.clip_by_value(project(moved, x0, eps, norm), 0.0, 1.0)
-
-        _STEP_FNS[norm] = update
-    return _STEP_FNS[norm]

@@ -80,7 +80,9 @@ def minimal_perturbation(
         norm: ``"linf"`` or ``"l2"``.
         eps_max: upper end of the search (default 0.5 for L∞, 6.0 for L2).
         tolerance: final interval width (default 1/255 ≈ 0.0039 for L∞, 0.02 for L2).
-        steps, rel_stepsize: PGD's (defaults as :func:`attacks.projected_gradient_descent`).
+        steps: PGD steps per bisection round (default 40 for L∞, 50 for L2).
+        rel_stepsize: PGD step as a fraction of ε (default 2.5 / steps, Madry et al.'s rule, so that
+            the steps can travel 2.5 ε: the minimum sits on the ball's boundary).
         random_start: PGD's random start.
         seed: seeds the random starts.
         batch_size: examples per gradient call.
@@ -97,7 +99,7 @@ def minimal_perturbation(
             raise ValueError(f"`{name}` must be a number in (0, {upper}]. Received: {name}={value!r}")
     defaults = DEFAULTS[("pgd", norm)]
     steps = check_positive_int("steps", defaults["steps"] if steps is None else steps)
-    rel = float(defaults["rel_stepsize"] if rel_stepsize is None else rel_stepsize)
+    rel = float(2.5 / steps if rel_stepsize is None else rel_stepsize)
     x, labels, _ = check_inputs(x, labels)
 
     def attack(index: np.ndarray, eps: np.ndarray, round_: int) -> tuple[np.ndarray, np.ndarray]:

@@ -72,18 +72,22 @@ def main() -> None:
     parser.add_argument("--configs", default=DEFAULT_CONFIGS)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "model_selection")
     parser.add_argument("--skip-training", action="store_true", help="only measure gradient costs")
+    parser.add_argument("--skip-timing", action="store_true", help="only train (reuse timings of an earlier run)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     names = args.configs.split(",")
     weights, _ = load_vgg16_weights()
     rows = []
-    timings = {name: gradient_seconds(*parse(name), weights) for name in names}
+    timings = {} if args.skip_timing else {name: gradient_seconds(*parse(name), weights) for name in names}
     logging.info("gradient and forward seconds per batch of 128: %s", json.dumps(timings))
-    reference_gradient = timings[REFERENCE][0] if REFERENCE in timings else timings[names[0]][0]
+    reference_gradient = timings[REFERENCE][0] if REFERENCE in timings else timings[names[0]][0] if timings else 1.0
     for name in names:
         size, resize, cut = parse(name)
-        row = {"config": name, "gradient_cost_vs_default": timings[name][0] / reference_gradient,
-               "gradient_over_forward": timings[name][0] / timings[name][1]}
+        row: dict[str, object] = {"config": name}
+        if timings:
+            row.update(gradient_cost_vs_default=timings[name][0] / reference_gradient,
+                       gradient_over_forward=timings[name][0] / timings[name][1],
+                       forward_cost_vs_default=timings[name][1] / timings[REFERENCE][1] if REFERENCE in timings else None)
         if not args.skip_training:
             for head in ("linear", "mlp"):
                 config = ModelConfig(kind="vgg16", input_size=size, resize=resize, cut=cut, head=head,
@@ -96,7 +100,7 @@ def main() -> None:
         rows.append(row)
         logging.info("%s", json.dumps(row))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "model_selection.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.out / f"model_selection{'_training' if args.skip_timing else ''}.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(json.dumps(rows, indent=2))
 
 

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 logger = logging.getLogger("advsweep")
 
 EXIT_BAD_INPUT = 2
@@ -123,6 +125,50 @@ def _command_train(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# evaluate
+
+
+def _float_list(text: str, option: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise UsageError(f"{option} takes comma-separated numbers. Received: {text!r}") from error
+
+
+def _command_evaluate(args: argparse.Namespace) -> int:
+    from assets import load_mnist
+    from attacks.registry import ATTACKS, IMPLEMENTATIONS
+    from experiments.evaluate import evaluate_model, markdown_table, write_evaluation
+    from models.training import load_trained, to_float_images
+
+    epsilons = _float_list(args.eps, "--eps")
+    attacks = [a for a in args.attacks.split(",") if a]
+    implementations = [i for i in args.implementations.split(",") if i]
+    for attack in attacks:
+        if attack not in ("fgsm", "pgd"):
+            raise UsageError(f"--attacks takes fgsm and/or pgd (known attacks: {sorted(ATTACKS)}). Received: {attack!r}")
+    for implementation in implementations:
+        if implementation not in IMPLEMENTATIONS:
+            raise UsageError(f"--implementations takes {list(IMPLEMENTATIONS)}. Received: {implementation!r}")
+    if not 1 <= args.examples <= 10000:
+        raise UsageError(f"--examples must be from 1 to 10000. Received: {args.examples}")
+    folder = Path(args.model_dir).resolve()
+    model, config, metrics = load_trained(folder)
+    (_, _, x_test, y_test), _ = load_mnist(args.mnist)
+    x, labels = to_float_images(x_test[: args.examples]), y_test[: args.examples].astype(np.int64)
+    table, checks = evaluate_model(model, x, labels, epsilons=epsilons, attacks=attacks,
+                                   implementations=implementations, seed=args.seed, batch_size=args.batch_size)
+    write_evaluation(folder / "evaluation", table, checks, {
+        "model_id": config.model_id, "examples": f"first {args.examples} test images", "epsilons": epsilons,
+        "seed": args.seed, "clean_test_accuracy_full": metrics["clean_test_accuracy"]})
+    print(markdown_table(table, model_name=config.model_id))
+    failed = [c for c in checks if not c.passed]
+    print(f"\nchecks: {len(checks) - len(failed)} passed, {len(failed)} failed"
+          + "".join(f"\n  FAILED {c.name}: {c.detail} -> {c.suggestion}" for c in failed))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # the parser
 
 
@@ -156,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     asset_options(train)
     train.set_defaults(handler=_command_train)
 
+    evaluate = commands.add_parser("evaluate", help="robust accuracy of a trained model under FGSM and PGD, "
+                                                     "own and foolbox, with the evaluation checks")
+    evaluate.add_argument("model_dir", help="a folder written by `advsweep train` (results/models/<model id>)")
+    evaluate.add_argument("--examples", type=int, default=200, help="the first N test images (default 200)")
+    evaluate.add_argument("--eps", default="0.1,0.2,0.3", help="L∞ budgets, comma-separated (default 0.1,0.2,0.3)")
+    evaluate.add_argument("--attacks", default="fgsm,pgd", help="fgsm and/or pgd (PGD-40, Madry et al.)")
+    evaluate.add_argument("--implementations", default="own,foolbox", help="own and/or foolbox")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of PGD's random start")
+    evaluate.add_argument("--batch-size", type=int, default=128)
+    asset_options(evaluate)
+    evaluate.set_defaults(handler=_command_evaluate)
     return parser
 
 

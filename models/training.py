@@ -159,12 +159,24 @@ def _compile(model: keras.Model, config: ModelConfig) -> None:
     )
 
 
+def shifted_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, shift: int, seed: int) -> tf.data.Dataset:
+    """A shuffled, seeded dataset of images shifted by up to ``shift`` pixels (zero fill), new each epoch."""
+    translate = keras.layers.RandomTranslation(shift / 28.0, shift / 28.0, fill_mode="constant", fill_value=0.0,
+                                               interpolation="nearest", seed=seed)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).map(lambda images, labels: (translate(images, training=True), labels))
+
+
 def _fit(model: keras.Model, config: ModelConfig, x: np.ndarray, y: np.ndarray,
-         x_val: np.ndarray, y_val: np.ndarray) -> dict[str, list[float]]:
+         x_val: np.ndarray, y_val: np.ndarray, *, augment_shift: int = 0) -> dict[str, list[float]]:
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience,
                                          restore_best_weights=True, mode="max")
-    history = model.fit(x, y, validation_data=(x_val, y_val), epochs=config.epochs,
-                        batch_size=config.batch_size, shuffle=True, callbacks=[stop], verbose=0)
+    if augment_shift:
+        data = shifted_batches(x, y, batch_size=config.batch_size, shift=augment_shift, seed=config.seed)
+        history = model.fit(data, validation_data=(x_val, y_val), epochs=config.epochs, callbacks=[stop], verbose=0)
+    else:
+        history = model.fit(x, y, validation_data=(x_val, y_val), epochs=config.epochs,
+                            batch_size=config.batch_size, shuffle=True, callbacks=[stop], verbose=0)
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
@@ -230,7 +242,8 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
         model = build_small_cnn()
         _compile(model, config)
         head_started = time.perf_counter()
-        history = _fit(model, config, split.x_train, split.y_train, split.x_val, split.y_val)
+        history = _fit(model, config, split.x_train, split.y_train, split.x_val, split.y_val,
+                       augment_shift=config.augment_shift)
         head_seconds = time.perf_counter() - head_started
         test_logits = model.predict(split.x_test, batch_size=1024, verbose=0)
 

@@ -98,3 +98,16 @@ def test_cli_assets_lists_sources_and_hashes(capsys):
 def test_cli_assets_bad_path_exits_2(tmp_path, capsys):
     assert main(["-q", "assets", "--mnist", str(tmp_path / "missing.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_augmentation_shifts_whole_pixels_and_is_seeded():
+    from models.training import shifted_batches
+
+    x = np.zeros((64, 28, 28, 1), np.float32)
+    x[:, 10:18, 10:18] = 1.0
+    first = next(iter(shifted_batches(x, np.zeros(64, np.int64), batch_size=64, shift=2, seed=3)))[0].numpy()
+    again = next(iter(shifted_batches(x, np.zeros(64, np.int64), batch_size=64, shift=2, seed=3)))[0].numpy()
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first.sum(axis=(1, 2, 3)), 64.0)  # the digit is moved, not cut or blurred
+    corners = np.array([np.argwhere(image[..., 0] > 0).min(axis=0) for image in first])
+    assert np.abs(corners - 10).max() <= 2 and len({tuple(c) for c in corners}) > 1

@@ -171,12 +171,16 @@ def _fit(model: keras.Model, config: ModelConfig, x: np.ndarray, y: np.ndarray,
          x_val: np.ndarray, y_val: np.ndarray, *, augment_shift: int = 0) -> dict[str, list[float]]:
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience,
                                          restore_best_weights=True, mode="max")
+    progress = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logger.info(
+        "epoch %d/%d: loss %.4f, accuracy %.4f, validation accuracy %.4f", epoch + 1, config.epochs,
+        logs["loss"], logs["accuracy"], logs["val_accuracy"]))
     if augment_shift:
         data = shifted_batches(x, y, batch_size=config.batch_size, shift=augment_shift, seed=config.seed)
-        history = model.fit(data, validation_data=(x_val, y_val), epochs=config.epochs, callbacks=[stop], verbose=0)
+        history = model.fit(data, validation_data=(x_val, y_val), epochs=config.epochs, shuffle=False,
+                            callbacks=[stop, progress], verbose=0)
     else:
         history = model.fit(x, y, validation_data=(x_val, y_val), epochs=config.epochs,
-                            batch_size=config.batch_size, shuffle=True, callbacks=[stop], verbose=0)
+                            batch_size=config.batch_size, shuffle=True, callbacks=[stop, progress], verbose=0)
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 

@@ -59,11 +59,10 @@ def evaluate_model(
     for attack in attacks:
         for implementation in implementations:
             params: dict[str, Any] = {"batch_size": batch_size}
-            if attack in ("pgd", "bim"):
-                params["seed"] = seed if attack == "pgd" else None
-                if implementation == "own":
-                    params["early_stop"] = True
-                params = {k: v for k, v in params.items() if v is not None}
+            if attack == "pgd":
+                params["seed"] = seed
+            if attack in ("pgd", "bim") and implementation == "own":
+                params["early_stop"] = True
             started = time.perf_counter()
             result = run_attack(attack, model, x, labels, grid, implementation=implementation, **params)
             seconds = time.perf_counter() - started

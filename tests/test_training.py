@@ -111,3 +111,34 @@ def test_augmentation_shifts_whole_pixels_and_is_seeded():
     np.testing.assert_array_equal(first.sum(axis=(1, 2, 3)), 64.0)  # the digit is moved, not cut or blurred
     corners = np.array([np.argwhere(image[..., 0] > 0).min(axis=0) for image in first])
     assert np.abs(corners - 10).max() <= 2 and len({tuple(c) for c in corners}) > 1
+
+
+def test_cli_evaluate_prints_table_and_writes_checks(trained_twice, capsys):
+    _, first, _ = trained_twice
+    arguments = ["-q", "evaluate", str(first.folder), "--examples", "20", "--eps", "0.1,0.3",
+                 "--implementations", "own"]
+    assert main(arguments) == 0
+    out = capsys.readouterr().out
+    assert "| FGSM | own |" in out and "| PGD | own |" in out and "ε = 0.3" in out and "checks:" in out
+    checks = json.loads((first.folder / "evaluation" / "checks.json").read_text())
+    assert {c["name"] for c in checks} >= {"model returns logits", "unbounded attack wins"}
+    table = (first.folder / "evaluation" / "robust_accuracy.csv").read_text().splitlines()
+    assert table[0] == "attack,implementation,eps,robust_accuracy,examples,seconds" and len(table) == 1 + 2 * 3
+
+
+@pytest.mark.parametrize("arguments,match", [
+    (["--attacks", "cw"], "--attacks takes fgsm and/or pgd"),
+    (["--implementations", "cleverhans"], "--implementations"),
+    (["--eps", "0.1,x"], "--eps takes comma-separated numbers"),
+    (["--eps", "2"], r"epsilons.*\[0, 1.0\]"),
+    (["--examples", "0"], "--examples"),
+], ids=["attack", "implementation", "eps-text", "eps-range", "examples"])
+def test_cli_evaluate_bad_options_exit_2(trained_twice, capsys, arguments, match):
+    _, first, _ = trained_twice
+    assert main(["-q", "evaluate", str(first.folder), *arguments]) == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_cli_evaluate_missing_model_exits_2(tmp_path, capsys):
+    assert main(["-q", "evaluate", str(tmp_path / "nothing")]) == 2
+    assert "advsweep train" in capsys.readouterr().err

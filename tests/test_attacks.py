@@ -53,15 +53,16 @@ def test_adversarials_stay_in_ball_and_bounds_and_accuracy_falls(any_model, test
     assert accuracy[-1] < accuracy[0] - 0.2  # the attack does something
 
 
-@pytest.mark.parametrize("attack,params,grid", [row[1:] for row in ATTACK_TABLE], ids=[row[0] for row in ATTACK_TABLE])
+ITERATIVE = [row for row in ATTACK_TABLE if row[1] in ("pgd", "bim")]
+
+
+@pytest.mark.parametrize("attack,params,grid", [row[1:] for row in ITERATIVE], ids=[row[0] for row in ITERATIVE])
 def test_accuracy_falls_as_eps_grows(any_model, test_images, attack, params, grid):
-    """As the sweep runs them (iterative attacks stop an example at its first adversarial), accuracy never
-    rises with ε. A plain fixed-step PGD need not be monotone: on the frozen VGG16, PGD-10 with steps of 0.25 ε
-    overshoots at large ε; the evaluation checks report that (see test_checks.py)."""
+    """With early stop (an example keeps its first adversarial, carried to every larger ε) accuracy never rises
+    with ε. Without it, neither PGD nor FGSM is monotone on the frozen VGG16: a fixed step overshoots at large ε
+    (FGSM measured 6.2%, 12.5%, 15.6% at ε = 0.1, 0.2, 0.3 on 32 images); the evaluation checks report that."""
     _, model, x, y = _sample(any_model, test_images)
-    if attack in ("pgd", "bim"):
-        params = {**params, "early_stop": True}
-    accuracy = run_attack(attack, model, x, y, grid, **params).robust_accuracy
+    accuracy = run_attack(attack, model, x, y, grid, early_stop=True, **params).robust_accuracy
     assert np.all(np.diff(accuracy) <= 0.0), accuracy
     assert accuracy[-1] < accuracy[0]
 

@@ -31,7 +31,7 @@ ATTACK_TABLE = [
 def _sample(any_model, test_images):
     name, model = any_model
     x, y = test_images
-    n = 32 if name == "vgg16" else 200
+    n = 16 if name == "vgg16" else 200
     return name, model, x[:n], y[:n]
 
 

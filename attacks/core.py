@@ -22,6 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models.fast_gradient import GRADIENT_PATHS, check_gradient_path, model_function
+
 NORMS: tuple[str, ...] = ("linf", "l2")
 LOSSES: tuple[str, ...] = ("ce", "margin")
 EPS_LIMITS: dict[str, float] = {"linf": 1.0, "l2": 28.0}  # largest meaningful ε on [0, 1]^784
@@ -171,25 +173,30 @@ GradientFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 _GRADIENT_FNS: weakref.WeakKeyDictionary[Any, dict[str, GradientFn]] = weakref.WeakKeyDictionary()
 
 
-def gradient_fn(model: keras.Model, loss: str) -> GradientFn:
-    """A compiled ``(x, classes) → (logits, ∇_x Σ loss)`` for ``model``, cached per model and loss.
+def gradient_fn(model: keras.Model, loss: str, gradient: str = "fast") -> GradientFn:
+    """A compiled ``(x, classes) → (logits, ∇_x Σ loss)`` for ``model``, cached per model, loss and path.
 
-    Uses a plain ``tf.GradientTape(watch_accessed_variables=False)`` watching only ``x``, with the
-    model in inference mode.
+    A ``tf.GradientTape(watch_accessed_variables=False)`` watching only ``x``, with the model in
+    inference mode. ``gradient="fast"`` differentiates :func:`models.fast_gradient.fast_forward`
+    (backward passes of the frozen VGG16 base built from forward ops, equal up to float rounding);
+    ``"plain"`` differentiates the Keras model as it is.
     """
+    gradient = check_gradient_path(gradient)
     per_model = _GRADIENT_FNS.setdefault(model, {})
-    if loss not in per_model:
+    key = f"{loss}/{gradient}"
+    if key not in per_model:
+        forward = model_function(model, gradient)
 
         @tf.function(reduce_retracing=True)
         def value_and_gradient(x: tf.Tensor, classes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(x)
-                logits = model(x, training=False)
+                logits = forward(x)
                 total = tf.reduce_sum(loss_per_example(logits, classes, loss))
             return logits, tape.gradient(total, x)
 
-        per_model[loss] = value_and_gradient
-    return per_model[loss]
+        per_model[key] = value_and_gradient
+    return per_model[key]
 
 
 _LOGIT_FNS: weakref.WeakKeyDictionary[Any, Callable[[tf.Tensor], tf.Tensor]] = weakref.WeakKeyDictionary()

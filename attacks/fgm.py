@@ -41,6 +41,7 @@ def fast_gradient_method(
     loss: str = "ce",
     targets: Any = None,
     batch_size: int = 128,
+    gradient: str = "fast",
 ) -> AttackResult:
     """One gradient step of size ε from the clean input, for every ε of a list.
 
@@ -56,6 +57,8 @@ def fast_gradient_method(
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner logit margin).
         targets: target classes ``(N,)`` for a targeted attack (descends the loss towards them).
         batch_size: examples per gradient call.
+        gradient: ``"fast"`` (custom backward passes through a frozen VGG16 base, the default) or
+            ``"plain"`` (``tf.GradientTape`` through the Keras model); equal up to float rounding.
 
     Returns:
         An :class:`~attacks.core.AttackResult` with ``K = len(epsilons)`` rows.
@@ -69,7 +72,7 @@ def fast_gradient_method(
     direction = -1.0 if targets is not None else 1.0
 
     step_direction = np.empty_like(x)
-    value_and_gradient = gradient_fn(model, loss)
+    value_and_gradient = gradient_fn(model, loss, gradient)
     for part in batches(len(x), batch_size):
         _, gradient = value_and_gradient(tf.constant(x[part]), tf.constant(classes[part]))
         step_direction[part] = normalize(gradient, norm).numpy()

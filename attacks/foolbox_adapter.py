@@ -32,6 +32,7 @@ from attacks.core import (
     success_of,
 )
 from attacks.pgd import DEFAULTS
+from models.fast_gradient import check_gradient_path, model_function
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,14 @@ def _with_loss(cls: type, loss: str) -> type:
     return _MARGIN_CLASSES[cls]
 
 
+def foolbox_model(model: keras.Model, gradient: str = "fast") -> fb.TensorFlowModel:
+    """``foolbox.TensorFlowModel`` on bounds (0, 1) of the model (``"plain"``) or of its compiled
+    function with fast backward passes (``"fast"``); no preprocessing, the model carries its own."""
+    if check_gradient_path(gradient) == "plain":
+        return fb.TensorFlowModel(model, bounds=(0.0, 1.0))
+    return fb.TensorFlowModel(tf.function(model_function(model, "fast"), reduce_retracing=True), bounds=(0.0, 1.0))
+
+
 def foolbox_attack(
     attack: str,
     model: keras.Model,
@@ -80,12 +89,15 @@ def foolbox_attack(
     targets: Any = None,
     seed: int = 0,
     batch_size: int = 128,
+    gradient: str = "fast",
 ) -> AttackResult:
     """Run ``"fgm"`` (FGSM for L∞), ``"pgd"`` or ``"bim"`` through foolbox.
 
     Arguments and result as :func:`attacks.fast_gradient_method` and
     :func:`attacks.projected_gradient_descent`; ``None`` means foolbox's default. foolbox's random
     start draws from TensorFlow's global generator, which is seeded with ``seed`` before each run.
+    ``gradient="fast"`` hands foolbox the model's function with the fast backward passes
+    (:mod:`models.fast_gradient`), ``"plain"`` the Keras model itself.
     """
     check_model(model)
     norm, loss = check_norm(norm), check_loss(loss)
@@ -115,7 +127,7 @@ def foolbox_attack(
             raise ValueError("BIM has no random start; use attack='pgd'")
         instance = cls(**options)
 
-    fmodel = fb.TensorFlowModel(model, bounds=(0.0, 1.0))
+    fmodel = foolbox_model(model, gradient)
     n = len(x)
     x_adv = np.repeat(x[None], len(eps), axis=0)
     success = np.zeros((len(eps), n), dtype=bool)
@@ -154,6 +166,7 @@ def fmn_minimal_norms(
     norm: str = "linf",
     steps: int = 100,
     batch_size: int = 128,
+    gradient: str = "fast",
 ) -> np.ndarray:
     """Per-example perturbation size of foolbox's Fast Minimum-Norm attack (Pintor et al. 2021).
 
@@ -164,7 +177,7 @@ def fmn_minimal_norms(
     norm = check_norm(norm)
     steps = check_positive_int("steps", steps)
     x, labels, _ = check_inputs(x, labels)
-    fmodel = fb.TensorFlowModel(model, bounds=(0.0, 1.0))
+    fmodel = foolbox_model(model, gradient)
     attack = fb.attacks.LInfFMNAttack(steps=steps) if norm == "linf" else fb.attacks.L2FMNAttack(steps=steps)
     sizes = np.full(len(x), np.inf)
     for part in batches(len(x), batch_size):

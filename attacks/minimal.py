@@ -70,6 +70,7 @@ def minimal_perturbation(
     random_start: bool = True,
     seed: int = 0,
     batch_size: int = 128,
+    gradient: str = "fast",
 ) -> MinimalResult:
     """Bisect each example's ε with PGD until the interval is at most ``tolerance`` wide.
 
@@ -86,6 +87,7 @@ def minimal_perturbation(
         random_start: PGD's random start.
         seed: seeds the random starts.
         batch_size: examples per gradient call.
+        gradient: ``"fast"`` or ``"plain"`` input gradient (see :mod:`models.fast_gradient`).
 
     Returns:
         A :class:`MinimalResult`.
@@ -106,7 +108,7 @@ def minimal_perturbation(
         rng = np.random.default_rng([seed, round_])
         x_found, logits = pgd_run(model, x[index], labels[index], None, eps, stepsize=rel * eps, steps=steps,
                                   norm=norm, loss="ce", random_start=random_start, early_stop=True, rng=rng,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, gradient=gradient)
         return x_found, success_of(logits, labels[index], None)
 
     n = len(x)

@@ -58,6 +58,7 @@ def projected_gradient_descent(
     early_stop: bool = False,
     seed: int = 0,
     batch_size: int = 128,
+    gradient: str = "fast",
 ) -> AttackResult:
     """PGD for every ε of a list (Madry et al. 2018).
 
@@ -84,6 +85,8 @@ def projected_gradient_descent(
             every larger ε (it lies in every larger ball), so robust accuracy never rises with ε.
         seed: seeds the random starts; the same seed gives the same adversarials.
         batch_size: examples per gradient call.
+        gradient: ``"fast"`` (custom backward passes through a frozen VGG16 base, the default) or
+            ``"plain"`` (``tf.GradientTape`` through the Keras model); equal up to float rounding.
 
     Returns:
         An :class:`~attacks.core.AttackResult` with ``K = len(epsilons)`` rows.
@@ -94,7 +97,7 @@ def projected_gradient_descent(
         steps=defaults["steps"] if steps is None else steps,
         rel_stepsize=defaults["rel_stepsize"] if rel_stepsize is None else rel_stepsize,
         abs_stepsize=abs_stepsize, random_start=random_start, restarts=restarts, loss=loss, targets=targets,
-        early_stop=early_stop, seed=seed, batch_size=batch_size,
+        early_stop=early_stop, seed=seed, batch_size=batch_size, gradient=gradient,
     )  # fmt: skip
 
 
@@ -112,20 +115,21 @@ def basic_iterative_method(
     targets: Any = None,
     early_stop: bool = False,
     batch_size: int = 128,
+    gradient: str = "fast",
 ) -> AttackResult:
     """BIM (Kurakin et al. 2017): PGD from the clean input, no random start (foolbox's defaults:
     10 steps of 0.2 ε). Arguments as :func:`projected_gradient_descent`."""
     return _iterative(
         model, x, labels, epsilons, norm=norm, steps=steps, rel_stepsize=rel_stepsize, abs_stepsize=abs_stepsize,
         random_start=False, restarts=1, loss=loss, targets=targets, early_stop=early_stop, seed=0,
-        batch_size=batch_size,
+        batch_size=batch_size, gradient=gradient,
     )  # fmt: skip
 
 
 def _iterative(
     model: keras.Model, x: Any, labels: Any, epsilons: Any, *, norm: str, steps: int, rel_stepsize: float,
     abs_stepsize: float | None, random_start: bool, restarts: int, loss: str, targets: Any, early_stop: bool,
-    seed: int, batch_size: int,
+    seed: int, batch_size: int, gradient: str = "fast",
 ) -> AttackResult:
     check_model(model)
     norm, loss = check_norm(norm), check_loss(loss)
@@ -169,7 +173,7 @@ def _iterative(
             found_x, found_logits = pgd_run(
                 model, x[todo], labels[todo], None if targets is None else targets[todo],
                 np.full(len(todo), epsilon), stepsize=stepsize, steps=steps, norm=norm, loss=loss,
-                random_start=random_start, early_stop=early_stop, rng=rng, batch_size=batch_size,
+                random_start=random_start, early_stop=early_stop, rng=rng, batch_size=batch_size, gradient=gradient,
             )  # fmt: skip
             found_success = success_of(found_logits, labels[todo], None if targets is None else targets[todo])
             # keep a run's result where it succeeds, or where no earlier run has been recorded
@@ -196,6 +200,7 @@ def pgd_run(
     early_stop: bool,
     rng: np.random.Generator,
     batch_size: int,
+    gradient: str = "fast",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One PGD run on validated inputs with a per-example ε ``(N,)`` (and step size); returns
     ``(x_adv (N, 28, 28, 1), logits (N, 10))``.
@@ -210,7 +215,7 @@ def pgd_run(
     stepsizes = np.broadcast_to(np.asarray(stepsize, dtype=np.float32), eps.shape).astype(np.float32)
     eps32 = eps.astype(np.float32)
     start = draw_start(x0, eps, norm, rng) if random_start else x0.copy()
-    value_and_gradient = gradient_fn(model, loss)
+    value_and_gradient = gradient_fn(model, loss, gradient)
 
     x_out = np.empty_like(x0)
     logits_out = np.empty((len(x0), 10), dtype=np.float32)

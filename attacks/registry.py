@@ -59,7 +59,7 @@ def run_attack(
     Args:
         name: the attack; ``"fgsm"`` is the L∞ fast gradient method, ``"fgm"`` takes ``norm``.
         model, x, labels, epsilons: as :func:`attacks.projected_gradient_descent`.
-        implementation: ``"own"`` (``tf.GradientTape``) or ``"foolbox"``.
+        implementation: ``"own"`` (this package's attacks) or ``"foolbox"``.
         **params: the attack's hyper-parameters (see :func:`attack_parameters`).
 
     Raises:

@@ -98,7 +98,7 @@ def test_pgd_random_start_parity_vgg16(vgg16_model, test_images):
         start = random_start(x, np.full(len(x), eps), "linf", np.random.default_rng([0, k]))
         own_x, own_logits = pgd_run(vgg16_model, x, y, None, np.full(len(x), eps), stepsize=0.1 * eps, steps=10,
                                     norm="linf", loss="ce", random_start=True, early_stop=False, rng=rng,
-                                    batch_size=100)
+                                    batch_size=100, gradient="plain")
         attack = _SharedStartLinfPGD(steps=10, rel_stepsize=0.1, random_start=True)
         parts = []
         for i in (0, 100):

@@ -44,8 +44,10 @@ def _configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "fontTools"):
+    for noisy in ("absl", "h5py", "matplotlib", "PIL", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # tf.function's retracing notices are expected: early stop shrinks batches as examples are fooled
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,6 +172,46 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# sweep and report
+
+
+def _command_sweep(args: argparse.Namespace) -> int:
+    from experiments.config import load_config
+    from experiments.sweep import run_sweep
+
+    config = load_config(args.config)
+    results = Path(args.results).resolve() if args.results else default_results_root()
+    run_dir = run_sweep(config, results, run_id=args.run_id)
+    print((run_dir / "summary.md").read_text())
+    _print_checks(json.loads((run_dir / "checks.json").read_text()))
+    print(f"\nrun folder: {run_dir}")
+    return 0
+
+
+def _command_report(args: argparse.Namespace) -> int:
+    from experiments.report import build_report
+
+    run_dirs = [Path(d).resolve() for d in args.run_dirs]
+    if args.output:
+        output = Path(args.output).resolve()
+    elif len(run_dirs) == 1:
+        output = run_dirs[0]
+    else:
+        raise UsageError("several run folders need --output DIR for the side-by-side report")
+    built = build_report(run_dirs, output)
+    print((output / "summary.md").read_text())
+    _print_checks(built["checks"])
+    print(f"\nreport folder: {output}")
+    return 0
+
+
+def _print_checks(checks: list[dict[str, Any]]) -> None:
+    failed = [c for c in checks if not c["passed"]]
+    print(f"checks: {len(checks) - len(failed)} passed, {len(failed)} failed"
+          + "".join(f"\n  FAILED {c['model']}: {c['name']}: {c['detail']} -> {c['suggestion']}" for c in failed))
+
+
+# --------------------------------------------------------------------------------------------
 # the parser
 
 
@@ -214,6 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=128)
     asset_options(evaluate)
     evaluate.set_defaults(handler=_command_evaluate)
+
+    sweep = commands.add_parser("sweep", help="run (or resume) the sweep a config file describes: per-example "
+                                               "records, tables, figures and checks in results/<sweep>/<run id>/")
+    sweep.add_argument("config", help="a sweep config (TOML), e.g. experiments/configs/quick.toml")
+    sweep.add_argument("--results", help="results folder (default: $ADVSWEEP_RESULTS or the checkout's results/)")
+    sweep.add_argument("--run-id", help="name the run folder yourself (default: a hash of config, models and code, "
+                                        "so the same command resumes the same run)")
+    sweep.set_defaults(handler=_command_sweep)
+
+    report = commands.add_parser("report", help="rebuild tables and figures from run folders' per-example records")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results/<sweep>/<run id> folder(s)")
+    report.add_argument("--output", help="where to write (default: the run folder itself; required for several)")
+    report.set_defaults(handler=_command_report)
     return parser
 
 
@@ -223,10 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(-1 if args.quiet else args.verbose)
     from assets import AssetError
+    from experiments.sweep import SweepError
 
     try:
         return int(args.handler(args))
-    except (UsageError, AssetError, ValueError, TypeError, FileNotFoundError) as error:
+    except (UsageError, AssetError, SweepError, ValueError, TypeError, FileNotFoundError) as error:
         if args.verbose:
             logger.exception("details")
         print(f"advsweep {args.command}: error: {error}", file=sys.stderr)

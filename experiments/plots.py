@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
@@ -67,6 +69,131 @@ def plot_training_curves(history: pd.DataFrame, stem: Path, *, title: str = "") 
             axis.set_xlabel("epoch")
             axis.set_ylabel(label)
             axis.legend(frameon=False)
+        if title:
+            figure.suptitle(title, fontsize=8)
+        figure.tight_layout()
+        return save_figure(figure, stem)
+
+
+def _series_styles(keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Colour per (run, attack), line style per implementation; the worst case is black and thick."""
+    colours: dict[tuple[str, str], str] = {}
+    styles: dict[tuple[Any, ...], dict[str, Any]] = {}
+    dashes = {"own": "-", "foolbox": "--", "all": "-"}
+    markers = ("o", "s", "^", "D", "v", "P", "X", "*")
+    for run, attack, implementation in keys:
+        if attack == "worst case":
+            styles[(run, attack, implementation)] = {"color": "#000000", "linestyle": "-", "marker": "x",
+                                                     "linewidth": 2.0}
+            continue
+        colour_key = (run, attack)
+        if colour_key not in colours:
+            colours[colour_key] = OKABE_ITO[len(colours) % (len(OKABE_ITO) - 1)]
+        styles[(run, attack, implementation)] = {"color": colours[colour_key],
+                                                 "linestyle": dashes.get(implementation, ":"),
+                                                 "marker": markers[list(colours).index(colour_key) % len(markers)]}
+    return styles
+
+
+def plot_accuracy_vs_eps(summary: pd.DataFrame, stem: Path) -> list[Path]:
+    """Robust accuracy against ε with 95% bands: one panel per model (rows) and norm (columns), one line per
+    attack and implementation (solid own, dashed foolbox), the worst case over attacks in black."""
+    models = list(dict.fromkeys(summary["model"]))
+    norms = list(dict.fromkeys(summary["norm"]))
+    multi_run = summary["run"].nunique() > 1
+    keys = list(dict.fromkeys(zip(summary["run"], summary["attack"], summary["implementation"])))
+    styles = _series_styles(keys)
+    with plt.rc_context(STYLE):  # type: ignore[arg-type]
+        figure, axes = plt.subplots(len(models), len(norms), squeeze=False, sharey=True,
+                                    figsize=(COLUMN_WIDTH_INCHES * max(1, len(norms)), 2.3 * len(models)))
+        for row, model in enumerate(models):
+            for column, norm in enumerate(norms):
+                axis = axes[row][column]
+                panel = summary[(summary["model"] == model) & (summary["norm"] == norm)]
+                for key in keys:
+                    run, attack, implementation = key
+                    line = panel[(panel["run"] == run) & (panel["attack"] == attack)
+                                 & (panel["implementation"] == implementation)].sort_values("eps")
+                    if line.empty:
+                        continue
+                    style = styles[key]
+                    label = f"{attack} ({implementation})" if attack != "worst case" else "worst case"
+                    if multi_run:
+                        label += f" · {run}"
+                    axis.plot(line["eps"], line["robust_accuracy"], label=label, markersize=3, **style)
+                    axis.fill_between(line["eps"], line["ci_low"], line["ci_high"], color=style["color"],
+                                      alpha=0.12, linewidth=0)
+                axis.set_ylim(-0.02, 1.02)
+                axis.set_xlabel(f"ε ({'L∞' if norm == 'linf' else 'L2'}, pixel scale [0, 1])")
+                if column == 0:
+                    axis.set_ylabel("robust accuracy")
+                axis.set_title(f"{model}, {'L∞' if norm == 'linf' else 'L2'}")
+                if panel.empty:
+                    axis.set_visible(False)
+        handles, labels = [], []
+        for axis in figure.axes:
+            for handle, label in zip(*axis.get_legend_handles_labels()):
+                if label not in labels:
+                    handles.append(handle)
+                    labels.append(label)
+        figure.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), frameon=False,
+                      bbox_to_anchor=(0.5, -0.02 - 0.045 * math.ceil(len(labels) / 3) / max(1, len(models))))
+        figure.tight_layout()
+        return save_figure(figure, stem)
+
+
+def plot_robustness_curve(curve: pd.DataFrame, stem: Path) -> list[Path]:
+    """Accuracy under the minimal-perturbation adversary (fraction of examples whose smallest adversarial
+    ε exceeds t) against t: one panel per norm, one line per model (and run)."""
+    norms = list(dict.fromkeys(curve["norm"]))
+    multi_run = curve["run"].nunique() > 1
+    with plt.rc_context(STYLE):  # type: ignore[arg-type]
+        figure, axes = plt.subplots(1, len(norms), squeeze=False, figsize=(COLUMN_WIDTH_INCHES * len(norms), 2.3))
+        for column, norm in enumerate(norms):
+            axis = axes[0][column]
+            panel = curve[curve["norm"] == norm]
+            for index, ((run, model), line) in enumerate(panel.groupby(["run", "model"], sort=False)):
+                line = line.sort_values("eps")
+                label = f"{model} · {run}" if multi_run else model
+                axis.step(line["eps"], line["robust_accuracy"], where="post", color=OKABE_ITO[index % 7],
+                          label=f"{label} (n = {int(line['examples'].iloc[0])})")
+            axis.set_ylim(-0.02, 1.02)
+            axis.set_xlabel(f"ε ({'L∞' if norm == 'linf' else 'L2'}, pixel scale [0, 1])")
+            axis.set_ylabel("accuracy at minimal ε")
+            axis.set_title(f"robustness curve, {'L∞' if norm == 'linf' else 'L2'}")
+            axis.legend(frameon=False)
+        figure.tight_layout()
+        return save_figure(figure, stem)
+
+
+def plot_adversarial_grid(x: Any, x_adv: Any, labels: Any, predictions: Any, epsilons: Any, stem: Path, *,
+                          title: str = "") -> list[Path]:
+    """Rows: examples. Columns: the original, then for each ε the adversarial and its perturbation
+    (diverging map, symmetric around 0). Titles give the true class and each prediction.
+
+    Shapes: ``x (N, 28, 28, 1)``, ``x_adv (K, N, 28, 28, 1)``, ``labels (N,)``, ``predictions (K, N)``.
+    """
+    n, k = len(labels), len(epsilons)
+    with plt.rc_context({**STYLE, "axes.grid": False}):  # type: ignore[arg-type,dict-item]
+        figure, axes = plt.subplots(n, 1 + 2 * k, squeeze=False, figsize=(2 * COLUMN_WIDTH_INCHES,
+                                                                          2 * COLUMN_WIDTH_INCHES * n / (1 + 2 * k) + 0.5))
+        for i in range(n):
+            axes[i][0].imshow(x[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
+            axes[i][0].set_title(f"clean: {int(labels[i])}", fontsize=6)
+            for j, epsilon in enumerate(epsilons):
+                delta = x_adv[j, i, :, :, 0] - x[i, :, :, 0]
+                bound = max(float(np.abs(delta).max()), 1e-6)
+                axes[i][1 + 2 * j].imshow(x_adv[j, i, :, :, 0], cmap="gray", vmin=0, vmax=1)
+                fooled = int(predictions[j, i]) != int(labels[i])
+                axes[i][1 + 2 * j].set_title(f"ε={epsilon:g}: {int(predictions[j, i])}", fontsize=6,
+                                             color=OKABE_ITO[1] if fooled else "#000000")
+                axes[i][2 + 2 * j].imshow(delta, cmap="PuOr", vmin=-bound, vmax=bound)
+                axes[i][2 + 2 * j].set_title(f"δ (±{bound:.2g})", fontsize=6)
+        for axis in figure.axes:
+            axis.set_xticks([])
+            axis.set_yticks([])
+            for spine in axis.spines.values():
+                spine.set_visible(False)
         if title:
             figure.suptitle(title, fontsize=8)
         figure.tight_layout()

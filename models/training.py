@@ -113,38 +113,96 @@ def compute_features(extractor: keras.Model, images_uint8: np.ndarray, *, batch_
 
 
 def cached_features(model: keras.Model, config: ModelConfig, mnist_arrays: tuple[np.ndarray, ...],
-                    mnist: Resolved, weights: Resolved) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Base features of all 60000 training and 10000 test images, from the cache or computed once.
+                    mnist: Resolved, weights: Resolved, *, train_needed: np.ndarray | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Base features of the training images in ``train_needed`` (default: all 60000) and of all 10000 test
+    images, from the cache or computed once.
+
+    The training features live in one ``(60000, F)`` array on disk with a mask of the rows computed so
+    far, so a model trained on part of the training set computes only that part, and a later one reuses
+    it. Rows are flushed before the mask that vouches for them is (atomically) rewritten.
 
     Returns:
-        ``(train_features (60000, F), test_features (10000, F), info)`` where ``info`` says whether
-        the cache was hit, where it is and how long computing took.
+        ``(train_features (60000, F), test_features (10000, F), info)``: rows of ``train_features``
+        outside ``train_needed`` may be unset. ``info`` says whether the cache was hit, where it is and
+        how long computing took.
     """
     folder = cache_dir() / "features" / feature_cache_key(config, mnist, weights)
-    train_path, test_path = folder / "train.npy", folder / "test.npy"
-    if train_path.exists() and test_path.exists():
-        try:
-            train = np.load(train_path, mmap_mode="r", allow_pickle=False)
-            test = np.load(test_path, mmap_mode="r", allow_pickle=False)
-            if train.shape[0] == 60000 and test.shape[0] == 10000 and train.shape[1:] == test.shape[1:]:
-                logger.info("features: reusing the cache %s", folder)
-                return np.asarray(train), np.asarray(test), {"cache": "hit", "path": str(folder), "seconds": 0.0}
-        except (ValueError, OSError) as error:
-            logger.warning("features: the cache %s is unreadable (%s); computing it again", folder, error)
-    extractor = feature_extractor(model)
-    started = time.perf_counter()
-    x_train, _, x_test, _ = mnist_arrays
-    logger.info("features: computing the frozen base's features of 70000 images (once; cached in %s)", folder)
-    train = compute_features(extractor, x_train, description="features (train)")
-    test = compute_features(extractor, x_test, description="features (test)")
-    seconds = time.perf_counter() - started
     folder.mkdir(parents=True, exist_ok=True)
-    for path, array in ((train_path, train), (test_path, test)):
-        handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", delete=False)
+    legacy_path, test_path = folder / "train.npy", folder / "test.npy"
+    partial_path, mask_path = folder / "train_partial.npy", folder / "train_mask.npy"
+    x_train, _, x_test, _ = mnist_arrays
+    needed = np.arange(len(x_train)) if train_needed is None else np.unique(np.asarray(train_needed))
+    extractor = feature_extractor(model)
+    num_features = int(np.prod(extractor.output_shape[1:]))
+    started = time.perf_counter()
+    computed = 0
+
+    train: np.ndarray | None = None
+    if legacy_path.exists():  # a complete cache written in one piece
+        try:
+            legacy = np.load(legacy_path, mmap_mode="r", allow_pickle=False)
+            if legacy.shape == (len(x_train), num_features):
+                train = legacy
+        except (ValueError, OSError) as error:
+            logger.warning("features: the cache %s is unreadable (%s); computing it again", legacy_path, error)
+    if train is None:
+        mask = np.zeros(len(x_train), dtype=bool)
+        partial = None
+        if partial_path.exists() and mask_path.exists():
+            try:
+                partial = np.lib.format.open_memmap(partial_path, mode="r+")
+                mask = np.load(mask_path, allow_pickle=False)
+                if partial.shape != (len(x_train), num_features) or mask.shape != (len(x_train),):
+                    partial = None
+            except (ValueError, OSError) as error:
+                logger.warning("features: the cache %s is unreadable (%s); computing it again", folder, error)
+                partial = None
+        if partial is None:
+            mask = np.zeros(len(x_train), dtype=bool)
+            partial = np.lib.format.open_memmap(partial_path, mode="w+", dtype=np.float32,
+                                                shape=(len(x_train), num_features))
+            _save_atomic(mask_path, mask)
+        missing = needed[~mask[needed]]
+        if len(missing):
+            logger.info("features: computing the frozen base's features of %d training images (cached in %s)",
+                        len(missing), folder)
+            partial[missing] = compute_features(extractor, x_train[missing], description="features (train)")
+            partial.flush()
+            mask[missing] = True
+            _save_atomic(mask_path, mask)
+            computed += len(missing)
+        train = partial
+
+    test = None
+    if test_path.exists():
+        try:
+            test = np.load(test_path, allow_pickle=False)
+            if test.shape != (len(x_test), num_features):
+                test = None
+        except (ValueError, OSError):
+            test = None
+    if test is None:
+        test = compute_features(extractor, x_test, description="features (test)")
+        _save_atomic(test_path, test)
+        computed += len(x_test)
+    seconds = time.perf_counter() - started
+    info = {"cache": "hit" if computed == 0 else "miss", "path": str(folder), "seconds": seconds,
+            "images_computed": computed}
+    if computed == 0:
+        logger.info("features: reusing the cache %s", folder)
+    return train, test, info
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)
+    try:
         with handle:
             np.save(handle, array)
         os.replace(handle.name, path)
-    return train, test, {"cache": "miss", "path": str(folder), "seconds": seconds}
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,9 +289,11 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
             weights, input_size=config.input_size, resize=config.resize, cut=config.cut, head=config.head,
             hidden_units=config.hidden_units, dropout=config.dropout, feature_scaling=config.feature_scaling,
         )  # fmt: skip
-        train_all, test_features, feature_info = cached_features(model, config, mnist_arrays, mnist, weights_resolved)
+        train_all, test_features, feature_info = cached_features(
+            model, config, mnist_arrays, mnist, weights_resolved,
+            train_needed=np.concatenate([split.train_index, split.val_index]))
         head = model.get_layer("head")
-        f_train, f_val = train_all[split.train_index], train_all[split.val_index]
+        f_train, f_val = np.asarray(train_all[split.train_index]), np.asarray(train_all[split.val_index])
         head_started = time.perf_counter()
         seed_everything(config.seed)
         if config.feature_scaling:

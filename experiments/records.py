@@ -1,0 +1,145 @@
+"""Per-example records: the only numbers a sweep keeps, and the only input of its tables and figures.
+
+One row per example × model × attack × implementation × ε, in Parquet (columnar, typed, compressed):
+
+=============== ======= ===========================================================================
+column          type    meaning
+=============== ======= ===========================================================================
+model           string  the model's name in the sweep config
+attack          string  the attack's label in the sweep config (``"clean"`` for the clean pass)
+implementation  string  ``"own"`` or ``"foolbox"`` (``"-"`` for the clean pass)
+norm            string  ``"linf"`` or ``"l2"``: the threat model ε is measured in
+eps             float64 the budget, in pixel units on [0, 1]
+example         int64   index into the MNIST test set
+label           int8    true class
+prediction      int8    the model's class for the (adversarial) input
+correct         bool    ``prediction == label``: the example is robust at this ε
+loss            float32 cross-entropy of the logits at the adversarial input
+margin          float32 logit of the true class minus the largest other logit (> 0: correct)
+linf            float32 L∞ size of the perturbation ``x_adv − x``
+l2              float32 L2 size of the perturbation
+=============== ======= ===========================================================================
+
+Files are written under a temporary name and renamed into place, so a file that exists is whole.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+COLUMNS: dict[str, str] = {
+    "model": "string",
+    "attack": "string",
+    "implementation": "string",
+    "norm": "string",
+    "eps": "float64",
+    "example": "int64",
+    "label": "int8",
+    "prediction": "int8",
+    "correct": "bool",
+    "loss": "float32",
+    "margin": "float32",
+    "linf": "float32",
+    "l2": "float32",
+}
+CLEAN = "clean"
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-example softmax cross-entropy ``(…, N)`` of logits ``(…, N, 10)``, in float64 and stable."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=-1))
+    true = np.take_along_axis(shifted, np.broadcast_to(labels[..., None], shifted.shape[:-1] + (1,)), axis=-1)[..., 0]
+    return log_norm - true
+
+
+def logit_margin(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """True-class logit minus the largest other logit ``(…, N)``."""
+    index = np.broadcast_to(labels[..., None], logits.shape[:-1] + (1,))
+    true = np.take_along_axis(logits, index, axis=-1)[..., 0]
+    others = logits.astype(np.float64).copy()
+    np.put_along_axis(others, index, -np.inf, axis=-1)
+    return true - others.max(axis=-1)
+
+
+def attack_records(*, model: str, attack: str, implementation: str, norm: str, epsilons: Iterable[float],
+                   examples: np.ndarray, labels: np.ndarray, x: np.ndarray, x_adv: np.ndarray,
+                   logits: np.ndarray) -> pd.DataFrame:
+    """Records of one attack on a chunk: ``x (N, 28, 28, 1)``, ``x_adv (K, N, 28, 28, 1)``, ``logits (K, N, 10)``."""
+    eps = np.asarray(list(epsilons), dtype=np.float64)
+    k, n = len(eps), len(examples)
+    delta = (x_adv.astype(np.float64) - x[None].astype(np.float64)).reshape(k, n, -1)
+    labels_kn = np.broadcast_to(labels, (k, n))
+    prediction = logits.argmax(axis=-1)
+    frame = pd.DataFrame({
+        "model": model,
+        "attack": attack,
+        "implementation": implementation,
+        "norm": norm,
+        "eps": np.repeat(eps, n),
+        "example": np.tile(examples, k),
+        "label": labels_kn.reshape(-1),
+        "prediction": prediction.reshape(-1),
+        "correct": (prediction == labels_kn).reshape(-1),
+        "loss": cross_entropy(logits, labels_kn).reshape(-1),
+        "margin": logit_margin(logits, labels_kn).reshape(-1),
+        "linf": np.abs(delta).max(axis=-1, initial=0.0).reshape(-1),
+        "l2": np.sqrt((delta ** 2).sum(axis=-1)).reshape(-1),
+    })  # fmt: skip
+    return typed(frame)
+
+
+def clean_records(*, model: str, examples: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> pd.DataFrame:
+    """Records of the clean pass (once per model): attack ``"clean"``, ε = 0, no perturbation."""
+    zeros = np.zeros(len(examples))
+    prediction = logits.argmax(axis=-1)
+    return typed(pd.DataFrame({
+        "model": model, "attack": CLEAN, "implementation": "-", "norm": "-", "eps": zeros, "example": examples,
+        "label": labels, "prediction": prediction, "correct": prediction == labels,
+        "loss": cross_entropy(logits, labels), "margin": logit_margin(logits, labels), "linf": zeros, "l2": zeros,
+    }))  # fmt: skip
+
+
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with exactly the record columns, in order and with their types."""
+    missing = sorted(set(COLUMNS) - set(frame.columns))
+    if missing:
+        raise ValueError(f"records lack column(s) {missing}")
+    return frame[list(COLUMNS)].astype(COLUMNS).reset_index(drop=True)
+
+
+def write_atomic(path: Path, write: Any, *, suffix: str = "") -> Path:
+    """Call ``write(temporary_path)``, then rename the file to ``path``; nothing is left on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix,
+                                         delete=False)
+    handle.close()
+    try:
+        write(Path(handle.name))
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_records(frame: pd.DataFrame, path: Path) -> Path:
+    """Write records as Parquet, atomically."""
+    frame = typed(frame)
+    return write_atomic(path, lambda temporary: frame.to_parquet(temporary, index=False))
+
+
+def read_records(paths: Iterable[Path]) -> pd.DataFrame:
+    """Concatenate record files into one typed frame."""
+    frames = [pd.read_parquet(path) for path in paths]
+    if not frames:
+        return typed(pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in COLUMNS.items()}))
+    return typed(pd.concat(frames, ignore_index=True))

@@ -1,0 +1,162 @@
+"""Tables, figures and checks of one or more run folders, rebuilt from their per-example records alone.
+
+``advsweep report RUN_DIR`` rewrites a run's ``summary.{csv,md,tex}``, ``checks.{json,md}`` and
+``figures/``; with several run folders it writes them side by side (a ``run`` column, one line per run)
+into ``--output``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from attacks.checks import check_monotone, check_pgd_beats_fgsm
+from experiments.plots import plot_accuracy_vs_eps, plot_adversarial_grid, plot_robustness_curve
+from experiments.records import read_records, write_atomic
+from experiments.summary import WORST_CASE, curve_points, summarize, write_tables
+
+logger = logging.getLogger(__name__)
+
+
+class ReportError(ValueError):
+    """A folder that is not a (finished part of a) run folder."""
+
+
+def run_label(run_dir: Path) -> str:
+    """``<sweep name>/<run id>``: how a run is named in side-by-side tables."""
+    return f"{run_dir.parent.name}/{run_dir.name}"
+
+
+def _finished_files(run_dir: Path) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Record files and done records of the finished units (unfinished ones are not read)."""
+    done_dir = run_dir / "done"
+    if not (run_dir / "manifest.json").is_file() or not done_dir.is_dir():
+        raise ReportError(f"{run_dir} is not a run folder (no manifest.json or done/); give a folder "
+                          "results/<sweep>/<run id> written by `advsweep sweep`")
+    records = [json.loads(path.read_text()) for path in sorted(done_dir.glob("*.json"))]
+    files = [run_dir / name for record in records for name in record["files"]]
+    return files, records
+
+
+def load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
+    """``(records, minimal, done records)`` of a run's finished units, with a ``run`` column."""
+    run_dir = Path(run_dir)
+    files, done = _finished_files(run_dir)
+    records = read_records([f for f in files if f.suffix == ".parquet" and f.name != "minimal.parquet"])
+    minimal_files = [f for f in files if f.name == "minimal.parquet"]
+    minimal = pd.concat([pd.read_parquet(f) for f in minimal_files], ignore_index=True) if minimal_files else pd.DataFrame()
+    label = run_label(run_dir)
+    config = json.loads((run_dir / "config.resolved.json").read_text())
+    model_order = {m["name"]: i for i, m in enumerate(config["models"])}
+    attack_order = {a["label"]: i + 1 for i, a in enumerate(config["attacks"])}  # the clean pass first
+    records = records.assign(_m=records["model"].map(model_order), _a=records["attack"].map(attack_order).fillna(0))
+    records = records.sort_values(["_m", "_a", "implementation", "eps", "example"], kind="stable")
+    records = records.drop(columns=["_m", "_a"]).reset_index(drop=True)
+    records.insert(0, "run", label)
+    if not minimal.empty:
+        minimal.insert(0, "run", label)
+    return records, minimal, done
+
+
+def assemble_checks(summary: pd.DataFrame, done: list[dict[str, Any]], run: str) -> list[dict[str, Any]]:
+    """The attack layer's checks for one run: the model checks and adversarial validity recorded by the
+    units, and monotonicity and PGD ≥ FGSM computed from the summary."""
+    checks: list[dict[str, Any]] = []
+    models = list(dict.fromkeys(summary.loc[summary["run"] == run, "model"]))
+    for model in models:
+        validity: dict[str, list[dict[str, Any]]] = {}
+        for record in done:
+            if record["key"].split("/")[0] != model:
+                continue
+            if record["kind"] == "checks":
+                checks += [{"run": run, "model": model, **c} for c in record["checks"]]
+            elif record["kind"] == "attack":
+                for c in record.get("checks", []):
+                    validity.setdefault(c["name"], []).append(c)
+        for name, parts in validity.items():  # one verdict per attack cell over its chunks
+            failed = [c for c in parts if not c["passed"]]
+            first = failed[0] if failed else parts[0]
+            checks.append({"run": run, "model": model, "name": name, "passed": not failed,
+                           "detail": f"{len(parts)} chunk(s); " + first["detail"], "suggestion": first["suggestion"]})
+        rows = summary[(summary["run"] == run) & (summary["model"] == model)]
+        curves = {f"{a}/{i}": (list(g["eps"]), list(g["robust_accuracy"]))
+                  for (a, i), g in rows.groupby(["attack", "implementation"], sort=False) if a != WORST_CASE}
+        checks += [{"run": run, "model": model, **c.to_dict()} for c in check_monotone(curves)]
+        attacks = rows[["attack", "norm"]].drop_duplicates()
+        fgsm_rows = rows[rows["attack"] == "fgsm"]
+        for pgd_label in attacks.loc[(attacks["norm"] == "linf") & attacks["attack"].str.startswith("pgd"), "attack"]:
+            for implementation in sorted(set(fgsm_rows["implementation"])):
+                pgd = rows[(rows["attack"] == pgd_label) & (rows["implementation"] == implementation)]
+                fgsm = fgsm_rows[fgsm_rows["implementation"] == implementation]
+                common = sorted(set(pgd["eps"]) & set(fgsm["eps"]))
+                if not common:
+                    continue
+                check = check_pgd_beats_fgsm(
+                    common, pgd.set_index("eps").loc[common, "robust_accuracy"].tolist(),
+                    fgsm.set_index("eps").loc[common, "robust_accuracy"].tolist(),
+                    examples=int(pgd["examples"].iloc[0]), label=f"{pgd_label}/{implementation}")
+                checks.append({"run": run, "model": model, **check.to_dict()})
+    return checks
+
+
+def _checks_markdown(checks: list[dict[str, Any]]) -> str:
+    lines = ["| run | model | check | verdict | measured | suggests |", "|---|---|---|---|---|---|"]
+    for c in checks:
+        lines.append(f"| {c['run']} | {c['model']} | {c['name']} | {'pass' if c['passed'] else '**FAIL**'} | "
+                     f"{c['detail']} | {c.get('suggestion', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_report(run_dirs: Sequence[Path], output: Path) -> dict[str, Any]:
+    """Write ``summary.*``, ``checks.*`` and ``figures/`` for ``run_dirs`` into ``output``.
+
+    Returns:
+        What was written: ``{"summary": DataFrame, "checks": [...], "files": [...]}``.
+    """
+    if not run_dirs:
+        raise ReportError("give at least one run folder")
+    loaded = [load_run(Path(d)) for d in run_dirs]
+    labels = [run_label(Path(d)) for d in run_dirs]
+    if len(set(labels)) != len(labels):
+        raise ReportError(f"the same run is given twice: {labels}")
+    records = pd.concat([r for r, _, _ in loaded], ignore_index=True)
+    if records.empty:
+        raise ReportError(f"no finished records in {', '.join(map(str, run_dirs))}: run `advsweep sweep` first")
+    summary = summarize(records)
+    output = Path(output)
+    files = write_tables(summary, output)
+    checks = [c for (_, _, done), label in zip(loaded, labels) for c in assemble_checks(summary, done, label)]
+    files.append(write_atomic(output / "checks.json", lambda p: p.write_text(json.dumps(checks, indent=2) + "\n")))
+    files.append(write_atomic(output / "checks.md", lambda p: p.write_text(_checks_markdown(checks))))
+    figures = output / "figures"
+    files += plot_accuracy_vs_eps(summary, figures / "accuracy_vs_eps")
+    minimal = pd.concat([m for _, m, _ in loaded if not m.empty], ignore_index=True) if any(
+        not m.empty for _, m, _ in loaded) else pd.DataFrame()
+    if not minimal.empty:
+        grid = np.unique(np.concatenate([np.linspace(0, float(g["eps_max"].max()), 201)
+                                         for _, g in minimal.groupby("norm")]))
+        curve = pd.concat([curve_points(minimal[minimal["norm"] == norm],
+                                        grid[grid <= minimal.loc[minimal["norm"] == norm, "eps_max"].max()])
+                           for norm in dict.fromkeys(minimal["norm"])], ignore_index=True)
+        write_atomic(output / "robustness_curve.csv", lambda p: curve.to_csv(p, index=False, float_format="%.10g"))
+        files += plot_robustness_curve(curve, figures / "robustness_curve")
+    for run_dir, label in zip(run_dirs, labels):
+        for path in sorted((Path(run_dir) / "adversarials").glob("*/*.npz")):
+            with np.load(path) as arrays:
+                model = path.parent.name
+                stem = f"adversarial_grid_{model}" if len(run_dirs) == 1 else \
+                    f"adversarial_grid_{label.replace('/', '_')}_{model}"
+                attack = path.stem.split("--chunk")[0].replace("--", ", ")
+                files += plot_adversarial_grid(arrays["x"], arrays["x_adv"], arrays["labels"], arrays["predictions"],
+                                               arrays["epsilons"], figures / stem, title=f"{model}: {attack}")
+    failed = [c for c in checks if not c["passed"]]
+    for c in failed:
+        logger.warning("CHECK FAILED (%s, %s): %s: %s. Suggests: %s", c["run"], c["model"], c["name"], c["detail"],
+                       c["suggestion"])
+    return {"summary": summary, "checks": checks, "files": files}

@@ -1,0 +1,387 @@
+"""The sweep runner: a config file in, a run folder of per-example records, tables, figures and checks out.
+
+Work is split into units (the clean pass per model; each attack × implementation per model and chunk
+of examples; the minimal-perturbation bisection; the model's checks). A unit's files are written
+atomically and then a ``done/<unit>.json`` names them with their sha256; a unit counts as finished
+only if that file exists and every file it names is intact. Run the same command after a Ctrl-C or a
+killed process and the sweep continues from the finished units. Each unit's result depends only on
+the model, its examples and the seeds, never on what ran before it in the same process, so a resumed
+sweep ends with the same records as an uninterrupted one.
+
+The run folder ``results/<sweep name>/<run id>/`` is named by a hash of the resolved config, the
+models' content hashes and the code's git commit: the same sweep of the same code always lands in
+the same folder, and a changed config or code starts a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from experiments.config import AttackSpec, ModelSpec, SweepConfig, digest, select_examples
+from experiments.records import attack_records, clean_records, write_atomic, write_records
+
+logger = logging.getLogger(__name__)
+
+CHECK_EXAMPLES = 200  # examples of the per-model checks (the unbounded-attack check runs PGD-40 on them)
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot start (unloadable model, unusable asset); the message says what to fix."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: keras.Model
+    folder: Path
+    sha256: str
+    metrics: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One resumable piece of work."""
+
+    key: str  # e.g. "vgg16/pgd-linf/own/chunk-0001"
+    kind: str  # "clean", "attack", "minimal" or "checks"
+    model: str
+    cost: float  # estimated gradient evaluations, for the progress bar's time left
+    attack: AttackSpec | None = None
+    implementation: str | None = None
+    start: int = 0
+    stop: int = 0
+
+    @property
+    def done_path(self) -> str:
+        return f"done/{self.key.replace('/', '__')}.json"
+
+
+# --------------------------------------------------------------------------------------------
+# models
+
+
+def file_sha256(path: Path) -> str:
+    digest_ = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest_.update(block)
+    return digest_.hexdigest()
+
+
+def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
+    """Load every model of the sweep, training those given as a model config that are not trained yet."""
+    from models.training import load_trained, train_model
+
+    loaded = []
+    for spec in config.models:
+        if spec.path is not None:
+            folder = Path(spec.path)
+        else:
+            assert spec.train is not None
+            folder = models_root / spec.train.model_id
+            if not (folder / "model.keras").is_file():
+                subset = spec.train.train_examples
+                logger.info("model %r: training %s%s", spec.name, spec.train.model_id,
+                            f" on {subset} of the 55000 training images (to fit the sweep's time budget)" if subset
+                            else "")
+                train_model(spec.train, models_root)
+        try:
+            model, _, metrics = load_trained(folder)
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # a corrupt or foreign file: Keras raises many kinds of error
+            raise SweepError(f"model {spec.name!r}: {folder / 'model.keras'} cannot be loaded ({type(error).__name__}: "
+                             f"{error}); train it again with `advsweep train` or point `path` at a good folder") from None
+        loaded.append(LoadedModel(spec=spec, model=model, folder=folder, sha256=file_sha256(folder / "model.keras"),
+                                  metrics=metrics))
+    return loaded
+
+
+# --------------------------------------------------------------------------------------------
+# identity and manifest
+
+
+def code_version() -> dict[str, Any]:
+    """The git commit of the checkout (and whether it has uncommitted changes), else the package version."""
+    from experiments.cli import project_root
+
+    root = project_root()
+    version: dict[str, Any] = {"advsweep": _package_version("advsweep")}
+    if root is not None and (root / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    check=True, timeout=30).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+            version.update({"git_commit": commit, "git_dirty": bool(dirty)})
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return version
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def run_identity(config: SweepConfig, models: list[LoadedModel], code: dict[str, Any]) -> str:
+    """12 hex digits of a hash of what determines the results: config, model contents, code."""
+    resolved = config.to_dict()
+    resolved.pop("description")
+    for entry in resolved["models"]:
+        entry.pop("path")  # the model's content hash stands for it, wherever it lies
+    return digest({"config": resolved, "models": {m.spec.name: m.sha256 for m in models},
+                   "code": code.get("git_commit") or code.get("advsweep")})[:12]
+
+
+def manifest(config: SweepConfig, models: list[LoadedModel], code: dict[str, Any], assets: list[dict[str, Any]],
+             examples: np.ndarray) -> dict[str, Any]:
+    import tensorflow as tf
+
+    return {
+        "sweep": config.name,
+        "code": code,
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+                     **{name: _package_version(name) for name in ("numpy", "foolbox", "pandas", "pyarrow", "matplotlib")}},
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
+        "assets": assets,
+        "models": [{"name": m.spec.name, "folder": str(m.folder), "model_keras_sha256": m.sha256,
+                    "model_id": m.metrics.get("model_id"), "clean_test_accuracy": m.metrics.get("clean_test_accuracy"),
+                    "train_examples": m.metrics.get("train_examples")} for m in models],
+        "seeds": {"attacks": config.seed, "example_selection": config.selection_seed},
+        "examples": {"count": len(examples), "selection": config.selection,
+                     "test_indices_sha256": hashlib.sha256(examples.astype(np.int64).tobytes()).hexdigest()},
+    }
+
+
+def write_json(path: Path, value: Any) -> Path:
+    return write_atomic(path, lambda p: p.write_text(json.dumps(value, indent=2, default=_json_default) + "\n"))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# units
+
+
+def plan(config: SweepConfig) -> list[Unit]:
+    """Every unit of the sweep, in run order: per model the clean pass, the attacks (ascending chunks),
+    the minimal-perturbation bisection and the checks."""
+    units: list[Unit] = []
+    chunks = [(start, min(start + config.chunk_size, config.examples))
+              for start in range(0, config.examples, config.chunk_size)]
+    for spec in config.models:
+        for start, stop in chunks:
+            units.append(Unit(key=f"{spec.name}/clean/chunk-{start // config.chunk_size:04d}", kind="clean",
+                              model=spec.name, cost=(stop - start) * 0.5, start=start, stop=stop))
+        for attack in config.attacks:
+            grid = config.epsilons[attack.norm]
+            steps = int(attack.params.get("steps", 40 if attack.name == "pgd" else 10)) if attack.name in ("pgd", "bim") else 1
+            restarts = int(attack.params.get("restarts", 1))
+            for implementation in attack.implementations:
+                for start, stop in chunks:
+                    cost = (stop - start) * (steps * restarts * (len(grid) - 1) + 0.5 * len(grid))
+                    units.append(Unit(key=f"{spec.name}/{attack.label}/{implementation}/chunk-{start // config.chunk_size:04d}",
+                                      kind="attack", model=spec.name, cost=cost, attack=attack,
+                                      implementation=implementation, start=start, stop=stop))
+        if config.minimal.enabled:
+            n = config.minimal.examples
+            units.append(Unit(key=f"{spec.name}/minimal", kind="minimal", model=spec.name,
+                              cost=n * config.minimal.steps * 8, start=0, stop=n))
+        n_checks = min(config.examples, CHECK_EXAMPLES)
+        units.append(Unit(key=f"{spec.name}/checks", kind="checks", model=spec.name, cost=n_checks * 40, start=0,
+                          stop=n_checks))
+    return units
+
+
+def unit_is_done(run_dir: Path, unit: Unit) -> bool:
+    """The unit's done file exists and every file it names is present with its recorded sha256."""
+    done = run_dir / unit.done_path
+    if not done.is_file():
+        return False
+    try:
+        record = json.loads(done.read_text())
+        return all((run_dir / name).is_file() and file_sha256(run_dir / name) == sha for name, sha in record["files"].items())
+    except (ValueError, KeyError, OSError):
+        return False
+
+
+def _attack_params(config: SweepConfig, unit: Unit) -> dict[str, Any]:
+    from attacks.registry import attack_parameters
+
+    assert unit.attack is not None
+    params = dict(unit.attack.params)
+    allowed = attack_parameters(unit.attack.name)
+    params["batch_size"] = config.batch_size
+    params["gradient"] = config.gradient
+    if "norm" in allowed:
+        params["norm"] = unit.attack.norm
+    if "seed" in allowed:
+        params.setdefault("seed", config.seed)
+    if unit.implementation == "own" and "early_stop" in allowed:
+        params.setdefault("early_stop", True)  # robust accuracy is what a sweep wants: stop on a fooled example
+    return params
+
+
+def run_unit(config: SweepConfig, unit: Unit, loaded: LoadedModel, run_dir: Path, x: np.ndarray, labels: np.ndarray,
+             examples: np.ndarray) -> dict[str, Any]:
+    """Compute one unit and write its files atomically; returns its done record (without the time)."""
+    from attacks import minimal_perturbation, predict_logits, run_attack
+    from attacks.checks import check_gradients, check_logits, check_result_validity, check_unbounded
+
+    part = slice(unit.start, unit.stop)
+    files: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    name = unit.key.split("/", 1)[1]
+
+    def keep(path: Path) -> None:
+        files[str(path.relative_to(run_dir))] = file_sha256(path)
+
+    if unit.kind == "clean":
+        logits = predict_logits(loaded.model, x[part], batch_size=max(config.batch_size, 256))
+        frame = clean_records(model=unit.model, examples=examples[part], labels=labels[part], logits=logits)
+        keep(write_records(frame, run_dir / "records" / unit.model / f"{name.replace('/', '--')}.parquet"))
+    elif unit.kind == "attack":
+        assert unit.attack is not None and unit.implementation is not None
+        result = run_attack(unit.attack.name, loaded.model, x[part], labels[part], list(config.epsilons[unit.attack.norm]),
+                            implementation=unit.implementation, **_attack_params(config, unit))
+        frame = attack_records(model=unit.model, attack=unit.attack.label, implementation=unit.implementation,
+                               norm=unit.attack.norm, epsilons=result.epsilons, examples=examples[part],
+                               labels=labels[part], x=x[part], x_adv=result.x_adv, logits=result.logits)
+        keep(write_records(frame, run_dir / "records" / unit.model / f"{name.replace('/', '--')}.parquet"))
+        extra["checks"] = [check_result_validity(result, x[part], label=f"{unit.attack.label}/{unit.implementation}").to_dict()]
+        figure = config.figures
+        in_grid = np.flatnonzero(np.arange(unit.start, unit.stop) < figure.grid_examples)
+        if (unit.attack.label, unit.implementation) == (figure.grid_attack, figure.grid_implementation) and len(in_grid):
+            columns = [list(result.epsilons).index(e) for e in figure.grid_eps]
+            path = run_dir / "adversarials" / unit.model / f"{name.replace('/', '--')}.npz"
+            arrays = {"x": x[part][in_grid], "x_adv": result.x_adv[columns][:, in_grid],
+                      "labels": labels[part][in_grid], "predictions": result.logits[columns][:, in_grid].argmax(-1),
+                      "epsilons": np.asarray(figure.grid_eps), "examples": examples[part][in_grid]}
+            keep(write_atomic(path, lambda p: np.savez_compressed(p, **arrays)))  # type: ignore[arg-type]
+    elif unit.kind == "minimal":
+        spec = config.minimal
+        minimal = minimal_perturbation(loaded.model, x[part], labels[part], norm=spec.norm, eps_max=spec.eps_max,
+                                      tolerance=spec.tolerance, steps=spec.steps, seed=config.seed,
+                                      batch_size=config.batch_size, gradient=config.gradient)
+        frame = pd.DataFrame({"model": unit.model, "norm": spec.norm, "example": examples[part],
+                              "label": labels[part].astype(np.int8), "minimal_eps": minimal.eps,
+                              "eps_max": minimal.eps_max, "tolerance": minimal.tolerance})
+        path = run_dir / "records" / unit.model / "minimal.parquet"
+        keep(write_atomic(path, lambda p: frame.to_parquet(p, index=False)))
+    elif unit.kind == "checks":
+        checks = [check_logits(loaded.model, x[part]),
+                  check_gradients(loaded.model, x[part], labels[part], batch_size=config.batch_size),
+                  check_unbounded(loaded.model, x[part], labels[part], batch_size=config.batch_size, seed=config.seed)]
+        extra["checks"] = [c.to_dict() for c in checks]
+        extra["examples"] = unit.stop - unit.start
+    else:  # pragma: no cover - plan() makes only the kinds above
+        raise AssertionError(unit.kind)
+    return {"key": unit.key, "kind": unit.kind, "files": files, **extra}
+
+
+# --------------------------------------------------------------------------------------------
+# the sweep
+
+
+def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = None,
+              on_unit_done: Callable[[Unit], None] | None = None) -> Path:
+    """Run (or resume) a sweep and write its tables and figures; returns the run folder.
+
+    Everything that can fail on bad input (assets, model files) is done before the run folder is made.
+    """
+    from tqdm.auto import tqdm
+
+    from assets import load_mnist
+    from experiments.report import build_report
+    from models.training import to_float_images
+
+    started = time.time()
+    (_, _, x_test, y_test), mnist = load_mnist()
+    models = prepare_models(config, results_root / "models")
+    assets = {mnist.name: mnist.to_dict()}
+    for loaded in models:  # the weights each model was built from, as its training recorded them
+        for entry in loaded.metrics.get("assets", {}).values():
+            assets.setdefault(entry["name"], entry)
+    examples = select_examples(y_test, count=config.examples, selection=config.selection, seed=config.selection_seed)
+    x, labels = to_float_images(x_test[examples]), y_test[examples].astype(np.int64)
+    code = code_version()
+    run_id = run_id or run_identity(config, models, code)
+    run_dir = results_root / config.name / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    by_name = {m.spec.name: m for m in models}
+
+    previous = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").is_file() else {}
+    info = manifest(config, models, code, list(assets.values()), examples)
+    info.update({"run_id": run_id, "status": "running", "started": previous.get("started") or _now(),
+                 "sessions": previous.get("sessions", []) + [{"started": _now()}]})
+    write_json(run_dir / "config.resolved.json", config.to_dict())
+    write_json(run_dir / "manifest.json", info)
+    write_atomic(run_dir / "examples.csv", lambda p: pd.DataFrame(
+        {"position": np.arange(len(examples)), "example": examples, "label": labels}).to_csv(p, index=False))
+
+    units = plan(config)
+    todo = [u for u in units if not unit_is_done(run_dir, u)]
+    logger.info("sweep %s, run %s: %d of %d units to do (%s)", config.name, run_id, len(todo), len(units), run_dir)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    progress = tqdm(total=sum(u.cost for u in units), initial=sum(u.cost for u in units if u not in todo),
+                    unit="grad", unit_scale=True, desc=config.name, dynamic_ncols=True,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
+    with logging_redirect_tqdm(), progress:
+        for unit in todo:
+            progress.set_postfix_str(unit.key)
+            unit_started = time.perf_counter()
+            record = run_unit(config, unit, by_name[unit.model], run_dir, x, labels, examples)
+            record["seconds"] = time.perf_counter() - unit_started
+            record["finished"] = _now()
+            write_json(run_dir / unit.done_path, record)
+            progress.update(unit.cost)
+            logger.info("%s: done in %.1f s", unit.key, record["seconds"])
+            if on_unit_done is not None:
+                on_unit_done(unit)
+
+    build_report([run_dir], run_dir)
+    info["status"] = "complete"
+    info["finished"] = _now()
+    info["sessions"][-1]["finished"] = info["finished"]
+    info["unit_seconds"] = {u.key: json.loads((run_dir / u.done_path).read_text())["seconds"] for u in units}
+    info["wall_seconds_this_session"] = time.time() - started
+    write_json(run_dir / "manifest.json", info)
+    return run_dir
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete a run folder (used by tests and ``--fresh``)."""
+    shutil.rmtree(run_dir, ignore_errors=True)

@@ -131,8 +131,10 @@ def foolbox_attack(
     n = len(x)
     x_adv = np.repeat(x[None], len(eps), axis=0)
     success = np.zeros((len(eps), n), dtype=bool)
-    for restart in range(restarts):
-        todo_any = np.flatnonzero(~success.all(axis=0)) if restart > 0 else np.arange(n)
+    # ε = 0 admits only the input itself (foolbox would return it after running every step)
+    moving = [k for k in range(len(eps)) if eps[k] > 0]
+    for restart in range(restarts if moving else 0):
+        todo_any = np.flatnonzero(~success[moving].all(axis=0)) if restart > 0 else np.arange(n)
         if len(todo_any) == 0:
             break
         tf.random.set_seed(int(seed) * 1000 + restart)
@@ -142,11 +144,11 @@ def foolbox_attack(
             classes = tf.constant(targets[index] if targets is not None else labels[index])
             criterion = (fb.criteria.TargetedMisclassification(classes) if targets is not None
                          else fb.criteria.Misclassification(classes))
-            _, clipped, found = instance(fmodel, inputs, criterion, epsilons=[float(e) for e in eps])
-            for k in range(len(eps)):
-                found_k = np.asarray(found[k].numpy(), dtype=bool)
+            _, clipped, found = instance(fmodel, inputs, criterion, epsilons=[float(eps[k]) for k in moving])
+            for j, k in enumerate(moving):
+                found_k = np.asarray(found[j].numpy(), dtype=bool)
                 keep = found_k & ~success[k, index] if restart > 0 else np.ones(len(index), dtype=bool)
-                x_adv[k, index[keep]] = clipped[k].numpy()[keep]
+                x_adv[k, index[keep]] = clipped[j].numpy()[keep]
                 success[k, index[keep]] |= found_k[keep]
     logits = np.stack([predict_logits(model, x_adv[k], batch_size=max(batch_size, 256)) for k in range(len(eps))]) \
         if n else np.zeros((len(eps), 0, 10), np.float32)

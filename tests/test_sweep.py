@@ -1,0 +1,357 @@
+"""The sweep runner on the real models: run folder contents, numbers traceable to records, report, resume,
+and bad configs refused before any work with exit status 2 and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments.cli import main
+from experiments.config import ConfigError, load_config, parse_config, select_examples
+from experiments.records import COLUMNS
+from experiments.summary import WORST_CASE, wilson_interval
+from experiments.sweep import plan, run_sweep, unit_is_done
+from models.config import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _save(model, kind: str, folder: Path) -> Path:
+    """A trained-model folder as `advsweep train` writes it (model.keras, config.json, metrics.json)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    config = ModelConfig(kind=kind)
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+    (folder / "metrics.json").write_text(json.dumps({"model_id": f"{kind}-test-fixture", "clean_test_accuracy": None,
+                                                     "assets": {}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_folders(tmp_path_factory, small_cnn, vgg16_model):
+    root = tmp_path_factory.mktemp("models")
+    return {"vgg16": _save(vgg16_model, "vgg16", root / "vgg16"), "cnn": _save(small_cnn, "small_cnn", root / "cnn")}
+
+
+def _config_text(folders: dict[str, Path], name: str = "tiny") -> str:
+    return f'''
+name = "{name}"
+seed = 0
+chunk_size = 10
+[examples]
+count = 20
+selection = "balanced"
+[[models]]
+name = "vgg16"
+path = "{folders['vgg16']}"
+[[models]]
+name = "cnn"
+path = "{folders['cnn']}"
+[epsilons]
+linf = [0.1, 0.2]
+[[attacks]]
+name = "fgsm"
+[[attacks]]
+name = "pgd"
+steps = 5
+rel_stepsize = 0.3
+[minimal]
+examples = 10
+steps = 5
+[figures]
+grid_examples = 4
+grid_eps = [0.2]
+'''
+
+
+@pytest.fixture(scope="module")
+def sweep_config(model_folders, tmp_path_factory):
+    path = tmp_path_factory.mktemp("configs") / "tiny.toml"
+    path.write_text(_config_text(model_folders))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(sweep_config, tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    return run_sweep(load_config(sweep_config), results)
+
+
+def _summary_without_run(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "summary.csv").drop(columns=["run"])
+
+
+# --------------------------------------------------------------------------------------------
+# the run folder
+
+
+def test_run_folder_has_records_tables_figures_checks_and_manifest(finished_run, sweep_config):
+    for name in ("config.resolved.json", "manifest.json", "examples.csv", "summary.csv", "summary.md", "summary.tex",
+                 "checks.json", "checks.md", "robustness_curve.csv"):
+        assert (finished_run / name).is_file(), name
+    for stem in ("accuracy_vs_eps", "robustness_curve", "adversarial_grid_vgg16", "adversarial_grid_cnn"):
+        assert (finished_run / "figures" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (finished_run / "figures" / f"{stem}.pdf").read_bytes()[:4] == b"%PDF"
+    manifest = json.loads((finished_run / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["code"].get("git_commit") or manifest["code"].get("advsweep")
+    assert {m["name"] for m in manifest["models"]} == {"vgg16", "cnn"}
+    assert all(len(m["model_keras_sha256"]) == 64 for m in manifest["models"])
+    assert manifest["assets"][0]["name"] == "mnist" and len(manifest["assets"][0]["content_sha256"]) == 64
+    assert set(manifest["unit_seconds"]) == {u.key for u in plan(load_config(sweep_config))}
+    assert "tensorflow" in manifest["versions"] and manifest["seeds"]["attacks"] == 0
+    assert not [p for p in finished_run.rglob(".*") if p.is_file()]  # no temporary file left behind
+
+
+def test_records_have_one_typed_row_per_example_cell_and_eps(finished_run):
+    records = pd.concat([pd.read_parquet(p) for p in (finished_run / "records").glob("*/*--chunk-*.parquet")])
+    assert list(records.columns) == list(COLUMNS)
+    attacked = records[records["attack"] != "clean"]
+    # 2 models × 2 attacks × 2 implementations × 3 ε (0 is always added) × 20 examples
+    assert len(attacked) == 2 * 2 * 2 * 3 * 20
+    assert attacked.groupby(["model", "attack", "implementation", "eps"]).size().eq(20).all()
+    assert sorted(records.loc[records["attack"] == "clean", "model"].value_counts()) == [20, 20]
+    assert (attacked["linf"] <= attacked["eps"] + 1e-6).all()
+    assert ((attacked["margin"] > 0) == attacked["correct"]).all()
+    selected = pd.read_csv(finished_run / "examples.csv")
+    assert set(attacked["example"]) == set(selected["example"])
+    assert np.bincount(selected["label"], minlength=10).tolist() == [2] * 10  # class-balanced
+
+
+def test_every_summary_number_is_recomputed_from_the_records(finished_run):
+    records = pd.concat([pd.read_parquet(p) for p in (finished_run / "records").glob("*/*--chunk-*.parquet")])
+    summary = pd.read_csv(finished_run / "summary.csv")
+    clean = records[records["attack"] == "clean"].set_index(["model", "example"])["correct"]
+    for row in summary.itertuples():
+        if row.attack == WORST_CASE:
+            cell = records[(records["model"] == row.model) & (records["eps"] == row.eps) & (records["attack"] != "clean")]
+            robust = cell.groupby("example")["correct"].all() & clean.loc[row.model]
+            assert row.robust == int(robust.sum())
+            continue
+        cell = records[(records["model"] == row.model) & (records["attack"] == row.attack)
+                       & (records["implementation"] == row.implementation) & (records["eps"] == row.eps)]
+        assert row.examples == len(cell) == 20
+        assert row.robust_accuracy == pytest.approx(cell["correct"].mean(), abs=1e-12)
+        initially = cell[clean.loc[row.model].loc[cell["example"]].to_numpy()]
+        if len(initially):
+            assert row.attack_success_rate == pytest.approx((~initially["correct"]).mean(), abs=1e-12)
+        assert row.ci_low <= row.robust_accuracy <= row.ci_high
+
+
+def test_worst_case_is_no_weaker_than_any_attack(finished_run):
+    summary = pd.read_csv(finished_run / "summary.csv")
+    for (model, eps), group in summary.groupby(["model", "eps"]):
+        worst = group.loc[group["attack"] == WORST_CASE, "robust_accuracy"].item()
+        assert worst <= group.loc[group["attack"] != WORST_CASE, "robust_accuracy"].min() + 1e-12
+
+
+def test_wilson_interval_hand_computed():
+    # n = 20, 0 or 20 successes: the bounds are z² / (n + z²) and n / (n + z²)
+    z2 = 1.959963984540054 ** 2
+    assert wilson_interval(0, 20) == (0.0, pytest.approx(z2 / (20 + z2)))
+    assert wilson_interval(20, 20) == (pytest.approx(20 / (20 + z2)), 1.0)
+    low, high = wilson_interval(5, 10)
+    assert low == pytest.approx(0.2365930, abs=1e-6) and high == pytest.approx(0.7634070, abs=1e-6)
+
+
+def test_tables_are_ready_to_paste(finished_run):
+    markdown = (finished_run / "summary.md").read_text()
+    assert "| model | attack | implementation | ε = 0 | ε = 0.1 | ε = 0.2 |" in markdown
+    assert "**worst case**" in markdown
+    latex = (finished_run / "summary.tex").read_text()
+    for command in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\textbf{worst case}"):
+        assert command in latex
+    checks = json.loads((finished_run / "checks.json").read_text())
+    names = {c["name"] for c in checks}
+    assert {"model returns logits", "input gradients are not zero", "unbounded attack wins"} <= names
+    assert any(n.startswith("PGD at least as strong as FGSM") for n in names)
+    assert any(n.startswith("accuracy falls with ε") for n in names)
+
+
+def test_same_config_and_seeds_give_the_same_run_id_and_numbers(finished_run, sweep_config):
+    again = run_sweep(load_config(sweep_config), finished_run.parents[1])
+    assert again == finished_run  # same identity: the finished run is found, nothing recomputed
+    other = run_sweep(load_config(sweep_config), finished_run.parents[1], run_id="repeat")
+    pd.testing.assert_frame_equal(_summary_without_run(other), _summary_without_run(finished_run))
+
+
+# --------------------------------------------------------------------------------------------
+# report
+
+
+def test_report_rebuilds_the_same_tables_from_records_alone(finished_run, tmp_path):
+    copy = tmp_path / "tiny" / finished_run.name
+    shutil.copytree(finished_run, copy)
+    expected = (copy / "summary.csv").read_bytes()
+    for name in ("summary.csv", "summary.md", "summary.tex", "checks.json"):
+        (copy / name).unlink()
+    shutil.rmtree(copy / "figures")
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "summary.csv").read_bytes() == expected
+    assert (copy / "figures" / "accuracy_vs_eps.pdf").is_file()
+
+
+def test_report_puts_runs_side_by_side(finished_run, tmp_path):
+    second = tmp_path / "tiny-again" / "second"
+    shutil.copytree(finished_run, second)
+    output = tmp_path / "comparison"
+    assert main(["report", str(finished_run), str(second), "--output", str(output)]) == 0
+    summary = pd.read_csv(output / "summary.csv")
+    assert summary["run"].nunique() == 2
+    assert "| run | model | attack |" in (output / "summary.md").read_text()
+    assert (output / "figures" / "accuracy_vs_eps.png").is_file()
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# nothing lost
+
+
+def test_interrupted_sweep_resumes_to_the_same_summary(finished_run, sweep_config, tmp_path):
+    config = load_config(sweep_config)
+    finished: list[str] = []
+
+    def interrupt_after_five(unit):
+        finished.append(unit.key)
+        if len(finished) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, tmp_path, run_id="interrupted", on_unit_done=interrupt_after_five)
+    run_dir = tmp_path / "tiny" / "interrupted"
+    assert not (run_dir / "summary.csv").exists()
+    stamps = {key: json.loads((run_dir / f"done/{key.replace('/', '__')}.json").read_text())["finished"]
+              for key in finished}
+    # a half-written record of the next unit, as a kill mid-write would leave under its temporary name
+    (run_dir / "records" / "vgg16" / ".fgsm--foolbox--chunk-0001.parquet.junk.parquet").write_bytes(b"PAR1 half")
+    run_sweep(config, tmp_path, run_id="interrupted")
+    for key, stamp in stamps.items():  # finished units were not run again
+        assert json.loads((run_dir / f"done/{key.replace('/', '__')}.json").read_text())["finished"] == stamp
+    pd.testing.assert_frame_equal(_summary_without_run(run_dir), _summary_without_run(finished_run))
+
+
+def test_a_damaged_record_file_is_recomputed(finished_run, sweep_config, tmp_path):
+    copy = tmp_path / "tiny" / "damaged"
+    shutil.copytree(finished_run, copy)
+    units = plan(load_config(sweep_config))
+    victim = next(u for u in units if u.key == "cnn/pgd-linf/own/chunk-0001")
+    record = json.loads((copy / victim.done_path).read_text())
+    path = copy / next(iter(record["files"]))
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    assert not unit_is_done(copy, victim)
+    run_sweep(load_config(sweep_config), tmp_path, run_id="damaged")
+    assert unit_is_done(copy, victim)
+    pd.testing.assert_frame_equal(_summary_without_run(copy), _summary_without_run(finished_run))
+
+
+@pytest.mark.slow
+def test_killed_sweep_process_resumes_to_the_same_summary(finished_run, sweep_config, tmp_path):
+    """SIGKILL the real command mid-sweep (no clean-up runs), then run the same command again."""
+    env = {**os.environ, "ADVSWEEP_RESULTS": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "experiments.cli", "sweep", str(sweep_config), "--run-id", "killed"]
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = tmp_path / "tiny" / "killed" / "done"
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(done_dir.glob("*.json"))) < 8 and process.poll() is None:
+        time.sleep(0.2)
+    assert process.poll() is None, "the sweep finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "tiny" / "killed" / "summary.csv").exists()
+    finished = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "robust accuracy" in finished.stdout
+    pd.testing.assert_frame_equal(_summary_without_run(tmp_path / "tiny" / "killed"), _summary_without_run(finished_run))
+
+
+# --------------------------------------------------------------------------------------------
+# bad configs
+
+BAD_CONFIGS = [
+    ("malformed-toml", lambda t: t.replace("[[attacks]]", "[[attacks]", 1), "is not valid TOML"),
+    ("unknown-top-key", lambda t: "nmae = 3\n" + t, r"unknown config key\(s\) `nmae`; allowed: .*examples"),
+    ("unknown-attack", lambda t: t.replace('name = "pgd"', 'name = "cw"'),
+     r"`attacks\[1\].name`: unknown attack 'cw'; known attacks: bim, fgm, fgsm, pgd"),
+    ("unknown-attack-parameter", lambda t: t.replace("steps = 5\n", "stpes = 5\n", 1),
+     r"unknown config key\(s\) `attacks\[1\].stpes`; allowed in `attacks\[1\]`: .*steps"),
+    ("eps-out-of-range", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [0.1, 1.5]"),
+     r"`epsilons.linf`: .*1.5"),
+    ("negative-eps", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [-0.1, 0.2]"), r"`epsilons.linf`"),
+    ("missing-model-file", lambda t: t.replace('name = "cnn"\npath = "', 'name = "cnn"\npath = "/nonexistent'),
+     r"`models\[1\].path`: /nonexistent.* has no model.keras"),
+    ("unknown-model-kind", lambda t: t.replace('name = "cnn"\npath =', 'name = "cnn"\ntrain = {kind = "resnet"}\n#'),
+     r"`models\[1\].train`: `kind` must be one of \['vgg16', 'small_cnn'\]"),
+    ("bad-implementation", lambda t: t.replace('name = "fgsm"', 'name = "fgsm"\nimplementations = ["cleverhans"]'),
+     r"`attacks\[0\].implementations`: must be one of 'own', 'foolbox'"),
+    ("missing-name", lambda t: t.replace('name = "tiny"', ""), r"config key `name`"),
+    ("unbalanced-count", lambda t: t.replace("count = 20", "count = 25"), r"`examples.count`: must be a multiple of 10"),
+    ("duplicate-label", lambda t: t.replace('name = "pgd"', 'name = "fgsm"\n'), r"`attacks`: names must be unique"),
+]
+
+
+@pytest.mark.parametrize("mutate,message", [(m, msg) for _, m, msg in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_is_refused_before_any_work(mutate, message, model_folders, tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(mutate(_config_text(model_folders)))
+    results = tmp_path / "results"
+    assert main(["sweep", str(path), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert "advsweep sweep: error:" in err
+    assert re.search(message, err), err
+    assert not results.exists() or not any(results.iterdir())
+
+
+def test_missing_config_file_is_refused(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "nope.toml"), "--results", str(tmp_path / "r")]) == 2
+    assert "does not exist; the shipped ones are in experiments/configs/" in capsys.readouterr().err
+
+
+def test_corrupt_model_file_is_refused_and_leaves_no_run_folder(model_folders, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(model_folders["cnn"], broken)
+    (broken / "model.keras").write_bytes(b"this is not a keras file")
+    path = tmp_path / "bad.toml"
+    path.write_text(_config_text({"vgg16": broken, "cnn": model_folders["cnn"]}))
+    results = tmp_path / "results"
+    assert main(["sweep", str(path), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert "model.keras cannot be loaded" in err and "advsweep train" in err
+    assert not (results / "tiny").exists()
+
+
+def test_shipped_configs_are_valid():
+    for name in ("quick", "paper"):
+        raw = tomllib.loads((ROOT / "experiments" / "configs" / f"{name}.toml").read_text())
+        config = parse_config(raw, base=ROOT)
+        assert config.name == name and len(config.models) == 2
+    paper = load_config(ROOT / "experiments" / "configs" / "paper.toml")
+    assert paper.examples == 10000 and paper.epsilons["linf"][-1] == 0.3
+    madry = next(a for a in paper.attacks if a.label == "pgd40-linf")
+    assert madry.params == {"steps": 40, "abs_stepsize": 0.01, "random_start": True}
+
+
+def test_balanced_selection_is_seeded_and_balanced(mnist):
+    (_, _, _, y_test), _ = mnist
+    first = select_examples(y_test, count=300, selection="balanced", seed=0)
+    assert np.array_equal(first, select_examples(y_test, count=300, selection="balanced", seed=0))
+    assert not np.array_equal(first, select_examples(y_test, count=300, selection="balanced", seed=1))
+    assert np.bincount(y_test[first], minlength=10).tolist() == [30] * 10
+    assert np.array_equal(select_examples(y_test, count=5, selection="first", seed=0), np.arange(5))
+    with pytest.raises(ConfigError, match="selection"):
+        parse_config({"name": "x", "examples": {"selection": "random"}}, base=Path.cwd())

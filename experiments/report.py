@@ -144,7 +144,7 @@ def build_report(run_dirs: Sequence[Path], output: Path) -> dict[str, Any]:
         curve = pd.concat([curve_points(minimal[minimal["norm"] == norm],
                                         grid[grid <= minimal.loc[minimal["norm"] == norm, "eps_max"].max()])
                            for norm in dict.fromkeys(minimal["norm"])], ignore_index=True)
-        write_atomic(output / "robustness_curve.csv", lambda p: curve.to_csv(p, index=False, float_format="%.10g"))
+        write_atomic(output / "robustness_curve.csv", lambda p: curve.to_csv(p, index=False))
         files += plot_robustness_curve(curve, figures / "robustness_curve")
     for run_dir, label in zip(run_dirs, labels):
         for path in sorted((Path(run_dir) / "adversarials").glob("*/*.npz")):

@@ -203,7 +203,7 @@ def latex(summary: pd.DataFrame) -> str:
 def write_tables(summary: pd.DataFrame, folder: Path, *, stem: str = "summary") -> list[Path]:
     """``summary.csv`` (every column, full precision), ``summary.md`` and ``summary.tex``, atomically."""
     written = [
-        write_atomic(folder / f"{stem}.csv", lambda p: summary.to_csv(p, index=False, float_format="%.10g")),
+        write_atomic(folder / f"{stem}.csv", lambda p: summary.to_csv(p, index=False)),
         write_atomic(folder / f"{stem}.md", lambda p: p.write_text(markdown(summary), encoding="utf-8")),
         write_atomic(folder / f"{stem}.tex", lambda p: p.write_text(latex(summary), encoding="utf-8")),
     ]

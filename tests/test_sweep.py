@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from experiments.cli import main
-from experiments.config import ConfigError, load_config, parse_config, select_examples
+from experiments.config import load_config, parse_config, select_examples
 from experiments.records import COLUMNS
 from experiments.summary import WORST_CASE, wilson_interval
 from experiments.sweep import plan, run_sweep, unit_is_done
@@ -301,7 +301,10 @@ BAD_CONFIGS = [
      r"`attacks\[0\].implementations`: must be one of 'own', 'foolbox'"),
     ("missing-name", lambda t: t.replace('name = "tiny"', ""), r"config key `name`"),
     ("unbalanced-count", lambda t: t.replace("count = 20", "count = 25"), r"`examples.count`: must be a multiple of 10"),
-    ("duplicate-label", lambda t: t.replace('name = "pgd"', 'name = "fgsm"\n'), r"`attacks`: names must be unique"),
+    ("duplicate-label", lambda t: t.replace('name = "pgd"', 'name = "pgd"\nlabel = "fgsm"'),
+     r"`attacks`: names must be unique; repeated: \['fgsm'\]"),
+    ("bad-selection", lambda t: t.replace('selection = "balanced"', 'selection = "random"'),
+     r"`examples.selection`: must be one of 'balanced', 'first'. Received: 'random'"),
 ]
 
 
@@ -353,5 +356,3 @@ def test_balanced_selection_is_seeded_and_balanced(mnist):
     assert not np.array_equal(first, select_examples(y_test, count=300, selection="balanced", seed=1))
     assert np.bincount(y_test[first], minlength=10).tolist() == [30] * 10
     assert np.array_equal(select_examples(y_test, count=5, selection="first", seed=0), np.arange(5))
-    with pytest.raises(ConfigError, match="selection"):
-        parse_config({"name": "x", "examples": {"selection": "random"}}, base=Path.cwd())

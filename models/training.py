@@ -186,7 +186,7 @@ def cached_features(model: keras.Model, config: ModelConfig, mnist_arrays: tuple
         test = compute_features(extractor, x_test, description="features (test)")
         _save_atomic(test_path, test)
         computed += len(x_test)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started if computed else 0.0
     info = {"cache": "hit" if computed == 0 else "miss", "path": str(folder), "seconds": seconds,
             "images_computed": computed}
     if computed == 0:

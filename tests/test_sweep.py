@@ -356,3 +356,36 @@ def test_balanced_selection_is_seeded_and_balanced(mnist):
     assert not np.array_equal(first, select_examples(y_test, count=300, selection="balanced", seed=1))
     assert np.bincount(y_test[first], minlength=10).tolist() == [30] * 10
     assert np.array_equal(select_examples(y_test, count=5, selection="first", seed=0), np.arange(5))
+
+
+def test_a_model_config_is_trained_once_and_reported_as_a_subset(tmp_path, capsys):
+    """`train = {...}` models are trained into results/models/ on first use and reused after."""
+    path = tmp_path / "train.toml"
+    path.write_text('''
+name = "trains"
+[examples]
+count = 10
+selection = "first"
+[[models]]
+name = "cnn"
+train = {kind = "small_cnn", train_examples = 2000, validation_examples = 1000, epochs = 1}
+[epsilons]
+linf = [0.2]
+[[attacks]]
+name = "fgsm"
+implementations = ["own"]
+[minimal]
+enabled = false
+''')
+    results = tmp_path / "results"
+    assert main(["sweep", str(path), "--results", str(results)]) == 0
+    model_id = ModelConfig(kind="small_cnn", train_examples=2000, validation_examples=1000, epochs=1).model_id
+    metrics = json.loads((results / "models" / model_id / "metrics.json").read_text())
+    assert metrics["train_examples"] == 2000
+    run_dir = next((results / "trains").iterdir())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["models"][0]["train_examples"] == 2000
+    assert "| cnn | fgsm | own |" in capsys.readouterr().out
+    stamp = (results / "models" / model_id / "model.keras").stat().st_mtime_ns
+    assert main(["sweep", str(path), "--results", str(results), "--run-id", "again"]) == 0
+    assert (results / "models" / model_id / "model.keras").stat().st_mtime_ns == stamp  # not trained again

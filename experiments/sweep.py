@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from assets.resolver import sha256_file as file_sha256
 from experiments.config import AttackSpec, ModelSpec, SweepConfig, digest, select_examples
 from experiments.records import attack_records, clean_records, write_atomic, write_records
 
@@ -75,14 +76,6 @@ class Unit:
 
 # --------------------------------------------------------------------------------------------
 # models
-
-
-def file_sha256(path: Path) -> str:
-    digest_ = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest_.update(block)
-    return digest_.hexdigest()
 
 
 def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -97,7 +96,7 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
                 train_model(spec.train, models_root)
         try:
             model, _, metrics = load_trained(folder)
-        except FileNotFoundError:
+        except FileNotFoundError:  # load_trained's own message names the missing file and the fix
             raise
         except Exception as error:  # a corrupt or foreign file: Keras raises many kinds of error
             raise SweepError(f"model {spec.name!r}: {folder / 'model.keras'} cannot be loaded ({type(error).__name__}: "
@@ -373,8 +372,3 @@ def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = N
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def remove_run(run_dir: Path) -> None:
-    """Delete a run folder (used by tests and ``--fresh``)."""
-    shutil.rmtree(run_dir, ignore_errors=True)

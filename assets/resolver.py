@@ -138,6 +138,22 @@ def cache_dir() -> Path:
     return (Path(base) / "advsweep").resolve()
 
 
+def write_atomic(path: Path, write: Any, *, suffix: str = "") -> Path:
+    """Call ``write(temporary_path)``, then rename the file to ``path``; nothing is left on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix,
+                                         delete=False)
+    handle.close()
+    try:
+        write(Path(handle.name))
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write an ``.npz`` to a temporary file in the same folder, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)

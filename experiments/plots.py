@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from assets.resolver import write_atomic  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
 OKABE_ITO: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -44,16 +44,8 @@ def save_figure(figure: plt.Figure, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix in (".png", ".pdf"):
-        final = stem.with_suffix(suffix)
-        handle = tempfile.NamedTemporaryFile(dir=final.parent, prefix=f".{final.name}.", suffix=suffix, delete=False)
-        handle.close()
-        try:
-            figure.savefig(handle.name, format=suffix[1:])
-            os.replace(handle.name, final)
-        except BaseException:
-            Path(handle.name).unlink(missing_ok=True)
-            raise
-        written.append(final)
+        written.append(write_atomic(stem.with_suffix(suffix),
+                                    lambda temporary, kind=suffix[1:]: figure.savefig(temporary, format=kind)))
     plt.close(figure)
     return written
 

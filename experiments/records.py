@@ -25,14 +25,14 @@ Files are written under a temporary name and renamed into place, so a file that 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from assets.resolver import write_atomic
 
 COLUMNS: dict[str, str] = {
     "model": "string",
@@ -113,22 +113,6 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"records lack column(s) {missing}")
     return frame[list(COLUMNS)].astype(COLUMNS).reset_index(drop=True)
-
-
-def write_atomic(path: Path, write: Any, *, suffix: str = "") -> Path:
-    """Call ``write(temporary_path)``, then rename the file to ``path``; nothing is left on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix,
-                                         delete=False)
-    handle.close()
-    try:
-        write(Path(handle.name))
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_records(frame: pd.DataFrame, path: Path) -> Path:

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from assets import Resolved, cache_dir, load_mnist, load_vgg16_weights
+from assets.resolver import write_atomic
 from models.config import ModelConfig
 from models.small_cnn import build_small_cnn
 from models.vgg16 import build_vgg16_classifier, feature_extractor
@@ -195,14 +196,7 @@ def cached_features(model: keras.Model, config: ModelConfig, mnist_arrays: tuple
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            np.save(handle, array)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda temporary: np.save(temporary, array))
 
 
 # --------------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def _iterative(
             continue
         stepsize = float(abs_stepsize) if abs_stepsize is not None else float(rel_stepsize) * float(epsilon)
         for restart in range(restarts):
-            todo = np.flatnonzero(~success[k] & ~carried) if restart > 0 else np.flatnonzero(~carried)
+            todo = np.flatnonzero(~success[k]) if restart > 0 else np.flatnonzero(~carried)  # carried ones succeeded
             if len(todo) == 0:
                 break
             rng = np.random.default_rng([seed, k, restart])
@@ -228,10 +228,11 @@ def pgd_run(
         for _ in range(steps):
             logits_t, gradient = value_and_gradient(x_cur, cls)
             if early_stop:
-                done = success_of(logits_t.numpy(), labels[index], None if targets is None else targets[index])
+                logits_np = logits_t.numpy()
+                done = success_of(logits_np, labels[index], None if targets is None else targets[index])
                 if done.any():
                     x_out[index[done]] = x_cur.numpy()[done]
-                    logits_out[index[done]] = logits_t.numpy()[done]
+                    logits_out[index[done]] = logits_np[done]
                     keep = np.flatnonzero(~done)
                     if len(keep) == 0:
                         break

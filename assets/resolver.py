@@ -138,8 +138,22 @@ def cache_dir() -> Path:
     return (Path(base) / "advsweep").resolve()
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` as the user's umask leaves it: what ``open()`` would give a new file (or, with 0o777, a folder).
+
+    Temporary files are created 0600 and folders 0700; results renamed into place get this mode instead,
+    so that a co-author on the same machine can read them as they could any other new file.
+    """
+    current = os.umask(0o022)
+    os.umask(current)
+    return mode & ~current
+
+
 def write_atomic(path: Path, write: Any, *, suffix: str = "") -> Path:
-    """Call ``write(temporary_path)``, then rename the file to ``path``; nothing is left on failure."""
+    """Call ``write(temporary_path)``, then rename the file to ``path``; nothing is left on failure.
+
+    The file gets the mode the user's umask gives a new file (not the temporary file's 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix,
@@ -147,6 +161,7 @@ def write_atomic(path: Path, write: Any, *, suffix: str = "") -> Path:
     handle.close()
     try:
         write(Path(handle.name))
+        os.chmod(handle.name, umask_mode())
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
@@ -163,7 +178,7 @@ def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez(handle, **arrays)  # type: ignore[arg-type]
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o644)
+        os.chmod(handle.name, umask_mode())
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)

@@ -85,7 +85,7 @@ TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
     "train_examples": {"type": int, "help": "train on only this many examples (default: all 55000)"},
     "validation_examples": {"type": int, "help": "validation examples carved from the training set"},
     "augment_shift": {"type": int, "help": "small CNN: random shifts of up to N pixels while training (default 2)"},
-    "temperature": {"type": float, "help": "softmax temperature of the probability view"},
+    "temperature": {"type": float, "help": "train on cross-entropy of logits / T (tutorial 004: 0.6); the model keeps raw logits"},
     "seed": {"type": int, "help": "random seed"},
 }
 

@@ -9,8 +9,8 @@ the model, its examples and the seeds, never on what ran before it in the same p
 sweep ends with the same records as an uninterrupted one.
 
 The run folder ``results/<sweep name>/<run id>/`` is named by a hash of the resolved config, the
-models' content hashes and the code's git commit: the same sweep of the same code always lands in
-the same folder, and a changed config or code starts a new one.
+models' content hashes and a digest of the harness' sources as they ran (committed or not): the same
+sweep of the same code always lands in the same folder, and a changed config or code starts a new one.
 """
 
 from __future__ import annotations
@@ -110,13 +110,29 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
 # identity and manifest
 
 
-def code_version() -> dict[str, Any]:
-    """The git commit of the checkout (and whether it has uncommitted changes), else the package version."""
-    from experiments.cli import project_root
+PACKAGES = ("assets", "models", "attacks", "experiments")
 
-    root = project_root()
-    version: dict[str, Any] = {"advsweep": _package_version("advsweep")}
-    if root is not None and (root / ".git").exists():
+
+def source_digest() -> str:
+    """sha256 over the harness' own Python sources as they are on disk (path and content of each file).
+
+    This is what ran, committed or not: an edited attack gives a new digest, hence a new run id, so a
+    resumed run never mixes records of two code versions.
+    """
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def code_version() -> dict[str, Any]:
+    """The sources' digest, the package version, and the git commit with whether the tree had uncommitted
+    changes (for the manifest: the digest alone decides the run id)."""
+    root = Path(__file__).resolve().parents[1]
+    version: dict[str, Any] = {"source_sha256": source_digest(), "advsweep": _package_version("advsweep")}
+    if (root / ".git").exists():
         try:
             commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                     check=True, timeout=30).stdout.strip()
@@ -136,13 +152,13 @@ def _package_version(name: str) -> str | None:
 
 
 def run_identity(config: SweepConfig, models: list[LoadedModel], code: dict[str, Any]) -> str:
-    """12 hex digits of a hash of what determines the results: config, model contents, code."""
+    """12 hex digits of a hash of what determines the results: config, model contents, the code's sources."""
     resolved = config.to_dict()
     resolved.pop("description")
     for entry in resolved["models"]:
         entry.pop("path")  # the model's content hash stands for it, wherever it lies
     return digest({"config": resolved, "models": {m.spec.name: m.sha256 for m in models},
-                   "code": code.get("git_commit") or code.get("advsweep")})[:12]
+                   "code": code["source_sha256"]})[:12]
 
 
 def manifest(config: SweepConfig, models: list[LoadedModel], code: dict[str, Any], assets: list[dict[str, Any]],

@@ -26,7 +26,8 @@ class ModelConfig:
         hidden_units: VGG16 MLP head widths.
         dropout: VGG16 MLP head dropout rate in [0, 1).
         feature_scaling: VGG16 only: standardise base features before the head.
-        temperature: softmax temperature of the probability view (the attacks use logits).
+        temperature: softmax temperature of the training loss, ``CE(softmax(logits / T), y)`` (source
+            tutorial 004 uses 0.6); the trained model returns its raw logits, which the attacks use.
         epochs: maximum training epochs; the weights of the best validation epoch are kept.
         batch_size: training batch size.
         learning_rate: Adam learning rate.

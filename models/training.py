@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from assets import Resolved, cache_dir, load_mnist, load_vgg16_weights
-from assets.resolver import write_atomic
+from assets.resolver import umask_mode, write_atomic
 from models.config import ModelConfig
 from models.small_cnn import build_small_cnn
 from models.vgg16 import build_vgg16_classifier, feature_extractor
@@ -203,10 +203,30 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 # training
 
 
+def tempered_cross_entropy(temperature: float) -> Any:
+    """The training loss ``CE(softmax(logits / T), y)``: softmax cross-entropy at temperature ``T``.
+
+    ``T < 1`` sharpens the softmax the loss sees (source tutorial 004 trains with ``T = 0.6``); ``T = 1``
+    is the plain cross-entropy. The trained model still returns its raw logits ``z``, not ``z / T``: the
+    attacks and the records see the network's own outputs, and :func:`models.probability_model` gives the
+    tempered probabilities.
+    """
+    plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if temperature == 1.0:
+        return plain
+    scale = 1.0 / float(temperature)
+
+    def loss(labels: Any, logits: Any) -> Any:
+        return plain(labels, logits * scale)
+
+    loss.__name__ = f"cross_entropy_at_temperature_{temperature:g}"
+    return loss
+
+
 def _compile(model: keras.Model, config: ModelConfig) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=tempered_cross_entropy(config.temperature),
         metrics=["accuracy"],
     )
 
@@ -340,6 +360,7 @@ def save_trained(model: keras.Model, config: ModelConfig, metrics: dict[str, Any
     final = output_root / config.model_id
     staging = Path(tempfile.mkdtemp(dir=output_root, prefix=f".{config.model_id}."))
     try:
+        os.chmod(staging, umask_mode(0o777))  # mkdtemp makes it 0700
         model.save(staging / "model.keras")
         (staging / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -349,6 +370,9 @@ def save_trained(model: keras.Model, config: ModelConfig, metrics: dict[str, Any
         frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
         frame.to_csv(staging / "history.csv", index=False)
         plot_training_curves(frame, staging / "training_curves", title=config.model_id)
+        for written in staging.iterdir():
+            if written.is_file():
+                os.chmod(written, umask_mode())
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)

@@ -1,0 +1,78 @@
+"""Issue 9's defects, each pinned by a test that fails if it comes back: result file modes, the training
+temperature, and a run identity that covers uncommitted code."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from assets.resolver import umask_mode, write_atomic
+from experiments import sweep as sweep_module
+from models.config import ModelConfig
+from models.training import tempered_cross_entropy, train_model
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_results_get_the_mode_the_umask_gives_a_new_file(tmp_path, umask_022):
+    path = write_atomic(tmp_path / "summary.csv", lambda p: p.write_text("x\n"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    os.umask(0o077)
+    private = write_atomic(tmp_path / "private.csv", lambda p: p.write_text("x\n"))
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert umask_mode(0o777) == 0o700
+
+
+def test_tempered_loss_is_cross_entropy_of_scaled_logits():
+    logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]], dtype=np.float32)
+    labels = np.array([0, 1])
+    scaled = logits / 0.6
+    expected = np.mean(np.log(np.exp(scaled).sum(1)) - scaled[np.arange(2), labels])
+    assert float(tempered_cross_entropy(0.6)(labels, logits)) == pytest.approx(expected, rel=1e-5)
+    plain = np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(2), labels])
+    assert float(tempered_cross_entropy(1.0)(labels, logits)) == pytest.approx(plain, rel=1e-5)
+
+
+def test_temperature_changes_training_and_the_model_keeps_raw_logits(tmp_path):
+    """`temperature` used to change only the model id; now it is the training loss's temperature."""
+    common = {"kind": "small_cnn", "train_examples": 1000, "validation_examples": 500, "epochs": 1,
+              "augment_shift": 0}
+    cool = train_model(ModelConfig(**common, temperature=0.6), tmp_path)
+    plain = train_model(ModelConfig(**common), tmp_path)
+    weights = [np.asarray(w) for w in cool.model.get_layer("logits").get_weights()]
+    plain_weights = [np.asarray(w) for w in plain.model.get_layer("logits").get_weights()]
+    assert not np.allclose(weights[0], plain_weights[0])
+    # the saved model returns raw logits (no division by T, no softmax)
+    reloaded = keras.saving.load_model(cool.folder / "model.keras", compile=False)
+    x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_array_equal(reloaded(x).numpy(), cool.model(x).numpy())
+    assert cool.metrics["config"]["temperature"] == 0.6
+
+
+def test_run_identity_covers_uncommitted_source_changes(tmp_path, monkeypatch):
+    """An edited attack must not resume into the run of the code before the edit."""
+    root = tmp_path / "checkout"
+    for package in sweep_module.PACKAGES:
+        (root / package).mkdir(parents=True)
+        (root / package / "__init__.py").write_text("")
+    (root / "experiments" / "sweep.py").write_text("# the runner\n")
+    monkeypatch.setattr(sweep_module, "__file__", str(root / "experiments" / "sweep.py"))
+    before = sweep_module.source_digest()
+    assert before == sweep_module.source_digest()
+    (root / "attacks" / "pgd.py").write_text("STEPS = 40\n")
+    edited = sweep_module.source_digest()
+    (root / "attacks" / "pgd.py").write_text("STEPS = 41\n")
+    assert len({before, edited, sweep_module.source_digest()}) == 3
+    (root / "README.md").write_text("docs do not change what runs\n")
+    assert sweep_module.source_digest() == sweep_module.source_digest()
+    assert Path(sweep_module.__file__).parent.name == "experiments"

@@ -6,14 +6,21 @@ Conventions (foolbox's, so that both implementations compute the same thing):
 * the loss is summed over the batch, so each example's gradient is its own;
 * untargeted attacks ascend ``loss(logits, labels)``, targeted ones descend ``loss(logits, targets)``;
 * every step is normalised (sign for L∞, unit L2 norm for L2), projected onto the ε-ball and
-  clipped to [0, 1].
+  clipped to [0, 1];
+* the model is only ever called on blocks of exactly :data:`BLOCK` rows, and an example always sits in
+  row ``example_id % BLOCK`` of its block (idle rows are zeros). TensorFlow's CPU kernels round
+  differently for different batch shapes and row positions, but at a fixed shape each row's result
+  depends on that row alone (``tests/test_determinism.py`` checks both facts on the real models). So an
+  example's adversarial is the same to the bit however the examples are chunked, batched, ordered or
+  stopped early;
+* random starts come from one stream per example, seeded by (seed, the example's test-set index, the
+  attack, ε, restart): :func:`example_stream`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
+import hashlib
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,12 +29,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.fast_gradient import GRADIENT_PATHS, check_gradient_path, model_function
+from attacks.spec import (  # noqa: F401  (re-exported: the attacks check their arguments with these)
+    EPS_LIMITS,
+    LOSSES,
+    NORMS,
+    check_epsilons,
+    check_flag,
+    check_loss,
+    check_norm,
+    check_positive_int,
+    check_seed,
+    check_stepsize,
+)
+from models.config import check_gradient_path
+from models.fast_gradient import model_function
 
-NORMS: tuple[str, ...] = ("linf", "l2")
-LOSSES: tuple[str, ...] = ("ce", "margin")
-EPS_LIMITS: dict[str, float] = {"linf": 1.0, "l2": 28.0}  # largest meaningful ε on [0, 1]^784
 BALL_TOLERANCE = 1e-5  # float32 rounding of x0 + δ - x0
+BLOCK = 32  # rows of every model call an attack makes; an example always sits in row (test index mod BLOCK)
 
 
 @dataclasses.dataclass
@@ -41,6 +59,11 @@ class AttackResult:
         success: ``(K, N)`` bool: misclassified (untargeted) or classified as the target (targeted).
         norm: ``"linf"`` or ``"l2"``.
         targeted: whether ``success`` means "hit the target".
+        last: for iterative attacks, the *last-iterate* view: the point each run ends on, as foolbox
+            returns it. The result itself is the *any-iterate* view: an example counts as fooled at ε if
+            any point the attack evaluated inside the ε-ball (at this ε or a smaller one of the same call)
+            was misclassified, and ``x_adv`` is the first such point. ``None`` where the two cannot
+            differ (FGSM) or where the last iterate was not run (``early_stop=True``).
     """
 
     epsilons: np.ndarray
@@ -49,6 +72,7 @@ class AttackResult:
     success: np.ndarray
     norm: str
     targeted: bool = False
+    last: AttackResult | None = None
 
     @property
     def robust_accuracy(self) -> np.ndarray:
@@ -63,53 +87,6 @@ class AttackResult:
 
 # --------------------------------------------------------------------------------------------
 # argument checks (ValueError/TypeError naming the argument and what is allowed)
-
-
-def check_norm(norm: Any) -> str:
-    if norm not in NORMS:
-        raise ValueError(f"`norm` must be one of {list(NORMS)} (strings, not np.inf). Received: norm={norm!r}")
-    return str(norm)
-
-
-def check_loss(loss: Any) -> str:
-    if loss not in LOSSES:
-        raise ValueError(f"`loss` must be one of {list(LOSSES)} ('margin' is Carlini-Wagner's logit margin). "
-                         f"Received: loss={loss!r}")
-    return str(loss)
-
-
-def check_epsilons(epsilons: Any, norm: str) -> np.ndarray:
-    """A list (or one number) of ε → float64 ``(K,)``; each finite, ≥ 0 and ≤ the norm's limit."""
-    values = [epsilons] if isinstance(epsilons, numbers.Number) or np.ndim(epsilons) == 0 else list(epsilons)
-    if len(values) == 0:
-        raise ValueError("`epsilons` must hold at least one value. Received: epsilons=[]")
-    checked = []
-    limit = EPS_LIMITS[norm]
-    for value in values:
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
-            raise ValueError(f"`epsilons` must be numbers. Received: epsilon={value!r} of type {type(value).__name__}")
-        value = float(value)
-        if not math.isfinite(value) or value < 0 or value > limit:
-            raise ValueError(f"`epsilons` must be finite numbers in [0, {limit}] for norm={norm!r} "
-                             f"(inputs live in [0, 1]). Received: epsilon={value!r}")
-        checked.append(value)
-    return np.asarray(checked, dtype=np.float64)
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be an integer ≥ 1. Received: {name}={value!r}")
-    return int(value)
-
-
-def check_stepsize(rel_stepsize: Any, abs_stepsize: Any) -> None:
-    for name, value in (("rel_stepsize", rel_stepsize), ("abs_stepsize", abs_stepsize)):
-        if value is None and name == "abs_stepsize":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating)) or not (
-            math.isfinite(float(value)) and float(value) > 0
-        ):
-            raise ValueError(f"`{name}` must be a positive finite number. Received: {name}={value!r}")
 
 
 def check_inputs(x: Any, labels: Any, targets: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -209,12 +186,82 @@ def logits_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     return _LOGIT_FNS[model]
 
 
-def predict_logits(model: keras.Model, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Logits ``(N, 10)`` float32 of images ``(N, 28, 28, 1)``, in batches."""
+_COMPILED: weakref.WeakKeyDictionary[Any, Callable[[tf.Tensor], tf.Tensor]] = weakref.WeakKeyDictionary()
+
+
+def compiled_forward(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The model's function with the fast backward passes (:func:`models.fast_gradient.fast_forward`),
+    compiled once per model: what foolbox differentiates on the fast path."""
+    if model not in _COMPILED:
+        _COMPILED[model] = tf.function(model_function(model, "fast"), reduce_retracing=True)
+    return _COMPILED[model]
+
+
+def check_example_ids(example_ids: Any, n: int) -> np.ndarray:
+    """``(N,)`` non-negative integer ids (test-set indices) of the examples; ``None`` → ``0 … N−1``."""
+    if example_ids is None:
+        return np.arange(n, dtype=np.int64)
+    ids = np.asarray(example_ids)
+    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer) or (n and ids.min() < 0):
+        raise ValueError(f"`example_ids` must be {n} non-negative integers (test-set indices), one per image. "
+                         f"Received: shape={ids.shape}, dtype={ids.dtype}")
+    return ids.astype(np.int64)
+
+
+def block_rounds(example_ids: np.ndarray) -> list[np.ndarray]:
+    """Rounds of model calls for a set of examples: each round is ``(BLOCK,)`` positions into ``example_ids``
+    (−1 for an idle row), example ``i`` in row ``example_ids[i] % BLOCK``."""
+    slots = np.asarray(example_ids) % BLOCK
+    queues = [np.flatnonzero(slots == s) for s in range(BLOCK)]
+    rounds = []
+    for r in range(max((len(q) for q in queues), default=0)):
+        rounds.append(np.array([q[r] if r < len(q) else -1 for q in queues], dtype=np.int64))
+    return rounds
+
+
+def gather_block(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` with zeros for idle rows (−1): a full ``(BLOCK, …)`` block."""
+    block = np.zeros((BLOCK,) + array.shape[1:], dtype=array.dtype)
+    used = rows >= 0
+    block[used] = array[rows[used]]
+    return block
+
+
+def predict_logits(model: keras.Model, x: np.ndarray, *, example_ids: Any = None) -> np.ndarray:
+    """Logits ``(N, C)`` float32 of images, computed in blocks of :data:`BLOCK` rows (see the module notes)."""
     forward = logits_fn(model)
-    if len(x) == 0:
-        return np.zeros((0, 10), dtype=np.float32)
-    return np.concatenate([forward(tf.constant(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
+    ids = check_example_ids(example_ids, len(x))
+    out: np.ndarray | None = None
+    for rows in block_rounds(ids):
+        logits = forward(tf.constant(gather_block(x, rows))).numpy()
+        if out is None:
+            out = np.empty((len(x),) + logits.shape[1:], dtype=np.float32)
+        used = rows >= 0
+        out[rows[used]] = logits[used]
+    return out if out is not None else np.zeros((0, 10), dtype=np.float32)
+
+
+def blocked_gradients(value_and_gradient: GradientFn, x: np.ndarray, classes: np.ndarray,
+                      example_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits (N, C), ∇_x loss (N, …))`` of every example, in blocks of :data:`BLOCK` rows."""
+    gradients = np.empty_like(x)
+    logits_out: np.ndarray | None = None
+    for rows in block_rounds(example_ids):
+        logits, gradient = value_and_gradient(tf.constant(gather_block(x, rows)), tf.constant(gather_block(classes, rows)))
+        used = rows >= 0
+        if logits_out is None:
+            logits_out = np.empty((len(x),) + tuple(logits.shape[1:]), dtype=np.float32)
+        logits_out[rows[used]] = logits.numpy()[used]
+        gradients[rows[used]] = gradient.numpy()[used]
+    return (logits_out if logits_out is not None else np.zeros((0, 10), np.float32)), gradients
+
+
+def example_stream(seed: int, example_id: int, attack: str, epsilon: float, restart: int) -> np.random.Generator:
+    """The random stream of one example's run: a function of (seed, test-set index, attack, ε, restart) alone,
+    so that a random start does not depend on which other examples share its chunk or batch."""
+    attack_key = int.from_bytes(hashlib.sha256(attack.encode()).digest()[:8], "little")
+    eps_key = int(np.float64(epsilon).view(np.uint64))
+    return np.random.default_rng([int(seed), int(example_id), attack_key, eps_key, int(restart)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,21 +306,41 @@ def pgd_step(x: tf.Tensor, x0: tf.Tensor, gradient: tf.Tensor, eps: tf.Tensor, s
     return tf.clip_by_value(project(moved, x0, eps, norm), 0.0, 1.0)
 
 
-def random_start(x0: np.ndarray, eps: np.ndarray, norm: str, rng: np.random.Generator) -> np.ndarray:
-    """A uniform draw from the ε-ball around ``x0`` (L∞: uniform per pixel; L2: Voelker et al. 2017),
-    clipped to [0, 1]."""
-    n, dims = len(x0), int(np.prod(x0.shape[1:]))
-    eps_b = eps.reshape((-1,) + (1,) * (x0.ndim - 1)).astype(np.float32)
-    if norm == "linf":
-        noise = rng.uniform(-1.0, 1.0, size=x0.shape).astype(np.float32)
-    else:
-        gauss = rng.standard_normal(size=(n, dims + 2))
-        noise = (gauss / np.linalg.norm(gauss, axis=1, keepdims=True))[:, :dims].reshape(x0.shape).astype(np.float32)
+def random_start(x0: np.ndarray, eps: np.ndarray, norm: str, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """A uniform draw from the ε-ball around each ``x0[i]`` with its own generator ``rngs[i]`` (L∞: uniform
+    per pixel; L2: uniform in the ball, Voelker et al. 2017), clipped to [0, 1]."""
+    dims = int(np.prod(x0.shape[1:]))
+    noise = np.empty(x0.shape, dtype=np.float32)
+    for i, rng in enumerate(rngs):
+        if norm == "linf":
+            noise[i] = rng.uniform(-1.0, 1.0, size=x0.shape[1:]).astype(np.float32)
+        else:
+            gauss = rng.standard_normal(size=dims + 2)
+            noise[i] = (gauss / np.linalg.norm(gauss))[:dims].reshape(x0.shape[1:]).astype(np.float32)
+    eps_b = np.asarray(eps, dtype=np.float32).reshape((-1,) + (1,) * (x0.ndim - 1))
     return np.clip(x0 + eps_b * noise, 0.0, 1.0).astype(np.float32)
 
 
-def batches(n: int, batch_size: int) -> Sequence[slice]:
-    return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+def any_iterate_view(order: np.ndarray, found: np.ndarray, x_found: np.ndarray, logits_found: np.ndarray,
+                     x_last: np.ndarray, logits_last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The any-iterate view ``(x_adv, logits)``, ``(K, N, …)``, of an iterative attack, shared by both implementations.
+
+    An adversarial found at one budget lies inside every larger ball, so it is carried upwards: each budget
+    reports the first adversarial of the smallest budget that had one. ``order`` ``(K, N)`` lists each
+    example's budget indices in ascending order of ε; ``found``, ``x_found``, ``logits_found`` (updated in
+    place) hold per budget the first misclassified point the attack evaluated; examples never fooled report
+    their run's end point (``x_last``, ``logits_last``).
+    """
+    columns = np.arange(found.shape[1])
+    for position in range(1, len(order)):
+        k, below = order[position], order[position - 1]  # (N,) budget indices, one per example
+        carry = found[below, columns]
+        to, source, examples = k[carry], below[carry], columns[carry]
+        found[to, examples] = True
+        x_found[to, examples] = x_found[source, examples]
+        logits_found[to, examples] = logits_found[source, examples]
+    x_adv = np.where(found.reshape(found.shape + (1,) * (x_found.ndim - 2)), x_found, x_last)
+    return x_adv, np.where(found[..., None], logits_found, logits_last)
 
 
 def success_of(logits: np.ndarray, labels: np.ndarray, targets: np.ndarray | None) -> np.ndarray:

@@ -16,13 +16,15 @@ import tensorflow as tf
 
 from attacks.core import (
     AttackResult,
-    batches,
+    block_rounds,
+    blocked_gradients,
     check_epsilons,
+    check_example_ids,
     check_inputs,
     check_loss,
     check_model,
     check_norm,
-    check_positive_int,
+    gather_block,
     gradient_fn,
     normalize,
     predict_logits,
@@ -40,7 +42,7 @@ def fast_gradient_method(
     norm: str = "linf",
     loss: str = "ce",
     targets: Any = None,
-    batch_size: int = 128,
+    example_ids: Any = None,
     gradient: str = "fast",
 ) -> AttackResult:
     """One gradient step of size ε from the clean input, for every ε of a list.
@@ -56,31 +58,32 @@ def fast_gradient_method(
         norm: ``"linf"`` (FGSM: sign of the gradient) or ``"l2"`` (FGM: unit-norm gradient).
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner logit margin).
         targets: target classes ``(N,)`` for a targeted attack (descends the loss towards them).
-        batch_size: examples per gradient call.
+        example_ids: test-set indices ``(N,)``: each example's row in the fixed-shape model calls
+            (see :mod:`attacks.core`); default ``0 … N−1``.
         gradient: ``"fast"`` (custom backward passes through a frozen VGG16 base, the default) or
             ``"plain"`` (``tf.GradientTape`` through the Keras model); equal up to float rounding.
 
     Returns:
-        An :class:`~attacks.core.AttackResult` with ``K = len(epsilons)`` rows.
+        An :class:`~attacks.core.AttackResult` with ``K = len(epsilons)`` rows (one point per ε: FGSM has
+        no last-iterate view apart from its result).
     """
     check_model(model)
     norm, loss = check_norm(norm), check_loss(loss)
     eps = check_epsilons(epsilons, norm)
-    batch_size = check_positive_int("batch_size", batch_size)
     x, labels, targets = check_inputs(x, labels, targets)
+    ids = check_example_ids(example_ids, len(x))
     classes = targets if targets is not None else labels
     direction = -1.0 if targets is not None else 1.0
 
-    step_direction = np.empty_like(x)
-    value_and_gradient = gradient_fn(model, loss, gradient)
-    for part in batches(len(x), batch_size):
-        _, gradient = value_and_gradient(tf.constant(x[part]), tf.constant(classes[part]))
-        step_direction[part] = normalize(gradient, norm).numpy()
-
+    _, gradients = blocked_gradients(gradient_fn(model, loss, gradient), x, classes, ids)
     x_adv = np.empty((len(eps),) + x.shape, dtype=np.float32)
-    for k, epsilon in enumerate(eps):
-        x_adv[k] = fgm_step(x, step_direction, float(epsilon), norm, direction)
-    logits = np.stack([predict_logits(model, x_adv[k], batch_size=max(batch_size, 256)) for k in range(len(eps))]) \
+    for rows in block_rounds(ids):
+        used = rows >= 0
+        x_block = gather_block(x, rows)
+        unit_step = normalize(tf.constant(gather_block(gradients, rows)), norm).numpy()
+        for k, epsilon in enumerate(eps):
+            x_adv[k, rows[used]] = fgm_step(x_block, unit_step, float(epsilon), norm, direction)[used]
+    logits = np.stack([predict_logits(model, x_adv[k], example_ids=ids) for k in range(len(eps))]) \
         if len(x) else np.zeros((len(eps), 0, 10), np.float32)
     success = np.stack([success_of(logits[k], labels, targets) for k in range(len(eps))])
     return AttackResult(epsilons=eps, x_adv=x_adv, logits=logits, success=success, norm=norm,

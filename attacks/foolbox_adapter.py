@@ -8,6 +8,7 @@ Carlini–Wagner margin loss (by overriding foolbox's ``get_loss_fn``) and the l
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -19,20 +20,26 @@ import tensorflow as tf
 
 from attacks.core import (
     AttackResult,
-    batches,
+    any_iterate_view,
+    block_rounds,
     check_epsilons,
+    check_example_ids,
     check_inputs,
     check_loss,
     check_model,
     check_norm,
     check_positive_int,
     check_stepsize,
+    compiled_forward,
+    example_stream,
+    gather_block,
     loss_per_example,
     predict_logits,
+    random_start,
     success_of,
 )
-from attacks.pgd import DEFAULTS
-from models.fast_gradient import check_gradient_path, model_function
+from attacks.pgd import DEFAULTS, result_of
+from models.fast_gradient import check_gradient_path
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +51,71 @@ _CLASSES: dict[tuple[str, str], type] = {
     ("bim", "linf"): fb.attacks.LinfBasicIterativeAttack,
     ("bim", "l2"): fb.attacks.L2BasicIterativeAttack,
 }
-_MARGIN_CLASSES: dict[type, type] = {}
+_SUBCLASSES: dict[tuple[type, str], type] = {}
 
 
-def _with_loss(cls: type, loss: str) -> type:
-    """foolbox's attack class, or a subclass whose loss is the Carlini–Wagner margin."""
-    if loss == "ce":
-        return cls
-    if cls not in _MARGIN_CLASSES:
+class Recorder:
+    """Sees every point foolbox queries through the model, and keeps per example and budget the first one
+    the model gets wrong: the any-iterate view, the same bookkeeping as the own attacks'.
 
+    A point is credited to the budget of the run that queried it (foolbox runs one budget after the
+    other; :meth:`begin_run` is called before each), and later carried to every larger budget.
+    """
+
+    def __init__(self, labels: np.ndarray, targets: np.ndarray | None, epsilons: np.ndarray, x_shape: tuple[int, ...]):
+        self.labels, self.targets, self.epsilons = labels, targets, epsilons
+        n = len(labels)
+        self.found = np.zeros((len(epsilons), n), dtype=bool)
+        self.x = np.zeros((len(epsilons), n) + x_shape, dtype=np.float32)
+        self.logits: np.ndarray | None = None
+        self.rows = np.full(0, -1)
+        self.budget = -1
+
+    def begin_block(self, rows: np.ndarray) -> None:
+        """``rows``: ``(BLOCK,)`` positions of the examples in the block foolbox is about to attack (−1: idle)."""
+        self.rows = rows
+
+    def begin_run(self, epsilon: float) -> None:
+        self.budget = int(np.flatnonzero(self.epsilons == epsilon)[0])
+
+    def observe(self, x: np.ndarray, logits: np.ndarray) -> None:
+        used = self.rows >= 0
+        examples = self.rows[used]
+        hit = success_of(logits[used], self.labels[examples], None if self.targets is None else self.targets[examples])
+        new = hit & ~self.found[self.budget, examples]
+        if not new.any():
+            return
+        if self.logits is None:
+            self.logits = np.zeros(self.found.shape + logits.shape[1:], dtype=np.float32)
+        chosen = examples[new]
+        self.found[self.budget, chosen] = True
+        self.x[self.budget, chosen] = x[used][new]
+        self.logits[self.budget, chosen] = logits[used][new]
+
+
+def _subclass(cls: type, loss: str) -> type:
+    """foolbox's attack class with three overrides that change no step of its algorithm: the random start is
+    each example's own stream (the same draw as the own attacks', :func:`attacks.core.example_stream`),
+    each run tells the recorder its budget, and with ``loss="margin"`` the loss is Carlini–Wagner's margin."""
+    key = (cls, loss)
+    if key in _SUBCLASSES:
+        return _SUBCLASSES[key]
+
+    def get_random_start(self: Any, x0: ep.Tensor, epsilon: float) -> ep.Tensor:
+        x0_np = x0.raw.numpy()
+        starts = x0_np.copy()
+        used = self.block_ids >= 0
+        rngs = [example_stream(self.seed, int(i), self.stream, float(epsilon), self.restart)
+                for i in self.block_ids[used]]
+        starts[used] = random_start(x0_np[used], np.full(int(used.sum()), epsilon), self.norm, rngs)
+        return ep.astensor(tf.constant(starts))
+
+    def run(self: Any, model: Any, inputs: Any, criterion: Any, *, epsilon: float, **kwargs: Any) -> Any:
+        self.recorder.begin_run(epsilon)
+        return cls.run(self, model, inputs, criterion, epsilon=epsilon, **kwargs)  # type: ignore[attr-defined]
+
+    methods: dict[str, Any] = {"get_random_start": get_random_start, "run": run}
+    if loss == "margin":
         def get_loss_fn(self: Any, model: Any, labels: ep.Tensor) -> Any:
             def loss_fn(inputs: ep.Tensor) -> ep.Tensor:
                 logits = model(inputs)
@@ -60,16 +123,25 @@ def _with_loss(cls: type, loss: str) -> type:
 
             return loss_fn
 
-        _MARGIN_CLASSES[cls] = type(f"Margin{cls.__name__}", (cls,), {"get_loss_fn": get_loss_fn})
-    return _MARGIN_CLASSES[cls]
+        methods["get_loss_fn"] = get_loss_fn
+    _SUBCLASSES[key] = type(f"Harness{cls.__name__}", (cls,), methods)
+    return _SUBCLASSES[key]
 
 
-def foolbox_model(model: keras.Model, gradient: str = "fast") -> fb.TensorFlowModel:
-    """``foolbox.TensorFlowModel`` on bounds (0, 1) of the model (``"plain"``) or of its compiled
-    function with fast backward passes (``"fast"``); no preprocessing, the model carries its own."""
-    if check_gradient_path(gradient) == "plain":
-        return fb.TensorFlowModel(model, bounds=(0.0, 1.0))
-    return fb.TensorFlowModel(tf.function(model_function(model, "fast"), reduce_retracing=True), bounds=(0.0, 1.0))
+def foolbox_model(model: keras.Model, gradient: str = "fast", recorder: Recorder | None = None) -> fb.TensorFlowModel:
+    """``foolbox.TensorFlowModel`` on bounds (0, 1), no preprocessing (the model carries its own), of the Keras
+    model itself (``"plain"``) or of its compiled function with fast backward passes (``"fast"``). With a
+    ``recorder``, every point foolbox queries is shown to it with its logits."""
+    forward: Any = model if check_gradient_path(gradient) == "plain" else compiled_forward(model)
+    if recorder is None:
+        return fb.TensorFlowModel(forward, bounds=(0.0, 1.0))
+
+    def recorded(x: tf.Tensor) -> tf.Tensor:
+        logits = forward(x)
+        recorder.observe(x.numpy(), logits.numpy())
+        return logits
+
+    return fb.TensorFlowModel(recorded, bounds=(0.0, 1.0))
 
 
 def foolbox_attack(
@@ -88,14 +160,16 @@ def foolbox_attack(
     loss: str = "ce",
     targets: Any = None,
     seed: int = 0,
-    batch_size: int = 128,
+    example_ids: Any = None,
     gradient: str = "fast",
 ) -> AttackResult:
     """Run ``"fgm"`` (FGSM for L∞), ``"pgd"`` or ``"bim"`` through foolbox.
 
     Arguments and result as :func:`attacks.fast_gradient_method` and
-    :func:`attacks.projected_gradient_descent`; ``None`` means foolbox's default. foolbox's random
-    start draws from TensorFlow's global generator, which is seeded with ``seed`` before each run.
+    :func:`attacks.projected_gradient_descent`; ``None`` means foolbox's default. foolbox attacks fixed-shape
+    blocks, each example in its row of the own attacks (:mod:`attacks.core`), and starts each example from
+    its own random stream, the same start the own PGD draws. The result is the any-iterate view, from every
+    point foolbox queried; ``result.last`` is what foolbox itself returns (its last iterate).
     ``gradient="fast"`` hands foolbox the model's function with the fast backward passes
     (:mod:`models.fast_gradient`), ``"plain"`` the Keras model itself.
     """
@@ -105,9 +179,9 @@ def foolbox_attack(
         raise ValueError(f"`attack` must be one of ['fgm', 'pgd', 'bim']. Received: attack={attack!r}")
     eps = check_epsilons(epsilons, norm)
     restarts = check_positive_int("restarts", restarts)
-    batch_size = check_positive_int("batch_size", batch_size)
     x, labels, targets = check_inputs(x, labels, targets)
-    cls = _with_loss(_CLASSES[(attack, norm)], loss)
+    ids = check_example_ids(example_ids, len(x))
+    cls = _subclass(_CLASSES[(attack, norm)], loss)
     if attack == "fgm":
         if targets is not None:
             raise ValueError("foolbox's fast gradient attacks are untargeted only; use implementation='own' "
@@ -127,37 +201,44 @@ def foolbox_attack(
             raise ValueError("BIM has no random start; use attack='pgd'")
         instance = cls(**options)
 
-    fmodel = foolbox_model(model, gradient)
     n = len(x)
-    x_adv = np.repeat(x[None], len(eps), axis=0)
-    success = np.zeros((len(eps), n), dtype=bool)
-    # ε = 0 admits only the input itself (foolbox would return it after running every step)
-    moving = [k for k in range(len(eps)) if eps[k] > 0]
+    moving = [int(k) for k in np.argsort(eps, kind="stable") if eps[k] > 0]  # ascending; ε = 0 admits only x
+    recorder = Recorder(labels, targets, eps, x.shape[1:])
+    instance.recorder, instance.seed, instance.stream, instance.norm = recorder, int(seed), attack, norm
+    fmodel = foolbox_model(model, gradient, recorder)
+    x_last = np.repeat(x[None], len(eps), axis=0)
+    last_success = np.zeros((len(eps), n), dtype=bool)
+    classes = targets if targets is not None else labels
     for restart in range(restarts if moving else 0):
-        todo_any = np.flatnonzero(~success[moving].all(axis=0)) if restart > 0 else np.arange(n)
-        if len(todo_any) == 0:
-            break
-        tf.random.set_seed(int(seed) * 1000 + restart)
-        for part in batches(len(todo_any), batch_size):
-            index = todo_any[part]
-            inputs = tf.constant(x[index])
-            classes = tf.constant(targets[index] if targets is not None else labels[index])
-            criterion = (fb.criteria.TargetedMisclassification(classes) if targets is not None
-                         else fb.criteria.Misclassification(classes))
+        todo = np.arange(n) if restart == 0 else np.flatnonzero(~recorder.found[moving].all(axis=0))
+        instance.restart = restart
+        for rows in block_rounds(ids[todo]):
+            used = rows >= 0
+            block = np.where(used, todo[np.maximum(rows, 0)], -1)
+            instance.block_ids = np.where(used, ids[np.maximum(block, 0)], -1)
+            recorder.begin_block(block)
+            inputs = tf.constant(gather_block(x, block))
+            block_classes = tf.constant(gather_block(classes, block))
+            criterion = (fb.criteria.TargetedMisclassification(block_classes) if targets is not None
+                         else fb.criteria.Misclassification(block_classes))
             _, clipped, found = instance(fmodel, inputs, criterion, epsilons=[float(eps[k]) for k in moving])
             for j, k in enumerate(moving):
-                found_k = np.asarray(found[j].numpy(), dtype=bool)
-                keep = found_k & ~success[k, index] if restart > 0 else np.ones(len(index), dtype=bool)
-                x_adv[k, index[keep]] = clipped[j].numpy()[keep]
-                success[k, index[keep]] |= found_k[keep]
-    logits = np.stack([predict_logits(model, x_adv[k], batch_size=max(batch_size, 256)) for k in range(len(eps))]) \
+                found_k = np.asarray(found[j].numpy(), dtype=bool)[used]
+                examples = block[used]
+                keep = found_k & ~last_success[k, examples] if restart > 0 else np.ones(len(examples), dtype=bool)
+                x_last[k, examples[keep]] = clipped[j].numpy()[used][keep]
+                last_success[k, examples[keep]] |= found_k[keep]
+    logits_last = np.stack([predict_logits(model, x_last[k], example_ids=ids) for k in range(len(eps))]) \
         if n else np.zeros((len(eps), 0, 10), np.float32)
-    recomputed = np.stack([success_of(logits[k], labels, targets) for k in range(len(eps))])
-    if not np.array_equal(recomputed, success):
-        logger.debug("foolbox: %d success flags differ when recomputed from logits (float ties); using logits",
-                     int(np.sum(recomputed != success)))
-    return AttackResult(epsilons=eps, x_adv=x_adv, logits=logits, success=recomputed, norm=norm,
-                        targeted=targets is not None)
+    last = result_of(eps, x_last, logits_last, labels, targets, norm)
+    if attack == "fgm":
+        return last  # one point per ε: the any-iterate view is the result itself
+    found_any, x_any = recorder.found.copy(), recorder.x.copy()
+    logits_any = (recorder.logits if recorder.logits is not None else logits_last).copy()
+    found_any[eps == 0], x_any[eps == 0], logits_any[eps == 0] = last.success[eps == 0], x, logits_last[eps == 0]
+    order = np.broadcast_to(np.argsort(eps, kind="stable")[:, None], found_any.shape)
+    x_any, logits_any = any_iterate_view(order, found_any, x_any, logits_any, x_last, logits_last)
+    return dataclasses.replace(result_of(eps, x_any, logits_any, labels, targets, norm), last=last)
 
 
 def fmn_minimal_norms(
@@ -178,11 +259,12 @@ def fmn_minimal_norms(
     check_model(model)
     norm = check_norm(norm)
     steps = check_positive_int("steps", steps)
+    batch_size = check_positive_int("batch_size", batch_size)
     x, labels, _ = check_inputs(x, labels)
     fmodel = foolbox_model(model, gradient)
     attack = fb.attacks.LInfFMNAttack(steps=steps) if norm == "linf" else fb.attacks.L2FMNAttack(steps=steps)
     sizes = np.full(len(x), np.inf)
-    for part in batches(len(x), batch_size):
+    for part in (slice(i, min(i + batch_size, len(x))) for i in range(0, len(x), batch_size)):
         _, clipped, success = attack(fmodel, tf.constant(x[part]), fb.criteria.Misclassification(
             tf.constant(labels[part])), epsilons=None)
         delta = (clipped.numpy() - x[part]).reshape(part.stop - part.start, -1)

@@ -1,7 +1,8 @@
 """Minimal-perturbation mode: each example's smallest successful ε, hence a whole robustness curve.
 
-Bisection over a per-example ε with PGD (early stop on): an example's interval [lo, hi] always has
-the attack failing at lo (or lo = 0) and succeeding at hi, and it halves until hi − lo ≤ tolerance.
+Bisection over a per-example ε with PGD (early stop on, the margin loss by default): an example's interval
+[lo, hi] always has the attack failing at lo (or lo = 0) and an adversarial known at hi (found by the
+search, or proved by another attack: ``upper_bounds``), and it halves until hi − lo ≤ tolerance.
 foolbox's Fast Minimum-Norm attack (Pintor et al., NeurIPS 2021) is the reference
 (:func:`attacks.foolbox_adapter.fmn_minimal_norms`).
 """
@@ -16,14 +17,16 @@ import numpy as np
 
 from attacks.core import (
     EPS_LIMITS,
+    check_example_ids,
     check_inputs,
+    check_loss,
     check_model,
     check_norm,
     check_positive_int,
     predict_logits,
     success_of,
 )
-from attacks.pgd import DEFAULTS, pgd_run
+from attacks.pgd import DEFAULTS, pgd_engine
 
 
 @dataclasses.dataclass
@@ -68,11 +71,13 @@ def minimal_perturbation(
     steps: int | None = None,
     rel_stepsize: float | None = None,
     random_start: bool = True,
+    loss: str = "margin",
+    upper_bounds: Any = None,
     seed: int = 0,
-    batch_size: int = 128,
+    example_ids: Any = None,
     gradient: str = "fast",
 ) -> MinimalResult:
-    """Bisect each example's ε with PGD until the interval is at most ``tolerance`` wide.
+    """Bisect each example's ε with PGD (early stop) until the interval is at most ``tolerance`` wide.
 
     Args:
         model: logits model.
@@ -85,15 +90,24 @@ def minimal_perturbation(
         rel_stepsize: PGD step as a fraction of ε (default 2.5 / steps, Madry et al.'s rule, so that
             the steps can travel 2.5 ε: the minimum sits on the ball's boundary).
         random_start: PGD's random start.
-        seed: seeds the random starts.
-        batch_size: examples per gradient call.
+        loss: ``"margin"`` (Carlini–Wagner, the default: it cannot saturate) or ``"ce"``. Cross-entropy PGD
+            saturates on confident models (the frozen VGG16: see the README), and a bisection run with a weak
+            attack overstates every example's minimal ε.
+        upper_bounds: ``(N,)`` budgets at which an adversarial is already known for each example (``inf``
+            where none is), e.g. the smallest grid ε at which any attack of a sweep fooled it. An example's
+            search starts with that bound as its upper end, so its minimal ε never exceeds what another
+            attack has proved.
+        seed: seeds the random starts, one stream per example and round (see :mod:`attacks.core`).
+        example_ids: test-set indices ``(N,)`` (default ``0 … N−1``).
         gradient: ``"fast"`` or ``"plain"`` input gradient (see :mod:`models.fast_gradient`).
 
     Returns:
-        A :class:`MinimalResult`.
+        A :class:`MinimalResult`. Where an example's minimal ε is its upper bound and no round of this
+        search found an adversarial at it, ``x_adv`` is the clean image (the adversarial is the other
+        attack's).
     """
     check_model(model)
-    norm = check_norm(norm)
+    norm, loss = check_norm(norm), check_loss(loss)
     eps_max = {"linf": 0.5, "l2": 6.0}[norm] if eps_max is None else eps_max
     tolerance = {"linf": 1.0 / 255.0, "l2": 0.02}[norm] if tolerance is None else tolerance
     for name, value, upper in (("eps_max", eps_max, EPS_LIMITS[norm]), ("tolerance", tolerance, eps_max)):
@@ -103,27 +117,36 @@ def minimal_perturbation(
     steps = check_positive_int("steps", defaults["steps"] if steps is None else steps)
     rel = float(2.5 / steps if rel_stepsize is None else rel_stepsize)
     x, labels, _ = check_inputs(x, labels)
+    ids = check_example_ids(example_ids, len(x))
+    n = len(x)
+    bounds = np.full(n, np.inf) if upper_bounds is None else np.asarray(upper_bounds, dtype=np.float64)
+    if bounds.shape != (n,) or np.isnan(bounds).any() or (bounds < 0).any():
+        raise ValueError(f"`upper_bounds` must be {n} non-negative budgets (inf where none is known). "
+                         f"Received: shape={bounds.shape}")
 
     def attack(index: np.ndarray, eps: np.ndarray, round_: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([seed, round_])
-        x_found, logits = pgd_run(model, x[index], labels[index], None, eps, stepsize=rel * eps, steps=steps,
-                                  norm=norm, loss="ce", random_start=random_start, early_stop=True, rng=rng,
-                                  batch_size=batch_size, gradient=gradient)
-        return x_found, success_of(logits, labels[index], None)
+        result = pgd_engine(model, x[index], labels[index], None, eps[None, :], rel * eps[None, :], norm=norm,
+                            steps=steps, loss=loss, random_start=random_start, restarts=1, early_stop=True,
+                            seed=seed, example_ids=ids[index], attack=f"minimal-{round_}", grid=np.zeros(1),
+                            gradient=gradient)
+        return result.x_adv[0], result.success[0]
 
-    n = len(x)
     found_eps = np.full(n, np.inf)
     x_adv = x.copy()
-    clean_wrong = success_of(predict_logits(model, x), labels, None)
+    clean_wrong = success_of(predict_logits(model, x, example_ids=ids), labels, None)
     found_eps[clean_wrong] = 0.0
-    todo = np.flatnonzero(~clean_wrong)
     lo = np.zeros(n)
-    hi = np.full(n, float(eps_max))
-    if len(todo):
+    hi = np.minimum(float(eps_max), bounds)
+    known = np.isfinite(bounds) & (bounds <= eps_max) & ~clean_wrong  # an adversarial at hi is proved already
+    found_eps[known] = hi[known]
+    todo = np.flatnonzero(~clean_wrong & ~known)
+    if len(todo):  # is there an adversarial at eps_max at all?
         x_found, ok = attack(todo, hi[todo], 0)
         x_adv[todo[ok]] = x_found[ok]
-        found_eps[todo[ok]] = eps_max
+        found_eps[todo[ok]] = hi[todo[ok]]
         todo = todo[ok]
+    todo = np.union1d(todo, np.flatnonzero(known))
+    todo = todo[(hi[todo] - lo[todo]) > tolerance]
     round_ = 1
     while len(todo):
         mid = (lo[todo] + hi[todo]) / 2.0

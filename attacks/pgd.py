@@ -9,6 +9,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import keras
@@ -16,19 +17,24 @@ import numpy as np
 import tensorflow as tf
 
 from attacks.core import (
+    BLOCK,
     AttackResult,
-    batches,
+    any_iterate_view,
     check_epsilons,
+    check_example_ids,
+    check_flag,
     check_inputs,
     check_loss,
     check_model,
     check_norm,
     check_positive_int,
+    check_seed,
     check_stepsize,
+    example_stream,
     gradient_fn,
     pgd_step,
     predict_logits,
-    random_start,
+    random_start as draw_start,
     success_of,
 )
 
@@ -57,13 +63,13 @@ def projected_gradient_descent(
     targets: Any = None,
     early_stop: bool = False,
     seed: int = 0,
-    batch_size: int = 128,
+    example_ids: Any = None,
     gradient: str = "fast",
 ) -> AttackResult:
     """PGD for every ε of a list (Madry et al. 2018).
 
     Each step: ``x ← clip_[0,1](Π_ε(x ± stepsize · normalize(∇_x loss)))``, from a uniform random
-    point of the ε-ball (``random_start``) or from ``x``.
+    point of the ε-ball (``random_start``) or from ``x``. The ε grid is walked upwards.
 
     Args:
         model: logits model, float32 ``(N, 28, 28, 1)`` in [0, 1] → ``(N, 10)``.
@@ -75,29 +81,31 @@ def projected_gradient_descent(
         rel_stepsize: step size as a fraction of ε (default 0.01/0.3 for L∞, 0.025 for L2).
         abs_stepsize: an absolute step size; takes precedence over ``rel_stepsize``.
         random_start: start from a uniform point of the ε-ball (on by default).
-        restarts: independent runs; an example counts as robust only if no run fools it. Later runs
-            attack only the examples that earlier runs did not fool.
+        restarts: independent runs per ε; later runs attack only the examples not yet fooled.
         loss: ``"ce"`` or ``"margin"`` (Carlini–Wagner).
         targets: target classes for a targeted attack.
-        early_stop: stop attacking an example as soon as the attack succeeds on it (saves work when
-            robust accuracy is what is wanted; the adversarial returned is the first one found). The
-            ε grid is then walked in ascending order and an adversarial found at one ε is kept for
-            every larger ε (it lies in every larger ball), so robust accuracy never rises with ε.
-        seed: seeds the random starts; the same seed gives the same adversarials.
-        batch_size: examples per gradient call.
+        early_stop: stop attacking an example at its first adversarial iterate (saves work when robust
+            accuracy is what is wanted). Without it every run takes all its steps and the result also
+            carries the last-iterate view (``result.last``), which is what foolbox returns.
+        seed: seeds the random starts, with each example's ``example_ids`` entry (see
+            :func:`attacks.core.example_stream`).
+        example_ids: the examples' test-set indices ``(N,)`` (default ``0 … N−1``): they key each
+            example's random stream and its row in every model call, so results do not depend on how
+            examples are chunked or batched.
         gradient: ``"fast"`` (custom backward passes through a frozen VGG16 base, the default) or
             ``"plain"`` (``tf.GradientTape`` through the Keras model); equal up to float rounding.
 
     Returns:
-        An :class:`~attacks.core.AttackResult` with ``K = len(epsilons)`` rows.
+        An :class:`~attacks.core.AttackResult` with ``K = len(epsilons)`` rows: the any-iterate view
+        (an example fooled at one ε stays fooled at every larger ε), and ``.last`` without early stop.
     """
     defaults = DEFAULTS[("pgd", check_norm(norm))]
     return _iterative(
-        model, x, labels, epsilons, norm=norm,
+        model, x, labels, epsilons, norm=norm, attack="pgd",
         steps=defaults["steps"] if steps is None else steps,
         rel_stepsize=defaults["rel_stepsize"] if rel_stepsize is None else rel_stepsize,
         abs_stepsize=abs_stepsize, random_start=random_start, restarts=restarts, loss=loss, targets=targets,
-        early_stop=early_stop, seed=seed, batch_size=batch_size, gradient=gradient,
+        early_stop=early_stop, seed=seed, example_ids=example_ids, gradient=gradient,
     )  # fmt: skip
 
 
@@ -114,133 +122,165 @@ def basic_iterative_method(
     loss: str = "ce",
     targets: Any = None,
     early_stop: bool = False,
-    batch_size: int = 128,
+    example_ids: Any = None,
     gradient: str = "fast",
 ) -> AttackResult:
     """BIM (Kurakin et al. 2017): PGD from the clean input, no random start (foolbox's defaults:
     10 steps of 0.2 ε). Arguments as :func:`projected_gradient_descent`."""
     return _iterative(
-        model, x, labels, epsilons, norm=norm, steps=steps, rel_stepsize=rel_stepsize, abs_stepsize=abs_stepsize,
-        random_start=False, restarts=1, loss=loss, targets=targets, early_stop=early_stop, seed=0,
-        batch_size=batch_size, gradient=gradient,
+        model, x, labels, epsilons, norm=norm, attack="bim", steps=steps, rel_stepsize=rel_stepsize,
+        abs_stepsize=abs_stepsize, random_start=False, restarts=1, loss=loss, targets=targets, early_stop=early_stop,
+        seed=0, example_ids=example_ids, gradient=gradient,
     )  # fmt: skip
 
 
 def _iterative(
-    model: keras.Model, x: Any, labels: Any, epsilons: Any, *, norm: str, steps: int, rel_stepsize: float,
-    abs_stepsize: float | None, random_start: bool, restarts: int, loss: str, targets: Any, early_stop: bool,
-    seed: int, batch_size: int, gradient: str = "fast",
+    model: keras.Model, x: Any, labels: Any, epsilons: Any, *, norm: str, attack: str, steps: int,
+    rel_stepsize: float, abs_stepsize: float | None, random_start: bool, restarts: int, loss: str, targets: Any,
+    early_stop: bool, seed: int, example_ids: Any, gradient: str,
 ) -> AttackResult:
     check_model(model)
     norm, loss = check_norm(norm), check_loss(loss)
     eps = check_epsilons(epsilons, norm)
     steps = check_positive_int("steps", steps)
     restarts = check_positive_int("restarts", restarts)
-    batch_size = check_positive_int("batch_size", batch_size)
     check_stepsize(rel_stepsize, abs_stepsize)
-    if not isinstance(random_start, bool) or not isinstance(early_stop, bool):
-        raise ValueError(f"`random_start` and `early_stop` must be true or false. "
-                         f"Received: random_start={random_start!r}, early_stop={early_stop!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative integer. Received: seed={seed!r}")
+    random_start, early_stop = check_flag("random_start", random_start), check_flag("early_stop", early_stop)
+    seed = check_seed(seed)
     x, labels, targets = check_inputs(x, labels, targets)
-
-    n = len(x)
-    x_adv = np.empty((len(eps),) + x.shape, dtype=np.float32)
-    logits = np.empty((len(eps), n, 10), dtype=np.float32)
-    success = np.zeros((len(eps), n), dtype=bool)
-    previous: int | None = None
-    for k in np.argsort(eps, kind="stable"):  # ascending ε
-        epsilon = eps[k]
-        carried = np.zeros(n, dtype=bool)
-        if early_stop and previous is not None:
-            # an adversarial found at a smaller ε lies inside this ε-ball too: keep it, attack only the rest
-            carried = success[previous].copy()
-            x_adv[k, carried], logits[k, carried], success[k, carried] = (
-                x_adv[previous, carried], logits[previous, carried], True)
-        previous = k
-        if epsilon == 0.0:  # nothing can move: the clean input, no gradient needed
-            x_adv[k] = x
-            logits[k] = predict_logits(model, x, batch_size=max(batch_size, 256))
-            success[k] = success_of(logits[k], labels, targets)
-            continue
-        stepsize = float(abs_stepsize) if abs_stepsize is not None else float(rel_stepsize) * float(epsilon)
-        for restart in range(restarts):
-            todo = np.flatnonzero(~success[k]) if restart > 0 else np.flatnonzero(~carried)  # carried ones succeeded
-            if len(todo) == 0:
-                break
-            rng = np.random.default_rng([seed, k, restart])
-            found_x, found_logits = pgd_run(
-                model, x[todo], labels[todo], None if targets is None else targets[todo],
-                np.full(len(todo), epsilon), stepsize=stepsize, steps=steps, norm=norm, loss=loss,
-                random_start=random_start, early_stop=early_stop, rng=rng, batch_size=batch_size, gradient=gradient,
-            )  # fmt: skip
-            found_success = success_of(found_logits, labels[todo], None if targets is None else targets[todo])
-            # keep a run's result where it succeeds, or where no earlier run has been recorded
-            keep = found_success | (restart == 0)
-            x_adv[k, todo[keep]] = found_x[keep]
-            logits[k, todo[keep]] = found_logits[keep]
-            success[k, todo[keep]] = found_success[keep]
-    return AttackResult(epsilons=eps, x_adv=x_adv, logits=logits, success=success, norm=norm,
-                        targeted=targets is not None)
+    ids = check_example_ids(example_ids, len(x))
+    eps_matrix = np.broadcast_to(eps[:, None], (len(eps), len(x)))
+    steps_matrix = (np.full(eps_matrix.shape, float(abs_stepsize)) if abs_stepsize is not None
+                    else float(rel_stepsize) * eps_matrix)
+    return pgd_engine(model, x, labels, targets, eps_matrix, steps_matrix, norm=norm, steps=steps, loss=loss,
+                      random_start=random_start, restarts=restarts, early_stop=early_stop, seed=int(seed),
+                      example_ids=ids, attack=attack, grid=eps, gradient=gradient)
 
 
-def pgd_run(
+def pgd_engine(
     model: keras.Model,
-    x0: np.ndarray,
+    x: np.ndarray,
     labels: np.ndarray,
     targets: np.ndarray | None,
     eps: np.ndarray,
+    stepsizes: np.ndarray,
     *,
-    stepsize: float | np.ndarray,
-    steps: int,
     norm: str,
+    steps: int,
     loss: str,
     random_start: bool,
+    restarts: int,
     early_stop: bool,
-    rng: np.random.Generator,
-    batch_size: int,
+    seed: int,
+    example_ids: np.ndarray,
+    attack: str,
+    grid: np.ndarray,
     gradient: str = "fast",
-) -> tuple[np.ndarray, np.ndarray]:
-    """One PGD run on validated inputs with a per-example ε ``(N,)`` (and step size); returns
-    ``(x_adv (N, 28, 28, 1), logits (N, 10))``.
+) -> AttackResult:
+    """PGD on validated inputs, each example with its own ascending budgets ``eps (K, N)`` and step sizes.
 
-    With ``early_stop``, an example leaves the batch at the first iterate the model gets wrong (the
-    logits of each iterate come free with its gradient), and that iterate is its result.
+    Every example runs its own programme: for each of its budgets (ascending), up to ``restarts`` runs of
+    ``steps`` steps, each from its own random start; with ``early_stop`` the programme ends at the first
+    adversarial iterate (which is then adversarial at every larger budget too). Programmes run side by
+    side in the :data:`~attacks.core.BLOCK` rows of one fixed-shape model call: example ``i`` always in
+    row ``example_ids[i] % BLOCK``, and a row is handed to the next example of its queue as soon as its
+    example's programme ends, so early stop saves whole model calls without ever changing the shape.
+    ``grid`` is the ``(K,)`` budgets the result reports as its ``epsilons``; ``attack`` names the random
+    streams (:func:`~attacks.core.example_stream`).
     """
-    from attacks.core import random_start as draw_start
-
+    n, k_count = len(x), eps.shape[0]
     classes = targets if targets is not None else labels
     direction = -1.0 if targets is not None else 1.0
-    stepsizes = np.broadcast_to(np.asarray(stepsize, dtype=np.float32), eps.shape).astype(np.float32)
-    eps32 = eps.astype(np.float32)
-    start = draw_start(x0, eps, norm, rng) if random_start else x0.copy()
     value_and_gradient = gradient_fn(model, loss, gradient)
+    clean_logits = predict_logits(model, x, example_ids=example_ids)
 
-    x_out = np.empty_like(x0)
-    logits_out = np.empty((len(x0), 10), dtype=np.float32)
-    for part in batches(len(x0), batch_size):
-        index = np.arange(part.start, part.stop)
-        x_cur = tf.constant(start[part])
-        x_orig = tf.constant(x0[part])
-        cls = tf.constant(classes[part])
-        eps_t, step_t = tf.constant(eps32[part]), tf.constant(stepsizes[part])
-        for _ in range(steps):
-            logits_t, gradient = value_and_gradient(x_cur, cls)
-            if early_stop:
-                logits_np = logits_t.numpy()
-                done = success_of(logits_np, labels[index], None if targets is None else targets[index])
-                if done.any():
-                    x_out[index[done]] = x_cur.numpy()[done]
-                    logits_out[index[done]] = logits_np[done]
-                    keep = np.flatnonzero(~done)
-                    if len(keep) == 0:
-                        break
-                    index = index[keep]
-                    x_cur, x_orig, cls = (tf.gather(t, keep) for t in (x_cur, x_orig, cls))
-                    eps_t, step_t, gradient = (tf.gather(t, keep) for t in (eps_t, step_t, gradient))
-            x_cur = pgd_step(x_cur, x_orig, gradient, eps_t, step_t, norm, direction)
+    found = np.zeros((k_count, n), dtype=bool)  # any-iterate view
+    x_found = np.repeat(x[None], k_count, axis=0)
+    logits_found = np.repeat(clean_logits[None], k_count, axis=0)
+    x_last = np.repeat(x[None], k_count, axis=0)  # each budget's run end point (first successful restart)
+    logits_last = np.repeat(clean_logits[None], k_count, axis=0)
+    zero = eps == 0.0  # no run: the clean input is the only point of the ball
+    clean_wrong = success_of(clean_logits, labels, targets)
+    found[zero] = np.broadcast_to(clean_wrong, (k_count, n))[zero]
+
+    # the programme of each example is a list of (budget index, restart); ascending budgets
+    order = np.argsort(eps, axis=0, kind="stable")
+    slots = example_ids % BLOCK
+    queues = [[int(i) for i in np.flatnonzero(slots == s)] for s in range(BLOCK)]
+    row_example = np.full(BLOCK, -1)
+    row_budget = np.zeros(BLOCK, dtype=np.int64)  # position in the example's ascending order
+    row_restart = np.zeros(BLOCK, dtype=np.int64)
+    row_step = np.zeros(BLOCK, dtype=np.int64)
+    x_rows = np.zeros((BLOCK,) + x.shape[1:], dtype=np.float32)
+    x0_rows = np.zeros_like(x_rows)
+    class_rows = np.zeros(BLOCK, dtype=np.int64)
+    eps_rows = np.zeros(BLOCK, dtype=np.float32)
+    step_rows = np.zeros(BLOCK, dtype=np.float32)
+
+    def start(row: int, example: int, position: int, restart: int) -> None:
+        k = order[position, example]
+        row_example[row], row_budget[row], row_restart[row], row_step[row] = example, position, restart, 0
+        x0_rows[row], class_rows[row] = x[example], classes[example]
+        eps_rows[row], step_rows[row] = eps[k, example], stepsizes[k, example]
+        if random_start:
+            rng = example_stream(seed, int(example_ids[example]), attack, float(eps[k, example]), restart)
+            x_rows[row] = draw_start(x[example][None], eps[k, example:example + 1], norm, [rng])[0]
         else:
-            x_out[index] = x_cur.numpy()
-            logits_out[index] = predict_logits(model, x_out[index], batch_size=len(index))
-    return x_out, logits_out
+            x_rows[row] = x[example]
+
+    def next_run(row: int, example: int, position: int) -> None:
+        """Start the example's next budget (from ``position``) that needs a run, else free the row."""
+        while position < k_count:
+            k = order[position, example]
+            if not zero[k, example] and not (early_stop and found[:, example][order[:position + 1, example]].any()):
+                start(row, example, position, 0)
+                return
+            position += 1
+        row_example[row] = -1
+        refill(row)
+
+    def refill(row: int) -> None:
+        if queues[row]:
+            next_run(row, queues[row].pop(0), 0)
+
+    for row in range(BLOCK):
+        refill(row)
+    while (row_example >= 0).any():
+        logits_t, gradient_t = value_and_gradient(tf.constant(x_rows), tf.constant(class_rows))
+        logits = logits_t.numpy()
+        active = np.flatnonzero(row_example >= 0)
+        hit = success_of(logits[active], labels[row_example[active]],
+                         None if targets is None else targets[row_example[active]])
+        moved = pgd_step(tf.constant(x_rows), tf.constant(x0_rows), gradient_t, tf.constant(eps_rows),
+                         tf.constant(step_rows), norm, direction).numpy()
+        for row, success in zip(active.tolist(), hit.tolist()):
+            example, position = int(row_example[row]), int(row_budget[row])
+            k = order[position, example]
+            if success and not found[k, example]:
+                found[k, example], x_found[k, example], logits_found[k, example] = True, x_rows[row], logits[row]
+            if row_step[row] < steps and not (early_stop and success):
+                row_step[row] += 1
+                x_rows[row] = moved[row]
+                continue
+            # the run ends here: its end point is the budget's last iterate (the first run's, or a later
+            # restart's that succeeds)
+            if row_restart[row] == 0 or success:
+                x_last[k, example], logits_last[k, example] = x_rows[row], logits[row]
+            if row_restart[row] + 1 < restarts and not found[k, example]:
+                start(row, example, position, int(row_restart[row]) + 1)
+            else:
+                next_run(row, example, position + 1)
+
+    # carried to every larger budget: each reports the first adversarial of the smallest budget that had one
+    x_adv, logits_adv = any_iterate_view(order, found, x_found, logits_found, x_last, logits_last)
+    last = None if early_stop else result_of(grid, x_last, logits_last, labels, targets, norm)
+    return dataclasses.replace(result_of(grid, x_adv, logits_adv, labels, targets, norm), last=last)
+
+
+def result_of(epsilons: np.ndarray, x_adv: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+              targets: np.ndarray | None, norm: str) -> AttackResult:
+    """An :class:`AttackResult` whose success matrix is read off the logits ``(K, N, C)``."""
+    success = np.stack([success_of(row, labels, targets) for row in logits]) if len(logits) else np.zeros(
+        (0, len(labels)), dtype=bool)
+    return AttackResult(epsilons=epsilons, x_adv=x_adv, logits=logits, success=success, norm=norm,
+                        targeted=targets is not None)

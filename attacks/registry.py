@@ -8,40 +8,31 @@ from typing import Any
 
 import keras
 
-from attacks.core import AttackResult, check_norm
+from attacks.core import AttackResult
 from attacks.fgm import fast_gradient_method
 from attacks.foolbox_adapter import foolbox_attack
 from attacks.pgd import basic_iterative_method, projected_gradient_descent
+from attacks.spec import (  # noqa: F401  (re-exported)
+    ATTACK_SPECS,
+    IMPLEMENTATIONS,
+    attack_parameters,
+    check_attack,
+    check_implementation,
+    check_norm,
+)
 
-IMPLEMENTATIONS: tuple[str, ...] = ("own", "foolbox")
-
-# name → (function of the own implementation, foolbox adapter's attack name, fixed norm or None)
+# name → (function of the own implementation, foolbox adapter's attack name, fixed norm or None); the names,
+# norms and parameters are `attacks.spec.ATTACK_SPECS`, which the config checks read without TensorFlow
+_FUNCTIONS: dict[str, Callable[..., AttackResult]] = {
+    "fgsm": fast_gradient_method,
+    "fgm": fast_gradient_method,
+    "pgd": projected_gradient_descent,
+    "bim": basic_iterative_method,
+}
 ATTACKS: dict[str, tuple[Callable[..., AttackResult], str, str | None]] = {
-    "fgsm": (fast_gradient_method, "fgm", "linf"),
-    "fgm": (fast_gradient_method, "fgm", None),
-    "pgd": (projected_gradient_descent, "pgd", None),
-    "bim": (basic_iterative_method, "bim", None),
+    name: (_FUNCTIONS[name], foolbox_name, fixed) for name, (foolbox_name, fixed, _) in ATTACK_SPECS.items()
 }
 _FOOLBOX_PARAMS = set(inspect.signature(foolbox_attack).parameters) - {"attack", "model", "x", "labels", "epsilons"}
-
-
-def attack_parameters(name: str) -> list[str]:
-    """The keyword hyper-parameters an attack accepts."""
-    function = ATTACKS[check_attack(name)][0]
-    return [p for p in inspect.signature(function).parameters if p not in ("model", "x", "labels", "epsilons")]
-
-
-def check_attack(name: Any) -> str:
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; known attacks: {sorted(ATTACKS)}")
-    return str(name)
-
-
-def check_implementation(implementation: Any) -> str:
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"`implementation` must be one of {list(IMPLEMENTATIONS)}. "
-                         f"Received: implementation={implementation!r}")
-    return str(implementation)
 
 
 def run_attack(
@@ -77,7 +68,8 @@ def run_attack(
         params["norm"] = fixed_norm
     if implementation == "own":
         return function(model, x, labels, epsilons, **params)
-    # foolbox always runs every step; early stop only saves work and never weakens the attack
+    # foolbox runs every step; its result is the any-iterate view, which early stop leaves unchanged (it only
+    # skips the steps after an example's first adversarial), and result.last is foolbox's own last iterate
     params.pop("early_stop", None)
     unsupported = sorted(set(params) - _FOOLBOX_PARAMS)
     if unsupported:

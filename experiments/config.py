@@ -19,20 +19,32 @@ from typing import Any
 
 import numpy as np
 
-from attacks.core import EPS_LIMITS, NORMS, check_epsilons
-from attacks.registry import ATTACKS, IMPLEMENTATIONS, attack_parameters
+from attacks.spec import (
+    ATTACK_SPECS,
+    EPS_LIMITS,
+    GRADIENT_PATHS,
+    IMPLEMENTATIONS,
+    LOSSES,
+    NORMS,
+    attack_parameters,
+    check_epsilons,
+    check_parameter,
+)
 from models.config import ModelConfig
-from models.fast_gradient import GRADIENT_PATHS
 
 SELECTIONS: tuple[str, ...] = ("balanced", "first")
 TEST_SET_SIZE = 10000
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # parameters the runner sets itself, per attack and chunk
-RUNNER_PARAMS = frozenset({"targets", "batch_size", "gradient", "norm"})
+RUNNER_PARAMS = frozenset({"targets", "example_ids", "gradient", "norm"})
 
 
 class ConfigError(ValueError):
     """A sweep config that cannot run: the message names the key, the value and what is allowed."""
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot start (unloadable model, unusable asset); the message says what to fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +76,14 @@ class AttackSpec:
 
 @dataclasses.dataclass(frozen=True)
 class MinimalSpec:
-    """The minimal-perturbation mode (bisection over ε with PGD) behind the robustness curve."""
+    """The minimal-perturbation mode (bisection over ε with PGD) behind the robustness curve. Each example's
+    search starts from the smallest grid ε at which any attack of the sweep fooled it."""
 
     enabled: bool = True
     norm: str = "linf"
     examples: int = 100
     steps: int = 20
+    loss: str = "margin"
     tolerance: float | None = None
     eps_max: float | None = None
 
@@ -104,7 +118,6 @@ class SweepConfig:
     selection: str
     selection_seed: int
     seed: int
-    batch_size: int
     chunk_size: int
     gradient: str
     minimal: MinimalSpec
@@ -116,7 +129,6 @@ class SweepConfig:
             "name": self.name,
             "description": self.description,
             "seed": self.seed,
-            "batch_size": self.batch_size,
             "chunk_size": self.chunk_size,
             "gradient": self.gradient,
             "examples": {"count": self.examples, "selection": self.selection, "seed": self.selection_seed},
@@ -211,12 +223,12 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
     if not isinstance(table, Mapping):
         raise _fail(where, f"must be a table. Received: {table!r}")
     name = table.get("name")
-    if name not in ATTACKS:
-        raise _fail(f"{where}.name", f"unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACKS))}")
+    if name not in ATTACK_SPECS:
+        raise _fail(f"{where}.name", f"unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACK_SPECS))}")
     tunable = [p for p in attack_parameters(name) if p not in RUNNER_PARAMS]
     values = _take(table, "", {"name": name, "label": None, "norm": None, "implementations": ["own", "foolbox"],
                                 **{p: None for p in tunable}}, where)
-    fixed = ATTACKS[name][2]
+    fixed = ATTACK_SPECS[name][1]
     norm = values["norm"] if values["norm"] is not None else (fixed or "linf")
     norm = _choice(f"{where}.norm", norm, NORMS)
     if fixed is not None and norm != fixed:
@@ -232,6 +244,11 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
     label = values["label"] if values["label"] is not None else (name if name == "fgsm" else f"{name}-{norm}")
     label = _name(f"{where}.label", label)
     params = {p: values[p] for p in tunable if values[p] is not None}
+    for key, value in params.items():  # the attacks' own checks, so that no unit fails on a value later
+        try:
+            check_parameter(name, key, value)
+        except ValueError as error:
+            raise _fail(f"{where}.{key}", str(error)) from None
     return AttackSpec(label=label, name=name, norm=norm, implementations=tuple(dict.fromkeys(implementations)),
                       params=params)
 
@@ -246,7 +263,10 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
     Raises:
         ConfigError: the first problem found, naming its key.
     """
-    top = _take(raw, "", {"name": None, "description": "", "seed": 0, "batch_size": 128, "chunk_size": 1000,
+    if "batch_size" in raw:
+        raise _fail("batch_size", "is gone: every model call of an attack has a fixed shape of 32 rows, so that "
+                                  "results do not depend on how examples are batched; delete the key")
+    top = _take(raw, "", {"name": None, "description": "", "seed": 0, "chunk_size": 1000,
                           "gradient": "fast", "examples": {}, "models": None, "attacks": None, "epsilons": None,
                           "minimal": {}, "figures": {}}, "")
     name = _name("name", top["name"])
@@ -273,7 +293,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
     _unique("attacks", [a.label for a in attacks])
 
     minimal_raw = _take(top["minimal"], "minimal", {"enabled": True, "norm": "linf", "examples": 100, "steps": 20,
-                                                     "tolerance": None, "eps_max": None}, "minimal")
+                                                     "loss": "margin", "tolerance": None, "eps_max": None}, "minimal")
     if not isinstance(minimal_raw["enabled"], bool):
         raise _fail("minimal.enabled", f"must be true or false. Received: {minimal_raw['enabled']!r}")
     minimal_norm = _choice("minimal.norm", minimal_raw["norm"], NORMS)
@@ -286,6 +306,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
         enabled=minimal_raw["enabled"], norm=minimal_norm,
         examples=min(_int("minimal.examples", minimal_raw["examples"], minimum=1, maximum=TEST_SET_SIZE), count),
         steps=_int("minimal.steps", minimal_raw["steps"], minimum=1, maximum=10000),
+        loss=_choice("minimal.loss", minimal_raw["loss"], LOSSES),
         tolerance=None if minimal_raw["tolerance"] is None else float(minimal_raw["tolerance"]),
         eps_max=None if minimal_raw["eps_max"] is None else float(minimal_raw["eps_max"]),
     )  # fmt: skip
@@ -328,7 +349,6 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
         selection=selection,
         selection_seed=_int("examples.seed", examples["seed"]),
         seed=_int("seed", top["seed"]),
-        batch_size=_int("batch_size", top["batch_size"], minimum=1, maximum=4096),
         chunk_size=chunk_size,
         gradient=_choice("gradient", top["gradient"], GRADIENT_PATHS),
         minimal=minimal,

@@ -41,7 +41,6 @@ def evaluate_model(
     attacks: Sequence[str] = ("fgsm", "pgd"),
     implementations: Sequence[str] = ("own", "foolbox"),
     seed: int = 0,
-    batch_size: int = 128,
 ) -> tuple[pd.DataFrame, list[Check]]:
     """Robust accuracy (L∞) of ``model`` per attack, implementation and ε, with the evaluation checks.
 
@@ -54,11 +53,11 @@ def evaluate_model(
     """
     grid = sorted({0.0, *map(float, epsilons)})
     rows: list[dict[str, Any]] = []
-    checks: list[Check] = [check_logits(model, x), check_gradients(model, x, labels, batch_size=batch_size)]
+    checks: list[Check] = [check_logits(model, x), check_gradients(model, x, labels)]
     curves: dict[str, tuple[list[float], list[float]]] = {}
     for attack in attacks:
         for implementation in implementations:
-            params: dict[str, Any] = {"batch_size": batch_size}
+            params: dict[str, Any] = {}
             if attack == "pgd":
                 params["seed"] = seed
             if attack in ("pgd", "bim") and implementation == "own":
@@ -80,7 +79,7 @@ def evaluate_model(
             checks.append(check_pgd_beats_fgsm(grid, curves[f"pgd/{implementation}"][1],
                                                curves[f"fgsm/{implementation}"][1], examples=len(x),
                                                label=implementation))
-    checks.append(check_unbounded(model, x, labels, batch_size=batch_size, seed=seed))
+    checks += check_unbounded(model, x, labels, seed=seed)
     report(checks)
     return pd.DataFrame(rows), checks
 

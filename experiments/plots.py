@@ -89,7 +89,11 @@ def _series_styles(keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[st
 
 def plot_accuracy_vs_eps(summary: pd.DataFrame, stem: Path) -> list[Path]:
     """Robust accuracy against ε with 95% bands: one panel per model (rows) and norm (columns), one line per
-    attack and implementation (solid own, dashed foolbox), the worst case over attacks in black."""
+    attack and implementation (solid own, dashed foolbox, dotted a last-iterate view), the worst case over
+    attacks in black."""
+    # a last-iterate row is its own series (dotted): "foolbox, last iterate"
+    summary = summary.assign(implementation=[f"{i}, last iterate" if t == "last" else i
+                                             for i, t in zip(summary["implementation"], summary["iterate"])])
     models = list(dict.fromkeys(summary["model"]))
     norms = list(dict.fromkeys(summary["norm"]))
     multi_run = summary["run"].nunique() > 1

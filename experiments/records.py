@@ -8,6 +8,10 @@ column          type    meaning
 model           string  the model's name in the sweep config
 attack          string  the attack's label in the sweep config (``"clean"`` for the clean pass)
 implementation  string  ``"own"`` or ``"foolbox"`` (``"-"`` for the clean pass)
+iterate         string  which point of the attack the row reports: ``"any"``: the first adversarial among
+                        all the points the attack evaluated inside the ε-ball (own and foolbox alike, the
+                        same bookkeeping); ``"last"``: the point the attack returns, as foolbox does;
+                        ``"single"``: one-step attacks (FGSM), whose only point is both; ``"-"`` clean
 norm            string  ``"linf"`` or ``"l2"``: the threat model ε is measured in
 eps             float64 the budget, in pixel units on [0, 1]
 example         int64   index into the MNIST test set
@@ -38,6 +42,7 @@ COLUMNS: dict[str, str] = {
     "model": "string",
     "attack": "string",
     "implementation": "string",
+    "iterate": "string",
     "norm": "string",
     "eps": "float64",
     "example": "int64",
@@ -69,7 +74,7 @@ def logit_margin(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return true - others.max(axis=-1)
 
 
-def attack_records(*, model: str, attack: str, implementation: str, norm: str, epsilons: Iterable[float],
+def attack_records(*, model: str, attack: str, implementation: str, iterate: str, norm: str, epsilons: Iterable[float],
                    examples: np.ndarray, labels: np.ndarray, x: np.ndarray, x_adv: np.ndarray,
                    logits: np.ndarray) -> pd.DataFrame:
     """Records of one attack on a chunk: ``x (N, 28, 28, 1)``, ``x_adv (K, N, 28, 28, 1)``, ``logits (K, N, 10)``."""
@@ -82,6 +87,7 @@ def attack_records(*, model: str, attack: str, implementation: str, norm: str, e
         "model": model,
         "attack": attack,
         "implementation": implementation,
+        "iterate": iterate,
         "norm": norm,
         "eps": np.repeat(eps, n),
         "example": np.tile(examples, k),
@@ -101,7 +107,7 @@ def clean_records(*, model: str, examples: np.ndarray, labels: np.ndarray, logit
     zeros = np.zeros(len(examples))
     prediction = logits.argmax(axis=-1)
     return typed(pd.DataFrame({
-        "model": model, "attack": CLEAN, "implementation": "-", "norm": "-", "eps": zeros, "example": examples,
+        "model": model, "attack": CLEAN, "implementation": "-", "iterate": "-", "norm": "-", "eps": zeros, "example": examples,
         "label": labels, "prediction": prediction, "correct": prediction == labels,
         "loss": cross_entropy(logits, labels), "margin": logit_margin(logits, labels), "linf": zeros, "l2": zeros,
     }))  # fmt: skip

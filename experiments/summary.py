@@ -20,7 +20,7 @@ from experiments.records import CLEAN, write_atomic
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 WORST_CASE = "worst case"
 ALL_IMPLEMENTATIONS = "all"
-GROUP = ["run", "model", "attack", "implementation", "norm", "eps"]
+GROUP = ["run", "model", "attack", "implementation", "iterate", "norm", "eps"]
 
 
 def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
@@ -61,7 +61,7 @@ def _worst_case(joined: pd.DataFrame) -> pd.DataFrame:
     sizes = joined.assign(size=np.where(joined["norm"] == "linf", joined["linf"], joined["l2"]))
     broken = sizes[~sizes["correct"]].groupby(["run", "model", "norm", "eps", "example"])["size"].min()
     worst = worst.merge(broken.rename("size").reset_index(), on=["run", "model", "norm", "eps", "example"], how="left")
-    worst["attack"], worst["implementation"] = WORST_CASE, ALL_IMPLEMENTATIONS
+    worst["attack"], worst["implementation"], worst["iterate"] = WORST_CASE, ALL_IMPLEMENTATIONS, "any"
     return worst
 
 
@@ -103,7 +103,8 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
     table["_run"] = table["run"].map({r: i for i, r in enumerate(runs)})
     table["_model"] = table["model"].map({m: i for i, m in enumerate(models)})
     table["_attack"] = table["attack"].map({a: i for i, a in enumerate(attacks)}).fillna(len(attacks))
-    table = table.sort_values(["_run", "_model", "norm", "_worst", "_attack", "implementation", "eps"], kind="stable")
+    table = table.sort_values(["_run", "_model", "norm", "_worst", "_attack", "implementation", "iterate", "eps"],
+                              kind="stable")
     return table.drop(columns=["_worst", "_run", "_model", "_attack"]).reset_index(drop=True)
 
 
@@ -112,10 +113,10 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def _wide(summary: pd.DataFrame) -> tuple[list[tuple[Any, ...]], dict[tuple[Any, ...], Any]]:
-    """Rows (run, model, norm, attack, implementation) in table order, and a lookup of summary rows."""
+    """Rows (run, model, norm, attack, implementation, iterate) in table order, and a lookup of summary rows."""
     rows = list(dict.fromkeys(zip(summary["run"], summary["model"], summary["norm"], summary["attack"],
-                                  summary["implementation"])))
-    cells = {(r.run, r.model, r.norm, r.attack, r.implementation, r.eps): r for r in summary.itertuples()}
+                                  summary["implementation"], summary["iterate"])))
+    cells = {(r.run, r.model, r.norm, r.attack, r.implementation, r.iterate, r.eps): r for r in summary.itertuples()}
     return rows, cells
 
 
@@ -137,20 +138,26 @@ def markdown(summary: pd.DataFrame) -> str:
         out.append(f"**{'L∞' if norm == 'linf' else 'L2'}**: robust accuracy in % [95% Wilson interval], "
                    f"n = {', '.join(map(str, sorted(set(summary.loc[summary['norm'] == norm, 'examples']))))} "
                    "examples per cell\n")
-        head = (["run"] if multi_run else []) + ["model", "attack", "implementation"] + [f"ε = {e:g}" for e in grid]
+        head = (["run"] if multi_run else []) + ["model", "attack", "implementation", "iterate"] + [
+            f"ε = {e:g}" for e in grid]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
-        for run, model, row_norm, attack, implementation in rows:
+        for run, model, row_norm, attack, implementation, iterate in rows:
             if row_norm != norm:
                 continue
             values = []
             for e in grid:
-                cell = cells.get((run, model, norm, attack, implementation, e))
+                cell = cells.get((run, model, norm, attack, implementation, iterate, e))
                 values.append("–" if cell is None else
                               f"{_percent(cell.robust_accuracy)} [{_percent(cell.ci_low)}, {_percent(cell.ci_high)}]")
             name = f"**{attack}**" if attack == WORST_CASE else attack
-            out.append("| " + " | ".join(([run] if multi_run else []) + [model, name, implementation] + values) + " |")
+            out.append("| " + " | ".join(([run] if multi_run else []) + [model, name, implementation, iterate] + values)
+                       + " |")
         out.append("")
+        out.append("The **worst case** rows are the numbers to report: an example counts as robust only if it is "
+                   "correct clean and every attack above failed on it (AutoAttack's rule). iterate: `any` counts "
+                   "an example fooled if any point the attack evaluated inside the ε-ball was misclassified; "
+                   "`last` is foolbox's returned last iterate alone; `single` is a one-step attack.\n")
     return "\n".join(out)
 
 
@@ -169,7 +176,7 @@ def latex(summary: pd.DataFrame) -> str:
            "% needs \\usepackage{booktabs,makecell}"]
     for norm, grid in _grids(summary).items():
         symbol = r"\ell_\infty" if norm == "linf" else r"\ell_2"
-        lead = (["Run"] if multi_run else []) + ["Model", "Attack", "Impl."]
+        lead = (["Run"] if multi_run else []) + ["Model", "Attack", "Impl.", "Iterate"]
         out.append(r"\begin{tabular}{" + "l" * len(lead) + "r" * len(grid) + "}")
         out.append(r"\toprule")
         out.append(" & ".join(lead) + " & " + r"\multicolumn{" + str(len(grid)) + r"}{c}{$" + symbol +
@@ -178,7 +185,7 @@ def latex(summary: pd.DataFrame) -> str:
         out.append(" & " * (len(lead) - 1) + " & " + " & ".join(f"{e:g}" for e in grid) + r" \\")
         out.append(r"\midrule")
         previous_model = None
-        for run, model, row_norm, attack, implementation in rows:
+        for run, model, row_norm, attack, implementation, iterate in rows:
             if row_norm != norm:
                 continue
             if previous_model is not None and (run, model) != previous_model:
@@ -186,13 +193,13 @@ def latex(summary: pd.DataFrame) -> str:
             previous_model = (run, model)
             values = []
             for e in grid:
-                cell = cells.get((run, model, norm, attack, implementation, e))
+                cell = cells.get((run, model, norm, attack, implementation, iterate, e))
                 values.append("--" if cell is None else
                               r"\makecell{" + _percent(cell.robust_accuracy) + r"\\ {\scriptsize [" +
                               _percent(cell.ci_low) + ", " + _percent(cell.ci_high) + "]}}")
             name = r"\textbf{worst case}" if attack == WORST_CASE else _latex_escape(attack)
             lead_cells = ([_latex_escape(run)] if multi_run else []) + [_latex_escape(model), name,
-                                                                        _latex_escape(implementation)]
+                                                                        _latex_escape(implementation), iterate]
             out.append(" & ".join(lead_cells + values) + r" \\")
         out.append(r"\bottomrule")
         out.append(r"\end{tabular}")

@@ -34,16 +34,13 @@ import numpy as np
 import pandas as pd
 
 from assets.resolver import sha256_file as file_sha256
-from experiments.config import AttackSpec, ModelSpec, SweepConfig, digest, select_examples
+from attacks.pgd import DEFAULTS
+from experiments.config import AttackSpec, ModelSpec, SweepConfig, SweepError, digest, select_examples  # noqa: F401
 from experiments.records import attack_records, clean_records, write_atomic, write_records
 
 logger = logging.getLogger(__name__)
 
-CHECK_EXAMPLES = 200  # examples of the per-model checks (the unbounded-attack check runs PGD-40 on them)
-
-
-class SweepError(RuntimeError):
-    """A sweep cannot start (unloadable model, unusable asset); the message says what to fix."""
+CHECK_EXAMPLES = 100  # examples of the per-model checks (the unbounded-attack check runs PGD-40 twice on them)
 
 
 @dataclasses.dataclass
@@ -78,32 +75,46 @@ class Unit:
 
 
 def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
-    """Load every model of the sweep, training those given as a model config that are not trained yet."""
+    """Load every model of the sweep, training those given as a model config that are not trained yet.
+
+    Every model given by ``path``, and every already trained one, is loaded before any model is trained,
+    so that a corrupt file stops the sweep before an hour of training; the error names the config key.
+    """
     from models.training import load_trained, train_model
 
-    loaded = []
-    for spec in config.models:
+    def folder_of(spec: ModelSpec) -> Path:
         if spec.path is not None:
-            folder = Path(spec.path)
-        else:
-            assert spec.train is not None
-            folder = models_root / spec.train.model_id
-            if not (folder / "model.keras").is_file():
-                subset = spec.train.train_examples
-                logger.info("model %r: training %s%s", spec.name, spec.train.model_id,
-                            f" on {subset} of the 55000 training images (to fit the sweep's time budget)" if subset
-                            else "")
-                train_model(spec.train, models_root)
+            return Path(spec.path)
+        assert spec.train is not None
+        return models_root / spec.train.model_id
+
+    def load(index: int, spec: ModelSpec) -> LoadedModel:
+        folder = folder_of(spec)
+        key = f"models[{index}].{'path' if spec.path is not None else 'train'}"
         try:
             model, _, metrics = load_trained(folder)
-        except FileNotFoundError:  # load_trained's own message names the missing file and the fix
-            raise
         except Exception as error:  # a corrupt or foreign file: Keras raises many kinds of error
-            raise SweepError(f"model {spec.name!r}: {folder / 'model.keras'} cannot be loaded ({type(error).__name__}: "
-                             f"{error}); train it again with `advsweep train` or point `path` at a good folder") from None
-        loaded.append(LoadedModel(spec=spec, model=model, folder=folder, sha256=file_sha256(folder / "model.keras"),
-                                  metrics=metrics))
-    return loaded
+            fix = ("point `path` at a folder written by `advsweep train`" if spec.path is not None
+                   else f"delete {folder} so that the sweep trains it again")
+            raise SweepError(f"config key `{key}` (model {spec.name!r}): {folder / 'model.keras'} cannot be loaded "
+                             f"({type(error).__name__}: {error}); {fix}") from None
+        return LoadedModel(spec=spec, model=model, folder=folder, sha256=file_sha256(folder / "model.keras"),
+                           metrics=metrics)
+
+    loaded: dict[int, LoadedModel] = {}
+    for index, spec in enumerate(config.models):
+        if (folder_of(spec) / "model.keras").is_file():
+            loaded[index] = load(index, spec)
+    for index, spec in enumerate(config.models):
+        if index in loaded:
+            continue
+        assert spec.train is not None  # a missing `path` folder is refused when the config is read
+        subset = spec.train.train_examples
+        logger.info("model %r: training %s%s", spec.name, spec.train.model_id,
+                    f" on {subset} of the 55000 training images (to fit the sweep's time budget)" if subset else "")
+        train_model(spec.train, models_root)
+        loaded[index] = load(index, spec)
+    return [loaded[index] for index in range(len(config.models))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,7 +222,8 @@ def plan(config: SweepConfig) -> list[Unit]:
                               model=spec.name, cost=(stop - start) * 0.5, start=start, stop=stop))
         for attack in config.attacks:
             grid = config.epsilons[attack.norm]
-            steps = int(attack.params.get("steps", 40 if attack.name == "pgd" else 10)) if attack.name in ("pgd", "bim") else 1
+            steps = int(attack.params.get("steps", DEFAULTS[(attack.name, attack.norm)]["steps"])) \
+                if attack.name in ("pgd", "bim") else 1
             restarts = int(attack.params.get("restarts", 1))
             for implementation in attack.implementations:
                 for start, stop in chunks:
@@ -247,7 +259,6 @@ def _attack_params(config: SweepConfig, unit: Unit) -> dict[str, Any]:
     assert unit.attack is not None
     params = dict(unit.attack.params)
     allowed = attack_parameters(unit.attack.name)
-    params["batch_size"] = config.batch_size
     params["gradient"] = config.gradient
     if "norm" in allowed:
         params["norm"] = unit.attack.norm
@@ -256,6 +267,26 @@ def _attack_params(config: SweepConfig, unit: Unit) -> dict[str, Any]:
     if unit.implementation == "own" and "early_stop" in allowed:
         params.setdefault("early_stop", True)  # robust accuracy is what a sweep wants: stop on a fooled example
     return params
+
+
+SINGLE_STEP = frozenset({"fgsm", "fgm"})
+
+
+def grid_upper_bounds(run_dir: Path, model: str, norm: str, examples: np.ndarray) -> np.ndarray:
+    """Per example, the smallest grid ε (> 0) of ``norm`` at which any attack of the run fooled it, from the
+    finished attack records of ``model``; ``inf`` where none did. The minimal-ε search starts from these."""
+    files = []  # only what finished attack units vouch for, never a half-written file
+    for done in sorted((run_dir / "done").glob(f"{model}__*.json")):
+        record = json.loads(done.read_text())
+        if record.get("kind") == "attack":
+            files += [run_dir / name for name in record["files"] if name.endswith(".parquet")]
+    bounds = pd.Series(np.inf, index=pd.Index(examples, name="example"))
+    if files:
+        records = pd.concat([pd.read_parquet(p, columns=["example", "norm", "eps", "correct"]) for p in files])
+        fooled = records[(records["norm"] == norm) & (records["eps"] > 0) & ~records["correct"]]
+        smallest = fooled.groupby("example")["eps"].min()
+        bounds.update(smallest[smallest.index.isin(examples)])
+    return bounds.to_numpy(dtype=np.float64)
 
 
 def run_unit(config: SweepConfig, unit: Unit, loaded: LoadedModel, run_dir: Path, x: np.ndarray, labels: np.ndarray,
@@ -273,16 +304,20 @@ def run_unit(config: SweepConfig, unit: Unit, loaded: LoadedModel, run_dir: Path
         files[str(path.relative_to(run_dir))] = file_sha256(path)
 
     if unit.kind == "clean":
-        logits = predict_logits(loaded.model, x[part], batch_size=max(config.batch_size, 256))
+        logits = predict_logits(loaded.model, x[part], example_ids=examples[part])
         frame = clean_records(model=unit.model, examples=examples[part], labels=labels[part], logits=logits)
         keep(write_records(frame, run_dir / "records" / unit.model / f"{name.replace('/', '--')}.parquet"))
     elif unit.kind == "attack":
         assert unit.attack is not None and unit.implementation is not None
         result = run_attack(unit.attack.name, loaded.model, x[part], labels[part], list(config.epsilons[unit.attack.norm]),
-                            implementation=unit.implementation, **_attack_params(config, unit))
-        frame = attack_records(model=unit.model, attack=unit.attack.label, implementation=unit.implementation,
-                               norm=unit.attack.norm, epsilons=result.epsilons, examples=examples[part],
-                               labels=labels[part], x=x[part], x_adv=result.x_adv, logits=result.logits)
+                            implementation=unit.implementation, example_ids=examples[part], **_attack_params(config, unit))
+        views = [("single" if unit.attack.name in SINGLE_STEP else "any", result)]
+        if result.last is not None:
+            views.append(("last", result.last))
+        frame = pd.concat([attack_records(model=unit.model, attack=unit.attack.label, implementation=unit.implementation,
+                                          iterate=iterate, norm=unit.attack.norm, epsilons=view.epsilons,
+                                          examples=examples[part], labels=labels[part], x=x[part], x_adv=view.x_adv,
+                                          logits=view.logits) for iterate, view in views], ignore_index=True)
         keep(write_records(frame, run_dir / "records" / unit.model / f"{name.replace('/', '--')}.parquet"))
         extra["checks"] = [check_result_validity(result, x[part], label=f"{unit.attack.label}/{unit.implementation}").to_dict()]
         figure = config.figures
@@ -296,18 +331,20 @@ def run_unit(config: SweepConfig, unit: Unit, loaded: LoadedModel, run_dir: Path
             keep(write_atomic(path, lambda p: np.savez_compressed(p, **arrays)))  # type: ignore[arg-type]
     elif unit.kind == "minimal":
         spec = config.minimal
+        bounds = grid_upper_bounds(run_dir, unit.model, spec.norm, examples[part])
         minimal = minimal_perturbation(loaded.model, x[part], labels[part], norm=spec.norm, eps_max=spec.eps_max,
-                                      tolerance=spec.tolerance, steps=spec.steps, seed=config.seed,
-                                      batch_size=config.batch_size, gradient=config.gradient)
+                                      tolerance=spec.tolerance, steps=spec.steps, loss=spec.loss, upper_bounds=bounds,
+                                      seed=config.seed, example_ids=examples[part], gradient=config.gradient)
         frame = pd.DataFrame({"model": unit.model, "norm": spec.norm, "example": examples[part],
                               "label": labels[part].astype(np.int8), "minimal_eps": minimal.eps,
-                              "eps_max": minimal.eps_max, "tolerance": minimal.tolerance})
+                              "grid_bound": bounds, "eps_max": minimal.eps_max, "tolerance": minimal.tolerance,
+                              "loss": spec.loss})
         path = run_dir / "records" / unit.model / "minimal.parquet"
         keep(write_atomic(path, lambda p: frame.to_parquet(p, index=False)))
     elif unit.kind == "checks":
         checks = [check_logits(loaded.model, x[part]),
-                  check_gradients(loaded.model, x[part], labels[part], batch_size=config.batch_size),
-                  check_unbounded(loaded.model, x[part], labels[part], batch_size=config.batch_size, seed=config.seed)]
+                  check_gradients(loaded.model, x[part], labels[part], example_ids=examples[part]),
+                  *check_unbounded(loaded.model, x[part], labels[part], seed=config.seed, example_ids=examples[part])]
         extra["checks"] = [c.to_dict() for c in checks]
         extra["examples"] = unit.stop - unit.start
     else:  # pragma: no cover - plan() makes only the kinds above

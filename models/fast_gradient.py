@@ -29,18 +29,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models.config import check_gradient_path
+
 Forward = Callable[[tf.Tensor], tf.Tensor]
-GRADIENT_PATHS: tuple[str, ...] = ("fast", "plain")
 BASE_NAME = "vgg16_base"
 
 _FORWARDS: weakref.WeakKeyDictionary[Any, Forward] = weakref.WeakKeyDictionary()
-
-
-def check_gradient_path(gradient: Any) -> str:
-    """``gradient`` must be ``"fast"`` (custom backward passes) or ``"plain"`` (``tf.GradientTape``)."""
-    if gradient not in GRADIENT_PATHS:
-        raise ValueError(f"gradient must be one of {', '.join(map(repr, GRADIENT_PATHS))}. Received: gradient={gradient!r}")
-    return str(gradient)
 
 
 def _conv_relu(layer: keras.layers.Conv2D) -> Forward:

@@ -20,49 +20,9 @@ import keras
 import numpy as np
 
 from models.common import INPUT_SHAPE, NUM_CLASSES
+from models.config import CUTS, HEADS, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RESIZES, check_vgg16_options
 
-CUTS: tuple[str, ...] = ("block3_pool", "block4_pool", "block5_pool")
-RESIZES: tuple[str, ...] = ("pad", "bilinear")
-HEADS: tuple[str, ...] = ("linear", "mlp")
 CAFFE_BGR_MEAN: tuple[float, float, float] = (103.939, 116.779, 123.68)
-MIN_INPUT_SIZE = 32
-MAX_INPUT_SIZE = 224
-
-
-def check_vgg16_options(
-    *,
-    input_size: int,
-    resize: str,
-    cut: str,
-    head: str,
-    hidden_units: Sequence[int],
-    dropout: float,
-) -> None:
-    """Raise ``ValueError`` naming the first invalid option of :func:`build_vgg16_classifier`."""
-    if isinstance(input_size, bool) or not isinstance(input_size, int) or not (
-        MIN_INPUT_SIZE <= input_size <= MAX_INPUT_SIZE
-    ):
-        raise ValueError(
-            f"`input_size` must be an integer from {MIN_INPUT_SIZE} (Keras' minimum for VGG16) to "
-            f"{MAX_INPUT_SIZE}. Received: input_size={input_size!r}"
-        )
-    if resize not in RESIZES:
-        raise ValueError(f"`resize` must be one of {list(RESIZES)}. Received: resize={resize!r}")
-    if cut not in CUTS:
-        raise ValueError(f"`cut` must be one of {list(CUTS)}. Received: cut={cut!r}")
-    if head not in HEADS:
-        raise ValueError(f"`head` must be one of {list(HEADS)}. Received: head={head!r}")
-    if head == "mlp" and (
-        isinstance(hidden_units, (str, bytes))
-        or len(hidden_units) == 0
-        or not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in hidden_units)
-    ):
-        raise ValueError(
-            "`hidden_units` must be a non-empty list of positive integers for head='mlp'. "
-            f"Received: hidden_units={hidden_units!r}"
-        )
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"`dropout` must be a number in [0, 1). Received: dropout={dropout!r}")
 
 
 def build_vgg16_base(

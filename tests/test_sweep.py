@@ -49,7 +49,7 @@ def _config_text(folders: dict[str, Path], name: str = "tiny") -> str:
     return f'''
 name = "{name}"
 seed = 0
-chunk_size = 10
+chunk_size = 20
 [examples]
 count = 20
 selection = "balanced"
@@ -70,6 +70,7 @@ rel_stepsize = 0.3
 [minimal]
 examples = 10
 steps = 5
+tolerance = 0.02
 [figures]
 grid_examples = 4
 grid_eps = [0.2]
@@ -119,9 +120,12 @@ def test_records_have_one_typed_row_per_example_cell_and_eps(finished_run):
     records = pd.concat([pd.read_parquet(p) for p in (finished_run / "records").glob("*/*--chunk-*.parquet")])
     assert list(records.columns) == list(COLUMNS)
     attacked = records[records["attack"] != "clean"]
-    # 2 models × 2 attacks × 2 implementations × 3 ε (0 is always added) × 20 examples
-    assert len(attacked) == 2 * 2 * 2 * 3 * 20
-    assert attacked.groupby(["model", "attack", "implementation", "eps"]).size().eq(20).all()
+    # 2 models × (FGSM × 2 implementations + PGD own any-iterate + PGD foolbox any and last) × 3 ε × 20
+    assert len(attacked) == 2 * 5 * 3 * 20
+    assert attacked.groupby(["model", "attack", "implementation", "iterate", "eps"]).size().eq(20).all()
+    views = attacked.groupby(["attack", "implementation"])["iterate"].unique().map(sorted).to_dict()
+    assert views == {("fgsm", "foolbox"): ["single"], ("fgsm", "own"): ["single"],
+                     ("pgd-linf", "foolbox"): ["any", "last"], ("pgd-linf", "own"): ["any"]}
     assert sorted(records.loc[records["attack"] == "clean", "model"].value_counts()) == [20, 20]
     assert (attacked["linf"] <= attacked["eps"] + 1e-6).all()
     assert ((attacked["margin"] > 0) == attacked["correct"]).all()
@@ -141,7 +145,8 @@ def test_every_summary_number_is_recomputed_from_the_records(finished_run):
             assert row.robust == int(robust.sum())
             continue
         cell = records[(records["model"] == row.model) & (records["attack"] == row.attack)
-                       & (records["implementation"] == row.implementation) & (records["eps"] == row.eps)]
+                       & (records["implementation"] == row.implementation) & (records["iterate"] == row.iterate)
+                       & (records["eps"] == row.eps)]
         assert row.examples == len(cell) == 20
         assert row.robust_accuracy == pytest.approx(cell["correct"].mean(), abs=1e-12)
         initially = cell[clean.loc[row.model].loc[cell["example"]].to_numpy()]
@@ -168,14 +173,16 @@ def test_wilson_interval_hand_computed():
 
 def test_tables_are_ready_to_paste(finished_run):
     markdown = (finished_run / "summary.md").read_text()
-    assert "| model | attack | implementation | ε = 0 | ε = 0.1 | ε = 0.2 |" in markdown
+    assert "| model | attack | implementation | iterate | ε = 0 | ε = 0.1 | ε = 0.2 |" in markdown
     assert "**worst case**" in markdown
     latex = (finished_run / "summary.tex").read_text()
     for command in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\textbf{worst case}"):
         assert command in latex
     checks = json.loads((finished_run / "checks.json").read_text())
     names = {c["name"] for c in checks}
-    assert {"model returns logits", "input gradients are not zero", "unbounded attack wins"} <= names
+    assert {"model returns logits", "input gradients are not zero", "unbounded attack wins",
+            "cross-entropy does not saturate"} <= names
+    assert any(n.startswith("robustness curve not above the worst case") for n in names)
     assert any(n.startswith("PGD at least as strong as FGSM") for n in names)
     assert any(n.startswith("accuracy falls with ε") for n in names)
 
@@ -239,7 +246,7 @@ def test_interrupted_sweep_resumes_to_the_same_summary(finished_run, sweep_confi
     stamps = {key: json.loads((run_dir / f"done/{key.replace('/', '__')}.json").read_text())["finished"]
               for key in finished}
     # a half-written record of the next unit, as a kill mid-write would leave under its temporary name
-    (run_dir / "records" / "vgg16" / ".fgsm--foolbox--chunk-0001.parquet.junk.parquet").write_bytes(b"PAR1 half")
+    (run_dir / "records" / "vgg16" / ".fgsm--foolbox--chunk-0000.parquet.junk.parquet").write_bytes(b"PAR1 half")
     run_sweep(config, tmp_path, run_id="interrupted")
     for key, stamp in stamps.items():  # finished units were not run again
         assert json.loads((run_dir / f"done/{key.replace('/', '__')}.json").read_text())["finished"] == stamp
@@ -250,7 +257,7 @@ def test_a_damaged_record_file_is_recomputed(finished_run, sweep_config, tmp_pat
     copy = tmp_path / "tiny" / "damaged"
     shutil.copytree(finished_run, copy)
     units = plan(load_config(sweep_config))
-    victim = next(u for u in units if u.key == "cnn/pgd-linf/own/chunk-0001")
+    victim = next(u for u in units if u.key == "cnn/pgd-linf/own/chunk-0000")
     record = json.loads((copy / victim.done_path).read_text())
     path = copy / next(iter(record["files"]))
     path.write_bytes(path.read_bytes()[:100])  # truncated
@@ -305,6 +312,24 @@ BAD_CONFIGS = [
      r"`attacks`: names must be unique; repeated: \['fgsm'\]"),
     ("bad-selection", lambda t: t.replace('selection = "balanced"', 'selection = "random"'),
      r"`examples.selection`: must be one of 'balanced', 'first'. Received: 'random'"),
+    # attack hyper-parameters are checked when the config is read, not when their unit runs
+    ("zero-steps", lambda t: t.replace("steps = 5\n", "steps = 0\n", 1),
+     r"`attacks\[1\].steps`: `steps` must be an integer ≥ 1. Received: steps=0"),
+    ("string-stepsize", lambda t: t.replace("rel_stepsize = 0.3", 'rel_stepsize = "big"'),
+     r"`attacks\[1\].rel_stepsize`: `rel_stepsize` must be a positive finite number. Received: rel_stepsize='big'"),
+    ("negative-restarts", lambda t: t.replace("rel_stepsize = 0.3", "rel_stepsize = 0.3\nrestarts = -2"),
+     r"`attacks\[1\].restarts`: `restarts` must be an integer ≥ 1. Received: restarts=-2"),
+    ("unknown-loss", lambda t: t.replace("rel_stepsize = 0.3", 'rel_stepsize = 0.3\nloss = "hinge"'),
+     r"`attacks\[1\].loss`: `loss` must be one of \['ce', 'margin'\] .*Received: loss='hinge'"),
+    ("string-early-stop", lambda t: t.replace("rel_stepsize = 0.3", 'rel_stepsize = 0.3\nearly_stop = "yes"'),
+     r"`attacks\[1\].early_stop`: `early_stop` must be true or false"),
+    ("negative-seed", lambda t: t.replace("seed = 0\n", "seed = -1\n", 1), r"`seed`: must be an integer ≥ 0"),
+    ("float-chunk-size", lambda t: t.replace("chunk_size = 20", "chunk_size = 20.5"),
+     r"`chunk_size`: must be an integer from 1 to 10000. Received: 20.5"),
+    # a bad attack value in a config that would train a model: nothing is trained (results/ stays empty)
+    ("bad-value-with-training", lambda t: t.replace(
+        'name = "cnn"\npath =', 'name = "cnn"\ntrain = {kind = "small_cnn", epochs = 1, train_examples = 500}\n#'
+    ).replace("steps = 5\n", "steps = 0\n", 1), r"`attacks\[1\].steps`"),
 ]
 
 
@@ -334,8 +359,25 @@ def test_corrupt_model_file_is_refused_and_leaves_no_run_folder(model_folders, t
     results = tmp_path / "results"
     assert main(["sweep", str(path), "--results", str(results)]) == 2
     err = capsys.readouterr().err
+    assert "config key `models[0].path` (model 'vgg16')" in err
     assert "model.keras cannot be loaded" in err and "advsweep train" in err
     assert not (results / "tiny").exists()
+
+
+def test_corrupt_model_file_is_found_before_any_model_is_trained(model_folders, tmp_path, capsys):
+    """The first model needs training, the second is a corrupt file: nothing is trained, nothing written."""
+    broken = tmp_path / "broken"
+    shutil.copytree(model_folders["cnn"], broken)
+    (broken / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    text = _config_text({"vgg16": broken, "cnn": model_folders["cnn"]})
+    text = text.replace('name = "vgg16"\npath =', 'name = "cnn-trained"\ntrain = {kind = "small_cnn", epochs = 1}\n#')
+    text = text.replace('name = "cnn"\npath = "' + str(model_folders["cnn"]), 'name = "broken"\npath = "' + str(broken))
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    results = tmp_path / "results"
+    assert main(["sweep", str(path), "--results", str(results)]) == 2
+    assert "config key `models[1].path` (model 'broken')" in capsys.readouterr().err
+    assert not results.exists() or not any(results.iterdir())
 
 
 def test_shipped_configs_are_valid():

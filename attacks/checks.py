@@ -15,7 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from attacks.core import (
+from advsweep.attacks.core import (
     BALL_TOLERANCE,
     BLOCK,
     AttackResult,
@@ -125,7 +125,7 @@ def check_unbounded(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, se
     examples correct while the margin loss does not, the softmax saturates on this model (zero gradients
     at confident points) and cross-entropy attacks understate its vulnerability.
     """
-    from attacks.pgd import projected_gradient_descent
+    from advsweep.attacks.pgd import projected_gradient_descent
 
     def accuracy(loss: str, n: int) -> float:
         result = projected_gradient_descent(model, x[:n], labels[:n], [UNBOUNDED_EPS], norm="linf", early_stop=True,
@@ -208,15 +208,3 @@ def check_curve_below_worst_case(epsilons: Sequence[float], curve: Sequence[floa
                                      "too few steps, or it ignores the grid's adversarials): its curve overstates "
                                      "robustness",
     )
-
-
-def report(checks: Sequence[Check]) -> bool:
-    """Log every check (failures loudly, notes as notes); return whether none failed."""
-    for check in checks:
-        if check.passed:
-            logger.info("check passed: %s — %s", check.name, check.detail)
-        elif check.informational:
-            logger.info("check note: %s — %s. %s", check.name, check.detail, check.suggestion)
-        else:
-            logger.warning("CHECK FAILED: %s — %s. Suggests: %s", check.name, check.detail, check.suggestion)
-    return all(check.passed or check.informational for check in checks)

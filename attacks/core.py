@@ -29,8 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from attacks.spec import (  # noqa: F401  (re-exported: the attacks check their arguments with these)
-    EPS_LIMITS,
+from advsweep.attacks.spec import (  # noqa: F401  (re-exported: the attacks check their arguments with these)
     LOSSES,
     NORMS,
     check_epsilons,
@@ -40,9 +39,10 @@ from attacks.spec import (  # noqa: F401  (re-exported: the attacks check their 
     check_positive_int,
     check_seed,
     check_stepsize,
+    eps_limit,
 )
-from models.config import check_gradient_path
-from models.fast_gradient import model_function
+from advsweep.models.common import model_function
+from advsweep.models.config import check_gradient_path
 
 BALL_TOLERANCE = 1e-5  # float32 rounding of x0 + δ - x0
 BLOCK = 32  # rows of every model call an attack makes; an example always sits in row (test index mod BLOCK)
@@ -89,11 +89,17 @@ class AttackResult:
 # argument checks (ValueError/TypeError naming the argument and what is allowed)
 
 
-def check_inputs(x: Any, labels: Any, targets: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Validate images and labels (and targets); return float32 images, int64 labels (and targets)."""
+def check_inputs(x: Any, labels: Any, targets: Any = None, *, model: Any = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Validate images and labels (and targets); return float32 images, int64 labels (and targets).
+
+    Images are ``(N, H, W, C)``; with a ``model``, they must have its input shape and the classes must be below
+    its number of outputs (:func:`model_classes`)."""
     x = np.asarray(x)
-    if x.ndim != 4 or x.shape[1:] != (28, 28, 1):
-        raise ValueError(f"`x` must be images of shape (N, 28, 28, 1). Received: x.shape={x.shape}")
+    expected = _model_shape(model, "input_shape")
+    if x.ndim != 4 or (expected is not None and x.shape[1:] != expected):
+        shape = f"(N, {', '.join(map(str, expected))})" if expected is not None else "(N, height, width, channels)"
+        raise ValueError(f"`x` must be images of shape {shape}. Received: x.shape={x.shape}")
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"`x` must be floating point in [0, 1]. Received: x.dtype={x.dtype}")
     x = x.astype(np.float32, copy=False)
@@ -111,8 +117,10 @@ def check_inputs(x: Any, labels: Any, targets: Any = None) -> tuple[np.ndarray, 
         if array.shape != (len(x),) or not np.issubdtype(array.dtype, np.integer):
             raise ValueError(f"`{name}` must be integers of shape ({len(x)},), one per image. "
                              f"Received: {name}.shape={array.shape}, dtype={array.dtype}")
-        if array.size and (array.min() < 0 or array.max() > 9):
-            raise ValueError(f"`{name}` must be classes in 0..9. Received: min={array.min()}, max={array.max()}")
+        classes = model_classes(model)
+        if array.size and (array.min() < 0 or (classes is not None and array.max() >= classes)):
+            top = f"0..{classes - 1}" if classes is not None else "≥ 0"
+            raise ValueError(f"`{name}` must be classes in {top}. Received: min={array.min()}, max={array.max()}")
         checked.append(array.astype(np.int64))
     labels_checked, targets_checked = checked
     assert labels_checked is not None
@@ -120,6 +128,22 @@ def check_inputs(x: Any, labels: Any, targets: Any = None) -> tuple[np.ndarray, 
         raise ValueError("`targets` must differ from `labels` for every example (a targeted attack towards the "
                          "true class is meaningless)")
     return x, labels_checked, targets_checked
+
+
+def _model_shape(model: Any, attribute: str) -> tuple[int, ...] | None:
+    try:
+        shape = getattr(model, attribute, None)
+    except (AttributeError, ValueError):
+        return None
+    if not isinstance(shape, tuple) or any(not isinstance(d, int) for d in shape[1:]):
+        return None
+    return tuple(shape[1:])
+
+
+def model_classes(model: Any) -> int | None:
+    """The number of logits a Keras classifier returns, from its output shape (``None`` if it does not say)."""
+    shape = _model_shape(model, "output_shape")
+    return shape[0] if shape is not None and len(shape) == 1 else None
 
 
 def check_model(model: Any) -> keras.Model:
@@ -154,7 +178,8 @@ def gradient_fn(model: keras.Model, loss: str, gradient: str = "fast") -> Gradie
     """A compiled ``(x, classes) → (logits, ∇_x Σ loss)`` for ``model``, cached per model, loss and path.
 
     A ``tf.GradientTape(watch_accessed_variables=False)`` watching only ``x``, with the model in
-    inference mode. ``gradient="fast"`` differentiates :func:`models.fast_gradient.fast_forward`
+    inference mode. The model side hands over the function to differentiate (:func:`advsweep.models.common.model_function`):
+    ``gradient="fast"`` differentiates :func:`advsweep.models.fast_gradient.fast_forward`
     (backward passes of the frozen VGG16 base built from forward ops, equal up to float rounding);
     ``"plain"`` differentiates the Keras model as it is.
     """
@@ -190,7 +215,7 @@ _COMPILED: weakref.WeakKeyDictionary[Any, Callable[[tf.Tensor], tf.Tensor]] = we
 
 
 def compiled_forward(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """The model's function with the fast backward passes (:func:`models.fast_gradient.fast_forward`),
+    """The model's function with the fast backward passes (:func:`advsweep.models.fast_gradient.fast_forward`),
     compiled once per model: what foolbox differentiates on the fast path."""
     if model not in _COMPILED:
         _COMPILED[model] = tf.function(model_function(model, "fast"), reduce_retracing=True)
@@ -238,7 +263,7 @@ def predict_logits(model: keras.Model, x: np.ndarray, *, example_ids: Any = None
             out = np.empty((len(x),) + logits.shape[1:], dtype=np.float32)
         used = rows >= 0
         out[rows[used]] = logits[used]
-    return out if out is not None else np.zeros((0, 10), dtype=np.float32)
+    return out if out is not None else np.zeros((0, model_classes(model) or 0), dtype=np.float32)
 
 
 def blocked_gradients(value_and_gradient: GradientFn, x: np.ndarray, classes: np.ndarray,
@@ -253,7 +278,7 @@ def blocked_gradients(value_and_gradient: GradientFn, x: np.ndarray, classes: np
             logits_out = np.empty((len(x),) + tuple(logits.shape[1:]), dtype=np.float32)
         logits_out[rows[used]] = logits.numpy()[used]
         gradients[rows[used]] = gradient.numpy()[used]
-    return (logits_out if logits_out is not None else np.zeros((0, 10), np.float32)), gradients
+    return (logits_out if logits_out is not None else np.zeros((0, 0), np.float32)), gradients
 
 
 def example_stream(seed: int, example_id: int, attack: str, epsilon: float, restart: int) -> np.random.Generator:
@@ -297,13 +322,6 @@ def project(x: tf.Tensor, x0: tf.Tensor, eps: tf.Tensor, norm: str) -> tf.Tensor
         return x0 + tf.clip_by_value(delta, -eps_b, eps_b)
     factor = tf.minimum(1.0, eps / tf.maximum(_l2_norms(delta), 1e-12))
     return x0 + delta * _per_example(factor, x.shape.rank)
-
-
-def pgd_step(x: tf.Tensor, x0: tf.Tensor, gradient: tf.Tensor, eps: tf.Tensor, stepsize: tf.Tensor, norm: str,
-             direction: float) -> tf.Tensor:
-    """``clip_[0,1](Π_ε(x + direction · stepsize · normalize(g)))``, foolbox's update (eager)."""
-    moved = x + direction * (_per_example(stepsize, x.shape.rank) * normalize(gradient, norm))
-    return tf.clip_by_value(project(moved, x0, eps, norm), 0.0, 1.0)
 
 
 def random_start(x0: np.ndarray, eps: np.ndarray, norm: str, rngs: Sequence[np.random.Generator]) -> np.ndarray:

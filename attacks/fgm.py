@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from attacks.core import (
+from advsweep.attacks.core import (
     AttackResult,
     block_rounds,
     blocked_gradients,
@@ -23,6 +23,7 @@ from attacks.core import (
     check_inputs,
     check_loss,
     check_model,
+    model_classes,
     check_norm,
     gather_block,
     gradient_fn,
@@ -31,6 +32,7 @@ from attacks.core import (
     project,
     success_of,
 )
+from advsweep.defaults import ATTACK
 
 
 def fast_gradient_method(
@@ -39,11 +41,11 @@ def fast_gradient_method(
     labels: Any,
     epsilons: Any,
     *,
-    norm: str = "linf",
-    loss: str = "ce",
+    norm: str = ATTACK["norm"],
+    loss: str = ATTACK["loss"],
     targets: Any = None,
     example_ids: Any = None,
-    gradient: str = "fast",
+    gradient: str = ATTACK["gradient"],
 ) -> AttackResult:
     """One gradient step of size ε from the clean input, for every ε of a list.
 
@@ -59,18 +61,18 @@ def fast_gradient_method(
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner logit margin).
         targets: target classes ``(N,)`` for a targeted attack (descends the loss towards them).
         example_ids: test-set indices ``(N,)``: each example's row in the fixed-shape model calls
-            (see :mod:`attacks.core`); default ``0 … N−1``.
+            (see :mod:`advsweep.attacks.core`); default ``0 … N−1``.
         gradient: ``"fast"`` (custom backward passes through a frozen VGG16 base, the default) or
             ``"plain"`` (``tf.GradientTape`` through the Keras model); equal up to float rounding.
 
     Returns:
-        An :class:`~attacks.core.AttackResult` with ``K = len(epsilons)`` rows (one point per ε: FGSM has
+        An :class:`~advsweep.attacks.core.AttackResult` with ``K = len(epsilons)`` rows (one point per ε: FGSM has
         no last-iterate view apart from its result).
     """
     check_model(model)
     norm, loss = check_norm(norm), check_loss(loss)
-    eps = check_epsilons(epsilons, norm)
-    x, labels, targets = check_inputs(x, labels, targets)
+    x, labels, targets = check_inputs(x, labels, targets, model=model)
+    eps = check_epsilons(epsilons, norm, x.shape[1:])
     ids = check_example_ids(example_ids, len(x))
     classes = targets if targets is not None else labels
     direction = -1.0 if targets is not None else 1.0
@@ -84,7 +86,7 @@ def fast_gradient_method(
         for k, epsilon in enumerate(eps):
             x_adv[k, rows[used]] = fgm_step(x_block, unit_step, float(epsilon), norm, direction)[used]
     logits = np.stack([predict_logits(model, x_adv[k], example_ids=ids) for k in range(len(eps))]) \
-        if len(x) else np.zeros((len(eps), 0, 10), np.float32)
+        if len(x) else np.zeros((len(eps), 0, model_classes(model) or 0), np.float32)
     success = np.stack([success_of(logits[k], labels, targets) for k in range(len(eps))])
     return AttackResult(epsilons=eps, x_adv=x_adv, logits=logits, success=success, norm=norm,
                         targeted=targets is not None)

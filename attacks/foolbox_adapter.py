@@ -18,7 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from attacks.core import (
+from advsweep.assets.validate import one_of
+from advsweep.attacks.core import (
     AttackResult,
     any_iterate_view,
     block_rounds,
@@ -27,6 +28,7 @@ from attacks.core import (
     check_inputs,
     check_loss,
     check_model,
+    model_classes,
     check_norm,
     check_positive_int,
     check_stepsize,
@@ -38,8 +40,9 @@ from attacks.core import (
     random_start,
     success_of,
 )
-from attacks.pgd import DEFAULTS, result_of
-from models.fast_gradient import check_gradient_path
+from advsweep.attacks.pgd import result_of
+from advsweep.defaults import ATTACK, ITERATIVE
+from advsweep.models.config import check_gradient_path
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ class Recorder:
 
 def _subclass(cls: type, loss: str) -> type:
     """foolbox's attack class with three overrides that change no step of its algorithm: the random start is
-    each example's own stream (the same draw as the own attacks', :func:`attacks.core.example_stream`),
+    each example's own stream (the same draw as the own attacks', :func:`advsweep.attacks.core.example_stream`),
     each run tells the recorder its budget, and with ``loss="margin"`` the loss is Carlini–Wagner's margin."""
     key = (cls, loss)
     if key in _SUBCLASSES:
@@ -151,72 +154,94 @@ def foolbox_attack(
     labels: Any,
     epsilons: Any,
     *,
-    norm: str = "linf",
+    norm: str = ATTACK["norm"],
     steps: int | None = None,
     rel_stepsize: float | None = None,
     abs_stepsize: float | None = None,
     random_start: bool | None = None,
-    restarts: int = 1,
-    loss: str = "ce",
+    restarts: int = ATTACK["restarts"],
+    loss: str = ATTACK["loss"],
     targets: Any = None,
-    seed: int = 0,
+    seed: int = ATTACK["seed"],
     example_ids: Any = None,
-    gradient: str = "fast",
+    gradient: str = ATTACK["gradient"],
 ) -> AttackResult:
     """Run ``"fgm"`` (FGSM for L∞), ``"pgd"`` or ``"bim"`` through foolbox.
 
-    Arguments and result as :func:`attacks.fast_gradient_method` and
-    :func:`attacks.projected_gradient_descent`; ``None`` means foolbox's default. foolbox attacks fixed-shape
-    blocks, each example in its row of the own attacks (:mod:`attacks.core`), and starts each example from
+    Arguments and result as :func:`advsweep.attacks.fast_gradient_method` and
+    :func:`advsweep.attacks.projected_gradient_descent`; ``None`` means foolbox's default. foolbox attacks fixed-shape
+    blocks, each example in its row of the own attacks (:mod:`advsweep.attacks.core`), and starts each example from
     its own random stream, the same start the own PGD draws. The result is the any-iterate view, from every
     point foolbox queried; ``result.last`` is what foolbox itself returns (its last iterate).
     ``gradient="fast"`` hands foolbox the model's function with the fast backward passes
-    (:mod:`models.fast_gradient`), ``"plain"`` the Keras model itself.
+    (:mod:`advsweep.models.fast_gradient`), ``"plain"`` the Keras model itself.
     """
     check_model(model)
     norm, loss = check_norm(norm), check_loss(loss)
-    if attack not in ("fgm", "pgd", "bim"):
-        raise ValueError(f"`attack` must be one of ['fgm', 'pgd', 'bim']. Received: attack={attack!r}")
-    eps = check_epsilons(epsilons, norm)
+    one_of("attack", attack, ("fgm", "pgd", "bim"))
     restarts = check_positive_int("restarts", restarts)
-    x, labels, targets = check_inputs(x, labels, targets)
+    x, labels, targets = check_inputs(x, labels, targets, model=model)
+    eps = check_epsilons(epsilons, norm, x.shape[1:])
     ids = check_example_ids(example_ids, len(x))
+    instance = _configured(attack, norm, loss, targets is not None, steps=steps, rel_stepsize=rel_stepsize,
+                           abs_stepsize=abs_stepsize, random_start=random_start, restarts=restarts)
+    recorder = Recorder(labels, targets, eps, x.shape[1:])
+    instance.recorder, instance.seed, instance.stream, instance.norm = recorder, int(seed), attack, norm
+    x_last = _run_blocks(instance, foolbox_model(model, gradient, recorder), x, labels, targets, eps, ids, restarts)
+    logits_last = np.stack([predict_logits(model, x_last[k], example_ids=ids) for k in range(len(eps))]) \
+        if len(x) else np.zeros((len(eps), 0, model_classes(model) or 0), np.float32)
+    last = result_of(eps, x_last, logits_last, labels, targets, norm)
+    if attack == "fgm":
+        return last  # one point per ε: the any-iterate view is the result itself
+    found_any, x_any = recorder.found.copy(), recorder.x.copy()
+    logits_any = (recorder.logits if recorder.logits is not None else logits_last).copy()
+    found_any[eps == 0], x_any[eps == 0], logits_any[eps == 0] = last.success[eps == 0], x, logits_last[eps == 0]
+    order = np.broadcast_to(np.argsort(eps, kind="stable")[:, None], found_any.shape)
+    x_any, logits_any = any_iterate_view(order, found_any, x_any, logits_any, x_last, logits_last)
+    return dataclasses.replace(result_of(eps, x_any, logits_any, labels, targets, norm), last=last)
+
+
+def _configured(attack: str, norm: str, loss: str, targeted: bool, *, steps: int | None, rel_stepsize: float | None,
+                abs_stepsize: float | None, random_start: bool | None, restarts: int) -> Any:
+    """foolbox's attack object with the hyper-parameters (defaults: :data:`advsweep.defaults.ITERATIVE`)."""
     cls = _subclass(_CLASSES[(attack, norm)], loss)
     if attack == "fgm":
-        if targets is not None:
+        if targeted:
             raise ValueError("foolbox's fast gradient attacks are untargeted only; use implementation='own' "
                              "for a targeted FGSM/FGM")
         if any(v is not None for v in (steps, rel_stepsize, abs_stepsize)) or random_start or restarts > 1:
             raise ValueError("FGSM/FGM take no steps, step size, random start or restarts")
-        instance = cls()
-    else:
-        defaults = DEFAULTS[(attack, norm)]
-        steps = check_positive_int("steps", defaults["steps"] if steps is None else steps)
-        rel_stepsize = defaults["rel_stepsize"] if rel_stepsize is None else rel_stepsize
-        check_stepsize(rel_stepsize, abs_stepsize)
-        options: dict[str, Any] = {"steps": steps, "rel_stepsize": rel_stepsize, "abs_stepsize": abs_stepsize}
-        if attack == "pgd":
-            options["random_start"] = defaults["random_start"] if random_start is None else bool(random_start)
-        elif random_start:
-            raise ValueError("BIM has no random start; use attack='pgd'")
-        instance = cls(**options)
+        return cls()
+    defaults = ITERATIVE[(attack, norm)]
+    steps = check_positive_int("steps", defaults["steps"] if steps is None else steps)
+    rel_stepsize = defaults["rel_stepsize"] if rel_stepsize is None else rel_stepsize
+    check_stepsize(rel_stepsize, abs_stepsize)
+    options: dict[str, Any] = {"steps": steps, "rel_stepsize": rel_stepsize, "abs_stepsize": abs_stepsize}
+    if attack == "pgd":
+        options["random_start"] = defaults["random_start"] if random_start is None else bool(random_start)
+    elif random_start:
+        raise ValueError("BIM has no random start; use attack='pgd'")
+    return cls(**options)
 
+
+def _run_blocks(instance: Any, fmodel: fb.TensorFlowModel, x: np.ndarray, labels: np.ndarray,
+                targets: np.ndarray | None, eps: np.ndarray, ids: np.ndarray, restarts: int) -> np.ndarray:
+    """Run foolbox over fixed-shape blocks, each restart on the examples not yet fooled; its last iterates
+    ``(K, N, …)`` (per budget the first run's, or a later restart's that succeeded). The recorder sees every
+    point it queries."""
     n = len(x)
     moving = [int(k) for k in np.argsort(eps, kind="stable") if eps[k] > 0]  # ascending; ε = 0 admits only x
-    recorder = Recorder(labels, targets, eps, x.shape[1:])
-    instance.recorder, instance.seed, instance.stream, instance.norm = recorder, int(seed), attack, norm
-    fmodel = foolbox_model(model, gradient, recorder)
     x_last = np.repeat(x[None], len(eps), axis=0)
     last_success = np.zeros((len(eps), n), dtype=bool)
     classes = targets if targets is not None else labels
     for restart in range(restarts if moving else 0):
-        todo = np.arange(n) if restart == 0 else np.flatnonzero(~recorder.found[moving].all(axis=0))
+        todo = np.arange(n) if restart == 0 else np.flatnonzero(~instance.recorder.found[moving].all(axis=0))
         instance.restart = restart
         for rows in block_rounds(ids[todo]):
             used = rows >= 0
             block = np.where(used, todo[np.maximum(rows, 0)], -1)
             instance.block_ids = np.where(used, ids[np.maximum(block, 0)], -1)
-            recorder.begin_block(block)
+            instance.recorder.begin_block(block)
             inputs = tf.constant(gather_block(x, block))
             block_classes = tf.constant(gather_block(classes, block))
             criterion = (fb.criteria.TargetedMisclassification(block_classes) if targets is not None
@@ -228,17 +253,7 @@ def foolbox_attack(
                 keep = found_k & ~last_success[k, examples] if restart > 0 else np.ones(len(examples), dtype=bool)
                 x_last[k, examples[keep]] = clipped[j].numpy()[used][keep]
                 last_success[k, examples[keep]] |= found_k[keep]
-    logits_last = np.stack([predict_logits(model, x_last[k], example_ids=ids) for k in range(len(eps))]) \
-        if n else np.zeros((len(eps), 0, 10), np.float32)
-    last = result_of(eps, x_last, logits_last, labels, targets, norm)
-    if attack == "fgm":
-        return last  # one point per ε: the any-iterate view is the result itself
-    found_any, x_any = recorder.found.copy(), recorder.x.copy()
-    logits_any = (recorder.logits if recorder.logits is not None else logits_last).copy()
-    found_any[eps == 0], x_any[eps == 0], logits_any[eps == 0] = last.success[eps == 0], x, logits_last[eps == 0]
-    order = np.broadcast_to(np.argsort(eps, kind="stable")[:, None], found_any.shape)
-    x_any, logits_any = any_iterate_view(order, found_any, x_any, logits_any, x_last, logits_last)
-    return dataclasses.replace(result_of(eps, x_any, logits_any, labels, targets, norm), last=last)
+    return x_last
 
 
 def fmn_minimal_norms(
@@ -253,14 +268,14 @@ def fmn_minimal_norms(
 ) -> np.ndarray:
     """Per-example perturbation size of foolbox's Fast Minimum-Norm attack (Pintor et al. 2021).
 
-    The reference for :func:`attacks.minimal_perturbation`: float64 ``(N,)``, the L∞ or L2 size of
+    The reference for :func:`advsweep.attacks.minimal_perturbation`: float64 ``(N,)``, the L∞ or L2 size of
     FMN's adversarial, 0 where the clean input is misclassified, ``inf`` where FMN fails.
     """
     check_model(model)
     norm = check_norm(norm)
     steps = check_positive_int("steps", steps)
     batch_size = check_positive_int("batch_size", batch_size)
-    x, labels, _ = check_inputs(x, labels)
+    x, labels, _ = check_inputs(x, labels, model=model)
     fmodel = foolbox_model(model, gradient)
     attack = fb.attacks.LInfFMNAttack(steps=steps) if norm == "linf" else fb.attacks.L2FMNAttack(steps=steps)
     sizes = np.full(len(x), np.inf)

@@ -4,7 +4,7 @@ Bisection over a per-example ε with PGD (early stop on, the margin loss by defa
 [lo, hi] always has the attack failing at lo (or lo = 0) and an adversarial known at hi (found by the
 search, or proved by another attack: ``upper_bounds``), and it halves until hi − lo ≤ tolerance.
 foolbox's Fast Minimum-Norm attack (Pintor et al., NeurIPS 2021) is the reference
-(:func:`attacks.foolbox_adapter.fmn_minimal_norms`).
+(:func:`advsweep.attacks.foolbox_adapter.fmn_minimal_norms`).
 """
 
 from __future__ import annotations
@@ -15,18 +15,19 @@ from typing import Any
 import keras
 import numpy as np
 
-from attacks.core import (
-    EPS_LIMITS,
+from advsweep.attacks.core import (
     check_example_ids,
     check_inputs,
     check_loss,
     check_model,
     check_norm,
     check_positive_int,
+    eps_limit,
     predict_logits,
     success_of,
 )
-from attacks.pgd import DEFAULTS, pgd_engine
+from advsweep.attacks.pgd import pgd_engine
+from advsweep.defaults import ATTACK, MINIMAL
 
 
 @dataclasses.dataclass
@@ -65,17 +66,17 @@ def minimal_perturbation(
     x: Any,
     labels: Any,
     *,
-    norm: str = "linf",
+    norm: str = MINIMAL["norm"],
     eps_max: float | None = None,
     tolerance: float | None = None,
-    steps: int | None = None,
+    steps: int = MINIMAL["steps"],
     rel_stepsize: float | None = None,
     random_start: bool = True,
-    loss: str = "margin",
+    loss: str = MINIMAL["loss"],
     upper_bounds: Any = None,
-    seed: int = 0,
+    seed: int = ATTACK["seed"],
     example_ids: Any = None,
-    gradient: str = "fast",
+    gradient: str = ATTACK["gradient"],
 ) -> MinimalResult:
     """Bisect each example's ε with PGD (early stop) until the interval is at most ``tolerance`` wide.
 
@@ -86,7 +87,7 @@ def minimal_perturbation(
         norm: ``"linf"`` or ``"l2"``.
         eps_max: upper end of the search (default 0.5 for L∞, 6.0 for L2).
         tolerance: final interval width (default 1/255 ≈ 0.0039 for L∞, 0.02 for L2).
-        steps: PGD steps per bisection round (default 40 for L∞, 50 for L2).
+        steps: PGD steps per bisection round (default 20, as in sweeps: :data:`advsweep.defaults.MINIMAL`).
         rel_stepsize: PGD step as a fraction of ε (default 2.5 / steps, Madry et al.'s rule, so that
             the steps can travel 2.5 ε: the minimum sits on the ball's boundary).
         random_start: PGD's random start.
@@ -97,9 +98,9 @@ def minimal_perturbation(
             where none is), e.g. the smallest grid ε at which any attack of a sweep fooled it. An example's
             search starts with that bound as its upper end, so its minimal ε never exceeds what another
             attack has proved.
-        seed: seeds the random starts, one stream per example and round (see :mod:`attacks.core`).
+        seed: seeds the random starts, one stream per example and round (see :mod:`advsweep.attacks.core`).
         example_ids: test-set indices ``(N,)`` (default ``0 … N−1``).
-        gradient: ``"fast"`` or ``"plain"`` input gradient (see :mod:`models.fast_gradient`).
+        gradient: ``"fast"`` or ``"plain"`` input gradient (see :mod:`advsweep.models.fast_gradient`).
 
     Returns:
         A :class:`MinimalResult`. Where an example's minimal ε is its upper bound and no round of this
@@ -108,15 +109,14 @@ def minimal_perturbation(
     """
     check_model(model)
     norm, loss = check_norm(norm), check_loss(loss)
-    eps_max = {"linf": 0.5, "l2": 6.0}[norm] if eps_max is None else eps_max
-    tolerance = {"linf": 1.0 / 255.0, "l2": 0.02}[norm] if tolerance is None else tolerance
-    for name, value, upper in (("eps_max", eps_max, EPS_LIMITS[norm]), ("tolerance", tolerance, eps_max)):
+    x, labels, _ = check_inputs(x, labels, model=model)
+    eps_max = MINIMAL["eps_max"][norm] if eps_max is None else eps_max
+    tolerance = MINIMAL["tolerance"][norm] if tolerance is None else tolerance
+    for name, value, upper in (("eps_max", eps_max, eps_limit(norm, x.shape[1:])), ("tolerance", tolerance, eps_max)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= upper:
-            raise ValueError(f"`{name}` must be a number in (0, {upper}]. Received: {name}={value!r}")
-    defaults = DEFAULTS[("pgd", norm)]
-    steps = check_positive_int("steps", defaults["steps"] if steps is None else steps)
+            raise ValueError(f"`{name}` must be a number in (0, {upper:g}]. Received: {name}={value!r}")
+    steps = check_positive_int("steps", steps)
     rel = float(2.5 / steps if rel_stepsize is None else rel_stepsize)
-    x, labels, _ = check_inputs(x, labels)
     ids = check_example_ids(example_ids, len(x))
     n = len(x)
     bounds = np.full(n, np.inf) if upper_bounds is None else np.asarray(upper_bounds, dtype=np.float64)

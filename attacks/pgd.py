@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from attacks.core import (
+from advsweep.attacks.core import (
     BLOCK,
     AttackResult,
     any_iterate_view,
@@ -32,19 +32,13 @@ from attacks.core import (
     check_stepsize,
     example_stream,
     gradient_fn,
-    pgd_step,
+    normalize,
     predict_logits,
+    project,
     random_start as draw_start,
     success_of,
 )
-
-# foolbox 3.3.4's defaults
-DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("pgd", "linf"): {"rel_stepsize": 0.01 / 0.3, "steps": 40, "random_start": True},
-    ("pgd", "l2"): {"rel_stepsize": 0.025, "steps": 50, "random_start": True},
-    ("bim", "linf"): {"rel_stepsize": 0.2, "steps": 10, "random_start": False},
-    ("bim", "l2"): {"rel_stepsize": 0.2, "steps": 10, "random_start": False},
-}
+from advsweep.defaults import ATTACK, ITERATIVE
 
 
 def projected_gradient_descent(
@@ -53,18 +47,18 @@ def projected_gradient_descent(
     labels: Any,
     epsilons: Any,
     *,
-    norm: str = "linf",
+    norm: str = ATTACK["norm"],
     steps: int | None = None,
     rel_stepsize: float | None = None,
     abs_stepsize: float | None = None,
-    random_start: bool = True,
-    restarts: int = 1,
-    loss: str = "ce",
+    random_start: bool = ITERATIVE[("pgd", "linf")]["random_start"],
+    restarts: int = ATTACK["restarts"],
+    loss: str = ATTACK["loss"],
     targets: Any = None,
-    early_stop: bool = False,
-    seed: int = 0,
+    early_stop: bool = ATTACK["early_stop"],
+    seed: int = ATTACK["seed"],
     example_ids: Any = None,
-    gradient: str = "fast",
+    gradient: str = ATTACK["gradient"],
 ) -> AttackResult:
     """PGD for every ε of a list (Madry et al. 2018).
 
@@ -77,18 +71,18 @@ def projected_gradient_descent(
         labels: true classes ``(N,)`` in 0..9 (always required).
         epsilons: one ε or a list, each in [0, 1] (L∞) or [0, 28] (L2).
         norm: ``"linf"`` or ``"l2"``.
-        steps: gradient steps (default 40 for L∞, 50 for L2, as foolbox).
+        steps: gradient steps (default 40 for L∞, 50 for L2, as foolbox: :data:`advsweep.defaults.ITERATIVE`).
         rel_stepsize: step size as a fraction of ε (default 0.01/0.3 for L∞, 0.025 for L2).
         abs_stepsize: an absolute step size; takes precedence over ``rel_stepsize``.
-        random_start: start from a uniform point of the ε-ball (on by default).
+        random_start: start from a uniform point of the ε-ball (on by default for PGD, off for BIM).
         restarts: independent runs per ε; later runs attack only the examples not yet fooled.
         loss: ``"ce"`` or ``"margin"`` (Carlini–Wagner).
         targets: target classes for a targeted attack.
-        early_stop: stop attacking an example at its first adversarial iterate (saves work when robust
-            accuracy is what is wanted). Without it every run takes all its steps and the result also
-            carries the last-iterate view (``result.last``), which is what foolbox returns.
+        early_stop: stop attacking an example at its first adversarial iterate (on by default: the result
+            is the same and the remaining steps are saved). Without it every run takes all its steps and the
+            result also carries the last-iterate view (``result.last``), which is what foolbox returns.
         seed: seeds the random starts, with each example's ``example_ids`` entry (see
-            :func:`attacks.core.example_stream`).
+            :func:`advsweep.attacks.core.example_stream`).
         example_ids: the examples' test-set indices ``(N,)`` (default ``0 … N−1``): they key each
             example's random stream and its row in every model call, so results do not depend on how
             examples are chunked or batched.
@@ -96,17 +90,12 @@ def projected_gradient_descent(
             ``"plain"`` (``tf.GradientTape`` through the Keras model); equal up to float rounding.
 
     Returns:
-        An :class:`~attacks.core.AttackResult` with ``K = len(epsilons)`` rows: the any-iterate view
+        An :class:`~advsweep.attacks.core.AttackResult` with ``K = len(epsilons)`` rows: the any-iterate view
         (an example fooled at one ε stays fooled at every larger ε), and ``.last`` without early stop.
     """
-    defaults = DEFAULTS[("pgd", check_norm(norm))]
-    return _iterative(
-        model, x, labels, epsilons, norm=norm, attack="pgd",
-        steps=defaults["steps"] if steps is None else steps,
-        rel_stepsize=defaults["rel_stepsize"] if rel_stepsize is None else rel_stepsize,
-        abs_stepsize=abs_stepsize, random_start=random_start, restarts=restarts, loss=loss, targets=targets,
-        early_stop=early_stop, seed=seed, example_ids=example_ids, gradient=gradient,
-    )  # fmt: skip
+    return _checked_run("pgd", model, x, labels, epsilons, norm=norm, steps=steps, rel_stepsize=rel_stepsize,
+                        abs_stepsize=abs_stepsize, random_start=random_start, restarts=restarts, loss=loss,
+                        targets=targets, early_stop=early_stop, seed=seed, example_ids=example_ids, gradient=gradient)
 
 
 def basic_iterative_method(
@@ -115,39 +104,39 @@ def basic_iterative_method(
     labels: Any,
     epsilons: Any,
     *,
-    norm: str = "linf",
-    steps: int = 10,
-    rel_stepsize: float = 0.2,
+    norm: str = ATTACK["norm"],
+    steps: int | None = None,
+    rel_stepsize: float | None = None,
     abs_stepsize: float | None = None,
-    loss: str = "ce",
+    loss: str = ATTACK["loss"],
     targets: Any = None,
-    early_stop: bool = False,
+    early_stop: bool = ATTACK["early_stop"],
     example_ids: Any = None,
-    gradient: str = "fast",
+    gradient: str = ATTACK["gradient"],
 ) -> AttackResult:
-    """BIM (Kurakin et al. 2017): PGD from the clean input, no random start (foolbox's defaults:
+    """BIM (Kurakin et al. 2017): PGD from the clean input, no random start, one run (foolbox's defaults:
     10 steps of 0.2 ε). Arguments as :func:`projected_gradient_descent`."""
-    return _iterative(
-        model, x, labels, epsilons, norm=norm, attack="bim", steps=steps, rel_stepsize=rel_stepsize,
-        abs_stepsize=abs_stepsize, random_start=False, restarts=1, loss=loss, targets=targets, early_stop=early_stop,
-        seed=0, example_ids=example_ids, gradient=gradient,
-    )  # fmt: skip
+    return _checked_run("bim", model, x, labels, epsilons, norm=norm, steps=steps, rel_stepsize=rel_stepsize,
+                        abs_stepsize=abs_stepsize, random_start=False, restarts=1, loss=loss, targets=targets,
+                        early_stop=early_stop, seed=0, example_ids=example_ids, gradient=gradient)
 
 
-def _iterative(
-    model: keras.Model, x: Any, labels: Any, epsilons: Any, *, norm: str, attack: str, steps: int,
-    rel_stepsize: float, abs_stepsize: float | None, random_start: bool, restarts: int, loss: str, targets: Any,
-    early_stop: bool, seed: int, example_ids: Any, gradient: str,
-) -> AttackResult:
+def _checked_run(attack: str, model: keras.Model, x: Any, labels: Any, epsilons: Any, *, norm: str,
+                 steps: int | None, rel_stepsize: float | None, abs_stepsize: float | None, random_start: bool,
+                 restarts: int, loss: str, targets: Any, early_stop: bool, seed: int, example_ids: Any,
+                 gradient: str) -> AttackResult:
+    """Check every argument, fill in the defaults (:data:`advsweep.defaults.ITERATIVE`), and run :func:`pgd_engine`."""
     check_model(model)
     norm, loss = check_norm(norm), check_loss(loss)
-    eps = check_epsilons(epsilons, norm)
-    steps = check_positive_int("steps", steps)
+    defaults = ITERATIVE[(attack, norm)]
+    steps = check_positive_int("steps", defaults["steps"] if steps is None else steps)
+    rel_stepsize = defaults["rel_stepsize"] if rel_stepsize is None else rel_stepsize
     restarts = check_positive_int("restarts", restarts)
     check_stepsize(rel_stepsize, abs_stepsize)
     random_start, early_stop = check_flag("random_start", random_start), check_flag("early_stop", early_stop)
     seed = check_seed(seed)
-    x, labels, targets = check_inputs(x, labels, targets)
+    x, labels, targets = check_inputs(x, labels, targets, model=model)
+    eps = check_epsilons(epsilons, norm, x.shape[1:])
     ids = check_example_ids(example_ids, len(x))
     eps_matrix = np.broadcast_to(eps[:, None], (len(eps), len(x)))
     steps_matrix = (np.full(eps_matrix.shape, float(abs_stepsize)) if abs_stepsize is not None
@@ -179,14 +168,23 @@ def pgd_engine(
 ) -> AttackResult:
     """PGD on validated inputs, each example with its own ascending budgets ``eps (K, N)`` and step sizes.
 
+    For one example ``x`` with label ``y`` and one budget ε, the algorithm is::
+
+        x_t = x + uniform draw from the ε-ball, clipped to [0, 1]    (random_start; else x_t = x)
+        repeat `steps` times:
+            g   = ∇_x loss(model(x_t), y)                            (targeted: descend towards the target)
+            x_t = clip_[0,1](Π_ε(x_t + stepsize · normalize(g)))      (normalize: sign for L∞, unit L2 for L2)
+        the first x_t the model gets wrong is the adversarial (any-iterate view); the last x_t is result.last
+        restart from a new random point while not fooled and restarts remain
+
     Every example runs its own programme: for each of its budgets (ascending), up to ``restarts`` runs of
     ``steps`` steps, each from its own random start; with ``early_stop`` the programme ends at the first
     adversarial iterate (which is then adversarial at every larger budget too). Programmes run side by
-    side in the :data:`~attacks.core.BLOCK` rows of one fixed-shape model call: example ``i`` always in
+    side in the :data:`~advsweep.attacks.core.BLOCK` rows of one fixed-shape model call: example ``i`` always in
     row ``example_ids[i] % BLOCK``, and a row is handed to the next example of its queue as soon as its
     example's programme ends, so early stop saves whole model calls without ever changing the shape.
     ``grid`` is the ``(K,)`` budgets the result reports as its ``epsilons``; ``attack`` names the random
-    streams (:func:`~attacks.core.example_stream`).
+    streams (:func:`~advsweep.attacks.core.example_stream`).
     """
     n, k_count = len(x), eps.shape[0]
     classes = targets if targets is not None else labels
@@ -251,8 +249,11 @@ def pgd_engine(
         active = np.flatnonzero(row_example >= 0)
         hit = success_of(logits[active], labels[row_example[active]],
                          None if targets is None else targets[row_example[active]])
-        moved = pgd_step(tf.constant(x_rows), tf.constant(x0_rows), gradient_t, tf.constant(eps_rows),
-                         tf.constant(step_rows), norm, direction).numpy()
+        # the PGD step (foolbox's update, eager so that it matches foolbox to the bit): move along the
+        # normalised gradient (sign for L∞, unit L2 norm for L2), project onto the ε-ball, clip to [0, 1]
+        moved_t = tf.constant(x_rows) + direction * (
+            tf.reshape(tf.constant(step_rows), (-1,) + (1,) * (x.ndim - 1)) * normalize(gradient_t, norm))
+        moved = tf.clip_by_value(project(moved_t, tf.constant(x0_rows), tf.constant(eps_rows), norm), 0.0, 1.0).numpy()
         for row, success in zip(active.tolist(), hit.tolist()):
             example, position = int(row_example[row]), int(row_budget[row])
             k = order[position, example]

@@ -8,11 +8,11 @@ from typing import Any
 
 import keras
 
-from attacks.core import AttackResult
-from attacks.fgm import fast_gradient_method
-from attacks.foolbox_adapter import foolbox_attack
-from attacks.pgd import basic_iterative_method, projected_gradient_descent
-from attacks.spec import (  # noqa: F401  (re-exported)
+from advsweep.attacks.core import AttackResult
+from advsweep.attacks.fgm import fast_gradient_method
+from advsweep.attacks.foolbox_adapter import foolbox_attack
+from advsweep.attacks.pgd import basic_iterative_method, projected_gradient_descent
+from advsweep.attacks.spec import (  # noqa: F401  (re-exported)
     ATTACK_SPECS,
     IMPLEMENTATIONS,
     attack_parameters,
@@ -49,7 +49,7 @@ def run_attack(
 
     Args:
         name: the attack; ``"fgsm"`` is the L∞ fast gradient method, ``"fgm"`` takes ``norm``.
-        model, x, labels, epsilons: as :func:`attacks.projected_gradient_descent`.
+        model, x, labels, epsilons: as :func:`advsweep.attacks.projected_gradient_descent`.
         implementation: ``"own"`` (this package's attacks) or ``"foolbox"``.
         **params: the attack's hyper-parameters (see :func:`attack_parameters`).
 

@@ -2,24 +2,24 @@
 
 The sweep config, the command line and the attacks themselves check hyper-parameters with the functions
 here, so a bad value is refused with the same message whether it comes from a TOML file (before any work
-starts, in a fraction of a second) or from a Python call. Every check raises ``ValueError`` naming the
-argument, the value received and what is allowed.
+starts, in a fraction of a second) or from a Python call. Every check raises
+:class:`~advsweep.assets.validate.Invalid` (a ``ValueError``) naming the argument, the value received and
+what is allowed.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from models.config import GRADIENT_PATHS, check_gradient_path
+from advsweep.assets.validate import Invalid, flag, integer, number, one_of
+from advsweep.models.config import GRADIENT_PATHS, check_gradient_path
 
 NORMS: tuple[str, ...] = ("linf", "l2")
 LOSSES: tuple[str, ...] = ("ce", "margin")
-EPS_LIMITS: dict[str, float] = {"linf": 1.0, "l2": 28.0}  # largest meaningful ε on [0, 1]^784
 IMPLEMENTATIONS: tuple[str, ...] = ("own", "foolbox")
 
 _COMMON = ("norm", "loss", "targets", "example_ids", "gradient")
@@ -36,48 +36,42 @@ ATTACK_SPECS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
 
 
 def check_norm(norm: Any) -> str:
-    if norm not in NORMS:
-        raise ValueError(f"`norm` must be one of {list(NORMS)} (strings, not np.inf). Received: norm={norm!r}")
-    return str(norm)
+    return one_of("norm", norm, NORMS, hint="strings, not np.inf")
 
 
 def check_loss(loss: Any) -> str:
-    if loss not in LOSSES:
-        raise ValueError(f"`loss` must be one of {list(LOSSES)} ('margin' is Carlini-Wagner's logit margin). "
-                         f"Received: loss={loss!r}")
-    return str(loss)
+    return one_of("loss", loss, LOSSES, hint="'margin' is Carlini-Wagner's logit margin")
 
 
-def check_epsilons(epsilons: Any, norm: str) -> np.ndarray:
-    """A list (or one number) of ε → float64 ``(K,)``; each finite, ≥ 0 and ≤ the norm's limit."""
+def eps_limit(norm: str, input_shape: tuple[int, ...]) -> float:
+    """The largest meaningful ε on inputs in [0, 1]: the diameter of the input box (L∞: 1; L2: √dimensions,
+    28 for MNIST)."""
+    return 1.0 if norm == "linf" else float(np.sqrt(np.prod(input_shape)))
+
+
+def check_epsilons(epsilons: Any, norm: str, input_shape: tuple[int, ...]) -> np.ndarray:
+    """A list (or one number) of ε → float64 ``(K,)``; each finite, ≥ 0 and ≤ the norm's limit on inputs of
+    ``input_shape`` (:func:`eps_limit`)."""
     values = [epsilons] if isinstance(epsilons, numbers.Number) or np.ndim(epsilons) == 0 else list(epsilons)
     if len(values) == 0:
-        raise ValueError("`epsilons` must hold at least one value. Received: epsilons=[]")
+        raise Invalid("epsilons", "a list of at least one ε", [])
+    limit = eps_limit(norm, input_shape)
     checked = []
-    limit = EPS_LIMITS[norm]
     for value in values:
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
-            raise ValueError(f"`epsilons` must be numbers. Received: epsilon={value!r} of type {type(value).__name__}")
-        value = float(value)
-        if not math.isfinite(value) or value < 0 or value > limit:
-            raise ValueError(f"`epsilons` must be finite numbers in [0, {limit}] for norm={norm!r} "
-                             f"(inputs live in [0, 1]). Received: epsilon={value!r}")
-        checked.append(value)
+        try:
+            checked.append(number("epsilons", value, minimum=0.0, maximum=limit))
+        except Invalid:
+            raise Invalid("epsilons", f"numbers in [0, {limit:g}] for norm={norm!r} (inputs live in [0, 1])",
+                          value) from None
     return np.asarray(checked, dtype=np.float64)
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be an integer ≥ 1. Received: {name}={value!r}")
-    return int(value)
+    return integer(name, value, minimum=1)
 
 
 def check_positive_number(name: str, value: Any) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating)) or not (
-        math.isfinite(float(value)) and float(value) > 0
-    ):
-        raise ValueError(f"`{name}` must be a positive finite number. Received: {name}={value!r}")
-    return float(value)
+    return number(name, value, above=0.0)
 
 
 def check_stepsize(rel_stepsize: Any, abs_stepsize: Any) -> None:
@@ -87,15 +81,11 @@ def check_stepsize(rel_stepsize: Any, abs_stepsize: Any) -> None:
 
 
 def check_flag(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`{name}` must be true or false. Received: {name}={value!r}")
-    return bool(value)
+    return flag(name, value)
 
 
 def check_seed(seed: Any) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative integer. Received: seed={seed!r}")
-    return int(seed)
+    return integer("seed", seed, minimum=0)
 
 
 # the check of each hyper-parameter a user sets (``targets`` and ``example_ids`` are arrays, checked with the inputs)
@@ -120,10 +110,7 @@ def check_attack(name: Any) -> str:
 
 
 def check_implementation(implementation: Any) -> str:
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"`implementation` must be one of {list(IMPLEMENTATIONS)}. "
-                         f"Received: implementation={implementation!r}")
-    return str(implementation)
+    return one_of("implementation", implementation, IMPLEMENTATIONS)
 
 
 def attack_parameters(name: str) -> list[str]:
@@ -151,7 +138,6 @@ def check_parameters(name: str, params: Mapping[str, Any]) -> None:
 
 __all__ = [
     "ATTACK_SPECS",
-    "EPS_LIMITS",
     "GRADIENT_PATHS",
     "IMPLEMENTATIONS",
     "LOSSES",
@@ -170,4 +156,5 @@ __all__ = [
     "check_positive_number",
     "check_seed",
     "check_stepsize",
+    "eps_limit",
 ]

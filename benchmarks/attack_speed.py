@@ -39,11 +39,11 @@ import tensorflow as tf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from assets import load_mnist, load_vgg16_weights  # noqa: E402
-from attacks import run_attack  # noqa: E402
-from attacks.core import gradient_fn, logits_fn  # noqa: E402
-from models.config import ModelConfig  # noqa: E402
-from models.training import load_trained, to_float_images  # noqa: E402
+from advsweep.assets import load_mnist, load_vgg16_weights  # noqa: E402
+from advsweep.attacks import run_attack  # noqa: E402
+from advsweep.attacks.core import gradient_fn, logits_fn  # noqa: E402
+from advsweep.models.config import ModelConfig  # noqa: E402
+from advsweep.models.training import load_trained, to_float_images  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
@@ -122,8 +122,8 @@ def part_head(examples: int, epochs: int = 10) -> str:
     """Cached features + head against model.fit through the frozen base, same examples and epochs."""
     import keras
 
-    from models.training import compute_features
-    from models.vgg16 import build_vgg16_classifier, feature_extractor
+    from advsweep.models.training import compute_features
+    from advsweep.models.vgg16 import build_vgg16_classifier, feature_extractor
 
     (x_train, y_train, _, _), _ = load_mnist()
     weights, _ = load_vgg16_weights()
@@ -183,7 +183,7 @@ def part_memory(model_dir: Path) -> str:
         path = Path(folder) / "memory.toml"
         path.write_text(config)
         started = time.perf_counter()
-        child = subprocess.run([sys.executable, "-m", "experiments.cli", "-q", "sweep", str(path), "--results",
+        child = subprocess.run([sys.executable, "-m", "advsweep.experiments.cli", "-q", "sweep", str(path), "--results",
                                 str(Path(folder) / "results")], cwd=ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - started
         if child.returncode != 0:

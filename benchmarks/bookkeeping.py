@@ -19,9 +19,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from assets import load_mnist  # noqa: E402
-from attacks import run_attack  # noqa: E402
-from models.training import load_trained, to_float_images  # noqa: E402
+from advsweep.assets import load_mnist  # noqa: E402
+from advsweep.attacks import run_attack  # noqa: E402
+from advsweep.models.training import load_trained, to_float_images  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +43,8 @@ def main() -> None:
     identical = {}
     for loss in ("ce", "margin"):
         results = {implementation: run_attack("pgd", model, x, y, grid, implementation=implementation, loss=loss,
-                                              steps=args.steps, rel_stepsize=args.rel_stepsize, seed=0)
+                                              steps=args.steps, rel_stepsize=args.rel_stepsize, seed=0,
+                                              early_stop=False)
                    for implementation in ("own", "foolbox")}
         for implementation, result in results.items():
             assert result.last is not None

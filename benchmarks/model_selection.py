@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from assets import load_vgg16_weights
-from models.config import ModelConfig
-from models.training import train_model
-from models.vgg16 import build_vgg16_classifier
+from advsweep.assets import load_vgg16_weights
+from advsweep.experiments.plots import training_curves
+from advsweep.models.config import ModelConfig
+from advsweep.models.training import train_model
+from advsweep.models.vgg16 import build_vgg16_classifier
 
 DEFAULT_CONFIGS = "32pad-block5_pool,32pad-block4_pool,64bilinear-block5_pool,64bilinear-block4_pool"
 REFERENCE = "32pad-block4_pool"
@@ -92,7 +93,7 @@ def main() -> None:
             for head in ("linear", "mlp"):
                 config = ModelConfig(kind="vgg16", input_size=size, resize=resize, cut=cut, head=head,
                                      hidden_units=(512,), feature_scaling=True)
-                trained = train_model(config, args.out / "models")
+                trained = train_model(config, args.out / "models", draw_curves=training_curves)
                 row[f"{head}_accuracy"] = trained.metrics["clean_test_accuracy"]
                 if trained.metrics["features"]["cache"] == "miss":
                     row["feature_seconds"] = trained.metrics["features"]["seconds"]

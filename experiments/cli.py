@@ -1,4 +1,4 @@
-"""The ``advsweep`` command line: ``assets``, ``train``, ``sweep``, ``report``."""
+"""The ``advsweep`` command line: ``assets``, ``train``, ``evaluate``, ``sweep``, ``report``."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from advsweep.defaults import ATTACK, EVALUATE
 
 logger = logging.getLogger("advsweep")
 
@@ -83,7 +84,7 @@ def start_tensorflow(verbose: bool) -> None:
 
 
 def _command_assets(args: argparse.Namespace) -> int:
-    from assets import load_mnist, load_vgg16_weights  # no TensorFlow: the assets are numpy arrays
+    from advsweep.assets import load_mnist, load_vgg16_weights  # no TensorFlow: the assets are numpy arrays
 
     _, mnist = load_mnist(args.mnist)
     _, weights = load_vgg16_weights(args.vgg16_weights)
@@ -119,7 +120,7 @@ TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from models.config import ModelConfig
+    from advsweep.models.config import ModelConfig
 
     values: dict[str, Any] = {"kind": args.model}
     for name in TRAIN_OPTIONS:
@@ -140,7 +141,8 @@ def _train_config(args: argparse.Namespace) -> Any:
 def _command_train(args: argparse.Namespace) -> int:
     config = _train_config(args)
     start_tensorflow(args.verbose > 0)
-    from models.training import train_model
+    from advsweep.experiments.plots import training_curves
+    from advsweep.models.training import train_model
 
     output = Path(args.output).resolve() if args.output else default_results_root() / "models"
     folder = output / config.model_id
@@ -148,7 +150,8 @@ def _command_train(args: argparse.Namespace) -> int:
         metrics = json.loads((folder / "metrics.json").read_text())
         logger.info("%s is already trained in %s (use --force to train again)", config.model_id, folder)
     else:
-        trained = train_model(config, output, mnist_path=args.mnist, weights_path=args.vgg16_weights)
+        trained = train_model(config, output, mnist_path=args.mnist, weights_path=args.vgg16_weights,
+                              draw_curves=training_curves)
         metrics, folder = trained.metrics, trained.folder
     print(json.dumps({"model_id": config.model_id, "folder": str(folder),
                       "clean_test_accuracy": metrics["clean_test_accuracy"],
@@ -168,38 +171,51 @@ def _float_list(text: str, option: str) -> list[float]:
 
 
 def _command_evaluate(args: argparse.Namespace) -> int:
-    from attacks.spec import ATTACK_SPECS as ATTACKS
-    from attacks.spec import IMPLEMENTATIONS
+    """A one-model sweep: the same units, records, tables, figures and checks as ``advsweep sweep``."""
+    from advsweep.assets.datasets import DATASETS
+    from advsweep.assets.validate import Invalid
+    from advsweep.attacks.spec import ATTACK_SPECS, IMPLEMENTATIONS, check_epsilons
+    from advsweep.experiments.config import ConfigError, parse_config
 
     epsilons = _float_list(args.eps, "--eps")
+    try:
+        check_epsilons(epsilons, "linf", DATASETS["mnist"].input_shape)  # `advsweep train` makes MNIST models
+    except Invalid as error:
+        raise UsageError(f"--eps: {error}") from None
     attacks = [a for a in args.attacks.split(",") if a]
     implementations = [i for i in args.implementations.split(",") if i]
     for attack in attacks:
-        if attack not in ("fgsm", "pgd"):
-            raise UsageError(f"--attacks takes fgsm and/or pgd (known attacks: {sorted(ATTACKS)}). Received: {attack!r}")
+        if attack not in ATTACK_SPECS:
+            raise UsageError(f"--attacks takes names from {', '.join(sorted(ATTACK_SPECS))}. Received: {attack!r}")
     for implementation in implementations:
         if implementation not in IMPLEMENTATIONS:
             raise UsageError(f"--implementations takes {list(IMPLEMENTATIONS)}. Received: {implementation!r}")
     if not 1 <= args.examples <= 10000:
         raise UsageError(f"--examples must be from 1 to 10000. Received: {args.examples}")
     folder = Path(args.model_dir).resolve()
+    if not (folder / "model.keras").is_file():
+        raise UsageError(f"{folder} has no model.keras; train one with `advsweep train` first")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", folder.name).lstrip("_.-")[:64] or "model"
+    raw = {
+        "name": "evaluation", "seed": args.seed, "chunk_size": min(args.examples, 1000),
+        "examples": {"count": args.examples, "selection": "first"},
+        "models": [{"name": name, "path": str(folder)}],
+        "attacks": [{"name": attack, "implementations": implementations} for attack in attacks],
+        "epsilons": {"linf": epsilons},
+        "minimal": {"enabled": False},
+        "figures": {"grid_examples": min(args.examples, 6)},
+    }
+    try:
+        config = parse_config(raw, base=folder)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
     start_tensorflow(args.verbose > 0)
-    from assets import load_mnist
-    from experiments.evaluate import evaluate_model, markdown_table, write_evaluation
-    from models.training import load_trained, to_float_images
+    from advsweep.experiments.sweep import run_sweep
 
-    model, config, metrics = load_trained(folder)
-    (_, _, x_test, y_test), _ = load_mnist(args.mnist)
-    x, labels = to_float_images(x_test[: args.examples]), y_test[: args.examples].astype(np.int64)
-    table, checks = evaluate_model(model, x, labels, epsilons=epsilons, attacks=attacks,
-                                   implementations=implementations, seed=args.seed)
-    write_evaluation(folder / "evaluation", table, checks, {
-        "model_id": config.model_id, "examples": f"first {args.examples} test images", "epsilons": epsilons,
-        "seed": args.seed, "clean_test_accuracy_full": metrics["clean_test_accuracy"]})
-    print(markdown_table(table, model_name=config.model_id))
-    failed = [c for c in checks if c.verdict == "FAIL"]
-    print(f"\nchecks: {len(checks) - len(failed)} passed or notes, {len(failed)} failed"
-          + "".join(f"\n  FAILED {c.name}: {c.detail} -> {c.suggestion}" for c in failed))
+    run_dir = run_sweep(config, folder)  # the run folder is MODEL_DIR/evaluation/<run id>/
+    print((run_dir / "summary.md").read_text())
+    _print_checks(json.loads((run_dir / "checks.json").read_text()))
+    print(f"\nrun folder: {run_dir}")
     return 0
 
 
@@ -208,12 +224,12 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 
 
 def _command_sweep(args: argparse.Namespace) -> int:
-    from experiments.config import load_config
+    from advsweep.experiments.config import load_config
 
     config = load_config(args.config)
     results = Path(args.results).resolve() if args.results else default_results_root()
     start_tensorflow(args.verbose > 0)
-    from experiments.sweep import run_sweep
+    from advsweep.experiments.sweep import run_sweep
 
     run_dir = run_sweep(config, results, run_id=args.run_id)
     print((run_dir / "summary.md").read_text())
@@ -231,7 +247,7 @@ def _command_report(args: argparse.Namespace) -> int:
     else:
         raise UsageError("several run folders need --output DIR for the side-by-side report")
     start_tensorflow(args.verbose > 0)
-    from experiments.report import build_report
+    from advsweep.experiments.report import build_report
 
     built = build_report(run_dirs, output)
     print((output / "summary.md").read_text())
@@ -282,15 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
     asset_options(train)
     train.set_defaults(handler=_command_train)
 
-    evaluate = commands.add_parser("evaluate", help="robust accuracy of a trained model under FGSM and PGD, "
-                                                     "own and foolbox, with the evaluation checks")
+    evaluate = commands.add_parser("evaluate", help="a one-model sweep: robust accuracy of a trained model under "
+                                                     "FGSM and PGD, own and foolbox, with tables, figures and checks")
     evaluate.add_argument("model_dir", help="a folder written by `advsweep train` (results/models/<model id>)")
-    evaluate.add_argument("--examples", type=int, default=200, help="the first N test images (default 200)")
-    evaluate.add_argument("--eps", default="0.1,0.2,0.3", help="L∞ budgets, comma-separated (default 0.1,0.2,0.3)")
-    evaluate.add_argument("--attacks", default="fgsm,pgd", help="fgsm and/or pgd (PGD-40, Madry et al.)")
-    evaluate.add_argument("--implementations", default="own,foolbox", help="own and/or foolbox")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of PGD's random start")
-    asset_options(evaluate)
+    evaluate.add_argument("--examples", type=int, default=EVALUATE["examples"],
+                          help=f"the first N test images (default {EVALUATE['examples']})")
+    evaluate.add_argument("--eps", default=",".join(f"{e:g}" for e in EVALUATE["eps"]),
+                          help="L∞ budgets, comma-separated (default %(default)s)")
+    evaluate.add_argument("--attacks", default=",".join(EVALUATE["attacks"]),
+                          help="attack names, comma-separated (default %(default)s; PGD-40 as Madry et al.)")
+    evaluate.add_argument("--implementations", default=",".join(ATTACK["implementations"]),
+                          help="own and/or foolbox (default %(default)s)")
+    evaluate.add_argument("--seed", type=int, default=ATTACK["seed"], help="seed of the random starts")
     evaluate.set_defaults(handler=_command_evaluate)
 
     sweep = commands.add_parser("sweep", help="run (or resume) the sweep a config file describes: per-example "
@@ -313,8 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(-1 if args.quiet else args.verbose)
-    from assets import AssetError
-    from experiments.config import SweepError
+    from advsweep.assets import AssetError
+    from advsweep.experiments.config import SweepError
 
     try:
         return int(args.handler(args))

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from attacks.spec import (
+from advsweep.assets.datasets import DATASETS, DatasetInfo
+from advsweep.assets.validate import Invalid, flag, integer, number, one_of
+from advsweep.attacks.spec import (
     ATTACK_SPECS,
-    EPS_LIMITS,
     GRADIENT_PATHS,
     IMPLEMENTATIONS,
     LOSSES,
@@ -30,10 +31,11 @@ from attacks.spec import (
     check_epsilons,
     check_parameter,
 )
-from models.config import ModelConfig
+from advsweep.defaults import ATTACK, MINIMAL, SWEEP
+from advsweep.models.config import ModelConfig
 
 SELECTIONS: tuple[str, ...] = ("balanced", "first")
-TEST_SET_SIZE = 10000
+MAX_CHUNK = 10000
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # parameters the runner sets itself, per attack and chunk
 RUNNER_PARAMS = frozenset({"targets", "example_ids", "gradient", "norm"})
@@ -49,14 +51,19 @@ class SweepError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A model to attack: a trained folder (``path``) or a :class:`~models.config.ModelConfig` (``train``)."""
+    """A model to attack: a trained folder or any ``.keras`` classifier (``path``), or a
+    :class:`~advsweep.models.config.ModelConfig` (``train``). ``dataset`` and ``input_range`` are the model's
+    metadata: what it was trained on, and the pixel range it expects (the harness feeds it [0, 1] rescaled)."""
 
     name: str
     path: str | None = None
     train: ModelConfig | None = None
+    dataset: str = "mnist"
+    input_range: tuple[float, float] = (0.0, 1.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "train": self.train.to_dict() if self.train else None}
+        return {"name": self.name, "path": self.path, "train": self.train.to_dict() if self.train else None,
+                "dataset": self.dataset, "input_range": list(self.input_range)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +86,11 @@ class MinimalSpec:
     """The minimal-perturbation mode (bisection over ε with PGD) behind the robustness curve. Each example's
     search starts from the smallest grid ε at which any attack of the sweep fooled it."""
 
-    enabled: bool = True
-    norm: str = "linf"
-    examples: int = 100
-    steps: int = 20
-    loss: str = "margin"
+    enabled: bool = MINIMAL["enabled"]
+    norm: str = MINIMAL["norm"]
+    examples: int = MINIMAL["examples"]
+    steps: int = MINIMAL["steps"]
+    loss: str = MINIMAL["loss"]
     tolerance: float | None = None
     eps_max: float | None = None
 
@@ -98,7 +105,7 @@ class FigureSpec:
     grid_attack: str | None = None
     grid_implementation: str = "own"
     grid_eps: tuple[float, ...] = ()
-    grid_examples: int = 6
+    grid_examples: int = SWEEP["grid_examples"]
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -111,6 +118,7 @@ class SweepConfig:
     """A whole sweep, validated. ``identity()`` is what the run id is a hash of."""
 
     name: str
+    dataset: str
     models: tuple[ModelSpec, ...]
     attacks: tuple[AttackSpec, ...]
     epsilons: Mapping[str, tuple[float, ...]]
@@ -128,6 +136,7 @@ class SweepConfig:
         return {
             "name": self.name,
             "description": self.description,
+            "dataset": self.dataset,
             "seed": self.seed,
             "chunk_size": self.chunk_size,
             "gradient": self.gradient,
@@ -138,6 +147,11 @@ class SweepConfig:
             "minimal": self.minimal.to_dict(),
             "figures": self.figures.to_dict(),
         }
+
+    @property
+    def data(self) -> DatasetInfo:
+        """What the sweep's data set is (shape, classes, test size), without loading it."""
+        return DATASETS[self.dataset]
 
     def cells(self) -> list[tuple[ModelSpec, AttackSpec, str]]:
         """Every (model, attack, implementation) of the grid, in run order."""
@@ -164,16 +178,24 @@ def _take(table: Mapping[str, Any], key: str, allowed: Mapping[str, Any], where:
 
 
 def _int(key: str, value: Any, *, minimum: int = 0, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
-        bound = f"from {minimum} to {maximum}" if maximum is not None else f"≥ {minimum}"
-        raise _fail(key, f"must be an integer {bound}. Received: {value!r}")
-    return int(value)
+    try:
+        return integer(key, value, minimum=minimum, maximum=maximum)
+    except Invalid as error:
+        raise ConfigError(error.under(key)) from None
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise _fail(key, f"must be one of {', '.join(map(repr, allowed))}. Received: {value!r}")
-    return str(value)
+    try:
+        return one_of(key, value, allowed)
+    except Invalid as error:
+        raise ConfigError(error.under(key)) from None
+
+
+def _flag(key: str, value: Any) -> bool:
+    try:
+        return flag(key, value)
+    except Invalid as error:
+        raise ConfigError(error.under(key)) from None
 
 
 def _name(key: str, value: Any) -> str:
@@ -182,40 +204,59 @@ def _name(key: str, value: Any) -> str:
     return value
 
 
-def _grid(key: str, values: Any, norm: str) -> tuple[float, ...]:
+def _grid(key: str, values: Any, norm: str, data: DatasetInfo) -> tuple[float, ...]:
     if not isinstance(values, list) or not values:
-        raise _fail(key, f"must be a non-empty list of numbers in [0, {EPS_LIMITS[norm]:g}]. Received: {values!r}")
+        raise _fail(key, f"must be a non-empty list of numbers in [0, {data.eps_limit(norm):g}]. Received: {values!r}")
     try:
-        grid = check_epsilons(values, norm)
-    except ValueError as error:
-        raise _fail(key, str(error)) from None
+        grid = check_epsilons(values, norm, data.input_shape)
+    except Invalid as error:
+        raise ConfigError(error.under(key)) from None
     unique = sorted({0.0, *map(float, grid)})  # ε = 0 (clean accuracy) is always a column
     return tuple(unique)
 
 
-def _model(index: int, table: Any, base: Path) -> ModelSpec:
+def _model(index: int, table: Any, base: Path, dataset: str) -> ModelSpec:
     where = f"models[{index}]"
-    values = _take(table, "", {"name": None, "path": None, "train": None}, where)
+    values = _take(table, "", {"name": None, "path": None, "train": None, "dataset": dataset,
+                               "input_range": [0.0, 1.0]}, where)
     name = _name(f"{where}.name", values["name"])
+    trained_on = _choice(f"{where}.dataset", values["dataset"], tuple(DATASETS))
+    if trained_on != dataset:
+        raise _fail(f"{where}.dataset", f"the model was trained on {trained_on!r} but the sweep is about {dataset!r}; "
+                                        f"set the top-level `dataset = \"{trained_on}\"` or attack a {dataset} model")
+    input_range = values["input_range"]
+    if (not isinstance(input_range, list) or len(input_range) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in input_range)
+            or not float(input_range[0]) < float(input_range[1])):
+        raise _fail(f"{where}.input_range", f"must be [low, high] with low < high, the pixel range the model was "
+                                            f"trained on (e.g. [0, 255]). Received: {input_range!r}")
     if (values["path"] is None) == (values["train"] is None):
-        raise _fail(where, "give exactly one of `path` (a trained model's folder) or `train` (a model config "
-                           "such as {kind = \"vgg16\"}) ")
+        raise _fail(where, "give exactly one of `path` (a trained model's folder or a .keras classifier) or `train` "
+                           "(a model config such as {kind = \"vgg16\"}) ")
+    metadata = {"dataset": trained_on, "input_range": (float(input_range[0]), float(input_range[1]))}
     if values["path"] is not None:
         if not isinstance(values["path"], str):
             raise _fail(f"{where}.path", f"must be a string. Received: {values['path']!r}")
-        folder = Path(values["path"]).expanduser()
-        folder = folder if folder.is_absolute() else (base / folder)
-        if not (folder / "model.keras").is_file():
-            raise _fail(f"{where}.path", f"{folder} has no model.keras; train one with `advsweep train` or give "
-                                         f"`train = {{kind = \"vgg16\"}}` instead")
-        return ModelSpec(name=name, path=str(folder.resolve()))
+        path = Path(values["path"]).expanduser()
+        path = path if path.is_absolute() else (base / path)
+        if not ((path / "model.keras").is_file() or (path.suffix == ".keras" and path.is_file())):
+            raise _fail(f"{where}.path", f"{path} is neither a .keras file nor a folder with model.keras; train one "
+                                         f"with `advsweep train` or give `train = {{kind = \"vgg16\"}}` instead")
+        return ModelSpec(name=name, path=str(path.resolve()), **metadata)  # type: ignore[arg-type]
+    if dataset != "mnist":
+        raise _fail(f"{where}.train", f"`advsweep train` builds MNIST models; for {dataset!r} give `path` to a .keras "
+                                      "classifier that returns logits")
+    if input_range != [0.0, 1.0] and input_range != [0, 1]:
+        raise _fail(f"{where}.input_range", "models built by `advsweep train` take [0, 1]; the key is for `path` models")
     if not isinstance(values["train"], Mapping):
         raise _fail(f"{where}.train", f"must be a table such as {{kind = \"vgg16\"}}. Received: {values['train']!r}")
     try:
         train = ModelConfig.from_mapping(values["train"])
+    except Invalid as error:
+        raise ConfigError(error.under(f"{where}.train.{error.name}")) from None
     except (TypeError, ValueError) as error:
         raise _fail(f"{where}.train", str(error)) from None
-    return ModelSpec(name=name, train=train)
+    return ModelSpec(name=name, train=train, **metadata)  # type: ignore[arg-type]
 
 
 def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
@@ -226,7 +267,7 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
     if name not in ATTACK_SPECS:
         raise _fail(f"{where}.name", f"unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACK_SPECS))}")
     tunable = [p for p in attack_parameters(name) if p not in RUNNER_PARAMS]
-    values = _take(table, "", {"name": name, "label": None, "norm": None, "implementations": ["own", "foolbox"],
+    values = _take(table, "", {"name": name, "label": None, "norm": None, "implementations": list(ATTACK["implementations"]),
                                 **{p: None for p in tunable}}, where)
     fixed = ATTACK_SPECS[name][1]
     norm = values["norm"] if values["norm"] is not None else (fixed or "linf")
@@ -247,14 +288,15 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
     for key, value in params.items():  # the attacks' own checks, so that no unit fails on a value later
         try:
             check_parameter(name, key, value)
-        except ValueError as error:
-            raise _fail(f"{where}.{key}", str(error)) from None
+        except Invalid as error:
+            raise ConfigError(error.under(f"{where}.{key}")) from None
     return AttackSpec(label=label, name=name, norm=norm, implementations=tuple(dict.fromkeys(implementations)),
                       params=params)
 
 
 def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
-    """Check a parsed TOML document and return the resolved :class:`SweepConfig`.
+    """Check a parsed TOML document and return the resolved :class:`SweepConfig`. Keys left out take
+    :mod:`advsweep.defaults`.
 
     Args:
         raw: the TOML document as a mapping.
@@ -266,63 +308,99 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
     if "batch_size" in raw:
         raise _fail("batch_size", "is gone: every model call of an attack has a fixed shape of 32 rows, so that "
                                   "results do not depend on how examples are batched; delete the key")
-    top = _take(raw, "", {"name": None, "description": "", "seed": 0, "chunk_size": 1000,
-                          "gradient": "fast", "examples": {}, "models": None, "attacks": None, "epsilons": None,
-                          "minimal": {}, "figures": {}}, "")
+    top = _take(raw, "", {"name": None, "description": "", "dataset": SWEEP["dataset"], "seed": SWEEP["seed"],
+                          "chunk_size": SWEEP["chunk_size"],
+                          "gradient": SWEEP["gradient"], "examples": {}, "models": None, "attacks": None,
+                          "epsilons": None, "minimal": {}, "figures": {}}, "")
     name = _name("name", top["name"])
     for required in ("models", "attacks", "epsilons"):
         if top[required] is None:
             raise _fail(required, "is required (see experiments/configs/quick.toml)")
-    examples = _take(top["examples"], "examples", {"count": 300, "selection": "balanced", "seed": 0}, "examples")
-    count = _int("examples.count", examples["count"], minimum=1, maximum=TEST_SET_SIZE)
-    selection = _choice("examples.selection", examples["selection"], SELECTIONS)
-    if selection == "balanced" and count % 10:
-        raise _fail("examples.count", f"must be a multiple of 10 for a class-balanced selection. Received: {count}")
+    try:
+        data = DATASETS[one_of("dataset", top["dataset"], tuple(DATASETS))]
+    except Invalid as error:
+        raise ConfigError(error.under("dataset")) from None
+    count, selection, selection_seed = _examples(top["examples"], data)
     epsilons_raw = _take(top["epsilons"], "epsilons", {norm: None for norm in NORMS}, "epsilons")
-    epsilons = {norm: _grid(f"epsilons.{norm}", grid, norm) for norm, grid in epsilons_raw.items() if grid is not None}
+    epsilons = {norm: _grid(f"epsilons.{norm}", grid, norm, data) for norm, grid in epsilons_raw.items()
+                if grid is not None}
     if not epsilons:
         raise _fail("epsilons", "give at least one grid, e.g. linf = [0.0, 0.1, 0.2, 0.3]")
-
     if not isinstance(top["models"], list) or not top["models"]:
         raise _fail("models", "must be a non-empty array of tables ([[models]])")
-    models = tuple(_model(i, table, base) for i, table in enumerate(top["models"]))
+    models = tuple(_model(i, table, base, data.name) for i, table in enumerate(top["models"]))
     _unique("models", [m.name for m in models])
     if not isinstance(top["attacks"], list) or not top["attacks"]:
         raise _fail("attacks", "must be a non-empty array of tables ([[attacks]])")
     attacks = tuple(_attack(i, table, epsilons) for i, table in enumerate(top["attacks"]))
     _unique("attacks", [a.label for a in attacks])
+    chunk_size = _int("chunk_size", top["chunk_size"], minimum=1, maximum=MAX_CHUNK)
+    return SweepConfig(
+        name=name,
+        dataset=data.name,
+        description=str(top["description"]),
+        models=models,
+        attacks=attacks,
+        epsilons=epsilons,
+        examples=count,
+        selection=selection,
+        selection_seed=selection_seed,
+        seed=_int("seed", top["seed"]),
+        chunk_size=chunk_size,
+        gradient=_choice("gradient", top["gradient"], GRADIENT_PATHS),
+        minimal=_minimal(top["minimal"], count, data),
+        figures=_figures(top["figures"], attacks, epsilons, count, chunk_size),
+    )
 
-    minimal_raw = _take(top["minimal"], "minimal", {"enabled": True, "norm": "linf", "examples": 100, "steps": 20,
-                                                     "loss": "margin", "tolerance": None, "eps_max": None}, "minimal")
-    if not isinstance(minimal_raw["enabled"], bool):
-        raise _fail("minimal.enabled", f"must be true or false. Received: {minimal_raw['enabled']!r}")
-    minimal_norm = _choice("minimal.norm", minimal_raw["norm"], NORMS)
+
+def _examples(table: Any, data: DatasetInfo) -> tuple[int, str, int]:
+    """``[examples]``: (count, selection, seed), at most the data set's test images."""
+    values = _take(table, "examples", SWEEP["examples"], "examples")
+    count = _int("examples.count", values["count"], minimum=1, maximum=data.test_size)
+    selection = _choice("examples.selection", values["selection"], SELECTIONS)
+    if selection == "balanced" and count % data.classes:
+        raise _fail("examples.count", f"must be a multiple of {data.classes} (the classes of {data.name}) for a "
+                                      f"class-balanced selection. Received: {count}")
+    return count, selection, _int("examples.seed", values["seed"])
+
+
+def _minimal(table: Any, count: int, data: DatasetInfo) -> MinimalSpec:
+    """``[minimal]``: the bisection behind the robustness curve, on at most ``count`` examples."""
+    values = _take(table, "minimal", {**{k: v for k, v in MINIMAL.items() if not isinstance(v, dict)},
+                                      "tolerance": None, "eps_max": None}, "minimal")
+    _flag("minimal.enabled", values["enabled"])
+    norm = _choice("minimal.norm", values["norm"], NORMS)
     for key in ("tolerance", "eps_max"):
-        value = minimal_raw[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not 0 < value <= EPS_LIMITS[minimal_norm]):
-            raise _fail(f"minimal.{key}", f"must be a number in (0, {EPS_LIMITS[minimal_norm]:g}]. Received: {value!r}")
-    minimal = MinimalSpec(
-        enabled=minimal_raw["enabled"], norm=minimal_norm,
-        examples=min(_int("minimal.examples", minimal_raw["examples"], minimum=1, maximum=TEST_SET_SIZE), count),
-        steps=_int("minimal.steps", minimal_raw["steps"], minimum=1, maximum=10000),
-        loss=_choice("minimal.loss", minimal_raw["loss"], LOSSES),
-        tolerance=None if minimal_raw["tolerance"] is None else float(minimal_raw["tolerance"]),
-        eps_max=None if minimal_raw["eps_max"] is None else float(minimal_raw["eps_max"]),
+        if values[key] is not None:
+            try:
+                number(key, values[key], above=0.0, maximum=data.eps_limit(norm))
+            except Invalid as error:
+                raise ConfigError(error.under(f"minimal.{key}")) from None
+    return MinimalSpec(
+        enabled=values["enabled"], norm=norm,
+        examples=min(_int("minimal.examples", values["examples"], minimum=1, maximum=data.test_size), count),
+        steps=_int("minimal.steps", values["steps"], minimum=1, maximum=10000),
+        loss=_choice("minimal.loss", values["loss"], LOSSES),
+        tolerance=None if values["tolerance"] is None else float(values["tolerance"]),
+        eps_max=None if values["eps_max"] is None else float(values["eps_max"]),
     )  # fmt: skip
 
-    figures_raw = _take(top["figures"], "figures", {"grid_attack": None, "grid_implementation": None,
-                                                     "grid_eps": None, "grid_examples": 6}, "figures")
-    grid_label = figures_raw["grid_attack"] if figures_raw["grid_attack"] is not None else attacks[-1].label
+
+def _figures(table: Any, attacks: tuple[AttackSpec, ...], epsilons: Mapping[str, tuple[float, ...]], count: int,
+             chunk_size: int) -> FigureSpec:
+    """``[figures]``: which attack cell, which ε and how many examples the adversarial-example grid shows."""
+    values = _take(table, "figures", {"grid_attack": None, "grid_implementation": None, "grid_eps": None,
+                                      "grid_examples": SWEEP["grid_examples"]}, "figures")
+    grid_label = values["grid_attack"] if values["grid_attack"] is not None else attacks[-1].label
     grid_spec = next((a for a in attacks if a.label == grid_label), None)
     if grid_spec is None:
         raise _fail("figures.grid_attack", f"names no attack of this sweep. Received: {grid_label!r}; "
                                            f"attacks: {', '.join(a.label for a in attacks)}")
-    grid_implementation = figures_raw["grid_implementation"] or grid_spec.implementations[0]
+    grid_implementation = values["grid_implementation"] or grid_spec.implementations[0]
     if grid_implementation not in grid_spec.implementations:
         raise _fail("figures.grid_implementation", f"{grid_label!r} runs {list(grid_spec.implementations)}. "
                                                    f"Received: {grid_implementation!r}")
-    grid_eps_raw = figures_raw["grid_eps"]
+    grid_eps_raw = values["grid_eps"]
     norm_grid = epsilons[grid_spec.norm]
     if grid_eps_raw is None:
         grid_eps: tuple[float, ...] = tuple(e for e in (norm_grid[len(norm_grid) // 2], norm_grid[-1]) if e > 0)
@@ -332,28 +410,11 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
             raise _fail("figures.grid_eps", f"must list ε values of the {grid_spec.norm} grid {list(norm_grid)}. "
                                             f"Received: {grid_eps_raw!r}")
         grid_eps = tuple(float(e) for e in grid_eps_raw)
-    figures = FigureSpec(grid_attack=grid_label, grid_implementation=grid_implementation, grid_eps=grid_eps,
-                         grid_examples=_int("figures.grid_examples", figures_raw["grid_examples"], minimum=1,
-                                            maximum=min(count, 32)))
-    chunk_size = _int("chunk_size", top["chunk_size"], minimum=1, maximum=TEST_SET_SIZE)
-    if figures.grid_examples > chunk_size:
-        raise _fail("figures.grid_examples", f"must be at most chunk_size ({chunk_size}). "
-                                             f"Received: {figures.grid_examples}")
-    return SweepConfig(
-        name=name,
-        description=str(top["description"]),
-        models=models,
-        attacks=attacks,
-        epsilons=epsilons,
-        examples=count,
-        selection=selection,
-        selection_seed=_int("examples.seed", examples["seed"]),
-        seed=_int("seed", top["seed"]),
-        chunk_size=chunk_size,
-        gradient=_choice("gradient", top["gradient"], GRADIENT_PATHS),
-        minimal=minimal,
-        figures=figures,
-    )
+    grid_examples = _int("figures.grid_examples", values["grid_examples"], minimum=1, maximum=min(count, 32))
+    if grid_examples > chunk_size:
+        raise _fail("figures.grid_examples", f"must be at most chunk_size ({chunk_size}). Received: {grid_examples}")
+    return FigureSpec(grid_attack=grid_label, grid_implementation=grid_implementation, grid_eps=grid_eps,
+                      grid_examples=grid_examples)
 
 
 def _unique(key: str, names: list[str]) -> None:
@@ -378,13 +439,18 @@ def load_config(path: str | Path, *, base: Path | None = None) -> SweepConfig:
     return parse_config(raw, base=base if base is not None else Path.cwd())
 
 
-def select_examples(labels: np.ndarray, *, count: int, selection: str, seed: int) -> np.ndarray:
-    """Test-set indices (sorted): the first ``count``, or ``count / 10`` per class drawn with ``seed``."""
+def select_examples(labels: np.ndarray, *, count: int, selection: str, seed: int, classes: int = 10) -> np.ndarray:
+    """Test-set indices (sorted): the first ``count``, or ``count / classes`` per class drawn with ``seed``."""
     if selection == "first":
         return np.arange(count)
     rng = np.random.default_rng(seed)
-    per_class = count // 10
-    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(10)]
+    per_class = count // classes
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(classes)]
+    short = [(c, len(part)) for c, part in enumerate(chosen) if len(part) < per_class]
+    if short:
+        raise SweepError(f"`examples.count` = {count} asks for {per_class} test images per class, but the test set has "
+                         f"only {', '.join(f'{n} of class {c}' for c, n in short)}; lower the count or set "
+                         f"selection = \"first\"")
     return np.sort(np.concatenate(chosen))
 
 

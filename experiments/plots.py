@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from assets.resolver import write_atomic  # noqa: E402
+from advsweep.assets.files import write_atomic  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
 OKABE_ITO: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -65,6 +65,11 @@ def plot_training_curves(history: pd.DataFrame, stem: Path, *, title: str = "") 
             figure.suptitle(title, fontsize=8)
         figure.tight_layout()
         return save_figure(figure, stem)
+
+
+def training_curves(history: pd.DataFrame, stem: Path, title: str) -> list[Path]:
+    """:func:`plot_training_curves` as the model layer's ``draw_curves`` hook of ``train_model``."""
+    return plot_training_curves(history, stem, title=title)
 
 
 def _series_styles(keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
@@ -167,23 +172,36 @@ def plot_adversarial_grid(x: Any, x_adv: Any, labels: Any, predictions: Any, eps
     """Rows: examples. Columns: the original, then for each ε the adversarial and its perturbation
     (diverging map, symmetric around 0). Titles give the true class and each prediction.
 
-    Shapes: ``x (N, 28, 28, 1)``, ``x_adv (K, N, 28, 28, 1)``, ``labels (N,)``, ``predictions (K, N)``.
+    Shapes: ``x (N, H, W, C)``, ``x_adv (K, N, H, W, C)``, ``labels (N,)``, ``predictions (K, N)``. Grey images
+    (C = 1) are drawn in grey with the perturbation on a diverging map; colour images (C = 3) in colour, with the
+    perturbation of each channel shown as colour around mid-grey (0.5 + δ / 2 max|δ|).
     """
     n, k = len(labels), len(epsilons)
+    colour = np.shape(x)[-1] == 3
+
+    def show(axis: Any, image: np.ndarray) -> None:
+        if colour:
+            axis.imshow(np.clip(image, 0.0, 1.0))
+        else:
+            axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+
     with plt.rc_context({**STYLE, "axes.grid": False}):  # type: ignore[arg-type,dict-item]
         figure, axes = plt.subplots(n, 1 + 2 * k, squeeze=False, figsize=(2 * COLUMN_WIDTH_INCHES,
                                                                           2 * COLUMN_WIDTH_INCHES * n / (1 + 2 * k) + 0.5))
         for i in range(n):
-            axes[i][0].imshow(x[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
+            show(axes[i][0], x[i])
             axes[i][0].set_title(f"clean: {int(labels[i])}", fontsize=6)
             for j, epsilon in enumerate(epsilons):
-                delta = x_adv[j, i, :, :, 0] - x[i, :, :, 0]
+                delta = x_adv[j, i] - x[i]
                 bound = max(float(np.abs(delta).max()), 1e-6)
-                axes[i][1 + 2 * j].imshow(x_adv[j, i, :, :, 0], cmap="gray", vmin=0, vmax=1)
+                show(axes[i][1 + 2 * j], x_adv[j, i])
                 fooled = int(predictions[j, i]) != int(labels[i])
                 axes[i][1 + 2 * j].set_title(f"ε={epsilon:g}: {int(predictions[j, i])}", fontsize=6,
                                              color=OKABE_ITO[1] if fooled else "#000000")
-                axes[i][2 + 2 * j].imshow(delta, cmap="PuOr", vmin=-bound, vmax=bound)
+                if colour:
+                    axes[i][2 + 2 * j].imshow(np.clip(0.5 + delta / (2 * bound), 0.0, 1.0))
+                else:
+                    axes[i][2 + 2 * j].imshow(delta[..., 0], cmap="PuOr", vmin=-bound, vmax=bound)
                 axes[i][2 + 2 * j].set_title(f"δ (±{bound:.2g})", fontsize=6)
         for axis in figure.axes:
             axis.set_xticks([])

@@ -14,9 +14,9 @@ iterate         string  which point of the attack the row reports: ``"any"``: th
                         ``"single"``: one-step attacks (FGSM), whose only point is both; ``"-"`` clean
 norm            string  ``"linf"`` or ``"l2"``: the threat model ε is measured in
 eps             float64 the budget, in pixel units on [0, 1]
-example         int64   index into the MNIST test set
-label           int8    true class
-prediction      int8    the model's class for the (adversarial) input
+example         int64   index into the sweep's test set (``dataset`` in the run's config)
+label           int16   true class
+prediction      int16   the model's class for the (adversarial) input
 correct         bool    ``prediction == label``: the example is robust at this ε
 loss            float32 cross-entropy of the logits at the adversarial input
 margin          float32 logit of the true class minus the largest other logit (> 0: correct)
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from assets.resolver import write_atomic
+from advsweep.assets.files import write_atomic
 
 COLUMNS: dict[str, str] = {
     "model": "string",
@@ -46,8 +46,8 @@ COLUMNS: dict[str, str] = {
     "norm": "string",
     "eps": "float64",
     "example": "int64",
-    "label": "int8",
-    "prediction": "int8",
+    "label": "int16",
+    "prediction": "int16",
     "correct": "bool",
     "loss": "float32",
     "margin": "float32",
@@ -58,7 +58,7 @@ CLEAN = "clean"
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-example softmax cross-entropy ``(…, N)`` of logits ``(…, N, 10)``, in float64 and stable."""
+    """Per-example softmax cross-entropy ``(…, N)`` of logits ``(…, N, C)``, in float64 and stable."""
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     log_norm = np.log(np.exp(shifted).sum(axis=-1))
     true = np.take_along_axis(shifted, np.broadcast_to(labels[..., None], shifted.shape[:-1] + (1,)), axis=-1)[..., 0]
@@ -77,7 +77,7 @@ def logit_margin(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def attack_records(*, model: str, attack: str, implementation: str, iterate: str, norm: str, epsilons: Iterable[float],
                    examples: np.ndarray, labels: np.ndarray, x: np.ndarray, x_adv: np.ndarray,
                    logits: np.ndarray) -> pd.DataFrame:
-    """Records of one attack on a chunk: ``x (N, 28, 28, 1)``, ``x_adv (K, N, 28, 28, 1)``, ``logits (K, N, 10)``."""
+    """Records of one attack on a chunk: ``x (N, H, W, C)``, ``x_adv (K, N, H, W, C)``, ``logits (K, N, classes)``."""
     eps = np.asarray(list(epsilons), dtype=np.float64)
     k, n = len(eps), len(examples)
     delta = (x_adv.astype(np.float64) - x[None].astype(np.float64)).reshape(k, n, -1)

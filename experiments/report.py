@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attacks.checks import Check, check_curve_below_worst_case, check_monotone, check_pgd_beats_fgsm
-from experiments.plots import plot_accuracy_vs_eps, plot_adversarial_grid, plot_robustness_curve
-from experiments.records import CLEAN, read_records, write_atomic
-from experiments.summary import WORST_CASE, curve_points, summarize, write_tables
+from advsweep.attacks.checks import Check, check_curve_below_worst_case, check_monotone, check_pgd_beats_fgsm
+from advsweep.experiments.plots import plot_accuracy_vs_eps, plot_adversarial_grid, plot_robustness_curve
+from advsweep.assets.files import write_atomic
+from advsweep.experiments.records import CLEAN, read_records
+from advsweep.experiments.summary import WORST_CASE, curve_points, summarize, write_tables
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, 
 
 def curve_checks(records: pd.DataFrame, minimal: pd.DataFrame, run: str, model: str) -> list[Check]:
     """The robustness curve against the worst case over the grid's attacks, on the curve's own examples, at
-    every grid ε of its norm (:func:`attacks.checks.check_curve_below_worst_case`)."""
+    every grid ε of its norm (:func:`advsweep.attacks.checks.check_curve_below_worst_case`)."""
     checks = []
     for norm, curve in minimal[(minimal["run"] == run) & (minimal["model"] == model)].groupby("norm"):
         cells = records[(records["run"] == run) & (records["model"] == model) & (records["norm"] == norm)

@@ -1,7 +1,7 @@
 """Tables from per-example records: robust accuracy with a 95% Wilson interval, attack success rate,
 median perturbation, and AutoAttack's worst case over attacks; as CSV, Markdown and LaTeX (booktabs).
 
-Every number is a function of the records alone (:mod:`experiments.records`), so ``advsweep report``
+Every number is a function of the records alone (:mod:`advsweep.experiments.records`), so ``advsweep report``
 rebuilds the same tables from disk.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.records import CLEAN, write_atomic
+from advsweep.assets.files import write_atomic
+from advsweep.experiments.records import CLEAN
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 WORST_CASE = "worst case"

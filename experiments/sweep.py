@@ -33,10 +33,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from assets.resolver import sha256_file as file_sha256
-from attacks.pgd import DEFAULTS
-from experiments.config import AttackSpec, ModelSpec, SweepConfig, SweepError, digest, select_examples  # noqa: F401
-from experiments.records import attack_records, clean_records, write_atomic, write_records
+from advsweep.assets.files import sha256_file as file_sha256
+from advsweep.assets.files import write_atomic
+from advsweep.experiments.config import AttackSpec, ModelSpec, SweepConfig, SweepError, digest, select_examples  # noqa: F401
+from advsweep.experiments.records import attack_records, clean_records, write_records
+from advsweep.defaults import ATTACK, ITERATIVE
 
 logger = logging.getLogger(__name__)
 
@@ -80,30 +81,46 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
     Every model given by ``path``, and every already trained one, is loaded before any model is trained,
     so that a corrupt file stops the sweep before an hour of training; the error names the config key.
     """
-    from models.training import load_trained, train_model
+    from advsweep.experiments.plots import training_curves
+    from advsweep.models.common import as_classifier, check_contract
+    from advsweep.models.training import load_trained, train_model
 
-    def folder_of(spec: ModelSpec) -> Path:
+    data = config.data
+
+    def file_of(spec: ModelSpec) -> Path:
         if spec.path is not None:
-            return Path(spec.path)
+            path = Path(spec.path)
+            return path if path.suffix == ".keras" and path.is_file() else path / "model.keras"
         assert spec.train is not None
-        return models_root / spec.train.model_id
+        return models_root / spec.train.model_id / "model.keras"
 
     def load(index: int, spec: ModelSpec) -> LoadedModel:
-        folder = folder_of(spec)
+        file = file_of(spec)
         key = f"models[{index}].{'path' if spec.path is not None else 'train'}"
+        written_by_train = (file.parent / "config.json").is_file() and file.name == "model.keras"
         try:
-            model, _, metrics = load_trained(folder)
+            if written_by_train:
+                model, _, metrics = load_trained(file.parent)
+            else:
+                model, metrics = keras.saving.load_model(file, compile=False), {}
         except Exception as error:  # a corrupt or foreign file: Keras raises many kinds of error
-            fix = ("point `path` at a folder written by `advsweep train`" if spec.path is not None
-                   else f"delete {folder} so that the sweep trains it again")
-            raise SweepError(f"config key `{key}` (model {spec.name!r}): {folder / 'model.keras'} cannot be loaded "
+            fix = ("point `path` at a .keras classifier or a folder written by `advsweep train`" if spec.path is not None
+                   else f"delete {file.parent} so that the sweep trains it again")
+            raise SweepError(f"config key `{key}` (model {spec.name!r}): {file} cannot be loaded "
                              f"({type(error).__name__}: {error}); {fix}") from None
-        return LoadedModel(spec=spec, model=model, folder=folder, sha256=file_sha256(folder / "model.keras"),
-                           metrics=metrics)
+        try:  # the contract, against the data set: shape, one logit per class, no softmax
+            if written_by_train:
+                check_contract(model, data.input_shape, data.classes)
+            else:
+                model = as_classifier(model, input_shape=data.input_shape, classes=data.classes,
+                                      input_range=spec.input_range)
+        except ValueError as error:
+            raise SweepError(f"config key `{key}` (model {spec.name!r}): {error}") from None
+        return LoadedModel(spec=spec, model=model, folder=file.parent, sha256=file_sha256(file), metrics=metrics)
 
     loaded: dict[int, LoadedModel] = {}
     for index, spec in enumerate(config.models):
-        if (folder_of(spec) / "model.keras").is_file():
+        if file_of(spec).is_file():
             loaded[index] = load(index, spec)
     for index, spec in enumerate(config.models):
         if index in loaded:
@@ -112,7 +129,7 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
         subset = spec.train.train_examples
         logger.info("model %r: training %s%s", spec.name, spec.train.model_id,
                     f" on {subset} of the 55000 training images (to fit the sweep's time budget)" if subset else "")
-        train_model(spec.train, models_root)
+        train_model(spec.train, models_root, draw_curves=training_curves)
         loaded[index] = load(index, spec)
     return [loaded[index] for index in range(len(config.models))]
 
@@ -124,14 +141,19 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
 PACKAGES = ("assets", "models", "attacks", "experiments")
 
 
-def source_digest() -> str:
+def source_digest(root: Path | None = None) -> str:
     """sha256 over the harness' own Python sources as they are on disk (path and content of each file).
 
     This is what ran, committed or not: an edited attack gives a new digest, hence a new run id, so a
     resumed run never mixes records of two code versions.
     """
-    root = Path(__file__).resolve().parents[1]
+    if root is None:  # the namespace: its own modules (the defaults) and the four layers
+        import advsweep
+
+        root = Path(advsweep.__file__).parent
     digest = hashlib.sha256()
+    for path in sorted(root.glob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -180,8 +202,10 @@ def manifest(config: SweepConfig, models: list[LoadedModel], code: dict[str, Any
         "sweep": config.name,
         "code": code,
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-                     **{name: _package_version(name) for name in ("numpy", "foolbox", "pandas", "pyarrow", "matplotlib")}},
+                     **{name: _package_version(name)
+                        for name in ("numpy", "foolbox", "pandas", "pyarrow", "matplotlib", "scikit-learn")}},
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
+        "dataset": config.data.to_dict(),
         "assets": assets,
         "models": [{"name": m.spec.name, "folder": str(m.folder), "model_keras_sha256": m.sha256,
                     "model_id": m.metrics.get("model_id"), "clean_test_accuracy": m.metrics.get("clean_test_accuracy"),
@@ -222,9 +246,9 @@ def plan(config: SweepConfig) -> list[Unit]:
                               model=spec.name, cost=(stop - start) * 0.5, start=start, stop=stop))
         for attack in config.attacks:
             grid = config.epsilons[attack.norm]
-            steps = int(attack.params.get("steps", DEFAULTS[(attack.name, attack.norm)]["steps"])) \
-                if attack.name in ("pgd", "bim") else 1
-            restarts = int(attack.params.get("restarts", 1))
+            steps = int(attack.params.get("steps", ITERATIVE[(attack.name, attack.norm)]["steps"])) \
+                if (attack.name, attack.norm) in ITERATIVE else 1
+            restarts = int(attack.params.get("restarts", ATTACK["restarts"]))
             for implementation in attack.implementations:
                 for start, stop in chunks:
                     cost = (stop - start) * (steps * restarts * (len(grid) - 1) + 0.5 * len(grid))
@@ -254,7 +278,7 @@ def unit_is_done(run_dir: Path, unit: Unit) -> bool:
 
 
 def _attack_params(config: SweepConfig, unit: Unit) -> dict[str, Any]:
-    from attacks.registry import attack_parameters
+    from advsweep.attacks.spec import attack_parameters
 
     assert unit.attack is not None
     params = dict(unit.attack.params)
@@ -264,8 +288,6 @@ def _attack_params(config: SweepConfig, unit: Unit) -> dict[str, Any]:
         params["norm"] = unit.attack.norm
     if "seed" in allowed:
         params.setdefault("seed", config.seed)
-    if unit.implementation == "own" and "early_stop" in allowed:
-        params.setdefault("early_stop", True)  # robust accuracy is what a sweep wants: stop on a fooled example
     return params
 
 
@@ -292,8 +314,8 @@ def grid_upper_bounds(run_dir: Path, model: str, norm: str, examples: np.ndarray
 def run_unit(config: SweepConfig, unit: Unit, loaded: LoadedModel, run_dir: Path, x: np.ndarray, labels: np.ndarray,
              examples: np.ndarray) -> dict[str, Any]:
     """Compute one unit and write its files atomically; returns its done record (without the time)."""
-    from attacks import minimal_perturbation, predict_logits, run_attack
-    from attacks.checks import check_gradients, check_logits, check_result_validity, check_unbounded
+    from advsweep.attacks import minimal_perturbation, predict_logits, run_attack
+    from advsweep.attacks.checks import check_gradients, check_logits, check_result_validity, check_unbounded
 
     part = slice(unit.start, unit.stop)
     files: dict[str, str] = {}
@@ -336,7 +358,7 @@ def run_unit(config: SweepConfig, unit: Unit, loaded: LoadedModel, run_dir: Path
                                       tolerance=spec.tolerance, steps=spec.steps, loss=spec.loss, upper_bounds=bounds,
                                       seed=config.seed, example_ids=examples[part], gradient=config.gradient)
         frame = pd.DataFrame({"model": unit.model, "norm": spec.norm, "example": examples[part],
-                              "label": labels[part].astype(np.int8), "minimal_eps": minimal.eps,
+                              "label": labels[part].astype(np.int16), "minimal_eps": minimal.eps,
                               "grid_bound": bounds, "eps_max": minimal.eps_max, "tolerance": minimal.tolerance,
                               "loss": spec.loss})
         path = run_dir / "records" / unit.model / "minimal.parquet"
@@ -364,19 +386,20 @@ def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = N
     """
     from tqdm.auto import tqdm
 
-    from assets import load_mnist
-    from experiments.report import build_report
-    from models.training import to_float_images
+    from advsweep.assets import load_dataset
+    from advsweep.experiments.report import build_report
 
     started = time.time()
-    (_, _, x_test, y_test), mnist = load_mnist()
+    dataset = load_dataset(config.dataset)
+    y_test = dataset.test_labels
     models = prepare_models(config, results_root / "models")
-    assets = {mnist.name: mnist.to_dict()}
+    assets = {dataset.resolved.name: dataset.resolved.to_dict()}
     for loaded in models:  # the weights each model was built from, as its training recorded them
         for entry in loaded.metrics.get("assets", {}).values():
             assets.setdefault(entry["name"], entry)
-    examples = select_examples(y_test, count=config.examples, selection=config.selection, seed=config.selection_seed)
-    x, labels = to_float_images(x_test[examples]), y_test[examples].astype(np.int64)
+    examples = select_examples(y_test, count=config.examples, selection=config.selection, seed=config.selection_seed,
+                               classes=dataset.info.classes)
+    x, labels = dataset.test_images(examples), y_test[examples]
     code = code_version()
     run_id = run_id or run_identity(config, models, code)
     run_dir = results_root / config.name / run_id

@@ -1,45 +1,49 @@
-"""Model builders returning plain ``keras.Model``: float32 (N, 28, 28, 1) in [0, 1] → logits (N, 10).
+"""Model builders returning plain ``keras.Model`` (MNIST: float32 (N, 28, 28, 1) in [0, 1] → logits (N, 10)), and
+the loading of any Keras classifier that returns logits (:func:`load_classifier`).
 
-The package imports lazily: ``import models.config`` (model options and their checks) does not import
+The package imports lazily: ``import advsweep.models.config`` (model options and their checks) does not import
 TensorFlow, so that a config is checked before TensorFlow starts.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from advsweep.lazy import lazy_exports
 
 if TYPE_CHECKING:  # the names as mypy and editors see them
-    from models.common import INPUT_SHAPE, NUM_CLASSES, check_contract, probability_model
-    from models.config import CUTS, HEADS, MODEL_KINDS, ModelConfig, RESIZES
-    from models.small_cnn import build_small_cnn
-    from models.vgg16 import build_vgg16_classifier, feature_extractor
+    from advsweep.models.common import (
+        INPUT_SHAPE,
+        NUM_CLASSES,
+        as_classifier,
+        check_contract,
+        ends_in_softmax,
+        load_classifier,
+        probability_model,
+    )
+    from advsweep.models.config import CUTS, HEADS, MODEL_KINDS, ModelConfig, RESIZES
+    from advsweep.models.small_cnn import build_small_cnn
+    from advsweep.models.vgg16 import build_vgg16_classifier, feature_extractor
 
 # public name → the module that defines it
 _EXPORTS: dict[str, str] = {
-    "CUTS": "models.config",
-    "HEADS": "models.config",
-    "INPUT_SHAPE": "models.common",
-    "MODEL_KINDS": "models.config",
-    "NUM_CLASSES": "models.common",
-    "RESIZES": "models.config",
-    "ModelConfig": "models.config",
-    "build_small_cnn": "models.small_cnn",
-    "build_vgg16_classifier": "models.vgg16",
-    "check_contract": "models.common",
-    "feature_extractor": "models.vgg16",
-    "probability_model": "models.common",
+    "CUTS": "advsweep.models.config",
+    "HEADS": "advsweep.models.config",
+    "INPUT_SHAPE": "advsweep.models.common",
+    "MODEL_KINDS": "advsweep.models.config",
+    "NUM_CLASSES": "advsweep.models.common",
+    "RESIZES": "advsweep.models.config",
+    "ModelConfig": "advsweep.models.config",
+    "build_small_cnn": "advsweep.models.small_cnn",
+    "build_vgg16_classifier": "advsweep.models.vgg16",
+    "as_classifier": "advsweep.models.common",
+    "check_contract": "advsweep.models.common",
+    "ends_in_softmax": "advsweep.models.common",
+    "load_classifier": "advsweep.models.common",
+    "feature_extractor": "advsweep.models.vgg16",
+    "probability_model": "advsweep.models.common",
 }
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -8,6 +8,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from advsweep.assets.validate import Invalid, flag, integer, number, one_of
+
 MODEL_KINDS: tuple[str, ...] = ("vgg16", "small_cnn")
 CUTS: tuple[str, ...] = ("block3_pool", "block4_pool", "block5_pool")
 RESIZES: tuple[str, ...] = ("pad", "bilinear")
@@ -19,9 +21,7 @@ GRADIENT_PATHS: tuple[str, ...] = ("fast", "plain")  # custom backward passes th
 
 def check_gradient_path(gradient: Any) -> str:
     """``gradient`` must be ``"fast"`` (custom backward passes) or ``"plain"`` (``tf.GradientTape``)."""
-    if gradient not in GRADIENT_PATHS:
-        raise ValueError(f"`gradient` must be one of {list(GRADIENT_PATHS)}. Received: gradient={gradient!r}")
-    return str(gradient)
+    return one_of("gradient", gradient, GRADIENT_PATHS)
 
 
 def check_vgg16_options(
@@ -33,31 +33,21 @@ def check_vgg16_options(
     hidden_units: Sequence[int],
     dropout: float,
 ) -> None:
-    """Raise ``ValueError`` naming the first invalid option of :func:`build_vgg16_classifier`."""
-    if isinstance(input_size, bool) or not isinstance(input_size, int) or not (
-        MIN_INPUT_SIZE <= input_size <= MAX_INPUT_SIZE
-    ):
-        raise ValueError(
-            f"`input_size` must be an integer from {MIN_INPUT_SIZE} (Keras' minimum for VGG16) to "
-            f"{MAX_INPUT_SIZE}. Received: input_size={input_size!r}"
-        )
-    if resize not in RESIZES:
-        raise ValueError(f"`resize` must be one of {list(RESIZES)}. Received: resize={resize!r}")
-    if cut not in CUTS:
-        raise ValueError(f"`cut` must be one of {list(CUTS)}. Received: cut={cut!r}")
-    if head not in HEADS:
-        raise ValueError(f"`head` must be one of {list(HEADS)}. Received: head={head!r}")
-    if head == "mlp" and (
-        isinstance(hidden_units, (str, bytes))
-        or len(hidden_units) == 0
-        or not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in hidden_units)
-    ):
-        raise ValueError(
-            "`hidden_units` must be a non-empty list of positive integers for head='mlp'. "
-            f"Received: hidden_units={hidden_units!r}"
-        )
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"`dropout` must be a number in [0, 1). Received: dropout={dropout!r}")
+    """Raise :class:`~advsweep.assets.validate.Invalid` naming the first invalid option of
+    :func:`build_vgg16_classifier`."""
+    try:
+        integer("input_size", input_size, minimum=MIN_INPUT_SIZE, maximum=MAX_INPUT_SIZE)
+    except Invalid as error:
+        raise Invalid("input_size", error.requirement, input_size, hint="Keras' minimum for VGG16 is 32") from None
+    one_of("resize", resize, RESIZES)
+    one_of("cut", cut, CUTS)
+    one_of("head", head, HEADS)
+    if head == "mlp":
+        if isinstance(hidden_units, (str, bytes)) or len(hidden_units) == 0:
+            raise Invalid("hidden_units", "a non-empty list of positive integers for head='mlp'", hidden_units)
+        for units in hidden_units:
+            integer("hidden_units", units, minimum=1)
+    number("dropout", dropout, minimum=0.0, below=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,32 +96,23 @@ class ModelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"`kind` must be one of {list(MODEL_KINDS)}. Received: kind={self.kind!r}")
+        one_of("kind", self.kind, MODEL_KINDS)
         object.__setattr__(self, "hidden_units", tuple(self.hidden_units))
         if self.kind == "vgg16":
             check_vgg16_options(
                 input_size=self.input_size, resize=self.resize, cut=self.cut, head=self.head,
                 hidden_units=self.hidden_units, dropout=self.dropout,
             )  # fmt: skip
-        _check_positive_int("epochs", self.epochs)
-        _check_positive_int("batch_size", self.batch_size)
-        _check_positive_int("patience", self.patience)
-        _check_positive_int("validation_examples", self.validation_examples, maximum=30000)
+        for name in ("epochs", "batch_size", "patience"):
+            integer(name, getattr(self, name), minimum=1)
+        integer("validation_examples", self.validation_examples, minimum=1, maximum=30000)
         if self.train_examples is not None:
-            _check_positive_int("train_examples", self.train_examples, maximum=60000 - self.validation_examples)
-        if isinstance(self.augment_shift, bool) or not isinstance(self.augment_shift, int) or not (
-            0 <= self.augment_shift <= 6
-        ):
-            raise ValueError(f"`augment_shift` must be an integer from 0 to 6. Received: {self.augment_shift!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"`seed` must be a non-negative integer. Received: seed={self.seed!r}")
-        for name in ("learning_rate", "temperature"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
-        if not isinstance(self.feature_scaling, bool):
-            raise ValueError(f"`feature_scaling` must be true or false. Received: {self.feature_scaling!r}")
+            integer("train_examples", self.train_examples, minimum=1, maximum=60000 - self.validation_examples)
+        integer("augment_shift", self.augment_shift, minimum=0, maximum=6)
+        integer("seed", self.seed, minimum=0)
+        number("learning_rate", self.learning_rate, above=0.0)
+        number("temperature", self.temperature, above=0.0)
+        flag("feature_scaling", self.feature_scaling)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ModelConfig:
@@ -163,9 +144,3 @@ class ModelConfig:
         """``<kind>-<first 10 hex of sha256 of the relevant options>``: the trained model's folder name."""
         digest = hashlib.sha256(json.dumps(self.relevant(), sort_keys=True).encode()).hexdigest()
         return f"{self.kind}-{digest[:10]}"
-
-
-def _check_positive_int(name: str, value: Any, *, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (maximum is not None and value > maximum):
-        allowed = f"an integer from 1 to {maximum}" if maximum is not None else "a positive integer"
-        raise ValueError(f"`{name}` must be {allowed}. Received: {name}={value!r}")

@@ -10,7 +10,7 @@ cheap forward operation:
   ties. Padded borders make exact ties common, so the order matters.
 
 TensorFlow's CPU kernels for ``Conv2DBackpropInput`` and ``MaxPoolGrad`` on small feature maps are
-several times slower than these forward ops (``../shared/ASSETS.md``; ``benchmarks/attack_speed.py``
+several times slower than these forward ops (``docs/ASSETS.md``; ``benchmarks/attack_speed.py``
 measures the gap). :func:`fast_forward` returns the model's function ``x → logits`` with these
 backward passes attached through ``tf.custom_gradient``; its forward values are the model's, bit for
 bit, and its gradient equals ``tf.GradientTape``'s up to float rounding (``tests/test_fast_gradient.py``).
@@ -29,7 +29,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.config import check_gradient_path
 
 Forward = Callable[[tf.Tensor], tf.Tensor]
 BASE_NAME = "vgg16_base"
@@ -147,9 +146,3 @@ def fast_forward(model: keras.Model) -> Forward:
         _FORWARDS[model] = _build_fast_forward(model) if BASE_NAME in names else (lambda x: model(x, training=False))
     return _FORWARDS[model]
 
-
-def model_function(model: keras.Model, gradient: str = "fast") -> Forward:
-    """``x → logits`` in inference mode: :func:`fast_forward` for ``gradient="fast"``, the model for ``"plain"``."""
-    if check_gradient_path(gradient) == "fast":
-        return fast_forward(model)
-    return lambda x: model(x, training=False)

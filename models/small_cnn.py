@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import keras
 
-from models.common import INPUT_SHAPE, NUM_CLASSES
+from advsweep.assets.validate import Invalid, integer
+from advsweep.models.common import INPUT_SHAPE, NUM_CLASSES
 
 
 def build_small_cnn(*, filters: tuple[int, int] = (32, 64), dense_units: int = 64) -> keras.Model:
@@ -21,10 +22,11 @@ def build_small_cnn(*, filters: tuple[int, int] = (32, 64), dense_units: int = 6
     Returns:
         A ``keras.Model`` named ``"small_cnn"``: ``(N, 28, 28, 1)`` in [0, 1] → logits ``(N, 10)``.
     """
-    if len(filters) != 2 or not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters):
-        raise ValueError(f"`filters` must be two positive integers. Received: filters={filters!r}")
-    if isinstance(dense_units, bool) or not isinstance(dense_units, int) or dense_units < 1:
-        raise ValueError(f"`dense_units` must be a positive integer. Received: dense_units={dense_units!r}")
+    if len(filters) != 2:
+        raise Invalid("filters", "two positive integers", filters)
+    for channels in filters:
+        integer("filters", channels, minimum=1)
+    integer("dense_units", dense_units, minimum=1)
     inputs = keras.Input(shape=INPUT_SHAPE, name="image")
     x = keras.layers.Conv2D(filters[0], 3, activation="relu", name="conv1")(inputs)
     x = keras.layers.MaxPooling2D(2, name="pool1")(x)

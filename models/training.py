@@ -15,6 +15,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from assets import Resolved, cache_dir, load_mnist, load_vgg16_weights
-from assets.resolver import umask_mode, write_atomic
-from models.config import ModelConfig
-from models.small_cnn import build_small_cnn
-from models.vgg16 import build_vgg16_classifier, feature_extractor
+from advsweep.assets import Resolved, cache_dir, load_mnist, load_vgg16_weights
+from advsweep.assets.files import umask_mode, write_atomic
+from advsweep.models.config import ModelConfig
+from advsweep.models.small_cnn import build_small_cnn
+from advsweep.models.vgg16 import build_vgg16_classifier, feature_extractor
+
+# (history with an `epoch` column, file stem without suffix, title) → the files written
+DrawCurves = Callable[[Any, Path, str], Any]
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +212,7 @@ def tempered_cross_entropy(temperature: float) -> Any:
 
     ``T < 1`` sharpens the softmax the loss sees (source tutorial 004 trains with ``T = 0.6``); ``T = 1``
     is the plain cross-entropy. The trained model still returns its raw logits ``z``, not ``z / T``: the
-    attacks and the records see the network's own outputs, and :func:`models.probability_model` gives the
+    attacks and the records see the network's own outputs, and :func:`advsweep.models.probability_model` gives the
     tempered probabilities.
     """
     plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -280,11 +284,13 @@ class TrainedModel:
 
 
 def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | None = None,
-                weights_path: str | None = None) -> TrainedModel:
+                weights_path: str | None = None, draw_curves: DrawCurves | None = None) -> TrainedModel:
     """Train ``config`` and save ``model.keras``, ``metrics.json``, ``history.csv`` and the curves.
 
     The folder ``output_root / config.model_id`` is written under a temporary name and renamed into
-    place at the end, so an interrupted training leaves no half-written model.
+    place at the end, so an interrupted training leaves no half-written model. ``draw_curves(history,
+    stem, title)`` draws the training curves into that folder; the experiments layer passes its plotting
+    (:func:`advsweep.experiments.plots.plot_training_curves`), which the model layer does not import.
 
     Returns:
         The trained model, its folder and its metrics (clean test accuracy on all 10000 test images).
@@ -346,16 +352,14 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
                      "keras": keras.__version__, "numpy": np.__version__},
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
     }
-    folder = save_trained(model, config, metrics, history, output_root)
+    folder = save_trained(model, config, metrics, history, output_root, draw_curves=draw_curves)
     logger.info("%s: clean test accuracy %.4f; saved in %s", config.model_id, metrics["clean_test_accuracy"], folder)
     return TrainedModel(model=model, folder=folder, metrics=metrics)
 
 
 def save_trained(model: keras.Model, config: ModelConfig, metrics: dict[str, Any],
-                 history: dict[str, list[float]], output_root: Path) -> Path:
+                 history: dict[str, list[float]], output_root: Path, *, draw_curves: DrawCurves | None = None) -> Path:
     """Write a trained model's folder atomically (temporary folder, then rename)."""
-    from experiments.plots import plot_training_curves
-
     output_root.mkdir(parents=True, exist_ok=True)
     final = output_root / config.model_id
     staging = Path(tempfile.mkdtemp(dir=output_root, prefix=f".{config.model_id}."))
@@ -369,7 +373,8 @@ def save_trained(model: keras.Model, config: ModelConfig, metrics: dict[str, Any
         frame = pd.DataFrame(history)
         frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
         frame.to_csv(staging / "history.csv", index=False)
-        plot_training_curves(frame, staging / "training_curves", title=config.model_id)
+        if draw_curves is not None:
+            draw_curves(frame, staging / "training_curves", config.model_id)
         for written in staging.iterdir():
             if written.is_file():
                 os.chmod(written, umask_mode())

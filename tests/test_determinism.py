@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from attacks import run_attack
-from attacks.core import BLOCK, example_stream, gradient_fn
-from experiments.config import load_config
-from experiments.sweep import run_sweep
-from models.config import ModelConfig
+from advsweep.attacks import run_attack
+from advsweep.attacks.core import BLOCK, example_stream, gradient_fn
+from advsweep.experiments.config import load_config
+from advsweep.experiments.sweep import run_sweep
+from advsweep.models.config import ModelConfig
 
 
 @pytest.mark.parametrize("model_name", ["small_cnn", "vgg16"])
@@ -63,7 +63,7 @@ def test_own_and_foolbox_agree_to_the_bit_with_random_start(small_cnn, test_imag
     changes the own any-iterate view not at all (it only skips steps)."""
     x, y = test_images[0][:64], test_images[1][:64]
     params = {"steps": 10, "rel_stepsize": 0.25, "gradient": "plain"}
-    own = run_attack("pgd", small_cnn, x, y, [0.0, 0.05, 0.1, 0.2], **params)
+    own = run_attack("pgd", small_cnn, x, y, [0.0, 0.05, 0.1, 0.2], early_stop=False, **params)
     reference = run_attack("pgd", small_cnn, x, y, [0.0, 0.05, 0.1, 0.2], implementation="foolbox", **params)
     np.testing.assert_array_equal(own.x_adv, reference.x_adv)
     np.testing.assert_array_equal(own.last.x_adv, reference.last.x_adv)

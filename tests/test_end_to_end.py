@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from assets import load_vgg16_weights
-from experiments.cli import main
-from models.training import load_trained
+from advsweep.assets import load_vgg16_weights
+from advsweep.experiments.cli import main
+from advsweep.models.training import load_trained
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.cli import main
-from experiments.config import load_config, parse_config, select_examples
-from experiments.records import COLUMNS
-from experiments.summary import WORST_CASE, wilson_interval
-from experiments.sweep import plan, run_sweep, unit_is_done
-from models.config import ModelConfig
+from advsweep.experiments.cli import main
+from advsweep.experiments.config import load_config, parse_config, select_examples
+from advsweep.experiments.records import COLUMNS
+from advsweep.experiments.summary import WORST_CASE, wilson_interval
+from advsweep.experiments.sweep import plan, run_sweep, unit_is_done
+from advsweep.models.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,11 +187,13 @@ def test_tables_are_ready_to_paste(finished_run):
     assert any(n.startswith("accuracy falls with ε") for n in names)
 
 
-def test_same_config_and_seeds_give_the_same_run_id_and_numbers(finished_run, sweep_config):
+def test_same_config_and_seeds_give_the_same_run_id(finished_run, sweep_config):
+    """Same config, models and code: the finished run is found and nothing is recomputed. (That a second run
+    gives the same numbers is tests/test_determinism.py's byte-identical records, and the resumed run below.)"""
+    done = {p.name: p.stat().st_mtime_ns for p in (finished_run / "done").iterdir()}
     again = run_sweep(load_config(sweep_config), finished_run.parents[1])
-    assert again == finished_run  # same identity: the finished run is found, nothing recomputed
-    other = run_sweep(load_config(sweep_config), finished_run.parents[1], run_id="repeat")
-    pd.testing.assert_frame_equal(_summary_without_run(other), _summary_without_run(finished_run))
+    assert again == finished_run
+    assert {p.name: p.stat().st_mtime_ns for p in (finished_run / "done").iterdir()} == done
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,7 +273,7 @@ def test_a_damaged_record_file_is_recomputed(finished_run, sweep_config, tmp_pat
 def test_killed_sweep_process_resumes_to_the_same_summary(finished_run, sweep_config, tmp_path):
     """SIGKILL the real command mid-sweep (no clean-up runs), then run the same command again."""
     env = {**os.environ, "ADVSWEEP_RESULTS": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, "-m", "experiments.cli", "sweep", str(sweep_config), "--run-id", "killed"]
+    command = [sys.executable, "-m", "advsweep.experiments.cli", "sweep", str(sweep_config), "--run-id", "killed"]
     process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_dir = tmp_path / "tiny" / "killed" / "done"
     deadline = time.time() + 600
@@ -301,9 +303,9 @@ BAD_CONFIGS = [
      r"`epsilons.linf`: .*1.5"),
     ("negative-eps", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [-0.1, 0.2]"), r"`epsilons.linf`"),
     ("missing-model-file", lambda t: t.replace('name = "cnn"\npath = "', 'name = "cnn"\npath = "/nonexistent'),
-     r"`models\[1\].path`: /nonexistent.* has no model.keras"),
+     r"`models\[1\].path`: /nonexistent.* is neither a .keras file nor a folder with model.keras"),
     ("unknown-model-kind", lambda t: t.replace('name = "cnn"\npath =', 'name = "cnn"\ntrain = {kind = "resnet"}\n#'),
-     r"`models\[1\].train`: `kind` must be one of \['vgg16', 'small_cnn'\]"),
+     r"`models\[1\].train.kind`: must be one of 'vgg16', 'small_cnn'. Received: 'resnet'"),
     ("bad-implementation", lambda t: t.replace('name = "fgsm"', 'name = "fgsm"\nimplementations = ["cleverhans"]'),
      r"`attacks\[0\].implementations`: must be one of 'own', 'foolbox'"),
     ("missing-name", lambda t: t.replace('name = "tiny"', ""), r"config key `name`"),
@@ -314,15 +316,15 @@ BAD_CONFIGS = [
      r"`examples.selection`: must be one of 'balanced', 'first'. Received: 'random'"),
     # attack hyper-parameters are checked when the config is read, not when their unit runs
     ("zero-steps", lambda t: t.replace("steps = 5\n", "steps = 0\n", 1),
-     r"`attacks\[1\].steps`: `steps` must be an integer ≥ 1. Received: steps=0"),
+     r"`attacks\[1\].steps`: must be an integer ≥ 1. Received: 0"),
     ("string-stepsize", lambda t: t.replace("rel_stepsize = 0.3", 'rel_stepsize = "big"'),
-     r"`attacks\[1\].rel_stepsize`: `rel_stepsize` must be a positive finite number. Received: rel_stepsize='big'"),
+     r"`attacks\[1\].rel_stepsize`: must be a positive finite number. Received: 'big'"),
     ("negative-restarts", lambda t: t.replace("rel_stepsize = 0.3", "rel_stepsize = 0.3\nrestarts = -2"),
-     r"`attacks\[1\].restarts`: `restarts` must be an integer ≥ 1. Received: restarts=-2"),
+     r"`attacks\[1\].restarts`: must be an integer ≥ 1. Received: -2"),
     ("unknown-loss", lambda t: t.replace("rel_stepsize = 0.3", 'rel_stepsize = 0.3\nloss = "hinge"'),
-     r"`attacks\[1\].loss`: `loss` must be one of \['ce', 'margin'\] .*Received: loss='hinge'"),
+     r"`attacks\[1\].loss`: must be one of 'ce', 'margin' .*Received: 'hinge'"),
     ("string-early-stop", lambda t: t.replace("rel_stepsize = 0.3", 'rel_stepsize = 0.3\nearly_stop = "yes"'),
-     r"`attacks\[1\].early_stop`: `early_stop` must be true or false"),
+     r"`attacks\[1\].early_stop`: must be true or false. Received: 'yes'"),
     ("negative-seed", lambda t: t.replace("seed = 0\n", "seed = -1\n", 1), r"`seed`: must be an integer ≥ 0"),
     ("float-chunk-size", lambda t: t.replace("chunk_size = 20", "chunk_size = 20.5"),
      r"`chunk_size`: must be an integer from 1 to 10000. Received: 20.5"),

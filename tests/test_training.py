@@ -6,11 +6,13 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from experiments.cli import main
-from models.config import ModelConfig
-from models.training import load_trained, split_indices, train_model
+from advsweep.experiments.cli import main
+from advsweep.experiments.plots import training_curves
+from advsweep.models.config import ModelConfig
+from advsweep.models.training import load_trained, split_indices, train_model
 
 SMALL = {"kind": "small_cnn", "train_examples": 2000, "validation_examples": 1000, "epochs": 2, "seed": 5}
 
@@ -18,7 +20,7 @@ SMALL = {"kind": "small_cnn", "train_examples": 2000, "validation_examples": 100
 @pytest.fixture(scope="module")
 def trained_twice(tmp_path_factory):
     config = ModelConfig.from_mapping(SMALL)
-    first = train_model(config, tmp_path_factory.mktemp("first"))
+    first = train_model(config, tmp_path_factory.mktemp("first"), draw_curves=training_curves)
     second = train_model(config, tmp_path_factory.mktemp("second"))
     return config, first, second
 
@@ -101,7 +103,7 @@ def test_cli_assets_bad_path_exits_2(tmp_path, capsys):
 
 
 def test_augmentation_shifts_whole_pixels_and_is_seeded():
-    from models.training import shifted_batches
+    from advsweep.models.training import shifted_batches
 
     x = np.zeros((64, 28, 28, 1), np.float32)
     x[:, 10:18, 10:18] = 1.0
@@ -113,24 +115,34 @@ def test_augmentation_shifts_whole_pixels_and_is_seeded():
     assert np.abs(corners - 10).max() <= 2 and len({tuple(c) for c in corners}) > 1
 
 
-def test_cli_evaluate_prints_table_and_writes_checks(trained_twice, capsys):
+def test_cli_evaluate_is_a_one_model_sweep(trained_twice, capsys):
+    """`advsweep evaluate` runs the sweep pipeline: records, summary tables and checks in one run folder."""
     _, first, _ = trained_twice
     arguments = ["-q", "evaluate", str(first.folder), "--examples", "20", "--eps", "0.1,0.3",
                  "--implementations", "own"]
     assert main(arguments) == 0
     out = capsys.readouterr().out
-    assert "| FGSM | own |" in out and "| PGD | own |" in out and "ε = 0.3" in out and "checks:" in out
-    checks = json.loads((first.folder / "evaluation" / "checks.json").read_text())
+    assert "| fgsm | own | single |" in out and "| pgd-linf | own | any |" in out and "ε = 0.3" in out
+    assert "checks:" in out and "run folder:" in out
+    runs = list((first.folder / "evaluation").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    checks = json.loads((run / "checks.json").read_text())
     assert {c["name"] for c in checks} >= {"model returns logits", "unbounded attack wins"}
-    table = (first.folder / "evaluation" / "robust_accuracy.csv").read_text().splitlines()
-    assert table[0] == "attack,implementation,eps,robust_accuracy,examples,seconds" and len(table) == 1 + 2 * 3
+    summary = pd.read_csv(run / "summary.csv")
+    assert set(summary["attack"]) == {"fgsm", "pgd-linf", "worst case"}
+    assert sorted(set(summary["eps"])) == [0.0, 0.1, 0.3] and set(summary["examples"]) == {20}
+    examples = pd.read_csv(run / "examples.csv")
+    assert examples["example"].tolist() == list(range(20))  # the first N test images
+    assert main(arguments) == 0  # the same command again resumes the finished run: nothing new
+    assert list((first.folder / "evaluation").iterdir()) == runs
 
 
 @pytest.mark.parametrize("arguments,match", [
-    (["--attacks", "cw"], "--attacks takes fgsm and/or pgd"),
+    (["--attacks", "cw"], "--attacks takes names from bim, fgm, fgsm, pgd"),
     (["--implementations", "cleverhans"], "--implementations"),
     (["--eps", "0.1,x"], "--eps takes comma-separated numbers"),
-    (["--eps", "2"], r"epsilons.*\[0, 1.0\]"),
+    (["--eps", "2"], r"--eps: .*\[0, 1\]"),
     (["--examples", "0"], "--examples"),
 ], ids=["attack", "implementation", "eps-text", "eps-range", "examples"])
 def test_cli_evaluate_bad_options_exit_2(trained_twice, capsys, arguments, match):

@@ -3,6 +3,7 @@ temperature, a run identity that covers uncommitted code, and a command line who
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -13,10 +14,10 @@ import keras
 import numpy as np
 import pytest
 
-from assets.resolver import umask_mode, write_atomic
-from experiments import sweep as sweep_module
-from models.config import ModelConfig
-from models.training import tempered_cross_entropy, train_model
+from advsweep.assets.files import umask_mode, write_atomic
+from advsweep.experiments import sweep as sweep_module
+from advsweep.models.config import ModelConfig
+from advsweep.models.training import tempered_cross_entropy, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,23 +64,28 @@ def test_temperature_changes_training_and_the_model_keeps_raw_logits(tmp_path):
     assert cool.metrics["config"]["temperature"] == 0.6
 
 
-def test_run_identity_covers_uncommitted_source_changes(tmp_path, monkeypatch):
-    """An edited attack must not resume into the run of the code before the edit."""
-    root = tmp_path / "checkout"
+def test_run_identity_covers_uncommitted_source_changes(tmp_path):
+    """An edited attack (or default) must not resume into the run of the code before the edit."""
+    root = tmp_path / "advsweep"
     for package in sweep_module.PACKAGES:
         (root / package).mkdir(parents=True)
         (root / package / "__init__.py").write_text("")
     (root / "experiments" / "sweep.py").write_text("# the runner\n")
-    monkeypatch.setattr(sweep_module, "__file__", str(root / "experiments" / "sweep.py"))
-    before = sweep_module.source_digest()
-    assert before == sweep_module.source_digest()
+    (root / "defaults.py").write_text("STEPS = 40\n")
+    before = sweep_module.source_digest(root)
+    assert before == sweep_module.source_digest(root)
     (root / "attacks" / "pgd.py").write_text("STEPS = 40\n")
-    edited = sweep_module.source_digest()
+    edited = sweep_module.source_digest(root)
     (root / "attacks" / "pgd.py").write_text("STEPS = 41\n")
-    assert len({before, edited, sweep_module.source_digest()}) == 3
-    (root / "README.md").write_text("docs do not change what runs\n")
-    assert sweep_module.source_digest() == sweep_module.source_digest()
-    assert Path(sweep_module.__file__).parent.name == "experiments"
+    edited_again = sweep_module.source_digest(root)
+    (root / "defaults.py").write_text("STEPS = 41\n")
+    assert len({before, edited, edited_again, sweep_module.source_digest(root)}) == 4
+    (root.parent / "README.md").write_text("docs do not change what runs\n")
+    assert sweep_module.source_digest(root) == sweep_module.source_digest(root)
+    import advsweep
+
+    installed = Path(advsweep.__file__).parent
+    assert (installed / "defaults.py").is_file() and (installed / "attacks" / "pgd.py").is_file()
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,7 +96,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``advsweep ARGS`` in a fresh process, with TensorFlow's native log level left to the command line, and
     a report of whether TensorFlow was imported."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    script = ("import sys\nfrom experiments.cli import main\ncode = main(sys.argv[1:])\n"
+    script = ("import sys\nfrom advsweep.experiments.cli import main\ncode = main(sys.argv[1:])\n"
               "print('tensorflow imported' if 'tensorflow' in sys.modules else 'no tensorflow')\nsys.exit(code)")
     return subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -102,8 +108,8 @@ def test_a_bad_config_is_one_line_on_stderr_before_tensorflow_starts(tmp_path):
                       '[epsilons]\nlinf = [0.1]\n[[attacks]]\nname = "pgd"\nsteps = 0\n')
     done = _cli(["sweep", str(config), "--results", str(tmp_path / "results")], ROOT)
     assert done.returncode == 2
-    assert done.stderr.splitlines() == ["advsweep sweep: error: config key `attacks[0].steps`: `steps` must be an "
-                                        "integer ≥ 1. Received: steps=0"]
+    assert done.stderr.splitlines() == ["advsweep sweep: error: config key `attacks[0].steps`: must be an integer "
+                                        "≥ 1. Received: 0"]
     assert done.stdout.strip() == "no tensorflow"
     assert not (tmp_path / "results").exists()
 
@@ -118,3 +124,83 @@ def test_tensorflow_start_up_noise_is_silenced_unless_verbose(tmp_path):
     assert verbose.returncode == 2
     assert "absl::InitializeLog" in verbose.stderr  # TensorFlow's native start-up line, shown with -v
     assert verbose.stderr.splitlines()[-1].startswith("advsweep report: error:")
+
+
+# --------------------------------------------------------------------------------------------
+# issue 10: one installed name
+
+
+def test_the_install_exposes_only_the_advsweep_namespace(tmp_path):
+    """Outside the checkout, `advsweep.attacks` imports and a bare `attacks` or `models` does not: installing
+    advsweep never shadows a research environment's own `models` package."""
+    script = ("import importlib.util, json\n"
+              "names = ['advsweep', 'advsweep.assets', 'advsweep.models', 'advsweep.attacks', 'advsweep.experiments',"
+              " 'assets', 'models', 'attacks', 'experiments']\n"
+              "print(json.dumps({n: importlib.util.find_spec(n) is not None for n in names}))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert all(found[n] for n in ("advsweep", "advsweep.assets", "advsweep.models", "advsweep.attacks",
+                                  "advsweep.experiments")), found
+    assert not any(found[n] for n in ("assets", "models", "attacks", "experiments")), found
+
+
+def test_no_test_imports_the_layers_outside_the_namespace():
+    """In the checkout, the top-level folders are importable as `attacks`, `models`, …: a test importing one
+    would exercise a second copy of the code (and patch the wrong one). Every test module is imported by now."""
+    stray = sorted(name for name in sys.modules
+                   if name.split(".")[0] in ("assets", "models", "attacks", "experiments"))
+    assert not stray, stray
+
+
+def test_every_entry_point_takes_its_defaults_from_the_one_table(tmp_path):
+    """The API, a sweep config, `advsweep evaluate` and the README agree on every default (issue 10)."""
+    import inspect
+
+    from advsweep import defaults
+    from advsweep.attacks import (
+        basic_iterative_method,
+        fast_gradient_method,
+        minimal_perturbation,
+        projected_gradient_descent,
+    )
+    from advsweep.attacks.foolbox_adapter import foolbox_attack
+    from advsweep.experiments.cli import build_parser
+    from advsweep.experiments.config import parse_config
+
+    checked = 0
+    for function in (projected_gradient_descent, basic_iterative_method, fast_gradient_method, foolbox_attack):
+        parameters = inspect.signature(function).parameters
+        for key in ("norm", "loss", "restarts", "early_stop", "seed", "gradient"):
+            if key in parameters:
+                assert parameters[key].default == defaults.ATTACK[key], (function.__name__, key)
+                checked += 1
+    assert checked >= 18
+    minimal = inspect.signature(minimal_perturbation).parameters
+    for key in ("norm", "steps", "loss"):
+        assert minimal[key].default == defaults.MINIMAL[key], key
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.keras").write_bytes(b"")
+    config = parse_config({"name": "d", "models": [{"name": "m", "path": str(model)}],
+                           "attacks": [{"name": "pgd"}], "epsilons": {"linf": [0.1]}}, base=tmp_path)
+    assert config.examples == defaults.SWEEP["examples"]["count"]
+    assert (config.selection, config.selection_seed) == (defaults.SWEEP["examples"]["selection"],
+                                                         defaults.SWEEP["examples"]["seed"])
+    assert (config.seed, config.chunk_size, config.gradient) == (
+        defaults.SWEEP["seed"], defaults.SWEEP["chunk_size"], defaults.SWEEP["gradient"])
+    assert config.attacks[0].implementations == defaults.ATTACK["implementations"]
+    assert config.attacks[0].params == {}  # a key left out is the attack's own default, not the runner's
+    assert (config.minimal.steps, config.minimal.loss, config.minimal.examples) == (
+        defaults.MINIMAL["steps"], defaults.MINIMAL["loss"], min(defaults.MINIMAL["examples"], config.examples))
+
+    evaluate = build_parser().parse_args(["evaluate", "some-model"])
+    assert evaluate.examples == defaults.EVALUATE["examples"] == defaults.SWEEP["examples"]["count"]
+    assert [float(e) for e in evaluate.eps.split(",")] == list(defaults.EVALUATE["eps"])
+    assert tuple(evaluate.attacks.split(",")) == defaults.EVALUATE["attacks"]
+    assert tuple(evaluate.implementations.split(",")) == defaults.ATTACK["implementations"]
+
+    readme = (ROOT / "README.md").read_text()
+    for key, value in defaults.table():
+        assert f"| {key} | {value} |" in readme, f"README's Defaults table lacks `{key}` = {value}"

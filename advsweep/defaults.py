@@ -1,0 +1,101 @@
+"""Every default value of advsweep, in one table.
+
+The Python API (``run_attack``, ``projected_gradient_descent``, ``minimal_perturbation``), a sweep config
+and ``advsweep evaluate`` all read their defaults from here, so a key left out means the same thing
+wherever it is left out. This module imports nothing of the harness: every layer may read it.
+The README's "Defaults" section prints this table; ``tests/test_trust.py`` holds the entry points'
+signatures and the config parser to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+# Iterative attacks, per (attack, norm): foolbox 3.3.4's defaults, so that both implementations run the same
+# attack when nothing is set. PGD L∞ is Madry et al.'s MNIST setting (40 steps of 0.01 at ε = 0.3).
+ITERATIVE: Final[dict[tuple[str, str], dict[str, Any]]] = {
+    ("pgd", "linf"): {"steps": 40, "rel_stepsize": 0.01 / 0.3, "random_start": True},
+    ("pgd", "l2"): {"steps": 50, "rel_stepsize": 0.025, "random_start": True},
+    ("bim", "linf"): {"steps": 10, "rel_stepsize": 0.2, "random_start": False},
+    ("bim", "l2"): {"steps": 10, "rel_stepsize": 0.2, "random_start": False},
+}
+
+# Every attack. early_stop: an example leaves the attack at its first adversarial iterate. The reported
+# numbers (the any-iterate view) are the same either way and early stop saves the remaining steps; turn it off
+# to also get each run's last iterate (``result.last``), which is what foolbox returns.
+ATTACK: Final[dict[str, Any]] = {
+    "norm": "linf",
+    "loss": "ce",
+    "restarts": 1,
+    "early_stop": True,
+    "seed": 0,
+    "gradient": "fast",
+    "implementations": ("own", "foolbox"),
+}
+
+# The minimal-perturbation bisection behind the robustness curve. The margin loss cannot saturate (cross-
+# entropy does on the frozen VGG16); 20 steps of 2.5 ε / steps per round (Madry et al.'s rule: the steps can
+# travel 2.5 ε), and each example starts from the smallest grid ε that fooled it, so the curve never sits
+# above the table (the sweep's check "robustness curve not above the worst case" holds this).
+MINIMAL: Final[dict[str, Any]] = {
+    "enabled": True,
+    "norm": "linf",
+    "examples": 100,
+    "steps": 20,
+    "loss": "margin",
+    "eps_max": {"linf": 0.5, "l2": 6.0},
+    "tolerance": {"linf": 1.0 / 255.0, "l2": 0.02},
+}
+
+# A sweep, and the one-model sweep behind ``advsweep evaluate``.
+SWEEP: Final[dict[str, Any]] = {
+    "dataset": "mnist",
+    "seed": 0,
+    "chunk_size": 1000,
+    "gradient": "fast",
+    "examples": {"count": 200, "selection": "balanced", "seed": 0},
+    "grid_examples": 6,
+}
+
+# ``advsweep evaluate MODEL_DIR``: the first ``examples`` test images, FGSM and PGD (the ITERATIVE defaults)
+# by both implementations over an L∞ grid.
+EVALUATE: Final[dict[str, Any]] = {
+    "examples": SWEEP["examples"]["count"],
+    "eps": (0.1, 0.2, 0.3),
+    "attacks": ("fgsm", "pgd"),
+}
+
+
+def render(value: Any) -> str:
+    """A default as it would be written in a sweep config (TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(render(v) for v in value) + "]"
+    return str(value)
+
+
+def table() -> list[tuple[str, str]]:
+    """``(key, value)`` rows of every default, for the README's "Defaults" table."""
+    rows: list[tuple[str, str]] = []
+    for (attack, norm), values in ITERATIVE.items():
+        rows += [(f"{attack}, {norm}: `{key}`", render(value)) for key, value in values.items()]
+    rows += [(f"every attack: `{key}`", render(value)) for key, value in ATTACK.items()]
+    for key, value in MINIMAL.items():
+        if isinstance(value, dict):
+            rows += [(f"`[minimal]` `{key}` ({norm})", render(v)) for norm, v in value.items()]
+        else:
+            rows.append((f"`[minimal]` `{key}`", render(value)))
+    for key, value in SWEEP.items():
+        if key == "examples":
+            rows += [(f"sweep: `examples.{k}`", render(v)) for k, v in value.items()]
+        elif key == "grid_examples":
+            rows.append(("sweep: `figures.grid_examples`", render(value)))
+        else:
+            rows.append((f"sweep: `{key}`", render(value)))
+    rows += [(f"`advsweep evaluate`: `--{key}`", render(value)) for key, value in EVALUATE.items()]
+    return rows

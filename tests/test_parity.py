@@ -94,10 +94,10 @@ def test_pgd_random_start_parity_vgg16(vgg16_model, test_images):
 @pytest.mark.slow
 @pytest.mark.parametrize("attack,norm,grid", [("fgsm", "linf", [0.0, 0.05, 0.1, 0.2, 0.3]),
                                               ("fgm", "l2", [0.0, 0.5, 1.0, 2.0, 3.0])], ids=["fgsm", "fgm-l2"])
-def test_fast_gradient_adversarials_agree_vgg16_200_images(attack, norm, grid, vgg16_model, test_images):
+def test_fast_gradient_adversarials_agree_vgg16_128_images(attack, norm, grid, vgg16_model, test_images):
     x, y = test_images
-    own = run_attack(attack, vgg16_model, x[:200], y[:200], grid, norm=norm, implementation="own", gradient="plain")
-    reference = run_attack(attack, vgg16_model, x[:200], y[:200], grid, norm=norm, implementation="foolbox", gradient="plain")
+    own = run_attack(attack, vgg16_model, x[:128], y[:128], grid, norm=norm, implementation="own", gradient="plain")
+    reference = run_attack(attack, vgg16_model, x[:128], y[:128], grid, norm=norm, implementation="foolbox", gradient="plain")
     assert np.abs(own.x_adv - reference.x_adv).max() <= 1e-6
     np.testing.assert_array_equal(own.success, reference.success)
 

@@ -33,6 +33,18 @@ ATTACK: Final[dict[str, Any]] = {
     "implementations": ("own", "foolbox"),
 }
 
+# AutoAttack's "standard" version (Croce & Hein, ICML 2020; ``autoattack/autoattack.py``): each attack's settings,
+# used by the attack alone and inside the ``autoattack`` ensemble, which runs them in this order.
+AUTOATTACK: Final[dict[str, dict[str, Any]]] = {
+    "apgd-ce": {"steps": 100, "restarts": 1, "rho": 0.75},
+    "apgd-t": {"steps": 100, "target_classes": 9, "restarts": 1, "rho": 0.75},
+    "fab-t": {"steps": 100, "target_classes": 9, "restarts": 1, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},
+    "square": {"queries": 5000, "p_init": 0.8, "restarts": 1},
+}
+APGD: Final[dict[str, Any]] = AUTOATTACK["apgd-t"]
+FAB: Final[dict[str, Any]] = AUTOATTACK["fab-t"]
+SQUARE: Final[dict[str, Any]] = AUTOATTACK["square"]
+
 # The minimal-perturbation bisection behind the robustness curve. The margin loss cannot saturate (cross-
 # entropy does on the frozen VGG16); 20 steps of 2.5 ε / steps per round (Madry et al.'s rule: the steps can
 # travel 2.5 ε), and each example starts from the smallest grid ε that fooled it, so the curve never sits
@@ -85,6 +97,8 @@ def table() -> list[tuple[str, str]]:
     for (attack, norm), values in ITERATIVE.items():
         rows += [(f"{attack}, {norm}: `{key}`", render(value)) for key, value in values.items()]
     rows += [(f"every attack: `{key}`", render(value)) for key, value in ATTACK.items()]
+    for attack, values in AUTOATTACK.items():
+        rows += [(f"{attack}: `{key}`", render(value)) for key, value in values.items()]
     for key, value in MINIMAL.items():
         if isinstance(value, dict):
             rows += [(f"`[minimal]` `{key}` ({norm})", render(v)) for norm, v in value.items()]

@@ -1,4 +1,5 @@
-"""FGSM/FGM, PGD and BIM for logits models on [0, 1] images, with tf.GradientTape and through foolbox.
+"""FGSM/FGM, PGD and BIM for logits models on [0, 1] images, with tf.GradientTape and through foolbox; AutoAttack's
+APGD-CE, APGD-DLR, APGD-T, FAB-T and Square and their ensemble, with tf.GradientTape.
 
 Every attack takes a list of ε and returns an :class:`AttackResult`: adversarial inputs per ε and a
 (K ε × N examples) success matrix, as foolbox does. Labels are always required.
@@ -14,13 +15,17 @@ from typing import TYPE_CHECKING
 from advsweep.lazy import lazy_exports
 
 if TYPE_CHECKING:  # the names as mypy and editors see them
+    from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted
+    from advsweep.attacks.ensemble import autoattack
     from advsweep.attacks.checks import Check
     from advsweep.attacks.core import AttackResult, predict_logits
+    from advsweep.attacks.fab import fab_targeted
     from advsweep.attacks.fgm import fast_gradient_method
     from advsweep.attacks.foolbox_adapter import fmn_minimal_norms, foolbox_attack
     from advsweep.attacks.minimal import MinimalResult, minimal_perturbation, robustness_curve
     from advsweep.attacks.pgd import basic_iterative_method, projected_gradient_descent
     from advsweep.attacks.registry import ATTACKS, run_attack
+    from advsweep.attacks.square import square_attack
     from advsweep.attacks.spec import IMPLEMENTATIONS, LOSSES, NORMS, attack_parameters
 
 # public name → the module that defines it
@@ -33,6 +38,11 @@ _EXPORTS: dict[str, str] = {
     "Check": "advsweep.attacks.checks",
     "MinimalResult": "advsweep.attacks.minimal",
     "attack_parameters": "advsweep.attacks.spec",
+    "auto_pgd": "advsweep.attacks.apgd",
+    "auto_pgd_targeted": "advsweep.attacks.apgd",
+    "autoattack": "advsweep.attacks.ensemble",
+    "fab_targeted": "advsweep.attacks.fab",
+    "square_attack": "advsweep.attacks.square",
     "basic_iterative_method": "advsweep.attacks.pgd",
     "fast_gradient_method": "advsweep.attacks.fgm",
     "fmn_minimal_norms": "advsweep.attacks.foolbox_adapter",

@@ -208,3 +208,44 @@ def check_curve_below_worst_case(epsilons: Sequence[float], curve: Sequence[floa
                                      "too few steps, or it ignores the grid's adversarials): its curve overstates "
                                      "robustness",
     )
+
+
+def check_ensemble(result: AttackResult, *, label: str = "autoattack") -> list[Check]:
+    """What an ensemble's ``found_by`` says about the model's gradients, after AutoAttack's own checks.
+
+    - Square needs no gradient; when it fools examples the gradient attacks left robust, the gradients mislead
+      (AutoAttack's ``check_square_sr``): a failure, the white-box numbers of this model are not to be trusted.
+    - APGD-T's DLR loss and FAB-T are invariant to the logits' scale, APGD-CE's cross-entropy is not: when the
+      former fool more examples than APGD-CE did, the softmax saturates (cross-entropy gradients vanish), and
+      every cross-entropy attack of the run (PGD, FGSM with ``loss = "ce"``) overstates robustness. A note: the
+      ensemble's own number does not depend on it.
+    """
+    if result.found_by is None:
+        return []
+    by = np.asarray(result.found_by)
+    eps = [f"{e:g}" for e in result.epsilons]
+    per_eps = {name: [int(c) for c in (by == name).sum(axis=1)] for name in ("apgd-ce", "apgd-t", "fab-t", "square")}
+    n = by.shape[1]
+    square = sum(per_eps["square"])
+    checks = [Check(
+        name=f"no gradient masking: Square adds nothing to the gradient attacks ({label})",
+        passed=square == 0,
+        detail=f"examples fooled only by Square, per ε {eps}: {per_eps['square']} of {n}",
+        suggestion="" if square == 0 else "a score-based attack beat the gradient attacks: the gradients are masked "
+                                          "or obfuscated; trust only the ensemble's number, and check the model",
+    )]
+    if (by == "apgd-ce").any() or (by == "").any():
+        ce = per_eps["apgd-ce"]
+        scale_free = [a + f for a, f in zip(per_eps["apgd-t"], per_eps["fab-t"], strict=True)]
+        passed = all(s <= c for s, c in zip(scale_free, ce, strict=True))
+        checks.append(Check(
+            name=f"cross-entropy gradients carry the attack ({label})",
+            passed=passed,
+            detail=f"fooled first by APGD-CE per ε {eps}: {ce}; then by the scale-invariant APGD-T and FAB-T: "
+                   f"{scale_free} (of {n})",
+            suggestion="" if passed else "APGD-CE's cross-entropy missed what the scale-invariant losses found: the "
+                                         "softmax saturates (large logits) and cross-entropy gradients vanish; "
+                                         "cross-entropy attacks (PGD, FGSM) overstate this model's robustness",
+            informational=True,
+        ))
+    return checks

@@ -32,6 +32,7 @@ import tensorflow as tf
 from advsweep.attacks.spec import (  # noqa: F401  (re-exported: the attacks check their arguments with these)
     LOSSES,
     NORMS,
+    PARAMETER_CHECKS,
     check_epsilons,
     check_flag,
     check_loss,
@@ -64,6 +65,10 @@ class AttackResult:
             any point the attack evaluated inside the ε-ball (at this ε or a smaller one of the same call)
             was misclassified, and ``x_adv`` is the first such point. ``None`` where the two cannot
             differ (FGSM) or where the last iterate was not run (``early_stop=True``).
+        found_by: for an ensemble (``autoattack``), ``(K, N)`` str: the attack that fooled each example at each ε
+            (``""`` where none did, ``"clean"`` where the input is misclassified as it is); ``None`` otherwise.
+        evaluations: for AutoAttack's attacks, the model evaluations (gradient or forward) spent on the examples,
+            summed over them and over ε (the clean pass not counted); ``None`` where not counted.
     """
 
     epsilons: np.ndarray
@@ -73,6 +78,8 @@ class AttackResult:
     norm: str
     targeted: bool = False
     last: AttackResult | None = None
+    found_by: np.ndarray | None = None
+    evaluations: int | None = None
 
     @property
     def robust_accuracy(self) -> np.ndarray:
@@ -157,25 +164,51 @@ def check_model(model: Any) -> keras.Model:
 
 
 def loss_per_example(logits: tf.Tensor, classes: tf.Tensor, loss: str) -> tf.Tensor:
-    """Per-example loss ``(N,)`` of logits ``(N, 10)`` w.r.t. ``classes``.
+    """Per-example loss ``(N,)`` of logits ``(N, C)`` w.r.t. ``classes``, the quantity an attack ascends.
 
     ``"ce"``: softmax cross-entropy (as foolbox). ``"margin"``: Carlini & Wagner (2017)'s logit margin
-    ``max_{j≠c} z_j − z_c``, positive exactly when the prediction is not ``c``.
+    ``max_{j≠c} z_j − z_c``, positive exactly when the prediction is not ``c``. ``"dlr"``: Croce & Hein (2020)'s
+    difference of logits ratio ``−(z_y − max_{j≠y} z_j) / (z_π1 − z_π3 + 1e-12)`` (π: logits sorted in
+    descending order), invariant to shifting and scaling the logits. ``"dlr-targeted"``: its targeted form
+    ``−(z_y − z_t) / (z_π1 − (z_π3 + z_π4) / 2 + 1e-12)``, with ``classes`` ``(N, 2)`` holding ``[y, t]``.
+    ``"logit-difference"``: ``z_t − z_y`` with ``classes`` ``[y, t]``, whose zero set is the decision boundary
+    between the two classes that FAB-T linearises.
     """
     if loss == "ce":
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=classes, logits=logits)
+    if loss in ("dlr", "dlr-targeted"):
+        return dlr_loss(logits, classes, targeted=loss == "dlr-targeted")
+    if loss == "logit-difference":
+        return (tf.gather(logits, classes[:, 1], axis=1, batch_dims=1)
+                - tf.gather(logits, classes[:, 0], axis=1, batch_dims=1))
     one_hot = tf.one_hot(classes, tf.shape(logits)[-1], dtype=logits.dtype)
     own = tf.reduce_sum(one_hot * logits, axis=-1)
     other = tf.reduce_max(logits - one_hot * 1e9, axis=-1)
     return other - own
 
 
+def dlr_loss(logits: tf.Tensor, classes: tf.Tensor, *, targeted: bool = False) -> tf.Tensor:
+    """The DLR loss and its targeted form (see :func:`loss_per_example`), as AutoAttack computes them."""
+    ordered = tf.sort(logits, axis=-1, direction="DESCENDING")
+    if targeted:
+        labels, targets = classes[:, 0], classes[:, 1]
+        own = tf.gather(logits, labels, axis=1, batch_dims=1)
+        target = tf.gather(logits, targets, axis=1, batch_dims=1)
+        return -(own - target) / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
+    own = tf.gather(logits, classes, axis=1, batch_dims=1)
+    top_is_own = tf.cast(tf.argmax(logits, axis=-1, output_type=classes.dtype) == classes, logits.dtype)
+    best_other = ordered[:, 1] * top_is_own + ordered[:, 0] * (1.0 - top_is_own)
+    return -(own - best_other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
 GradientFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
-_GRADIENT_FNS: weakref.WeakKeyDictionary[Any, dict[str, GradientFn]] = weakref.WeakKeyDictionary()
+LossGradientFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
+_LOSS_GRADIENT_FNS: weakref.WeakKeyDictionary[Any, dict[str, LossGradientFn]] = weakref.WeakKeyDictionary()
 
 
-def gradient_fn(model: keras.Model, loss: str, gradient: str = "fast") -> GradientFn:
-    """A compiled ``(x, classes) → (logits, ∇_x Σ loss)`` for ``model``, cached per model, loss and path.
+def loss_gradient_fn(model: keras.Model, loss: str, gradient: str = "fast") -> LossGradientFn:
+    """A compiled ``(x, classes) → (logits, per-example loss, ∇_x Σ loss)`` for ``model``, cached per model, loss
+    and gradient path.
 
     A ``tf.GradientTape(watch_accessed_variables=False)`` watching only ``x``, with the model in
     inference mode. The model side hands over the function to differentiate (:func:`advsweep.models.common.model_function`):
@@ -184,21 +217,33 @@ def gradient_fn(model: keras.Model, loss: str, gradient: str = "fast") -> Gradie
     ``"plain"`` differentiates the Keras model as it is.
     """
     gradient = check_gradient_path(gradient)
-    per_model = _GRADIENT_FNS.setdefault(model, {})
+    per_model = _LOSS_GRADIENT_FNS.setdefault(model, {})
     key = f"{loss}/{gradient}"
     if key not in per_model:
         forward = model_function(model, gradient)
 
         @tf.function(reduce_retracing=True)
-        def value_and_gradient(x: tf.Tensor, classes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def value_loss_and_gradient(x: tf.Tensor, classes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(x)
                 logits = forward(x)
-                total = tf.reduce_sum(loss_per_example(logits, classes, loss))
-            return logits, tape.gradient(total, x)
+                values = loss_per_example(logits, classes, loss)
+                total = tf.reduce_sum(values)
+            return logits, values, tape.gradient(total, x)
 
-        per_model[key] = value_and_gradient
+        per_model[key] = value_loss_and_gradient
     return per_model[key]
+
+
+def gradient_fn(model: keras.Model, loss: str, gradient: str = "fast") -> GradientFn:
+    """``(x, classes) → (logits, ∇_x Σ loss)``: :func:`loss_gradient_fn` without the loss values."""
+    value_loss_and_gradient = loss_gradient_fn(model, loss, gradient)
+
+    def value_and_gradient(x: tf.Tensor, classes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        logits, _, grad = value_loss_and_gradient(x, classes)
+        return logits, grad
+
+    return value_and_gradient
 
 
 _LOGIT_FNS: weakref.WeakKeyDictionary[Any, Callable[[tf.Tensor], tf.Tensor]] = weakref.WeakKeyDictionary()
@@ -220,6 +265,33 @@ def compiled_forward(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     if model not in _COMPILED:
         _COMPILED[model] = tf.function(model_function(model, "fast"), reduce_retracing=True)
     return _COMPILED[model]
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One attack call's checked arguments."""
+
+    norm: str
+    x: np.ndarray
+    labels: np.ndarray
+    eps: np.ndarray
+    seed: int
+    example_ids: np.ndarray
+    params: dict[str, Any]
+
+
+def checked_call(model: Any, x: Any, labels: Any, epsilons: Any, *, norm: str, seed: int, example_ids: Any,
+                 **params: Any) -> Call:
+    """Check an attack call: the model, the inputs and labels against it, ε against the norm and the inputs'
+    shape, the seed, the example ids, and each hyper-parameter in ``params`` with its check
+    (:data:`advsweep.attacks.spec.PARAMETER_CHECKS`), whose value it keeps."""
+    check_model(model)
+    norm = check_norm(norm)
+    x, labels, _ = check_inputs(x, labels, model=model)
+    eps = check_epsilons(epsilons, norm, x.shape[1:])
+    checked = {key: PARAMETER_CHECKS[key](value) for key, value in params.items()}
+    return Call(norm=norm, x=x, labels=labels, eps=eps, seed=check_seed(seed),
+                example_ids=check_example_ids(example_ids, len(x)), params=checked)
 
 
 def check_example_ids(example_ids: Any, n: int) -> np.ndarray:

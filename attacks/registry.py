@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 import keras
 
+from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted
+from advsweep.attacks.ensemble import autoattack
 from advsweep.attacks.core import AttackResult
+from advsweep.attacks.fab import fab_targeted
 from advsweep.attacks.fgm import fast_gradient_method
 from advsweep.attacks.foolbox_adapter import foolbox_attack
 from advsweep.attacks.pgd import basic_iterative_method, projected_gradient_descent
+from advsweep.attacks.square import square_attack
 from advsweep.attacks.spec import (  # noqa: F401  (re-exported)
     ATTACK_SPECS,
     IMPLEMENTATIONS,
@@ -19,6 +24,7 @@ from advsweep.attacks.spec import (  # noqa: F401  (re-exported)
     check_attack,
     check_implementation,
     check_norm,
+    implementations_of,
 )
 
 # name → (function of the own implementation, foolbox adapter's attack name, fixed norm or None); the names,
@@ -28,8 +34,14 @@ _FUNCTIONS: dict[str, Callable[..., AttackResult]] = {
     "fgm": fast_gradient_method,
     "pgd": projected_gradient_descent,
     "bim": basic_iterative_method,
+    "apgd-ce": functools.partial(auto_pgd, loss="ce"),
+    "apgd-dlr": functools.partial(auto_pgd, loss="dlr"),
+    "apgd-t": auto_pgd_targeted,
+    "fab-t": fab_targeted,
+    "square": square_attack,
+    "autoattack": autoattack,
 }
-ATTACKS: dict[str, tuple[Callable[..., AttackResult], str, str | None]] = {
+ATTACKS: dict[str, tuple[Callable[..., AttackResult], str | None, str | None]] = {
     name: (_FUNCTIONS[name], foolbox_name, fixed) for name, (foolbox_name, fixed, _) in ATTACK_SPECS.items()
 }
 _FOOLBOX_PARAMS = set(inspect.signature(foolbox_attack).parameters) - {"attack", "model", "x", "labels", "epsilons"}
@@ -45,10 +57,12 @@ def run_attack(
     implementation: str = "own",
     **params: Any,
 ) -> AttackResult:
-    """Run attack ``name`` (``"fgsm"``, ``"fgm"``, ``"pgd"``, ``"bim"``) by either implementation.
+    """Run attack ``name`` by either implementation.
 
     Args:
-        name: the attack; ``"fgsm"`` is the L∞ fast gradient method, ``"fgm"`` takes ``norm``.
+        name: the attack; ``"fgsm"`` is the L∞ fast gradient method, ``"fgm"`` takes ``norm``; ``"pgd"``,
+            ``"bim"``; AutoAttack's ``"apgd-ce"``, ``"apgd-dlr"``, ``"apgd-t"``, ``"fab-t"``, ``"square"`` and
+            their standard ensemble ``"autoattack"`` (own implementation only: foolbox has none of them).
         model, x, labels, epsilons: as :func:`advsweep.attacks.projected_gradient_descent`.
         implementation: ``"own"`` (this package's attacks) or ``"foolbox"``.
         **params: the attack's hyper-parameters (see :func:`attack_parameters`).
@@ -58,6 +72,9 @@ def run_attack(
     """
     function, foolbox_name, fixed_norm = ATTACKS[check_attack(name)]
     implementation = check_implementation(implementation)
+    if implementation not in implementations_of(name):
+        raise ValueError(f"attack {name!r} has only the own implementation (foolbox has no {name}); "
+                         f"use implementation='own'")
     allowed = attack_parameters(name)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
@@ -74,4 +91,5 @@ def run_attack(
     unsupported = sorted(set(params) - _FOOLBOX_PARAMS)
     if unsupported:
         raise ValueError(f"the foolbox implementation of {name!r} does not take {unsupported}")
+    assert foolbox_name is not None
     return foolbox_attack(foolbox_name, model, x, labels, epsilons, **params)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from advsweep.assets.validate import Invalid, flag, integer, number, one_of
+from advsweep.defaults import AUTOATTACK
 from advsweep.models.config import GRADIENT_PATHS, check_gradient_path
 
 NORMS: tuple[str, ...] = ("linf", "l2")
@@ -26,13 +27,37 @@ _COMMON = ("norm", "loss", "targets", "example_ids", "gradient")
 _ITERATIVE = ("steps", "rel_stepsize", "abs_stepsize", "early_stop")
 
 
-# name → (foolbox adapter's attack name, fixed norm or None, keyword hyper-parameters of the own function)
-ATTACK_SPECS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+_APGD = ("norm", "example_ids", "gradient", "steps", "restarts", "rho", "seed")
+ENSEMBLE: tuple[str, ...] = tuple(AUTOATTACK)  # AutoAttack's standard attacks, in the order it runs them
+
+# name → (foolbox adapter's attack name, or None where only the own implementation exists; fixed norm or None;
+# keyword hyper-parameters of the own function)
+ATTACK_SPECS: dict[str, tuple[str | None, str | None, tuple[str, ...]]] = {
     "fgsm": ("fgm", "linf", _COMMON),
     "fgm": ("fgm", None, _COMMON),
     "pgd": ("pgd", None, _COMMON + _ITERATIVE + ("random_start", "restarts", "seed")),
     "bim": ("bim", None, _COMMON + _ITERATIVE),
+    "apgd-ce": (None, None, _APGD),
+    "apgd-dlr": (None, None, _APGD),
+    "apgd-t": (None, None, _APGD + ("target_classes",)),
+    "fab-t": (None, None, ("norm", "example_ids", "gradient", "steps", "target_classes", "restarts", "alpha_max",
+                           "eta", "beta", "seed")),
+    "square": (None, None, ("norm", "example_ids", "queries", "p_init", "restarts", "seed")),
+    "autoattack": (None, None, ("norm", "example_ids", "gradient", "attacks", "settings", "seed")),
 }
+
+
+def implementations_of(name: str) -> tuple[str, ...]:
+    """The implementations attack ``name`` has: ``("own", "foolbox")``, or ``("own",)`` where foolbox has none."""
+    return IMPLEMENTATIONS if ATTACK_SPECS[check_attack(name)][0] is not None else ("own",)
+
+
+def check_members(value: Any) -> list[str]:
+    """The attacks of an ``autoattack`` ensemble: distinct names from :data:`ENSEMBLE`, in the order to run."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value \
+            or any(v not in ENSEMBLE for v in value) or len(set(value)) != len(value):
+        raise Invalid("attacks", f"a list of distinct names from {list(ENSEMBLE)}, in the order to run them", value)
+    return list(value)
 
 
 def check_norm(norm: Any) -> str:
@@ -88,6 +113,26 @@ def check_seed(seed: Any) -> int:
     return integer("seed", seed, minimum=0)
 
 
+def check_settings(value: Any) -> dict[str, dict[str, Any]]:
+    """Changes to the ``autoattack`` members' standard settings, ``{member: {parameter: value}}`` (AutoAttack's
+    "custom" version, e.g. ``{"square": {"queries": 1000}}``); each value checked as the member checks it."""
+    if not isinstance(value, Mapping):
+        raise Invalid("settings", f"a table of {list(ENSEMBLE)} → {{parameter = value}}", value)
+    checked: dict[str, dict[str, Any]] = {}
+    for member, changes in value.items():
+        if member not in ENSEMBLE or not isinstance(changes, Mapping):
+            raise Invalid("settings", f"a table of {list(ENSEMBLE)} → {{parameter = value}}", {member: changes})
+        for key, setting in changes.items():
+            if key not in AUTOATTACK[member]:
+                raise Invalid(f"settings.{member}", f"parameters of {member}: {list(AUTOATTACK[member])}", key)
+            try:
+                PARAMETER_CHECKS[key](setting)
+            except Invalid as error:
+                raise Invalid(f"settings.{member}.{key}", error.requirement, error.value, hint=error.hint) from None
+        checked[member] = dict(changes)
+    return checked
+
+
 # the check of each hyper-parameter a user sets (``targets`` and ``example_ids`` are arrays, checked with the inputs)
 PARAMETER_CHECKS: dict[str, Callable[[Any], Any]] = {
     "norm": check_norm,
@@ -100,6 +145,15 @@ PARAMETER_CHECKS: dict[str, Callable[[Any], Any]] = {
     "random_start": lambda value: check_flag("random_start", value),
     "early_stop": lambda value: check_flag("early_stop", value),
     "seed": check_seed,
+    "rho": lambda value: number("rho", value, above=0.0, maximum=1.0),
+    "target_classes": lambda value: check_positive_int("target_classes", value),
+    "queries": lambda value: check_positive_int("queries", value),
+    "p_init": lambda value: number("p_init", value, above=0.0, maximum=1.0),
+    "alpha_max": lambda value: number("alpha_max", value, minimum=0.0, maximum=1.0),
+    "eta": lambda value: number("eta", value, minimum=1.0),
+    "beta": lambda value: number("beta", value, above=0.0, maximum=1.0),
+    "attacks": check_members,
+    "settings": check_settings,
 }
 
 
@@ -138,6 +192,7 @@ def check_parameters(name: str, params: Mapping[str, Any]) -> None:
 
 __all__ = [
     "ATTACK_SPECS",
+    "ENSEMBLE",
     "GRADIENT_PATHS",
     "IMPLEMENTATIONS",
     "LOSSES",
@@ -149,6 +204,8 @@ __all__ = [
     "check_flag",
     "check_implementation",
     "check_loss",
+    "check_members",
+    "check_settings",
     "check_norm",
     "check_parameter",
     "check_parameters",
@@ -157,4 +214,5 @@ __all__ = [
     "check_seed",
     "check_stepsize",
     "eps_limit",
+    "implementations_of",
 ]

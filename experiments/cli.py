@@ -174,7 +174,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     """A one-model sweep: the same units, records, tables, figures and checks as ``advsweep sweep``."""
     from advsweep.assets.datasets import DATASETS
     from advsweep.assets.validate import Invalid
-    from advsweep.attacks.spec import ATTACK_SPECS, IMPLEMENTATIONS, check_epsilons
+    from advsweep.attacks.spec import ATTACK_SPECS, IMPLEMENTATIONS, check_epsilons, implementations_of
     from advsweep.experiments.config import ConfigError, parse_config
 
     epsilons = _float_list(args.eps, "--eps")
@@ -190,6 +190,11 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     for implementation in implementations:
         if implementation not in IMPLEMENTATIONS:
             raise UsageError(f"--implementations takes {list(IMPLEMENTATIONS)}. Received: {implementation!r}")
+    # AutoAttack's attacks have the own implementation only: each attack runs by those of its implementations asked for
+    by_attack = {attack: [i for i in implementations if i in implementations_of(attack)] for attack in attacks}
+    for attack, chosen in by_attack.items():
+        if not chosen:
+            raise UsageError(f"--attacks {attack} has only the own implementation; add own to --implementations")
     if not 1 <= args.examples <= 10000:
         raise UsageError(f"--examples must be from 1 to 10000. Received: {args.examples}")
     folder = Path(args.model_dir).resolve()
@@ -200,7 +205,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
         "name": "evaluation", "seed": args.seed, "chunk_size": min(args.examples, 1000),
         "examples": {"count": args.examples, "selection": "first"},
         "models": [{"name": name, "path": str(folder)}],
-        "attacks": [{"name": attack, "implementations": implementations} for attack in attacks],
+        "attacks": [{"name": attack, "implementations": by_attack[attack]} for attack in attacks],
         "epsilons": {"linf": epsilons},
         "minimal": {"enabled": False},
         "figures": {"grid_examples": min(args.examples, 6)},

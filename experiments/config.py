@@ -30,6 +30,7 @@ from advsweep.attacks.spec import (
     attack_parameters,
     check_epsilons,
     check_parameter,
+    implementations_of,
 )
 from advsweep.defaults import ATTACK, MINIMAL, SWEEP
 from advsweep.models.config import ModelConfig
@@ -267,7 +268,9 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
     if name not in ATTACK_SPECS:
         raise _fail(f"{where}.name", f"unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACK_SPECS))}")
     tunable = [p for p in attack_parameters(name) if p not in RUNNER_PARAMS]
-    values = _take(table, "", {"name": name, "label": None, "norm": None, "implementations": list(ATTACK["implementations"]),
+    supported = implementations_of(name)
+    default_implementations = [i for i in ATTACK["implementations"] if i in supported]
+    values = _take(table, "", {"name": name, "label": None, "norm": None, "implementations": default_implementations,
                                 **{p: None for p in tunable}}, where)
     fixed = ATTACK_SPECS[name][1]
     norm = values["norm"] if values["norm"] is not None else (fixed or "linf")
@@ -282,14 +285,17 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
                                                 f"Received: {implementations!r}")
     for implementation in implementations:
         _choice(f"{where}.implementations", implementation, IMPLEMENTATIONS)
+        if implementation not in supported:
+            raise _fail(f"{where}.implementations", f"attack {name!r} has only the own implementation (foolbox has "
+                                                    f"none); use implementations = [\"own\"]")
     label = values["label"] if values["label"] is not None else (name if name == "fgsm" else f"{name}-{norm}")
     label = _name(f"{where}.label", label)
     params = {p: values[p] for p in tunable if values[p] is not None}
     for key, value in params.items():  # the attacks' own checks, so that no unit fails on a value later
         try:
             check_parameter(name, key, value)
-        except Invalid as error:
-            raise ConfigError(error.under(f"{where}.{key}")) from None
+        except Invalid as error:  # a nested setting names itself (`settings.square.queries`)
+            raise ConfigError(error.under(f"{where}.{error.name if error.name.startswith(key) else key}")) from None
     return AttackSpec(label=label, name=name, norm=norm, implementations=tuple(dict.fromkeys(implementations)),
                       params=params)
 

@@ -22,6 +22,9 @@ loss            float32 cross-entropy of the logits at the adversarial input
 margin          float32 logit of the true class minus the largest other logit (> 0: correct)
 linf            float32 L∞ size of the perturbation ``x_adv − x``
 l2              float32 L2 size of the perturbation
+found_by        string  for an ensemble (``autoattack``), the member attack whose adversarial the row reports
+                        (``"clean"``: misclassified as it is); ``"-"`` for every other attack and where the
+                        example is robust
 =============== ======= ===========================================================================
 
 Files are written under a temporary name and renamed into place, so a file that exists is whole.
@@ -53,6 +56,7 @@ COLUMNS: dict[str, str] = {
     "margin": "float32",
     "linf": "float32",
     "l2": "float32",
+    "found_by": "string",
 }
 CLEAN = "clean"
 
@@ -76,8 +80,9 @@ def logit_margin(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def attack_records(*, model: str, attack: str, implementation: str, iterate: str, norm: str, epsilons: Iterable[float],
                    examples: np.ndarray, labels: np.ndarray, x: np.ndarray, x_adv: np.ndarray,
-                   logits: np.ndarray) -> pd.DataFrame:
-    """Records of one attack on a chunk: ``x (N, H, W, C)``, ``x_adv (K, N, H, W, C)``, ``logits (K, N, classes)``."""
+                   logits: np.ndarray, found_by: np.ndarray | None = None) -> pd.DataFrame:
+    """Records of one attack on a chunk: ``x (N, H, W, C)``, ``x_adv (K, N, H, W, C)``, ``logits (K, N, classes)``,
+    and an ensemble's ``found_by (K, N)``."""
     eps = np.asarray(list(epsilons), dtype=np.float64)
     k, n = len(eps), len(examples)
     delta = (x_adv.astype(np.float64) - x[None].astype(np.float64)).reshape(k, n, -1)
@@ -98,6 +103,7 @@ def attack_records(*, model: str, attack: str, implementation: str, iterate: str
         "margin": logit_margin(logits, labels_kn).reshape(-1),
         "linf": np.abs(delta).max(axis=-1, initial=0.0).reshape(-1),
         "l2": np.sqrt((delta ** 2).sum(axis=-1)).reshape(-1),
+        "found_by": "-" if found_by is None else np.where(found_by == "", "-", found_by).reshape(-1),
     })  # fmt: skip
     return typed(frame)
 
@@ -109,7 +115,7 @@ def clean_records(*, model: str, examples: np.ndarray, labels: np.ndarray, logit
     return typed(pd.DataFrame({
         "model": model, "attack": CLEAN, "implementation": "-", "iterate": "-", "norm": "-", "eps": zeros, "example": examples,
         "label": labels, "prediction": prediction, "correct": prediction == labels,
-        "loss": cross_entropy(logits, labels), "margin": logit_margin(logits, labels), "linf": zeros, "l2": zeros,
+        "loss": cross_entropy(logits, labels), "margin": logit_margin(logits, labels), "linf": zeros, "l2": zeros, "found_by": "-",
     }))  # fmt: skip
 
 

@@ -24,7 +24,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from advsweep.assets.files import sha256_file as file_sha256
 from advsweep.assets.files import write_atomic
 from advsweep.experiments.config import AttackSpec, ModelSpec, SweepConfig, SweepError, digest, select_examples  # noqa: F401
 from advsweep.experiments.records import attack_records, clean_records, write_records
-from advsweep.defaults import ATTACK, ITERATIVE
+from advsweep.defaults import ATTACK, AUTOATTACK, ITERATIVE
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +234,21 @@ def _json_default(value: Any) -> Any:
 # units
 
 
+def attack_cost(name: str, norm: str, params: Mapping[str, Any]) -> float:
+    """A guess of an attack's gradient evaluations per example and ε, for the progress bar: its budget, or for
+    AutoAttack's attacks, which stop at the first adversarial, the first attack's budget (a robust model costs
+    more, a broken one less)."""
+    if (name, norm) in ITERATIVE:
+        steps = params.get("steps", ITERATIVE[(name, norm)]["steps"])
+        return float(steps * params.get("restarts", ATTACK["restarts"]))
+    if name in AUTOATTACK:
+        settings = {**AUTOATTACK[name], **params}
+        return float(settings.get("steps", 0) or settings.get("queries", 0) / 4)
+    if name == "autoattack":
+        return float(AUTOATTACK["apgd-ce"]["steps"])
+    return 1.0
+
+
 def plan(config: SweepConfig) -> list[Unit]:
     """Every unit of the sweep, in run order: per model the clean pass, the attacks (ascending chunks),
     the minimal-perturbation bisection and the checks."""
@@ -246,12 +261,10 @@ def plan(config: SweepConfig) -> list[Unit]:
                               model=spec.name, cost=(stop - start) * 0.5, start=start, stop=stop))
         for attack in config.attacks:
             grid = config.epsilons[attack.norm]
-            steps = int(attack.params.get("steps", ITERATIVE[(attack.name, attack.norm)]["steps"])) \
-                if (attack.name, attack.norm) in ITERATIVE else 1
-            restarts = int(attack.params.get("restarts", ATTACK["restarts"]))
+            per_eps = attack_cost(attack.name, attack.norm, attack.params)
             for implementation in attack.implementations:
                 for start, stop in chunks:
-                    cost = (stop - start) * (steps * restarts * (len(grid) - 1) + 0.5 * len(grid))
+                    cost = (stop - start) * (per_eps * (len(grid) - 1) + 0.5 * len(grid))
                     units.append(Unit(key=f"{spec.name}/{attack.label}/{implementation}/chunk-{start // config.chunk_size:04d}",
                                       kind="attack", model=spec.name, cost=cost, attack=attack,
                                       implementation=implementation, start=start, stop=stop))
@@ -283,7 +296,8 @@ def _attack_params(config: SweepConfig, unit: Unit) -> dict[str, Any]:
     assert unit.attack is not None
     params = dict(unit.attack.params)
     allowed = attack_parameters(unit.attack.name)
-    params["gradient"] = config.gradient
+    if "gradient" in allowed:
+        params["gradient"] = config.gradient
     if "norm" in allowed:
         params["norm"] = unit.attack.norm
     if "seed" in allowed:
@@ -315,7 +329,13 @@ def run_unit(config: SweepConfig, unit: Unit, loaded: LoadedModel, run_dir: Path
              examples: np.ndarray) -> dict[str, Any]:
     """Compute one unit and write its files atomically; returns its done record (without the time)."""
     from advsweep.attacks import minimal_perturbation, predict_logits, run_attack
-    from advsweep.attacks.checks import check_gradients, check_logits, check_result_validity, check_unbounded
+    from advsweep.attacks.checks import (
+        check_ensemble,
+        check_gradients,
+        check_logits,
+        check_result_validity,
+        check_unbounded,
+    )
 
     part = slice(unit.start, unit.stop)
     files: dict[str, str] = {}
@@ -339,9 +359,12 @@ def run_unit(config: SweepConfig, unit: Unit, loaded: LoadedModel, run_dir: Path
         frame = pd.concat([attack_records(model=unit.model, attack=unit.attack.label, implementation=unit.implementation,
                                           iterate=iterate, norm=unit.attack.norm, epsilons=view.epsilons,
                                           examples=examples[part], labels=labels[part], x=x[part], x_adv=view.x_adv,
-                                          logits=view.logits) for iterate, view in views], ignore_index=True)
+                                          logits=view.logits, found_by=view.found_by) for iterate, view in views],
+                          ignore_index=True)
         keep(write_records(frame, run_dir / "records" / unit.model / f"{name.replace('/', '--')}.parquet"))
-        extra["checks"] = [check_result_validity(result, x[part], label=f"{unit.attack.label}/{unit.implementation}").to_dict()]
+        checks = [check_result_validity(result, x[part], label=f"{unit.attack.label}/{unit.implementation}")]
+        checks += check_ensemble(result, label=f"{unit.attack.label}/{unit.implementation}")
+        extra["checks"] = [c.to_dict() for c in checks]
         figure = config.figures
         in_grid = np.flatnonzero(np.arange(unit.start, unit.stop) < figure.grid_examples)
         if (unit.attack.label, unit.implementation) == (figure.grid_attack, figure.grid_implementation) and len(in_grid):

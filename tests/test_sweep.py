@@ -292,11 +292,17 @@ def test_killed_sweep_process_resumes_to_the_same_summary(finished_run, sweep_co
 # --------------------------------------------------------------------------------------------
 # bad configs
 
+def _as_autoattack(text: str, line: str) -> str:
+    """The config with its PGD table replaced by an ``autoattack`` table with ``line``."""
+    return text.replace('name = "pgd"\nsteps = 5\nrel_stepsize = 0.3', f'name = "autoattack"\n{line}')
+
+
 BAD_CONFIGS = [
     ("malformed-toml", lambda t: t.replace("[[attacks]]", "[[attacks]", 1), "is not valid TOML"),
     ("unknown-top-key", lambda t: "nmae = 3\n" + t, r"unknown config key\(s\) `nmae`; allowed: .*examples"),
     ("unknown-attack", lambda t: t.replace('name = "pgd"', 'name = "cw"'),
-     r"`attacks\[1\].name`: unknown attack 'cw'; known attacks: bim, fgm, fgsm, pgd"),
+     r"`attacks\[1\].name`: unknown attack 'cw'; known attacks: apgd-ce, apgd-dlr, apgd-t, autoattack, bim, "
+     r"fab-t, fgm, fgsm, pgd, square"),
     ("unknown-attack-parameter", lambda t: t.replace("steps = 5\n", "stpes = 5\n", 1),
      r"unknown config key\(s\) `attacks\[1\].stpes`; allowed in `attacks\[1\]`: .*steps"),
     ("eps-out-of-range", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [0.1, 1.5]"),
@@ -328,6 +334,13 @@ BAD_CONFIGS = [
     ("negative-seed", lambda t: t.replace("seed = 0\n", "seed = -1\n", 1), r"`seed`: must be an integer ≥ 0"),
     ("float-chunk-size", lambda t: t.replace("chunk_size = 20", "chunk_size = 20.5"),
      r"`chunk_size`: must be an integer from 1 to 10000. Received: 20.5"),
+    # AutoAttack's attacks exist only in the own implementation; the ensemble's members and settings are checked
+    ("autoattack-by-foolbox", lambda t: _as_autoattack(t, 'implementations = ["foolbox"]'),
+     r"`attacks\[1\].implementations`: attack 'autoattack' has only the own implementation"),
+    ("autoattack-unknown-member", lambda t: _as_autoattack(t, 'attacks = ["apgd-ce", "cw"]'),
+     r"`attacks\[1\].attacks`: must be a list of distinct names from \['apgd-ce', 'apgd-t', 'fab-t', 'square'\]"),
+    ("autoattack-bad-setting", lambda t: _as_autoattack(t, "settings = { square = { queries = 0 } }"),
+     r"`attacks\[1\].settings.square.queries`: must be an integer ≥ 1. Received: 0"),
     # a bad attack value in a config that would train a model: nothing is trained (results/ stays empty)
     ("bad-value-with-training", lambda t: t.replace(
         'name = "cnn"\npath =', 'name = "cnn"\ntrain = {kind = "small_cnn", epochs = 1, train_examples = 500}\n#'

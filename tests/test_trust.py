@@ -179,6 +179,13 @@ def test_every_entry_point_takes_its_defaults_from_the_one_table(tmp_path):
     minimal = inspect.signature(minimal_perturbation).parameters
     for key in ("norm", "steps", "loss"):
         assert minimal[key].default == defaults.MINIMAL[key], key
+    from advsweep.attacks import auto_pgd, auto_pgd_targeted, fab_targeted, square_attack
+
+    for function, member in ((auto_pgd, "apgd-ce"), (auto_pgd_targeted, "apgd-t"), (fab_targeted, "fab-t"),
+                             (square_attack, "square")):
+        parameters = inspect.signature(function).parameters
+        for key, value in defaults.AUTOATTACK[member].items():
+            assert parameters[key].default == value, (function.__name__, key)
 
     model = tmp_path / "model"
     model.mkdir()

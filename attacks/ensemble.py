@@ -1,0 +1,148 @@
+"""AutoAttack's standard ensemble (Croce & Hein, ICML 2020) as one attack: APGD-CE, APGD-T, FAB-T, Square.
+
+The attacks run in that order, each on the (example, ε) pairs the attacks before it left robust, each from the
+clean input; an example's result at ε is the first adversarial any of them found there. Over an ε grid the
+ensemble is one more cascade: an example fooled at ε is fooled at every larger ε (the adversarial lies inside
+every larger ball), so each attack only works on the budgets below the smallest one already broken. At one ε
+this is exactly AutoAttack's ``run_standard_evaluation``; over a grid it gives, for each ε, the result
+AutoAttack would give at that ε alone, with every attack's per-example random stream keyed by ε.
+
+``result.found_by`` names, per (ε, example), the attack that fooled it, which is what the ensemble's checks
+read: Square (no gradient) fooling examples the gradient attacks left robust is AutoAttack's sign of gradient
+masking, and the scale-invariant attacks (APGD-T's DLR loss, FAB-T) fooling many more examples than APGD-CE's
+cross-entropy is the sign of a saturated softmax (:func:`advsweep.attacks.checks.check_ensemble`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from advsweep.assets.validate import Invalid
+from advsweep.attacks.apgd import apgd_engine
+from advsweep.attacks.core import (
+    AttackResult,
+    checked_call,
+    model_classes,
+    predict_logits,
+)
+from advsweep.attacks.fab import fab_engine
+from advsweep.attacks.rows import fooled_from
+from advsweep.attacks.spec import ENSEMBLE
+from advsweep.attacks.square import square_engine
+from advsweep.defaults import ATTACK, AUTOATTACK
+
+
+def autoattack(
+    model: keras.Model,
+    x: Any,
+    labels: Any,
+    epsilons: Any,
+    *,
+    norm: str = ATTACK["norm"],
+    attacks: Sequence[str] = ENSEMBLE,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = ATTACK["seed"],
+    example_ids: Any = None,
+    gradient: str = ATTACK["gradient"],
+) -> AttackResult:
+    """AutoAttack's standard version for every ε of a list.
+
+    Args:
+        model, x, labels, epsilons, norm, seed, example_ids, gradient: as
+            :func:`advsweep.attacks.projected_gradient_descent`.
+        attacks: the attacks and their order, a subsequence of ``("apgd-ce", "apgd-t", "fab-t", "square")``
+            (AutoAttack's "custom" version); each with AutoAttack's standard settings
+            (:data:`advsweep.defaults.AUTOATTACK`).
+        settings: changes to those settings, ``{member: {parameter: value}}`` (e.g. ``{"square": {"queries":
+            1000}}`` for a quicker, weaker look); ``None``: AutoAttack's standard version.
+
+    Returns:
+        The worst case over the attacks per (ε, example), with ``found_by`` naming the attack that fooled it
+        (``""`` where none did; ``"clean"`` where the input is misclassified as it is).
+    """
+    call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids,
+                        attacks=list(attacks), settings=settings or {})
+    attacks, changes = tuple(call.params["attacks"]), call.params["settings"]
+    x, labels, eps = call.x, call.labels, call.eps
+    classes = model_classes(model) or int(predict_logits(model, x[:1]).shape[1])
+    if "apgd-t" in attacks and classes < 4:
+        raise Invalid("model", "a classifier of at least 4 classes for 'apgd-t' (the targeted DLR loss reads the "
+                               "4th logit); leave 'apgd-t' out of `attacks`", classes)
+    return ensemble_engine(model, x, labels, eps, norm=call.norm, attacks=attacks, seed=call.seed,
+                           example_ids=call.example_ids,
+                           gradient=gradient, classes=classes, settings=changes)
+
+
+def _engines(norm: str, seed: int, gradient: str, classes: int,
+             settings: Mapping[str, Mapping[str, Any]]) -> dict[str, Callable[..., AttackResult]]:
+    """Each attack of the ensemble with AutoAttack's standard settings (and ``settings``' changes), as
+    ``(model, x, labels, eps, example_ids=, limit=) → AttackResult``."""
+    apgd, apgd_t, fab, square = ({**AUTOATTACK[name], **settings.get(name, {})} for name in ENSEMBLE)
+    ranks = list(range(2, 2 + min(apgd_t["target_classes"], classes - 1)))
+    fab_ranks = list(range(2, 2 + min(fab["target_classes"], classes - 1)))
+    return {
+        "apgd-ce": lambda model, x, labels, eps, **rows: apgd_engine(
+            model, x, labels, eps, norm=norm, loss="ce", steps=apgd["steps"], restarts=apgd["restarts"],
+            rho=apgd["rho"], seed=seed, stream="apgd-ce", gradient=gradient, target_ranks=None, **rows),
+        "apgd-t": lambda model, x, labels, eps, **rows: apgd_engine(
+            model, x, labels, eps, norm=norm, loss="dlr-targeted", steps=apgd_t["steps"],
+            restarts=apgd_t["restarts"], rho=apgd_t["rho"], seed=seed, stream="apgd-t", gradient=gradient,
+            target_ranks=ranks, **rows),
+        "fab-t": lambda model, x, labels, eps, **rows: fab_engine(
+            model, x, labels, eps, norm=norm, steps=fab["steps"], target_ranks=fab_ranks, restarts=fab["restarts"],
+            alpha_max=fab["alpha_max"], eta=fab["eta"], beta=fab["beta"], seed=seed, gradient=gradient, **rows),
+        "square": lambda model, x, labels, eps, **rows: square_engine(
+            model, x, labels, eps, norm=norm, queries=square["queries"], p_init=square["p_init"],
+            restarts=square["restarts"], seed=seed, **rows),
+    }
+
+
+def ensemble_engine(model: keras.Model, x: np.ndarray, labels: np.ndarray, eps: np.ndarray, *, norm: str,
+                    attacks: Sequence[str], seed: int, example_ids: np.ndarray, gradient: str,
+                    classes: int, settings: Mapping[str, Mapping[str, Any]]) -> AttackResult:
+    """The cascade on validated inputs (see the module notes)."""
+    engines = _engines(norm, seed, gradient, classes, settings)
+    k_count, n = len(eps), len(x)
+    order = np.argsort(eps, kind="stable")
+    clean_logits = predict_logits(model, x, example_ids=example_ids)
+    clean_wrong = np.argmax(clean_logits, axis=-1) != labels
+    found = np.zeros((k_count, n), dtype=bool)
+    found_by = np.full((k_count, n), "", dtype=object)
+    found[eps == 0.0] = clean_wrong
+    found_by[:, clean_wrong] = "clean"  # fooled as it is, at every ε: no attack needed
+    found[:, clean_wrong] = True
+    x_adv = np.repeat(x[None], k_count, axis=0)
+    logits = np.repeat(clean_logits[None], k_count, axis=0)
+    first, spent = True, 0
+    for name in attacks:
+        limit = fooled_from(found, order)
+        positive = eps[order] > 0.0
+        active = np.flatnonzero([positive[: limit[i]].any() for i in range(n)])
+        if len(active) == 0:
+            break
+        result = engines[name](model, x[active], labels[active], eps, example_ids=example_ids[active],
+                               limit=limit[active])
+        spent += result.evaluations or 0
+        fooled = result.success & ~found[:, active]
+        for position in range(k_count):  # only the budgets below the attack's limit are its to decide
+            k = order[position]
+            fooled[k] &= position < limit[active]
+        newly_k, newly_i = np.nonzero(fooled)
+        columns = active[newly_i]
+        found[newly_k, columns] = True
+        found_by[newly_k, columns] = name
+        x_adv[newly_k, columns] = result.x_adv[newly_k, newly_i]
+        logits[newly_k, columns] = result.logits[newly_k, newly_i]
+        if first:  # the robust examples report the first attack's strongest point (APGD-CE: highest loss)
+            keep = ~result.success
+            rows_k, rows_i = np.nonzero(keep)
+            x_adv[rows_k, active[rows_i]] = result.x_adv[rows_k, rows_i]
+            logits[rows_k, active[rows_i]] = result.logits[rows_k, rows_i]
+            first = False
+    success = np.argmax(logits, axis=-1) != labels[None]
+    return AttackResult(epsilons=eps, x_adv=x_adv, logits=logits, success=success, norm=norm,
+                        found_by=np.where(success, found_by, "").astype(str), evaluations=spent)

@@ -1,0 +1,366 @@
+"""FAB-T, the targeted Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), L∞ and L2: a minimum-norm attack.
+
+FAB-T linearises the decision boundary between the label y and a target class t at the current point (the
+hyperplane where ``z_t − z_y`` crosses 0, from its value and gradient) and moves towards the closest point of
+that hyperplane inside the [0, 1] box, both from the current point and from the input; the two moves are mixed
+with a weight that favours staying close to the input (at most ``alpha_max``), overshot by ``eta``. Once a point
+is misclassified its norm is remembered if it is the smallest yet, and the point is pulled back towards the
+input by ``beta``. So FAB-T does not look for any adversarial within ε: it looks for the closest one, and an
+example counts as fooled at ε when the closest found lies within ε. One run therefore answers every ε of a
+grid at once.
+
+The targets are the classes with the 2nd … (n+1)-th highest clean logits (AutoAttack: 9). The first run of each
+target starts at the input; further runs (``restarts``) start at a random point at distance ε/2, one per ε.
+
+References: F. Croce, M. Hein, "Minimally distorted adversarial examples with a fast adaptive boundary attack",
+ICML 2020; the authors' code in AutoAttack (``autoattack/fab_base.py``, ``fab_projections.py``), which this
+follows step by step with AutoAttack's settings (100 steps, ``alpha_max = 0.1``, ``eta = 1.05``, ``beta = 0.9``,
+9 targets, one run each). Differences, none of which weakens the attack: an example's run stops once the
+closest adversarial found lies within the smallest ε still to be decided (further steps could only shrink a
+norm that already decides every ε of the grid); ties in the projection's sort are broken by position (a stable
+sort) so that the result is reproducible; the random starts come from each example's own stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from advsweep.assets.validate import Invalid
+from advsweep.attacks.core import (
+    BLOCK,
+    AttackResult,
+    checked_call,
+    example_stream,
+    loss_gradient_fn,
+    model_classes,
+    predict_logits,
+)
+from advsweep.attacks.pgd import result_of
+from advsweep.attacks.rows import run_rows
+from advsweep.defaults import ATTACK, FAB
+
+
+def fab_targeted(
+    model: keras.Model,
+    x: Any,
+    labels: Any,
+    epsilons: Any,
+    *,
+    norm: str = ATTACK["norm"],
+    steps: int = FAB["steps"],
+    target_classes: int = FAB["target_classes"],
+    restarts: int = FAB["restarts"],
+    alpha_max: float = FAB["alpha_max"],
+    eta: float = FAB["eta"],
+    beta: float = FAB["beta"],
+    seed: int = ATTACK["seed"],
+    example_ids: Any = None,
+    gradient: str = ATTACK["gradient"],
+) -> AttackResult:
+    """FAB-T for every ε of a list.
+
+    Args:
+        model, x, labels, epsilons, norm, seed, example_ids, gradient: as
+            :func:`advsweep.attacks.projected_gradient_descent`.
+        steps: iterations per run (each one gradient of ``z_t − z_y`` and one forward pass).
+        target_classes: how many of the classes with the highest clean logits after the top one to target.
+        restarts: runs per target; the first starts at the input, the others at a random point at ε/2.
+        alpha_max: the largest weight of the step from the input (FAB's bias towards small perturbations).
+        eta: overshoot of the projection onto the linearised boundary.
+        beta: the pull back towards the input after a misclassified point.
+
+    Returns:
+        ``x_adv`` at ε: the closest adversarial found, when it lies within ε (its norm is the example's minimal
+        ε as far as FAB-T can tell), else the input.
+    """
+    call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, steps=steps,
+                        target_classes=target_classes, restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta)
+    classes = model_classes(model) or int(predict_logits(model, call.x[:1]).shape[1])
+    if classes < 2:
+        raise Invalid("model", "a classifier of at least 2 classes", classes)
+    params = dict(call.params)
+    ranks = list(range(2, 2 + min(params.pop("target_classes"), classes - 1)))
+    return fab_engine(model, call.x, call.labels, call.eps, norm=call.norm, target_ranks=ranks, seed=call.seed,
+                      example_ids=call.example_ids, gradient=gradient, **params)
+
+
+# --------------------------------------------------------------------------------------------
+# projections onto {z : w·z = b} ∩ [0, 1]^D (the authors' fab_projections.py), rows of points at once
+
+
+def projection_linf(points: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(M, D)`` moves ``d`` of least L∞ norm taking each point ``t`` onto its hyperplane ``w·(t + d) = b`` with
+    ``t + d`` in [0, 1] (as far as the box allows)."""
+    t, w, b = points.astype(np.float32), w.astype(np.float32).copy(), b.astype(np.float32).copy()
+    m, dims = t.shape
+    rows = np.arange(m)
+    sign = np.where((w * t).sum(1) - b >= 0, 1.0, -1.0).astype(np.float32)
+    w *= sign[:, None]
+    b *= sign
+    a = (w < 0).astype(np.float32)
+    d = (a - t) * (w != 0)
+    p = a - t * (2 * a - 1)
+    indp = np.argsort(p, axis=1, kind="stable")
+    b = b - (w * t).sum(1)
+    b0 = (w * d).sum(1)
+    indp2 = indp[:, ::-1]
+    ws = np.take_along_axis(w, indp2, 1)
+    bs2 = -ws * np.take_along_axis(d, indp2, 1)
+    s = np.cumsum(np.abs(ws), axis=1)
+    sb = np.cumsum(bs2, axis=1) + b0[:, None]
+    b2 = sb[:, -1] - s[:, -1] * p[rows, indp[:, 0]]
+    c_l = b - b2 > 0
+    c2 = (b - b0 > 0) & (b - b2 <= 0)
+    lb = np.zeros(c2.sum(), np.float32)
+    ub = np.full(c2.sum(), dims - 1, np.float32)
+    indp_, sb_, s_, p_, b_ = indp[c2], sb[c2], s[c2], p[c2], b[c2]
+    inner = np.arange(len(lb))
+    for _ in range(math.ceil(math.log2(dims))):
+        middle = np.floor((lb + ub) / 2)
+        at = middle.astype(np.int64)
+        current = indp_[inner, dims - 1 - at]
+        b2_ = sb_[inner, at] - s_[inner, at] * p_[inner, current]
+        c = b_ - b2_ > 0
+        lb = np.where(c, middle, lb)
+        ub = np.where(c, ub, middle)
+    lbi = lb.astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if c_l.any():
+            lmbd = np.maximum((b[c_l] - sb[c_l, -1]) / (-s[c_l, -1]), 0)[:, None]
+            d[c_l] = (2 * a[c_l] - 1) * lmbd
+        if c2.any():
+            lmbd = np.maximum((b[c2] - sb[c2, lbi]) / (-s[c2, lbi]), 0)[:, None]
+            d[c2] = np.minimum(lmbd, d[c2]) * a[c2] + np.maximum(-lmbd, d[c2]) * (1 - a[c2])
+    return (d * (w != 0)).astype(np.float32)
+
+
+def projection_l2(points: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(M, D)`` moves ``d`` of least L2 norm taking each point ``t`` onto its hyperplane ``w·(t + d) = b`` with
+    ``t + d`` in [0, 1] (as far as the box allows)."""
+    t, w = points.astype(np.float32), w.astype(np.float32).copy()
+    m, dims = t.shape
+    c = (w * t).sum(1) - b.astype(np.float32)
+    flip = c < 0
+    w[flip] *= -1
+    c[flip] *= -1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.clip(np.maximum(t / w, (t - 1) / w), -1e12, 1e12).astype(np.float32)
+    r[np.abs(w) < 1e-8] = 1e12
+    r[r == -1e12] *= -1
+    indr = np.argsort(r, axis=1, kind="stable")
+    rs = np.take_along_axis(r, indr, 1)
+    rs2 = np.pad(rs[:, 1:], ((0, 0), (0, 1)))
+    rs[rs == 1e12] = 0
+    rs2[rs2 == 1e12] = 0
+    w3s = np.take_along_axis(w ** 2, indr, 1)
+    w5 = w3s.sum(axis=1, keepdims=True)
+    ws = w5 - np.cumsum(w3s, axis=1)
+    d = -(r * w) * (np.abs(w) > 1e-8)
+    s = np.concatenate(((-w5[:, 0] * rs[:, 0])[:, None], np.cumsum((-rs2 + rs) * ws, axis=1) - w5 * rs[:, :1]), 1)
+    c4 = s[:, 0] + c < 0
+    c3 = (d * w).sum(1) + c > 0
+    c2 = ~c4 & ~c3
+    lb = np.zeros(c2.sum(), np.float32)
+    ub = np.full(c2.sum(), dims - 1, np.float32)
+    s_, c_ = s[c2], c[c2]
+    inner = np.arange(len(lb))
+    for _ in range(math.ceil(math.log2(dims))):
+        middle = np.floor((lb + ub) / 2)
+        above = s_[inner, middle.astype(np.int64)] + c_ > 0
+        lb = np.where(above, middle, lb)
+        ub = np.where(above, ub, middle)
+    lbi = lb.astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if c4.any():
+            alpha = c[c4] / w5[c4, 0]
+            d[c4] = -alpha[:, None] * w[c4]
+        if c2.any():
+            denominator = ws[c2, lbi]
+            alpha = (s[c2, lbi] + c[c2]) / denominator + rs[c2, lbi]
+            alpha[denominator == 0] = 0
+            c5 = (alpha[:, None] > r[c2]).astype(np.float32)
+            d[c2] = d[c2] * c5 - alpha[:, None] * w[c2] * (1 - c5)
+    return (d * (np.abs(w) > 1e-8)).astype(np.float32)
+
+
+def _norms(v: np.ndarray, norm: str) -> np.ndarray:
+    flat = v.reshape(len(v), -1)
+    return np.abs(flat).max(axis=1) if norm == "linf" else np.sqrt((flat * flat).sum(axis=1))
+
+
+def fab_step(x1: np.ndarray, x0: np.ndarray, values: np.ndarray, grads: np.ndarray, norm: str, alpha_max: float,
+             eta: float) -> np.ndarray:
+    """One FAB step of each of M examples from ``x1`` (inputs ``x0``), given ``z_t − z_y`` (``values``, ``(M,)``) and
+    its gradient at ``x1``: project ``x1`` and ``x0`` onto the linearised boundary within the box, mix the two
+    moves with ``α = min(max(‖d₁‖ / (‖d₁‖ + ‖d₂‖), 0), alpha_max)``, overshoot by ``eta``, clip to [0, 1]."""
+    m = len(x1)
+    w = grads.reshape(m, -1)
+    b = -values.astype(np.float32) + (w * x1.reshape(m, -1)).sum(1)
+    project = projection_linf if norm == "linf" else projection_l2
+    moves = project(np.concatenate((x1.reshape(m, -1), x0.reshape(m, -1)), 0), np.concatenate((w, w), 0),
+                    np.concatenate((b, b), 0))
+    sizes = np.maximum(_norms(moves, norm), np.float32(1e-8))
+    alpha = np.minimum(np.maximum(sizes[:m] / (sizes[:m] + sizes[m:]), 0.0), alpha_max).astype(np.float32)
+    alpha = alpha.reshape((m,) + (1,) * (x1.ndim - 1))
+    e = np.float32(eta)
+    d1, d2 = moves[:m].reshape(x1.shape), moves[m:].reshape(x1.shape)
+    return np.clip((x1 + e * d1) * (1 - alpha) + (x0 + e * d2) * alpha, 0.0, 1.0).astype(np.float32)
+
+
+def fab_start(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -> np.ndarray:
+    """A restart's random start: ``x + (ε/2) · t / ‖t‖`` (L∞: t uniform in [−1, 1]; L2: t standard normal),
+    clipped to [0, 1]."""
+    if norm == "linf":
+        t = rng.uniform(-1.0, 1.0, size=x0.shape).astype(np.float32)
+        size = np.abs(t).max()
+    else:
+        t = rng.standard_normal(size=x0.shape).astype(np.float32)
+        size = np.sqrt(np.sum(t * t))
+    return np.clip(x0 + np.float32(eps) * t / size * np.float32(0.5), 0.0, 1.0).astype(np.float32)
+
+
+def fab_engine(
+    model: keras.Model,
+    x: np.ndarray,
+    labels: np.ndarray,
+    eps: np.ndarray,
+    *,
+    norm: str,
+    steps: int,
+    target_ranks: list[int],
+    restarts: int,
+    alpha_max: float,
+    eta: float,
+    beta: float,
+    seed: int,
+    example_ids: np.ndarray,
+    gradient: str,
+    limit: np.ndarray | None = None,
+) -> AttackResult:
+    """FAB-T on validated inputs over an ε grid, every example in its own row (:func:`run_rows`).
+
+    An example's programme, target by target: one run from the input (it decides every ε below ``limit`` at
+    once), then for each further restart one run per ε still undecided, from a random start at ε/2. A run::
+
+        x = start; repeat ``steps`` times:
+            f, ∇f = z_t − z_y and its gradient at x;  b = ∇f·x − f                 (the boundary's linearisation)
+            d₁, d₂ = the projections of x and x₀ onto {z : ∇f·z = b} ∩ [0, 1]^D
+            α = min(max(‖d₁‖ / (‖d₁‖ + ‖d₂‖), 0), alpha_max);  x = clip((x + η d₁)(1 − α) + (x₀ + η d₂) α)
+            if x is misclassified: keep x if ‖x − x₀‖ is the smallest yet;  x = x₀ + β (x − x₀)
+
+    The gradient at a point that turned out not to be misclassified is the one its check already computed, so
+    a step costs one model call, two when the point was misclassified (then pulled back).
+    """
+    n, k_count = len(x), len(eps)
+    value_loss_and_gradient = loss_gradient_fn(model, "logit-difference", gradient)
+    clean_logits = predict_logits(model, x, example_ids=example_ids)
+    clean_wrong = np.argmax(clean_logits, axis=-1) != labels
+    ranking = np.argsort(clean_logits, axis=-1, kind="stable")
+    limit = np.full(n, k_count, dtype=np.int64) if limit is None else np.asarray(limit, dtype=np.int64)
+    order = np.argsort(eps, kind="stable")
+    eps_sorted = eps[order].astype(np.float32)
+
+    found = np.zeros((k_count, n), dtype=bool)  # by position in the ascending order
+    x_found = np.repeat(x[None], k_count, axis=0)
+    logits_found = np.repeat(clean_logits[None], k_count, axis=0)
+    runs = [(target, restart, position) for target in range(len(target_ranks))
+            for restart in range(restarts) for position in ([None] if restart == 0 else list(range(k_count)))]
+
+    shape = (BLOCK,) + x.shape[1:]
+    x_rows, x0_rows = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    class_rows = np.zeros((BLOCK, 2), np.int64)
+    row_run, row_iter = np.zeros(BLOCK, np.int64), np.zeros(BLOCK, np.int64)
+    checking = np.zeros(BLOCK, dtype=bool)  # the row's point is a step's result, to be checked
+
+    def undecided(example: int) -> int:
+        """The first position (ascending ε) the example is still robust at, below its limit; −1 if none."""
+        for position in range(int(limit[example])):
+            if eps_sorted[position] > 0 and not found[position, example]:
+                return position
+            if found[position, example]:
+                return -1
+        return -1
+
+    def record(example: int, point: np.ndarray, logits: np.ndarray, distance: float, position: int | None) -> None:
+        positions = range(int(limit[example])) if position is None else [position]
+        for p in positions:
+            if not found[p, example] and distance <= eps_sorted[p] and eps_sorted[p] > 0:
+                found[p, example], x_found[p, example], logits_found[p, example] = True, point, logits
+
+    def start_run(row: int, example: int, run: int) -> bool:
+        while run < len(runs):
+            target, restart, position = runs[run]
+            first = undecided(example)
+            if first < 0 or (position is not None and (position >= limit[example] or position < first)):
+                if first < 0:
+                    return False
+                run += 1
+                continue
+            row_run[row], row_iter[row], checking[row] = run, 0, False
+            x0_rows[row] = x[example]
+            class_rows[row] = (labels[example], ranking[example, -target_ranks[target]])
+            if position is None:
+                x_rows[row] = x[example]
+            else:
+                rng = example_stream(seed, int(example_ids[example]), f"fab-t{target_ranks[target]}",
+                                     float(eps_sorted[position]), restart)
+                x_rows[row] = fab_start(x[example], float(eps_sorted[position]), norm, rng)
+            return True
+        return False
+
+    def begin(row: int, example: int) -> bool:
+        if clean_wrong[example]:  # misclassified as it is: fooled at every ε
+            for p in range(int(limit[example])):
+                found[p, example] = True
+            return False
+        return start_run(row, example, 0)
+
+    def evaluate() -> tuple[np.ndarray, np.ndarray]:
+        """The logits at the rows' points and the step from each (wasted on a row whose point is misclassified,
+        but one batched projection costs less than one per row)."""
+        logits_t, value_t, grad_t = value_loss_and_gradient(tf.constant(x_rows), tf.constant(class_rows))
+        return logits_t.numpy(), fab_step(x_rows, x0_rows, value_t.numpy(), grad_t.numpy(), norm, alpha_max, eta)
+
+    def advance(row: int, example: int, outputs: tuple[np.ndarray, np.ndarray]) -> bool:
+        logits, stepped = outputs
+        run = int(row_run[row])
+        position = runs[run][2]
+        if checking[row]:
+            checking[row] = False
+            row_iter[row] += 1
+            if int(np.argmax(logits[row])) != labels[example]:
+                distance = float(_norms((x_rows[row] - x[example])[None], norm)[0])
+                record(example, x_rows[row].copy(), logits[row].copy(), distance, position)
+                x_rows[row] = x[example] + (x_rows[row] - x[example]) * np.float32(beta)
+                first = undecided(example)
+                if first < 0 or (position is not None and found[position, example]):
+                    return start_run(row, example, run + 1)
+                if row_iter[row] >= steps:
+                    return start_run(row, example, run + 1)
+                return True  # the pulled-back point's gradient comes with the next call
+            if row_iter[row] >= steps:
+                return start_run(row, example, run + 1)
+        x_rows[row] = stepped[row]
+        checking[row] = True
+        return True
+
+    spent = run_rows(example_ids, begin, evaluate, advance)
+
+    x_adv = np.repeat(x[None], k_count, axis=0)
+    logits_adv = np.repeat(clean_logits[None], k_count, axis=0)
+    for position in range(k_count):  # carry each adversarial upwards, then back to the caller's order of ε
+        if position > 0:
+            carry = found[position - 1] & ~found[position]
+            found[position, carry] = True
+            x_found[position, carry] = x_found[position - 1, carry]
+            logits_found[position, carry] = logits_found[position - 1, carry]
+        k = order[position]
+        x_adv[k] = np.where(found[position].reshape((n,) + (1,) * (x.ndim - 1)), x_found[position], x)
+        logits_adv[k] = np.where(found[position][:, None], logits_found[position], clean_logits)
+    return dataclasses.replace(result_of(eps, x_adv, logits_adv, labels, None, norm), evaluations=spent)

@@ -1,0 +1,159 @@
+"""FAB-T, Square and the AutoAttack ensemble (issue 11): hand-computed cases (Square's schedule and window
+profile, the minimal distance to a linear model's boundary, the target classes chosen), FAB's projections
+against torchattacks' copy of the authors' code, and the ensemble's contract and checks on the small CNN."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from advsweep.attacks import autoattack, run_attack  # the function, not a module of that name
+from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted
+from advsweep.attacks.checks import check_ensemble
+from advsweep.attacks.fab import fab_targeted, projection_l2, projection_linf
+from advsweep.attacks.square import p_schedule, rectangle_profile, square_attack, window_side
+
+
+def test_square_schedule_is_autoattacks():
+    # AutoAttack's p_selection without rescaling: p_init halved after 10, 50, 200, ... queries
+    assert [p_schedule(i, 0.8) for i in (0, 10, 11, 50, 51, 200, 201, 500, 501, 4999)] == pytest.approx(
+        [0.8, 0.8, 0.4, 0.4, 0.2, 0.2, 0.1, 0.1, 0.05, 0.8 / 128])
+    assert p_schedule(8001, 0.8) == pytest.approx(0.8 / 512)
+    # the window's side on MNIST: round(√(p · 784)); L2 windows are odd and at least 3
+    assert window_side(0, 0.8, (28, 28, 1), "linf") == 25
+    assert window_side(11, 0.8, (28, 28, 1), "linf") == 18
+    assert window_side(11, 0.8, (28, 28, 1), "l2") == 19
+    assert window_side(4999, 0.8, (28, 28, 1), "linf") == 2
+    assert window_side(4999, 0.8, (28, 28, 1), "l2") == 3
+
+
+def test_square_l2_window_profile_hand_computed():
+    # the authors' eta_rectangles(1, 3): the centre gets 1 + 1/4, the ring around it 1/4; unit L2 norm
+    np.testing.assert_allclose(rectangle_profile(1, 3), np.array([[0.25, 1.25, 0.25]]) / np.sqrt(1.6875), rtol=1e-12)
+    profile = rectangle_profile(2, 5)
+    assert np.sum(profile ** 2) == pytest.approx(1.0) and profile.argmax() in (2, 7)
+
+
+def test_fab_projections_match_the_authors_code():
+    import torch  # the test extra's reference: torchattacks' copy of the authors' projections
+    from torchattacks.attacks import fab as reference
+
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        t = rng.random((6, 784)).astype(np.float32)
+        t[:, :300] = 0.0  # MNIST's black background: many ties in the projection's sort
+        w = rng.standard_normal((6, 784)).astype(np.float32)
+        w[:, 5] = 0.0
+        b = (3.0 * rng.standard_normal(6)).astype(np.float32)
+        for ours, theirs in ((projection_linf, reference.projection_linf), (projection_l2, reference.projection_l2)):
+            expected = theirs(torch.tensor(t), torch.tensor(w), torch.tensor(b)).numpy()
+            np.testing.assert_allclose(ours(t, w, b), expected, atol=2e-6)
+
+
+def linear_model() -> keras.Model:
+    """Logits ``z = Wᵀx + b`` on 28×28×1 images. On a uniform grey image the top class is 0; class 1 (2nd highest
+    logit, ``b = −1``) moves with the first half of the pixels, weight 0.001: its boundary lies at L∞ distance
+    1 / (392 · 0.001) ≈ 2.55, beyond the [0, 1] box; class 2 (3rd highest, ``b = −2``) moves with the second half,
+    weight 0.02: its boundary lies at 2 / (392 · 0.02) = 0.2551; every other class is out of reach."""
+    signs = np.tile([1.0, -1.0], 196)  # balanced: s · x = 0 on a uniform image
+    kernel = np.zeros((784, 10), np.float32)
+    kernel[:392, 1] = 0.001 * signs
+    kernel[392:, 2] = 0.02 * signs
+    bias = np.array([0.0, -1.0, -2.0] + [-10.0 - k for k in range(7)], np.float32)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.layers[-1].set_weights([kernel, bias])
+    return model
+
+
+LINEAR_DISTANCE = 2.0 / (392 * 0.02)
+
+
+def test_fab_finds_the_linear_boundary_and_its_targets_are_the_next_highest_logits():
+    model = linear_model()
+    x = np.stack([np.full((28, 28, 1), 0.5, np.float32), np.full((28, 28, 1), 0.4, np.float32)])
+    labels = np.zeros(2, np.int64)
+    grid = [0.25, 0.26, 0.3]  # below the true minimal distance 0.2551 no attack can succeed
+    near = fab_targeted(model, x, labels, grid, target_classes=2)
+    np.testing.assert_array_equal(near.success, [[False, False], [True, True], [True, True]])
+    distances = np.abs(near.x_adv[1] - x).reshape(2, -1).max(axis=1)
+    assert np.all(distances <= 0.26 + 1e-6) and np.all(distances >= LINEAR_DISTANCE - 1e-4)
+    # only the 2nd-highest class targeted: its boundary is out of the box, so nothing is found
+    far = fab_targeted(model, x, labels, grid, target_classes=1)
+    assert not far.success.any()
+
+
+def test_apgd_targets_are_the_next_highest_logits():
+    model = linear_model()
+    x = np.full((2, 28, 28, 1), 0.5, np.float32)
+    labels = np.zeros(2, np.int64)
+    assert auto_pgd_targeted(model, x, labels, [0.26, 0.3], target_classes=2).success.all()
+    assert not auto_pgd_targeted(model, x, labels, [0.26, 0.3], target_classes=1).success.any()
+
+
+def test_square_keeps_to_the_threat_model(small_cnn, test_images):
+    x, y = test_images[0][:16], test_images[1][:16]
+    for norm, grid in (("linf", [0.0, 0.1, 0.2]), ("l2", [1.0, 2.5])):
+        result = square_attack(small_cnn, x, y, grid, norm=norm, queries=100)
+        delta = (result.x_adv - x[None]).reshape(len(grid), 16, -1)
+        sizes = np.abs(delta).max(axis=2) if norm == "linf" else np.linalg.norm(delta, axis=2)
+        assert np.all(sizes <= np.asarray(grid)[:, None] + 1e-5)
+        assert result.x_adv.min() >= 0.0 and result.x_adv.max() <= 1.0
+        np.testing.assert_array_equal(result.success, np.argmax(result.logits, -1) != y)
+        assert np.all(np.diff(result.robust_accuracy) <= 0) and result.robust_accuracy[-1] < 1.0
+        again = square_attack(small_cnn, x, y, grid, norm=norm, queries=100)
+        np.testing.assert_array_equal(again.x_adv, result.x_adv)
+
+
+def test_autoattack_is_the_worst_case_of_its_members(small_cnn, test_images):
+    x, y = test_images[0][:24], test_images[1][:24]
+    grid = [0.0, 0.05, 0.1, 0.15]
+    quick = {"apgd-ce": {"steps": 20}, "apgd-t": {"steps": 10, "target_classes": 2}, "square": {"queries": 100}}
+    members = ["apgd-ce", "apgd-t", "square"]
+    result = autoattack(small_cnn, x, y, grid, attacks=members, settings=quick)
+    apgd = auto_pgd(small_cnn, x, y, grid, steps=20)  # the first member alone, the same random streams
+    assert np.all(result.success >= apgd.success)
+    assert np.all(result.robust_accuracy <= run_attack("pgd", small_cnn, x, y, grid, loss="margin").robust_accuracy)
+    assert np.all(np.diff(result.robust_accuracy) <= 0)
+    assert result.found_by is not None
+    np.testing.assert_array_equal(result.found_by != "", result.success)
+    assert set(np.unique(result.found_by)) <= {"", "clean", "apgd-ce", "apgd-t", "square"}
+    clean_wrong = apgd.success[0]
+    first = np.broadcast_to(np.where(clean_wrong, "clean", "apgd-ce"), apgd.success.shape)
+    np.testing.assert_array_equal(result.found_by[apgd.success], first[apgd.success])
+    # one ε of a grid is at least as strong as that ε alone (an example fooled below stays fooled)
+    alone = autoattack(small_cnn, x, y, [0.1], attacks=members, settings=quick)
+    assert result.robust_accuracy[2] <= alone.robust_accuracy[0]
+    names = [c.name for c in check_ensemble(result)]
+    assert any("Square" in n for n in names) and any("cross-entropy" in n for n in names)
+
+
+def test_autoattack_is_own_only_and_checks_its_members(small_cnn, test_images):
+    x, y = test_images[0][:4], test_images[1][:4]
+    with pytest.raises(ValueError, match="only the own implementation"):
+        run_attack("autoattack", small_cnn, x, y, [0.1], implementation="foolbox")
+    with pytest.raises(ValueError, match="distinct names"):
+        run_attack("autoattack", small_cnn, x, y, [0.1], attacks=["apgd-ce", "pgd"])
+    with pytest.raises(ValueError, match="parameters of square"):
+        run_attack("autoattack", small_cnn, x, y, [0.1], settings={"square": {"steps": 10}})
+    with pytest.raises(ValueError, match="no parameter"):
+        run_attack("square", small_cnn, x, y, [0.1], gradient="fast")
+
+
+def test_logits_scaled_by_1000_do_not_fool_the_ensemble_and_the_checks_say_why(small_cnn, test_images):
+    """The masking case of issue 11: logits × 1000 make the same decisions with vanishing cross-entropy
+    gradients. APGD-CE finds almost nothing there; the scale-invariant APGD-T finds what it found on the model
+    as trained, and the cross-entropy check says why."""
+    inputs = keras.Input((28, 28, 1))
+    masked = keras.Model(inputs, keras.layers.Rescaling(1000.0)(small_cnn(inputs)))
+    x, y = test_images[0][:24], test_images[1][:24]
+    grid = [0.1, 0.15]
+    settings = {"apgd-ce": {"steps": 20}, "apgd-t": {"steps": 20, "target_classes": 3}}
+    plain = autoattack(small_cnn, x, y, grid, attacks=["apgd-ce", "apgd-t"], settings=settings)
+    scaled = autoattack(masked, x, y, grid, attacks=["apgd-ce", "apgd-t"], settings=settings)
+    assert np.abs(scaled.robust_accuracy - plain.robust_accuracy).max() <= 2 / 24
+    assert scaled.found_by is not None and (scaled.found_by == "apgd-t").sum() > (scaled.found_by == "apgd-ce").sum()
+    verdicts = {c.name.split(" (")[0]: c for c in check_ensemble(scaled)}
+    note = verdicts["cross-entropy gradients carry the attack"]
+    assert not note.passed and note.verdict == "note" and "saturates" in note.suggestion
+    assert all(c.passed for c in check_ensemble(plain) if "cross-entropy" in c.name)

@@ -35,6 +35,7 @@ from advsweep.attacks.core import (
     loss_gradient_fn,
     model_classes,
     predict_logits,
+    target_ranks,
 )
 from advsweep.attacks.pgd import result_of
 from advsweep.attacks.rows import run_rows
@@ -105,7 +106,7 @@ def auto_pgd_targeted(
     if classes is not None and classes < 4:
         raise Invalid("model", "a classifier of at least 4 classes (the targeted DLR loss reads the 4th logit)",
                       classes)
-    ranks = list(range(2, 2 + min(target_classes, (classes or 10) - 1)))
+    ranks = target_ranks(classes or 10, target_classes)
     return _checked_run(model, x, labels, epsilons, norm=norm, loss="dlr-targeted", steps=steps, restarts=restarts,
                         rho=rho, seed=seed, example_ids=example_ids, gradient=gradient, target_ranks=ranks)
 

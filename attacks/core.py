@@ -153,6 +153,12 @@ def model_classes(model: Any) -> int | None:
     return shape[0] if shape is not None and len(shape) == 1 else None
 
 
+def target_ranks(classes: int, count: int) -> list[int]:
+    """The ranks of the clean logits a targeted AutoAttack member aims at: the 2nd … (count + 1)-th highest,
+    fewer when the model has fewer classes (AutoAttack: 9 targets on 10 classes)."""
+    return list(range(2, 2 + min(count, classes - 1)))
+
+
 def check_model(model: Any) -> keras.Model:
     if not callable(model):
         raise TypeError(f"`model` must be a callable keras.Model returning logits. Received: {type(model).__name__}")

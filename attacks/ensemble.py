@@ -28,6 +28,7 @@ from advsweep.attacks.core import (
     checked_call,
     model_classes,
     predict_logits,
+    target_ranks,
 )
 from advsweep.attacks.fab import fab_engine
 from advsweep.attacks.rows import fooled_from
@@ -82,8 +83,7 @@ def _engines(norm: str, seed: int, gradient: str, classes: int,
     """Each attack of the ensemble with AutoAttack's standard settings (and ``settings``' changes), as
     ``(model, x, labels, eps, example_ids=, limit=) → AttackResult``."""
     apgd, apgd_t, fab, square = ({**AUTOATTACK[name], **settings.get(name, {})} for name in ENSEMBLE)
-    ranks = list(range(2, 2 + min(apgd_t["target_classes"], classes - 1)))
-    fab_ranks = list(range(2, 2 + min(fab["target_classes"], classes - 1)))
+    ranks, fab_ranks = target_ranks(classes, apgd_t["target_classes"]), target_ranks(classes, fab["target_classes"])
     return {
         "apgd-ce": lambda model, x, labels, eps, **rows: apgd_engine(
             model, x, labels, eps, norm=norm, loss="ce", steps=apgd["steps"], restarts=apgd["restarts"],

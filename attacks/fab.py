@@ -40,6 +40,7 @@ from advsweep.attacks.core import (
     loss_gradient_fn,
     model_classes,
     predict_logits,
+    target_ranks,
 )
 from advsweep.attacks.pgd import result_of
 from advsweep.attacks.rows import run_rows
@@ -85,7 +86,7 @@ def fab_targeted(
     if classes < 2:
         raise Invalid("model", "a classifier of at least 2 classes", classes)
     params = dict(call.params)
-    ranks = list(range(2, 2 + min(params.pop("target_classes"), classes - 1)))
+    ranks = target_ranks(classes, params.pop("target_classes"))
     return fab_engine(model, call.x, call.labels, call.eps, norm=call.norm, target_ranks=ranks, seed=call.seed,
                       example_ids=call.example_ids, gradient=gradient, **params)
 

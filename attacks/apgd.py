@@ -26,7 +26,6 @@ import tensorflow as tf
 
 from advsweep.assets.validate import Invalid, integer, one_of
 from advsweep.attacks.core import (
-    BLOCK,
     any_iterate_view,
     AttackResult,
     check_model,
@@ -35,6 +34,7 @@ from advsweep.attacks.core import (
     loss_gradient_fn,
     model_classes,
     predict_logits,
+    row_block,
     target_ranks,
 )
 from advsweep.attacks.pgd import result_of
@@ -232,17 +232,18 @@ def apgd_engine(
             for restart in range(restarts)]
 
     # per row: where its example is in its programme, and the run's state
-    row_run = np.zeros(BLOCK, dtype=np.int64)
-    row_iter = np.full(BLOCK, -1)  # −1: the start point is being evaluated
-    shape = (BLOCK,) + x.shape[1:]
+    block = row_block(model)
+    row_run = np.zeros(block, dtype=np.int64)
+    row_iter = np.full(block, -1)  # −1: the start point is being evaluated
+    shape = (block,) + x.shape[1:]
     x_rows, x_old, x_best, grad_rows, grad_best = (np.zeros(shape, np.float32) for _ in range(5))
-    logits_best = np.zeros((BLOCK, clean_logits.shape[1]), np.float32)
-    class_rows = np.zeros((BLOCK, 2) if target_ranks is not None else BLOCK, np.int64)
-    eps_rows, step_rows = np.zeros(BLOCK, np.float32), np.zeros(BLOCK, np.float32)
-    loss_best, loss_best_last_check = np.zeros(BLOCK, np.float32), np.zeros(BLOCK, np.float32)
-    reduced_last_check = np.ones(BLOCK, dtype=bool)
-    gap, since_check = np.zeros(BLOCK, np.int64), np.zeros(BLOCK, np.int64)
-    history = np.zeros((BLOCK, steps), np.float32)
+    logits_best = np.zeros((block, clean_logits.shape[1]), np.float32)
+    class_rows = np.zeros((block, 2) if target_ranks is not None else block, np.int64)
+    eps_rows, step_rows = np.zeros(block, np.float32), np.zeros(block, np.float32)
+    loss_best, loss_best_last_check = np.zeros(block, np.float32), np.zeros(block, np.float32)
+    reduced_last_check = np.ones(block, dtype=bool)
+    gap, since_check = np.zeros(block, np.int64), np.zeros(block, np.int64)
+    history = np.zeros((block, steps), np.float32)
 
     def start_run(row: int, example: int, run: int) -> bool:
         """Begin the example's next run from ``run`` on, skipping ε = 0 and the budgets at and above its limit;
@@ -309,7 +310,7 @@ def apgd_engine(
         x_old[row] = current
         return True
 
-    spent = run_rows(example_ids, lambda row, example: start_run(row, example, 0), evaluate, advance)
+    spent = run_rows(example_ids, lambda row, example: start_run(row, example, 0), evaluate, advance, block)
 
     rank_order = np.broadcast_to(order[:, None], found.shape)
     x_adv, logits_adv = any_iterate_view(rank_order, found, x_found, logits_found, x_end, logits_end)

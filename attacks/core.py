@@ -8,7 +8,8 @@ Conventions (foolbox's, so that both implementations compute the same thing):
 * every step is normalised (sign for L∞, unit L2 norm for L2), projected onto the ε-ball and
   clipped to [0, 1];
 * the model is only ever called on blocks of exactly :data:`BLOCK` rows, and an example always sits in
-  row ``example_id % BLOCK`` of its block (idle rows are zeros). TensorFlow's CPU kernels round
+  row ``example_id % BLOCK`` of its block (idle rows are zeros); AutoAttack's attacks use
+  :func:`row_block` rows instead (1 for a heavy model on a CPU), by the same rule. TensorFlow's CPU kernels round
   differently for different batch shapes and row positions, but at a fixed shape each row's result
   depends on that row alone (``tests/test_determinism.py`` checks both facts on the real models). So an
   example's adversarial is the same to the bit however the examples are chunked, batched, ordered or
@@ -47,6 +48,46 @@ from advsweep.models.config import check_gradient_path
 
 BALL_TOLERANCE = 1e-5  # float32 rounding of x0 + δ - x0
 BLOCK = 32  # rows of every model call an attack makes; an example always sits in row (test index mod BLOCK)
+HEAVY_MODEL_MACS = 50_000_000  # multiply–adds per image above which a CPU runs AutoAttack's attacks one row per call
+
+
+def multiply_adds(model: keras.Model) -> int:
+    """Multiply–adds of one image's forward pass through the model's Conv2D, DepthwiseConv2D and Dense layers
+    (nested models included), from the layers' output shapes; the other layers are not counted."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += multiply_adds(layer)
+            continue
+        try:
+            out = tuple(int(d) for d in layer.output.shape[1:])
+        except (AttributeError, ValueError, TypeError):  # a layer called more than once, or of unknown shape
+            continue
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw = layer.kernel_size
+            total += int(np.prod(out)) * kh * kw
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw = layer.kernel_size
+            total += int(np.prod(out)) * kh * kw * int(layer.kernel.shape[2])
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(np.prod(out)) * int(layer.kernel.shape[0])
+    return total
+
+
+def row_block(model: keras.Model) -> int:
+    """Rows per model call of AutoAttack's attacks (APGD, APGD-T, FAB-T, Square) on this model and device.
+
+    :data:`BLOCK` (32) on a GPU, or for a light model, where a call's cost hardly depends on its rows, so a full
+    block is nearly free. 1 for a heavy model (over :data:`HEAVY_MODEL_MACS` multiply–adds per image) on a CPU,
+    where a call costs in proportion to its rows: there the ensemble's long tail (the few robust examples that
+    run every step of every target) would otherwise pay for 31 idle rows per call. Measured side by side on
+    2 cores (``benchmarks/block_shape.py``): one row alone costs about 1.5× its share of a 32-row call on the
+    VGG16 (2.8·10⁸ multiply–adds), about 7× on the small CNN (2.5·10⁶). Results are deterministic for a given
+    model and device either way: an example sits in row ``example_id % row_block(model)``.
+    """
+    if tf.config.list_logical_devices("GPU") or multiply_adds(model) <= HEAVY_MODEL_MACS:
+        return BLOCK
+    return 1
 
 
 @dataclasses.dataclass

@@ -33,13 +33,13 @@ import tensorflow as tf
 
 from advsweep.assets.validate import Invalid
 from advsweep.attacks.core import (
-    BLOCK,
     AttackResult,
     checked_call,
     example_stream,
     loss_gradient_fn,
     model_classes,
     predict_logits,
+    row_block,
     target_ranks,
 )
 from advsweep.attacks.pgd import result_of
@@ -273,11 +273,12 @@ def fab_engine(
     runs = [(target, restart, position) for target in range(len(target_ranks))
             for restart in range(restarts) for position in ([None] if restart == 0 else list(range(k_count)))]
 
-    shape = (BLOCK,) + x.shape[1:]
+    block = row_block(model)
+    shape = (block,) + x.shape[1:]
     x_rows, x0_rows = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-    class_rows = np.zeros((BLOCK, 2), np.int64)
-    row_run, row_iter = np.zeros(BLOCK, np.int64), np.zeros(BLOCK, np.int64)
-    checking = np.zeros(BLOCK, dtype=bool)  # the row's point is a step's result, to be checked
+    class_rows = np.zeros((block, 2), np.int64)
+    row_run, row_iter = np.zeros(block, np.int64), np.zeros(block, np.int64)
+    checking = np.zeros(block, dtype=bool)  # the row's point is a step's result, to be checked
 
     def undecided(example: int) -> int:
         """The first position (ascending ε) the example is still robust at, below its limit; −1 if none."""
@@ -351,7 +352,7 @@ def fab_engine(
         checking[row] = True
         return True
 
-    spent = run_rows(example_ids, begin, evaluate, advance)
+    spent = run_rows(example_ids, begin, evaluate, advance, block)
 
     x_adv = np.repeat(x[None], k_count, axis=0)
     logits_adv = np.repeat(clean_logits[None], k_count, axis=0)

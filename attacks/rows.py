@@ -1,9 +1,9 @@
 """The row scheduler the iterative attacks share: every example runs its own programme in a fixed row of
 fixed-shape model calls.
 
-An attack's state lives in ``(BLOCK, …)`` arrays, one row per example being attacked. Example ``i`` always sits
-in row ``example_ids[i] mod BLOCK`` (:data:`advsweep.attacks.core.BLOCK`), and every model call has ``BLOCK``
-rows, so the floats an example sees do not depend on which other examples share its chunk, its batch or its
+An attack's state lives in ``(block, …)`` arrays, one row per example being attacked, ``block`` being
+:func:`advsweep.attacks.core.row_block` of the model (32, or 1 for a heavy model on a CPU). Example ``i`` always
+sits in row ``example_ids[i] mod block``, and every model call has ``block`` rows, so the floats an example sees do not depend on which other examples share its chunk, its batch or its
 call. When an example's programme ends (fooled, or every run done), the next example waiting for that row
 takes it over in the same round, so calls stay full while there is work.
 """
@@ -16,25 +16,23 @@ from typing import Any
 
 import numpy as np
 
-from advsweep.attacks.core import BLOCK
-
-
 def run_rows(example_ids: np.ndarray, begin: Callable[[int, int], bool], evaluate: Callable[[], Any],
-             advance: Callable[[int, int, Any], bool]) -> int:
+             advance: Callable[[int, int, Any], bool], block: int) -> int:
     """Drive the attack's programmes to their end; returns the model evaluations spent on examples (busy rows
     over all calls; the idle rows of a call are not counted).
 
     Args:
-        example_ids: ``(N,)`` test-set indices; example ``i`` runs in row ``example_ids[i] % BLOCK``.
+        example_ids: ``(N,)`` test-set indices; example ``i`` runs in row ``example_ids[i] % block``.
         begin: ``begin(row, example)`` sets the row up for the example's programme; ``False`` when the
             example has nothing to do (the row then takes the next waiting example).
         evaluate: one model call on the rows' current points; its value is handed to ``advance``.
         advance: ``advance(row, example, outputs)`` moves the example's programme on by one call; ``False``
             when the programme has ended.
+        block: rows per model call.
     """
-    slots = np.asarray(example_ids) % BLOCK
-    queues = [deque(np.flatnonzero(slots == s).tolist()) for s in range(BLOCK)]
-    active = np.full(BLOCK, -1, dtype=np.int64)
+    slots = np.asarray(example_ids) % block
+    queues = [deque(np.flatnonzero(slots == s).tolist()) for s in range(block)]
+    active = np.full(block, -1, dtype=np.int64)
 
     def fill(row: int) -> None:
         active[row] = -1
@@ -44,7 +42,7 @@ def run_rows(example_ids: np.ndarray, begin: Callable[[int, int], bool], evaluat
                 active[row] = example
                 return
 
-    for row in range(BLOCK):
+    for row in range(block):
         fill(row)
     spent = 0
     while (active >= 0).any():

@@ -28,13 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 from advsweep.attacks.core import (
-    BLOCK,
     any_iterate_view,
     AttackResult,
     checked_call,
     example_stream,
     logits_fn,
     predict_logits,
+    row_block,
 )
 from advsweep.attacks.pgd import result_of
 from advsweep.attacks.rows import run_rows
@@ -220,13 +220,14 @@ def square_engine(
     order = np.argsort(eps, kind="stable")
     runs = [(position, restart) for position in range(k_count) for restart in range(restarts)]
 
-    shape = (BLOCK,) + x.shape[1:]
+    block = row_block(model)
+    shape = (block,) + x.shape[1:]
     x_rows, x_best = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-    logits_best = np.zeros((BLOCK, clean_logits.shape[1]), np.float32)
-    margin_best = np.zeros(BLOCK, np.float32)
-    row_run, row_query = np.zeros(BLOCK, np.int64), np.zeros(BLOCK, np.int64)
-    row_label = np.zeros(BLOCK, np.int64)
-    rngs: list[np.random.Generator | None] = [None] * BLOCK
+    logits_best = np.zeros((block, clean_logits.shape[1]), np.float32)
+    margin_best = np.zeros(block, np.float32)
+    row_run, row_query = np.zeros(block, np.int64), np.zeros(block, np.int64)
+    row_label = np.zeros(block, np.int64)
+    rngs: list[np.random.Generator | None] = [None] * block
 
     def start_run(row: int, example: int, run: int) -> bool:
         while run < len(runs):
@@ -266,7 +267,7 @@ def square_engine(
         row_query[row] = i + 1
         return True
 
-    spent = run_rows(example_ids, lambda row, example: start_run(row, example, 0), evaluate, advance)
+    spent = run_rows(example_ids, lambda row, example: start_run(row, example, 0), evaluate, advance, block)
     rank_order = np.broadcast_to(order[:, None], found.shape)
     x_adv, logits_adv = any_iterate_view(rank_order, found, x_found, logits_found, x_end, logits_end)
     return dataclasses.replace(result_of(eps, x_adv, logits_adv, labels, None, norm), evaluations=spent)

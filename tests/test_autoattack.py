@@ -7,10 +7,12 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from advsweep.attacks import autoattack, run_attack  # the function, not a module of that name
 from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted
 from advsweep.attacks.checks import check_ensemble
+from advsweep.attacks.core import BLOCK, multiply_adds, row_block
 from advsweep.attacks.fab import fab_targeted, projection_l2, projection_linf
 from advsweep.attacks.square import p_schedule, rectangle_profile, square_attack, window_side
 
@@ -157,3 +159,22 @@ def test_logits_scaled_by_1000_do_not_fool_the_ensemble_and_the_checks_say_why(s
     note = verdicts["cross-entropy gradients carry the attack"]
     assert not note.passed and note.verdict == "note" and "saturates" in note.suggestion
     assert all(c.passed for c in check_ensemble(plain) if "cross-entropy" in c.name)
+
+
+def test_heavy_models_are_attacked_one_row_per_call_and_the_rows_stay_independent(small_cnn, vgg16_model, test_images):
+    """The per-model row block: multiply–adds counted by hand; on a CPU the VGG16 (over the threshold) is attacked
+    one row per call and the small CNN 32; an example's APGD run is the same to the bit alone or with others."""
+    assert multiply_adds(small_cnn) == 26 * 26 * 32 * 9 * 1 + 11 * 11 * 64 * 9 * 32 + 1600 * 64 + 64 * 10
+    # the default VGG16: 28×28 padded to 32×32, the ImageNet base cut at block4_pool (2×2×512), a linear head
+    convs = [(32, 3, 64), (32, 64, 64), (16, 64, 128), (16, 128, 128), (8, 128, 256), (8, 256, 256), (8, 256, 256),
+             (4, 256, 512), (4, 512, 512), (4, 512, 512)]
+    assert multiply_adds(vgg16_model) == sum(s * s * out * 9 * inp for s, inp, out in convs) + 2 * 2 * 512 * 10
+    assert row_block(small_cnn) == BLOCK
+    assert row_block(vgg16_model) == (BLOCK if tf.config.list_logical_devices("GPU") else 1)
+    x, y = test_images[0][:3], test_images[1][:3]
+    ids = np.array([5, 6, 7])
+    together = auto_pgd(vgg16_model, x, y, [0.0, 0.01], steps=4, example_ids=ids)
+    for i in range(3):
+        alone = auto_pgd(vgg16_model, x[i:i + 1], y[i:i + 1], [0.0, 0.01], steps=4, example_ids=ids[i:i + 1])
+        np.testing.assert_array_equal(alone.x_adv[:, 0], together.x_adv[:, i])
+        np.testing.assert_array_equal(alone.logits[:, 0], together.logits[:, i])

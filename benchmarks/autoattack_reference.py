@@ -17,6 +17,11 @@ example (never an absolute time).
 
     python benchmarks/autoattack_reference.py results/models/small_cnn-<id> --examples 100 --eps 0.05,0.1,0.15
     python benchmarks/autoattack_reference.py results/models/small_cnn-<id> --scale 1000   # gradient masking
+    python benchmarks/autoattack_reference.py /tmp/robust_small_cnn.keras --eps 0.3   # benchmarks/robust_model.py's
+    python benchmarks/autoattack_reference.py results/models/vgg16-<id> --examples 30 --eps 0.02 --reduced
+
+A model is a folder written by ``advsweep train`` (or a sweep) or a ``.keras`` file of a classifier of MNIST
+images returning logits. Each ε's row is printed as soon as it is measured.
 
 ``--scale 1000`` multiplies the logits by 1000 (the same decisions, a saturated softmax whose cross-entropy
 gradients vanish) and runs the harness's ensemble on the scaled and the unscaled model, with the checks' verdicts.
@@ -43,8 +48,14 @@ import torchattacks  # noqa: E402
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack, run_attack  # noqa: E402
 from advsweep.attacks.checks import check_ensemble  # noqa: E402
+from advsweep.attacks.spec import ENSEMBLE  # noqa: E402
 from advsweep.defaults import AUTOATTACK  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
+
+
+# A smaller budget, the same on both sides: 3 target classes for APGD-T and FAB-T, 1000 queries for Square
+REDUCED: dict[str, dict[str, Any]] = {"apgd-t": {"target_classes": 3}, "fab-t": {"target_classes": 3},
+                                      "square": {"queries": 1000}}
 
 
 class _KerasCall(torch.autograd.Function):
@@ -91,26 +102,36 @@ class KerasModule(torch.nn.Module):
         return _KerasCall.apply(images, self)
 
 
-def reference_autoattack(module: torch.nn.Module, eps: float, norm: str, classes: int) -> torchattacks.MultiAttack:
-    """torchattacks' attacks with the original AutoAttack's standard settings, in its order."""
+def reference_autoattack(module: torch.nn.Module, eps: float, norm: str, classes: int, seed: int = 0,
+                         settings: dict[str, dict[str, Any]] | None = None,
+                         attacks: tuple[str, ...] = ENSEMBLE) -> Any:
+    """torchattacks' attacks with the original AutoAttack's standard settings (and ``settings``' changes, as the
+    harness's ``autoattack`` takes them), in its order; ``attacks`` a subsequence of the ensemble (one attack is
+    returned as it is: torchattacks' ``MultiAttack`` wants two or more)."""
     name = "Linf" if norm == "linf" else "L2"
-    apgd, apgd_t, fab, square = (AUTOATTACK[a] for a in ("apgd-ce", "apgd-t", "fab-t", "square"))
-    return torchattacks.MultiAttack([
-        torchattacks.APGD(module, norm=name, eps=eps, steps=apgd["steps"], n_restarts=1, seed=0, loss="ce",
-                          rho=apgd["rho"]),
-        torchattacks.APGDT(module, norm=name, eps=eps, steps=apgd_t["steps"], n_restarts=1, seed=0,
-                           rho=apgd_t["rho"], n_classes=min(classes, apgd_t["target_classes"] + 1)),
-        torchattacks.FAB(module, norm=name, eps=eps, steps=fab["steps"], n_restarts=1, alpha_max=fab["alpha_max"],
-                         eta=fab["eta"], beta=fab["beta"], seed=0, multi_targeted=True,
-                         n_classes=min(classes, fab["target_classes"] + 1)),
-        torchattacks.Square(module, norm=name, eps=eps, n_queries=square["queries"], n_restarts=1,
-                            p_init=square["p_init"], loss="margin", resc_schedule=False, seed=0),
-    ])
+    apgd, apgd_t, fab, square = ({**AUTOATTACK[a], **(settings or {}).get(a, {})} for a in ENSEMBLE)
+    members = {
+        "apgd-ce": lambda: torchattacks.APGD(module, norm=name, eps=eps, steps=apgd["steps"], n_restarts=1, seed=seed,
+                                             loss="ce", rho=apgd["rho"]),
+        "apgd-t": lambda: torchattacks.APGDT(module, norm=name, eps=eps, steps=apgd_t["steps"], n_restarts=1,
+                                             seed=seed, rho=apgd_t["rho"],
+                                             n_classes=min(classes, apgd_t["target_classes"] + 1)),
+        "fab-t": lambda: torchattacks.FAB(module, norm=name, eps=eps, steps=fab["steps"], n_restarts=1,
+                                          alpha_max=fab["alpha_max"], eta=fab["eta"], beta=fab["beta"], seed=seed,
+                                          multi_targeted=True, n_classes=min(classes, fab["target_classes"] + 1)),
+        "square": lambda: torchattacks.Square(module, norm=name, eps=eps, n_queries=square["queries"], n_restarts=1,
+                                              p_init=square["p_init"], loss="margin", resc_schedule=False, seed=seed),
+    }
+    chosen = [members[a]() for a in attacks]
+    return chosen[0] if len(chosen) == 1 else torchattacks.MultiAttack(chosen)
 
 
-def reference_robust(module: KerasModule, x: np.ndarray, y: np.ndarray, eps: float, norm: str, classes: int) -> float:
+def reference_robust(module: KerasModule, x: np.ndarray, y: np.ndarray, eps: float, norm: str, classes: int,
+                     seed: int = 0, settings: dict[str, dict[str, Any]] | None = None,
+                     attacks: tuple[str, ...] = ENSEMBLE) -> float:
+    """The reference ensemble's robust accuracy (a fraction) on NHWC images ``x``, labels ``y``."""
     images, labels = torch.tensor(x.transpose(0, 3, 1, 2).copy()), torch.tensor(y)
-    adversarial = reference_autoattack(module, eps, norm, classes)(images, labels)
+    adversarial = reference_autoattack(module, eps, norm, classes, seed, settings, attacks)(images, labels)
     delta = (adversarial - images).detach().reshape(len(x), -1)
     size = delta.abs().max(1)[0] if norm == "linf" else delta.norm(dim=1)
     assert float(size.max()) <= eps + 1e-5, "the reference left the ε-ball"
@@ -126,20 +147,26 @@ def scaled(model: keras.Model, factor: float) -> keras.Model:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_dir", type=Path, help="a model folder written by `advsweep train` or a sweep")
+    parser.add_argument("model", type=Path, help="a model folder written by `advsweep train` or a sweep, or a .keras file")
     parser.add_argument("--examples", type=int, default=100, help="the first N test images (default 100)")
     parser.add_argument("--eps", default="0.05,0.1,0.15", help="budgets, comma-separated")
     parser.add_argument("--norm", default="linf", choices=("linf", "l2"))
     parser.add_argument("--scale", type=float, default=None, help="compare the harness on logits × SCALE instead")
+    parser.add_argument("--reduced", action="store_true",
+                        help=f"both ensembles with the same reduced budgets, {REDUCED} (for the VGG16 on a CPU)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model, config, _ = load_trained(args.model_dir)
+    if args.model.suffix == ".keras":
+        model, name = keras.models.load_model(args.model, compile=False), args.model.name
+    else:
+        model, config, _ = load_trained(args.model)
+        name = config.model_id
     data = load_dataset("mnist")  # `advsweep train` is MNIST-only
     x = data.test_images(np.arange(args.examples))
     y = data.y_test[: args.examples].astype(np.int64)
     grid = [float(e) for e in args.eps.split(",")]
     classes = int(model.output_shape[-1])
-    print(f"{config.model_id}, first {args.examples} test images, {args.norm}; "
+    print(f"{name}, first {args.examples} test images, {args.norm}; "
           f"command: python {' '.join(sys.argv)}\n")
     if args.scale is not None:
         masked = scaled(model, args.scale)
@@ -153,28 +180,28 @@ def main() -> None:
             print(f"    PGD-40 (cross-entropy): " + " | ".join(f"{100 * a:.1f}" for a in pgd.robust_accuracy))
         return
     module = KerasModule(model).eval()
-    own, reference, members = [], [], []
+    settings = REDUCED if args.reduced else None
+    if args.reduced:
+        print(f"both ensembles with reduced budgets: {REDUCED}\n")
+    own, reference = [], []
     own_seconds = reference_seconds = 0.0
     evaluations = 0
+    budgets = "the same reduced budgets" if args.reduced else "AutoAttack's settings"
+    print(f"| ε | advsweep `autoattack` | torchattacks, {budgets} | advsweep PGD-40, margin loss "
+          "| advsweep: fooled by clean/APGD-CE/APGD-T/FAB-T/Square |\n|---|---|---|---|---|", flush=True)
     for eps in grid:
         started = time.perf_counter()
-        result = autoattack(model, x, y, [eps], norm=args.norm)
+        result = autoattack(model, x, y, [eps], norm=args.norm, settings=settings)
         own_seconds += time.perf_counter() - started
         own.append(float(result.robust_accuracy[0]))
         evaluations += result.evaluations or 0
         assert result.found_by is not None
-        members.append({m: int((result.found_by[0] == m).sum()) for m in ("clean", *AUTOATTACK)})
+        members = "/".join(str(int((result.found_by[0] == m).sum())) for m in ("clean", *AUTOATTACK))
         started = time.perf_counter()
-        reference.append(reference_robust(module, x, y, eps, args.norm, classes))
+        reference.append(reference_robust(module, x, y, eps, args.norm, classes, settings=settings))
         reference_seconds += time.perf_counter() - started
-    pgd = run_attack("pgd", model, x, y, grid, norm=args.norm, steps=40, loss="margin").robust_accuracy
-    print("| robust accuracy (%) | " + " | ".join(f"ε = {e:g}" for e in grid) + " |")
-    print("|---|" + "---|" * len(grid))
-    print("| advsweep `autoattack` | " + " | ".join(f"{100 * a:.1f}" for a in own) + " |")
-    print("| torchattacks, AutoAttack's settings | " + " | ".join(f"{100 * a:.1f}" for a in reference) + " |")
-    print("| advsweep PGD-40, margin loss | " + " | ".join(f"{100 * a:.1f}" for a in pgd) + " |")
-    print("| advsweep: fooled by (clean/APGD-CE/APGD-T/FAB-T/Square) | "
-          + " | ".join("/".join(str(m[k]) for k in ("clean", *AUTOATTACK)) for m in members) + " |")
+        pgd = run_attack("pgd", model, x, y, [eps], norm=args.norm, steps=40, loss="margin").robust_accuracy[0]
+        print(f"| {eps:g} | {100 * own[-1]:.1f} | {100 * reference[-1]:.1f} | {100 * pgd:.1f} | {members} |", flush=True)
     print(f"\nwall time, torchattacks / advsweep, measured in this run: {reference_seconds / own_seconds:.2f}")
     print(f"advsweep model evaluations per example, over the {len(grid)} ε: {evaluations / args.examples:.0f}")
     worst = max(100 * (o - r) for o, r in zip(own, reference, strict=True))

@@ -125,7 +125,7 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
 
     import advsweep.attacks.apgd as apgd
 
-    x, y = test_images[0][:16], test_images[1][:16]
+    x, y = test_images[0][:24], test_images[1][:24]
     eps, steps, targets, seed = 0.06, 25, 3, 3
     runs = targets if targeted else 1
     draws = {}
@@ -187,7 +187,7 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
             if fooled[i]:
                 break
         highest_loss_point[i] = best.detach().numpy()[0].transpose(1, 2, 0)
-    assert 3 <= fooled.sum() <= 13, "ε should leave the outcome open on these examples"
+    assert 4 <= fooled.sum() <= 20, "ε should leave the outcome open on these examples"
     np.testing.assert_array_equal(ours.success[0], fooled)
     robust = ~fooled
     same = (ours.x_adv[0] == highest_loss_point).all(axis=(1, 2, 3))

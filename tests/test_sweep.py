@@ -404,6 +404,11 @@ def test_shipped_configs_are_valid():
     assert paper.examples == 10000 and paper.epsilons["linf"][-1] == 0.3
     madry = next(a for a in paper.attacks if a.label == "pgd40-linf")
     assert madry.params == {"steps": 40, "abs_stepsize": 0.01, "random_start": True}
+    # issue 11: AutoAttack in both, so that the worst-case row includes it; the paper's is the standard version
+    assert [a.label for a in paper.attacks if a.name == "autoattack"] == ["autoattack-linf", "autoattack-l2"]
+    assert all(not a.params.get("settings") for a in paper.attacks if a.name == "autoattack")
+    quick = load_config(ROOT / "experiments" / "configs" / "quick.toml")
+    assert [a.label for a in quick.attacks if a.name == "autoattack"] == ["autoattack-linf"]
 
 
 def test_balanced_selection_is_seeded_and_balanced(mnist):

@@ -81,9 +81,11 @@ def row_block(model: keras.Model) -> int:
     block is nearly free. 1 for a heavy model (over :data:`HEAVY_MODEL_MACS` multiply–adds per image) on a CPU,
     where a call costs in proportion to its rows: there the ensemble's long tail (the few robust examples that
     run every step of every target) would otherwise pay for 31 idle rows per call. Measured side by side on
-    2 cores (``benchmarks/block_shape.py``): one row alone costs about 1.5× its share of a 32-row call on the
-    VGG16 (2.8·10⁸ multiply–adds), about 7× on the small CNN (2.5·10⁶). Results are deterministic for a given
-    model and device either way: an example sits in row ``example_id % row_block(model)``.
+    2 cores (``python benchmarks/block_shape.py``, input gradients, 2026-11-27, another job running): one row alone
+    costs 1.9× its share of a 32-row call on the VGG16 (2.8·10⁸ multiply–adds), 6.2× on the small CNN (2.5·10⁶).
+    So on the VGG16 a call of one row is cheaper than a call of 32 as long as fewer than about 17 rows would be
+    busy. Results are deterministic for a given model and device either way: an example sits in row
+    ``example_id % row_block(model)``.
     """
     if tf.config.list_logical_devices("GPU") or multiply_adds(model) <= HEAVY_MODEL_MACS:
         return BLOCK

@@ -3,9 +3,10 @@ fixed-shape model calls.
 
 An attack's state lives in ``(block, …)`` arrays, one row per example being attacked, ``block`` being
 :func:`advsweep.attacks.core.row_block` of the model (32, or 1 for a heavy model on a CPU). Example ``i`` always
-sits in row ``example_ids[i] mod block``, and every model call has ``block`` rows, so the floats an example sees do not depend on which other examples share its chunk, its batch or its
-call. When an example's programme ends (fooled, or every run done), the next example waiting for that row
-takes it over in the same round, so calls stay full while there is work.
+sits in row ``example_ids[i] mod block``, and every model call has ``block`` rows, so the floats an example sees
+do not depend on which other examples share its chunk, its batch or its call. When an example's programme ends
+(fooled, or every run done), the next example waiting for that row takes it over in the same round, so calls stay
+full while there is work.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 
 def run_rows(example_ids: np.ndarray, begin: Callable[[int, int], bool], evaluate: Callable[[], Any],
              advance: Callable[[int, int, Any], bool], block: int) -> int:

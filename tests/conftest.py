@@ -7,7 +7,10 @@ are small enough for the default test run and real enough for attacks to mean so
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -71,3 +74,16 @@ def vgg16_model(mnist, vgg16_weights):
 def any_model(request):
     """Each model in turn, for property checks that must hold on both."""
     return request.param, request.getfixturevalue(f"{request.param}_model" if request.param == "vgg16" else "small_cnn")
+
+
+@pytest.fixture(scope="session")
+def benchmark_module():
+    """Loads a script of ``benchmarks/`` by name (the references the AutoAttack tests compare against live there)."""
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

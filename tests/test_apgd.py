@@ -98,22 +98,9 @@ def test_apgd_result_contract_on_the_small_cnn(small_cnn, test_images):
     assert np.linalg.norm((l2.x_adv[2] - x).reshape(64, -1), axis=1).max() <= 2.0 + 1e-4
 
 
-def _reference_module():
-    """benchmarks/autoattack_reference.py's bridge: a PyTorch module whose forward and backward passes are the
-    Keras model's own, so that the reference attacks exactly the function ours does."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "autoattack_reference.py"
-    spec = importlib.util.spec_from_file_location("autoattack_reference", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.KerasModule
-
-
 @pytest.mark.parametrize("targeted", [False, True], ids=["apgd-ce", "apgd-t"])
-def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_images, monkeypatch, targeted):
+def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_images, monkeypatch, targeted,
+                                                                benchmark_module):
     """Like with like against the authors' algorithm: torchattacks' APGD / APGDT (ports of the authors' code) run
     each example alone, seeded, on the same Keras model, as their ``perturb`` does (one ``torch.rand`` start per
     run; APGD-T: targets 2, 3, … until one fools); ours starts every run from the point the reference drew for it
@@ -148,7 +135,7 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
     else:
         ours = apgd.auto_pgd(small_cnn, x, y, [eps], steps=steps)
 
-    class InRow(_reference_module()):
+    class InRow(benchmark_module("autoattack_reference").KerasModule):
         """The bridge, computing each call in a zero-padded block of BLOCK rows with the example in its row, as ours
         does: TensorFlow's kernels round differently at other batch shapes (a gradient component near zero then
         changes sign and the two trajectories part after a few steps, though both run the same algorithm)."""

@@ -10,30 +10,16 @@ standard ones take about half an hour here); the README's table has the standard
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 import pytest
 
 from advsweep.attacks import autoattack, run_attack
 from advsweep.models.training import to_float_images
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _benchmark(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_autoattack_is_at_least_as_strong_as_the_reference_on_an_adversarially_trained_cnn(mnist):
-    training, reference = _benchmark("robust_model"), _benchmark("autoattack_reference")
+def test_autoattack_is_at_least_as_strong_as_the_reference_on_an_adversarially_trained_cnn(mnist, benchmark_module):
+    training, reference = benchmark_module("robust_model"), benchmark_module("autoattack_reference")
     (x_train, y_train, x_test, y_test), _ = mnist
     model = training.adversarially_trained_small_cnn(to_float_images(x_train[:12000]),
                                                      y_train[:12000].astype(np.int64), eps=0.2, steps=1, epochs=3,

@@ -1,4 +1,4 @@
-"""The ``advsweep`` command line: ``assets``, ``train``, ``evaluate``, ``sweep``, ``report``."""
+"""The ``advsweep`` command line: ``assets``, ``train``, ``export``, ``evaluate``, ``sweep``, ``report``."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ TRAIN_OPTIONS: dict[str, dict[str, Any]] = {
     "learning_rate": {"type": float, "help": "Adam learning rate"},
     "train_examples": {"type": int, "help": "train on only this many examples (default: all 55000)"},
     "validation_examples": {"type": int, "help": "validation examples carved from the training set"},
-    "augment_shift": {"type": int, "help": "small CNN: random shifts of up to N pixels while training (default 2)"},
+    "augment_shift": {"type": int, "help": "small and Madry CNN: random shifts of up to N pixels while training (default 2)"},
     "temperature": {"type": float, "help": "train on cross-entropy of logits / T (tutorial 004: 0.6); the model keeps raw logits"},
     "seed": {"type": int, "help": "random seed"},
 }
@@ -135,7 +135,35 @@ def _train_config(args: argparse.Namespace) -> Any:
         values[name] = value
     if args.no_feature_scaling:
         values["feature_scaling"] = False
-    return ModelConfig.from_mapping(values)
+    if args.adversarial is not None:
+        values["adversarial"] = parse_adversarial(args.adversarial)
+    try:
+        return ModelConfig.from_mapping(values)
+    except ValueError as error:
+        raise UsageError(str(error).replace("`adversarial.", "--adversarial `")) from None
+
+
+def parse_adversarial(text: str) -> dict[str, Any]:
+    """``--adversarial`` as a table: ``"pgd"`` or ``"method=pgd,eps=0.3,steps=7"`` (values are TOML: numbers,
+    true/false, or bare words taken as strings)."""
+    import tomllib
+
+    values: dict[str, Any] = {}
+    for index, part in enumerate(p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if "=" not in part:
+            if index == 0:
+                values["method"] = part
+                continue
+            raise UsageError(f"--adversarial takes method=…,eps=…,… (key=value pairs, comma-separated). "
+                             f"Received: {text!r}")
+        key, _, raw = (piece.strip() for piece in part.partition("="))
+        try:
+            values[key] = tomllib.loads(f"value = {raw}")["value"]
+        except tomllib.TOMLDecodeError:
+            values[key] = raw
+    return values
 
 
 def _command_train(args: argparse.Namespace) -> int:
@@ -149,13 +177,46 @@ def _command_train(args: argparse.Namespace) -> int:
     if folder.exists() and (folder / "model.keras").exists() and not args.force:
         metrics = json.loads((folder / "metrics.json").read_text())
         logger.info("%s is already trained in %s (use --force to train again)", config.model_id, folder)
+        if args.export_savedmodel and not (folder / "savedmodel").is_dir():
+            _export(folder)
     else:
         trained = train_model(config, output, mnist_path=args.mnist, weights_path=args.vgg16_weights,
-                              draw_curves=training_curves)
+                              draw_curves=training_curves, export_savedmodel=args.export_savedmodel)
         metrics, folder = trained.metrics, trained.folder
-    print(json.dumps({"model_id": config.model_id, "folder": str(folder),
-                      "clean_test_accuracy": metrics["clean_test_accuracy"],
-                      "training_seconds": metrics["training_seconds"]}, indent=2))
+    summary = {"model_id": config.model_id, "folder": str(folder),
+               "clean_test_accuracy": metrics["clean_test_accuracy"],
+               "training_seconds": metrics["training_seconds"]}
+    if "adversarial" in metrics:
+        adversarial = metrics["adversarial"]
+        summary.update({"adversarial": adversarial["label"], "held_out_robust_accuracy":
+                        adversarial["held_out_robust_accuracy"], "kept_epoch": metrics["best_epoch"],
+                        "collapse": adversarial["collapse"]})
+    print(json.dumps(summary, indent=2))
+    if metrics.get("adversarial", {}).get("collapse"):
+        collapse = metrics["adversarial"]["collapse"]
+        print(f"advsweep train: warning: adversarial training collapsed (catastrophic overfitting) after epoch "
+              f"{collapse['epoch']}: {collapse['reason']}; the weights of epoch {collapse['best_epoch']} were saved. "
+              "Use a smaller step_size, noise without clipping (clip_noise=false, noise=2, step_size=1), an ε ramp "
+              "(ramp_epochs) or method=pgd", file=sys.stderr)
+    return 0
+
+
+def _export(folder: Path) -> Path:
+    from advsweep.models.training import export_savedmodel, load_trained
+
+    model, _, _ = load_trained(folder)
+    written = export_savedmodel(model, folder / "savedmodel")
+    logger.info("exported a TensorFlow SavedModel (endpoint `serve`: images (N, 28, 28, 1) in [0, 1] → logits) to %s",
+                written)
+    return written
+
+
+def _command_export(args: argparse.Namespace) -> int:
+    folder = Path(args.model_dir)
+    if not (folder / "model.keras").is_file() or not (folder / "config.json").is_file():
+        raise UsageError(f"{folder} is not a folder written by `advsweep train` (no model.keras and config.json)")
+    start_tensorflow(args.verbose > 0)
+    print(_export(folder))
     return 0
 
 
@@ -294,14 +355,25 @@ def build_parser() -> argparse.ArgumentParser:
     assets.set_defaults(handler=_command_assets)
 
     train = commands.add_parser("train", help="train a model and save it with its metrics and curves")
-    train.add_argument("--model", default="vgg16", choices=["vgg16", "small_cnn"], help="which model (default vgg16)")
+    train.add_argument("--model", default="vgg16", choices=["vgg16", "small_cnn", "madry_cnn", "vgg16_scratch"],
+                       help="which model (default vgg16: the frozen ImageNet base; vgg16_scratch: the same "
+                            "architecture from a random initialisation, all layers trained)")
     for name, spec in TRAIN_OPTIONS.items():
         train.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **spec)
     train.add_argument("--no-feature-scaling", action="store_true", help="VGG16: do not standardise base features")
     train.add_argument("--output", help="folder of trained models (default: results/models)")
     train.add_argument("--force", action="store_true", help="train again even if this config is already trained")
+    train.add_argument("--adversarial", metavar="METHOD,KEY=VALUE,…",
+                       help="adversarial training, e.g. 'pgd,eps=0.3,steps=7' or 'method=fast,eps=0.1' or "
+                            "'trades,eps=0.3,beta=1' (keys as the `adversarial` table of a sweep config)")
+    train.add_argument("--export-savedmodel", action="store_true",
+                       help="also write MODEL_DIR/savedmodel, a TensorFlow SavedModel for serving")
     asset_options(train)
     train.set_defaults(handler=_command_train)
+
+    export = commands.add_parser("export", help="write a trained model as a TensorFlow SavedModel for serving")
+    export.add_argument("model_dir", help="a folder written by `advsweep train` (results/models/<model id>)")
+    export.set_defaults(handler=_command_export)
 
     evaluate = commands.add_parser("evaluate", help="a one-model sweep: robust accuracy of a trained model under "
                                                      "FGSM and PGD, own and foolbox, with tables, figures and checks")

@@ -51,15 +51,40 @@ def save_figure(figure: plt.Figure, stem: Path) -> list[Path]:
 
 
 def plot_training_curves(history: pd.DataFrame, stem: Path, *, title: str = "") -> list[Path]:
-    """Loss and accuracy per epoch, training and validation, side by side."""
+    """Loss and accuracy per epoch side by side: training and validation for natural training; for adversarial
+    training (a ``val_robust_accuracy`` column) the loss on the training adversarials, and the accuracy on them, on
+    held-out clean images and under held-out PGD. A ``kept`` column marks the epoch whose weights were saved (dotted
+    line); a ``collapsed`` column marks catastrophic overfitting (a red cross on the held-out PGD curve)."""
+    adversarial = "val_robust_accuracy" in history
     with plt.rc_context(STYLE):  # type: ignore[arg-type]
         figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(2 * COLUMN_WIDTH_INCHES, 2.2))
-        for axis, metric, label in ((loss_axis, "loss", "cross-entropy loss"), (accuracy_axis, "accuracy", "accuracy")):
-            axis.plot(history["epoch"], history[metric], color=OKABE_ITO[0], marker="o", ms=2.5, label="train")
-            axis.plot(history["epoch"], history[f"val_{metric}"], color=OKABE_ITO[1], marker="s", ms=2.5,
-                      label="validation")
+        epochs = history["epoch"]
+        if adversarial:
+            loss_axis.plot(epochs, history["loss"], color=OKABE_ITO[0], marker="o", ms=2.5, label="training adversarials")
+            loss_axis.set_ylabel("training loss")
+            series = (("accuracy", "training adversarials", 0, "o"), ("val_accuracy", "held-out clean", 1, "s"),
+                      ("val_robust_accuracy", "held-out PGD", 2, "^"))
+            for column, label, colour, marker in series:
+                accuracy_axis.plot(epochs, history[column], color=OKABE_ITO[colour], marker=marker, ms=2.5, label=label)
+            if "collapsed" in history and history["collapsed"].any():
+                at = history["collapsed"] > 0
+                accuracy_axis.plot(epochs[at], history["val_robust_accuracy"][at], "x", color="#CC0000", ms=7,
+                                   mew=1.5, label="collapse")
+        else:
+            for column, label, colour, marker in (("loss", "train", 0, "o"), ("val_loss", "validation", 1, "s")):
+                loss_axis.plot(epochs, history[column], color=OKABE_ITO[colour], marker=marker, ms=2.5, label=label)
+            loss_axis.set_ylabel("cross-entropy loss")
+            for column, label, colour, marker in (("accuracy", "train", 0, "o"), ("val_accuracy", "validation", 1, "s")):
+                accuracy_axis.plot(epochs, history[column], color=OKABE_ITO[colour], marker=marker, ms=2.5,
+                                   label=label)
+        accuracy_axis.set_ylabel("accuracy")
+        if "kept" in history and history["kept"].any():
+            kept = float(epochs[history["kept"] > 0].iloc[0])
+            for axis in (loss_axis, accuracy_axis):
+                axis.axvline(kept, color="0.4", linestyle=":", linewidth=1.0, label="kept" if axis is accuracy_axis
+                             else None)
+        for axis in (loss_axis, accuracy_axis):
             axis.set_xlabel("epoch")
-            axis.set_ylabel(label)
             axis.legend(frameon=False)
         if title:
             figure.suptitle(title, fontsize=8)
@@ -211,4 +236,83 @@ def plot_adversarial_grid(x: Any, x_adv: Any, labels: Any, predictions: Any, eps
         if title:
             figure.suptitle(title, fontsize=8)
         figure.tight_layout()
+        return save_figure(figure, stem)
+
+
+def _budget_series(budgets: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(kind, series label, rows) per model of the budget table, in order of training ε."""
+    series = []
+    multi_run = budgets["run"].nunique() > 1
+    for (kind, _, _, run, model), rows in budgets.groupby(["kind", "train_eps", "training", "run", "model"],
+                                                           sort=False):
+        label = "natural" if rows["training"].iloc[0] == "natural" else rows["training"].iloc[0]
+        if multi_run:
+            label += f" ({run})"
+        series.append((kind, label, rows.sort_values("test_eps")))
+    return series
+
+
+def plot_budget_lines(budgets: pd.DataFrame, stem: Path) -> list[Path]:
+    """Robust accuracy (worst case over attacks) against test ε, one line per training budget, one panel per model
+    kind: the figure robustness papers draw to compare training budgets. ``budgets`` is
+    :func:`advsweep.experiments.summary.budget_table`'s (one norm)."""
+    kinds = list(dict.fromkeys(budgets["kind"]))
+    series = _budget_series(budgets)
+    colours = plt.get_cmap("viridis")
+    top = float(budgets["train_eps"].max()) or 1.0
+    with plt.rc_context(STYLE):  # type: ignore[arg-type]
+        figure, axes = plt.subplots(1, len(kinds), squeeze=False, sharey=True,
+                                    figsize=(COLUMN_WIDTH_INCHES * len(kinds), 2.4))
+        for index, kind in enumerate(kinds):
+            axis = axes[0][index]
+            for series_kind, label, rows in series:
+                if series_kind != kind:
+                    continue
+                colour = colours(0.85 * float(rows["train_eps"].iloc[0]) / top)
+                axis.plot(rows["test_eps"], rows["robust_accuracy"], marker="o", ms=3, color=colour, label=label)
+                axis.fill_between(rows["test_eps"], rows["ci_low"], rows["ci_high"], color=colour, alpha=0.15,
+                                  linewidth=0)
+            axis.set_title(kind)
+            axis.set_xlabel(f"test ε ({budgets['norm'].iloc[0]})")
+            axis.set_ylim(-0.02, 1.02)
+            axis.legend(frameon=False, title="training", title_fontsize=7)
+        axes[0][0].set_ylabel("robust accuracy (worst case)")
+        figure.tight_layout()
+        return save_figure(figure, stem)
+
+
+def plot_budget_heatmap(budgets: pd.DataFrame, stem: Path) -> list[Path]:
+    """Training budget × test ε, robust accuracy (worst case over attacks) in each cell, one panel per model kind."""
+    kinds = list(dict.fromkeys(budgets["kind"]))
+    series = _budget_series(budgets)
+    test_eps = sorted(budgets["test_eps"].unique())
+    with plt.rc_context(STYLE):  # type: ignore[arg-type]
+        rows_per_kind = max(sum(1 for k, _, _ in series if k == kind) for kind in kinds)
+        figure, axes = plt.subplots(1, len(kinds), squeeze=False,
+                                    figsize=(COLUMN_WIDTH_INCHES * len(kinds), 0.9 + 0.32 * rows_per_kind))
+        image = None
+        for index, kind in enumerate(kinds):
+            axis = axes[0][index]
+            labels, grid = [], []
+            for series_kind, label, rows in series:
+                if series_kind != kind:
+                    continue
+                labels.append(label)
+                by_eps = dict(zip(rows["test_eps"], rows["robust_accuracy"]))
+                grid.append([by_eps.get(eps, np.nan) for eps in test_eps])
+            values = np.array(grid, dtype=float)
+            image = axis.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+            for (i, j), value in np.ndenumerate(values):
+                if np.isfinite(value):
+                    axis.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=7,
+                              color="white" if value < 0.6 else "black")
+            axis.set_xticks(range(len(test_eps)), [f"{eps:g}" for eps in test_eps])
+            axis.set_yticks(range(len(labels)), labels)
+            axis.set_xlabel(f"test ε ({budgets['norm'].iloc[0]})")
+            axis.set_title(kind)
+            axis.grid(False)
+        axes[0][0].set_ylabel("training")
+        if image is not None:
+            figure.colorbar(image, ax=axes[0].tolist(), label="robust accuracy (%)", fraction=0.05,
+                            format=matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:.0f}"))
         return save_figure(figure, stem)

@@ -17,10 +17,16 @@ import numpy as np
 import pandas as pd
 
 from advsweep.attacks.checks import Check, check_curve_below_worst_case, check_monotone, check_pgd_beats_fgsm
-from advsweep.experiments.plots import plot_accuracy_vs_eps, plot_adversarial_grid, plot_robustness_curve
+from advsweep.experiments.plots import (
+    plot_accuracy_vs_eps,
+    plot_adversarial_grid,
+    plot_budget_heatmap,
+    plot_budget_lines,
+    plot_robustness_curve,
+)
 from advsweep.assets.files import write_atomic
 from advsweep.experiments.records import CLEAN, read_records
-from advsweep.experiments.summary import WORST_CASE, curve_points, summarize, write_tables
+from advsweep.experiments.summary import WORST_CASE, budget_table, curve_points, summarize, write_tables
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +185,15 @@ def build_report(run_dirs: Sequence[Path], output: Path) -> dict[str, Any]:
     files.append(write_atomic(output / "checks.md", lambda p: p.write_text(_checks_markdown(checks))))
     figures = output / "figures"
     files += plot_accuracy_vs_eps(summary, figures / "accuracy_vs_eps")
+    budgets = budget_table(summary, {(label, model["name"]): model.get("training")
+                                     for run_dir, label in zip(run_dirs, labels)
+                                     for model in json.loads((Path(run_dir) / "manifest.json").read_text())["models"]})
+    if not budgets.empty:  # models trained at two or more ε: the ε-budget comparison
+        files.append(write_atomic(output / "budgets.csv", lambda p: budgets.to_csv(p, index=False)))
+        for norm, rows in budgets.groupby("norm", sort=False):
+            suffix = "" if budgets["norm"].nunique() == 1 else f"_{norm}"
+            files += plot_budget_lines(rows, figures / f"budgets_lines{suffix}")
+            files += plot_budget_heatmap(rows, figures / f"budgets_heatmap{suffix}")
     minimal = minimal_all
     if not minimal.empty:
         grid = np.unique(np.concatenate([np.linspace(0, float(g["eps_max"].max()), 201)

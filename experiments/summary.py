@@ -227,3 +227,33 @@ def curve_points(minimal: pd.DataFrame, grid: Sequence[float]) -> pd.DataFrame:
             rows.append({"run": run, "model": model, "norm": norm, "eps": float(t),
                          "robust_accuracy": float(np.mean(sizes > t)), "examples": len(sizes)})
     return pd.DataFrame(rows)
+
+
+def budget_table(summary: pd.DataFrame, trainings: dict[tuple[str, str], dict[str, Any] | None]) -> pd.DataFrame:
+    """The ε-budget comparison: the worst case over attacks of every model with a known training ε, per test ε.
+
+    Args:
+        summary: :func:`summarize`'s table.
+        trainings: ``(run, model) → {"kind", "method", "label", "eps", …}`` from the runs' manifests (``None`` for a
+            classifier the harness did not train).
+
+    Returns:
+        One row per (run, model, norm, test ε) with ``kind``, ``training`` (the method's label, or ``"natural"``),
+        ``train_eps``, ``test_eps``, ``robust_accuracy``, ``ci_low``, ``ci_high`` and ``examples``; empty unless the
+        models span at least two training ε.
+    """
+    worst = summary[summary["attack"] == WORST_CASE]
+    rows = []
+    for row in worst.itertuples():
+        training = trainings.get((row.run, row.model))
+        if not training:
+            continue
+        rows.append({"run": row.run, "model": row.model, "kind": training["kind"], "training": training["label"],
+                     "train_eps": float(training["eps"]), "norm": row.norm, "test_eps": float(row.eps),
+                     "robust_accuracy": row.robust_accuracy, "ci_low": row.ci_low, "ci_high": row.ci_high,
+                     "examples": row.examples})
+    table = pd.DataFrame(rows)
+    if table.empty or table["train_eps"].nunique() < 2:
+        return pd.DataFrame()
+    return table.sort_values(["kind", "norm", "train_eps", "training", "run", "model", "test_eps"],
+                             kind="stable").reset_index(drop=True)

@@ -209,11 +209,26 @@ def manifest(config: SweepConfig, models: list[LoadedModel], code: dict[str, Any
         "assets": assets,
         "models": [{"name": m.spec.name, "folder": str(m.folder), "model_keras_sha256": m.sha256,
                     "model_id": m.metrics.get("model_id"), "clean_test_accuracy": m.metrics.get("clean_test_accuracy"),
-                    "train_examples": m.metrics.get("train_examples")} for m in models],
+                    "train_examples": m.metrics.get("train_examples"), "training": training_of(m.metrics)}
+                   for m in models],
         "seeds": {"attacks": config.seed, "example_selection": config.selection_seed},
         "examples": {"count": len(examples), "selection": config.selection,
                      "test_indices_sha256": hashlib.sha256(examples.astype(np.int64).tobytes()).hexdigest()},
     }
+
+
+def training_of(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """How a model was trained, from its ``metrics.json``: kind, natural or adversarial, the training ε (0 for
+    natural training), and any collapse; ``None`` for a classifier the harness did not train. The ε-budget figures
+    read this from the manifest."""
+    config = metrics.get("config")
+    if not config:
+        return None
+    adversarial = metrics.get("adversarial")
+    return {"kind": config.get("kind"), "method": adversarial["method"] if adversarial else "natural",
+            "label": adversarial["label"] if adversarial else "natural",
+            "eps": float(adversarial["options"]["eps"]) if adversarial else 0.0,
+            "collapse": adversarial.get("collapse") if adversarial else None}
 
 
 def write_json(path: Path, value: Any) -> Path:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # the names as mypy and editors see them
         load_classifier,
         probability_model,
     )
-    from advsweep.models.config import CUTS, HEADS, MODEL_KINDS, ModelConfig, RESIZES
+    from advsweep.models.config import CUTS, HEADS, MODEL_KINDS, AdversarialConfig, ModelConfig, RESIZES
+    from advsweep.models.madry_cnn import build_madry_cnn
     from advsweep.models.small_cnn import build_small_cnn
     from advsweep.models.vgg16 import build_vgg16_classifier, feature_extractor
 
@@ -34,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     "NUM_CLASSES": "advsweep.models.common",
     "RESIZES": "advsweep.models.config",
     "ModelConfig": "advsweep.models.config",
+    "AdversarialConfig": "advsweep.models.config",
+    "build_madry_cnn": "advsweep.models.madry_cnn",
     "build_small_cnn": "advsweep.models.small_cnn",
     "build_vgg16_classifier": "advsweep.models.vgg16",
     "as_classifier": "advsweep.models.common",

@@ -15,8 +15,8 @@ measures the gap). :func:`fast_forward` returns the model's function ``x → log
 backward passes attached through ``tf.custom_gradient``; its forward values are the model's, bit for
 bit, and its gradient equals ``tf.GradientTape``'s up to float rounding (``tests/test_fast_gradient.py``).
 
-Models without a ``"vgg16_base"`` sub-model (the small CNN) are returned as they are: their plain
-gradient is already cheap.
+Models without a frozen ``"vgg16_base"`` sub-model (the CNNs, and the VGG16 trained from scratch, whose base
+trains and whose weights may change after a call) are returned as they are, differentiated by the plain tape.
 """
 
 from __future__ import annotations
@@ -137,12 +137,13 @@ def _build_fast_forward(model: keras.Model) -> Forward:
 
 def fast_forward(model: keras.Model) -> Forward:
     """The model's function ``(N, 28, 28, 1) → (N, 10)`` logits, with fast backward passes through a frozen
-    VGG16 base; the model itself when it has no ``"vgg16_base"``. Cached per model.
+    VGG16 base; the model itself when it has no frozen ``"vgg16_base"``. Cached per model.
 
     The base's weights are read once: the base is frozen, so they cannot change.
     """
     if model not in _FORWARDS:
         names = {layer.name for layer in model.layers}
-        _FORWARDS[model] = _build_fast_forward(model) if BASE_NAME in names else (lambda x: model(x, training=False))
+        frozen = BASE_NAME in names and not model.get_layer(BASE_NAME).trainable
+        _FORWARDS[model] = _build_fast_forward(model) if frozen else (lambda x: model(x, training=False))
     return _FORWARDS[model]
 

@@ -1,7 +1,9 @@
-"""Train a model of the harness, seeded, and save it with its metrics and training curves.
+"""Train a model of the harness, seeded, and save it with its metrics, training curves and TensorBoard logs.
 
 For the frozen VGG16 the base's features are computed once per (input size, resize, cut, assets)
 and cached on disk; the head trains on the cache, so a second head reuses the first's features.
+Adversarial training (``config.adversarial``) is :func:`advsweep.models.adversarial.train_adversarially`; for the
+frozen VGG16 it trains the head on adversarial images crafted through the frozen base.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import tensorflow as tf
 
 from advsweep.assets import Resolved, cache_dir, load_mnist, load_vgg16_weights
 from advsweep.assets.files import umask_mode, write_atomic
+from advsweep.models.adversarial import AdversarialResult, train_adversarially
+from advsweep.models.common import model_function
 from advsweep.models.config import ModelConfig
+from advsweep.models.madry_cnn import build_madry_cnn
 from advsweep.models.small_cnn import build_small_cnn
 from advsweep.models.vgg16 import build_vgg16_classifier, feature_extractor
 
@@ -244,19 +249,24 @@ def shifted_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, shift: int
 
 
 def _fit(model: keras.Model, config: ModelConfig, x: np.ndarray, y: np.ndarray,
-         x_val: np.ndarray, y_val: np.ndarray, *, augment_shift: int = 0) -> dict[str, list[float]]:
+         x_val: np.ndarray, y_val: np.ndarray, *, augment_shift: int = 0,
+         log_dir: Path | None = None) -> dict[str, list[float]]:
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience,
                                          restore_best_weights=True, mode="max")
     progress = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logger.info(
         "epoch %d/%d: loss %.4f, accuracy %.4f, validation accuracy %.4f", epoch + 1, config.epochs,
         logs["loss"], logs["accuracy"], logs["val_accuracy"]))
+    callbacks: list[keras.callbacks.Callback] = [stop, progress]
+    if log_dir is not None:  # train/ and validation/ event files: loss and accuracy per epoch
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir), histogram_freq=0, write_graph=False,
+                                                     update_freq="epoch"))
     if augment_shift:
         data = shifted_batches(x, y, batch_size=config.batch_size, shift=augment_shift, seed=config.seed)
         history = model.fit(data, validation_data=(x_val, y_val), epochs=config.epochs, shuffle=False,
-                            callbacks=[stop, progress], verbose=0)
+                            callbacks=callbacks, verbose=0)
     else:
         history = model.fit(x, y, validation_data=(x_val, y_val), epochs=config.epochs,
-                            batch_size=config.batch_size, shuffle=True, callbacks=[stop, progress], verbose=0)
+                            batch_size=config.batch_size, shuffle=True, callbacks=callbacks, verbose=0)
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
@@ -284,16 +294,19 @@ class TrainedModel:
 
 
 def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | None = None,
-                weights_path: str | None = None, draw_curves: DrawCurves | None = None) -> TrainedModel:
-    """Train ``config`` and save ``model.keras``, ``metrics.json``, ``history.csv`` and the curves.
+                weights_path: str | None = None, draw_curves: DrawCurves | None = None,
+                export_savedmodel: bool = False) -> TrainedModel:
+    """Train ``config`` and save ``model.keras``, ``metrics.json``, ``history.csv``, the curves and TensorBoard logs.
 
     The folder ``output_root / config.model_id`` is written under a temporary name and renamed into
     place at the end, so an interrupted training leaves no half-written model. ``draw_curves(history,
     stem, title)`` draws the training curves into that folder; the experiments layer passes its plotting
     (:func:`advsweep.experiments.plots.plot_training_curves`), which the model layer does not import.
+    ``export_savedmodel`` also writes ``savedmodel/``, a TensorFlow SavedModel for serving (:func:`export_savedmodel`).
 
     Returns:
-        The trained model, its folder and its metrics (clean test accuracy on all 10000 test images).
+        The trained model, its folder and its metrics (clean test accuracy on all 10000 test images; for adversarial
+        training also the per-epoch held-out clean and PGD accuracy, the kept epoch and any collapse).
     """
     started = time.perf_counter()
     mnist_arrays, mnist = load_mnist(mnist_path)
@@ -301,38 +314,59 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
     seed_everything(config.seed)
     assets: dict[str, Any] = {"mnist": mnist.to_dict()}
     feature_info: dict[str, Any] | None = None
-
-    if config.kind == "vgg16":
-        weights, weights_resolved = load_vgg16_weights(weights_path)
-        assets["vgg16_imagenet_notop"] = weights_resolved.to_dict()
-        model = build_vgg16_classifier(
-            weights, input_size=config.input_size, resize=config.resize, cut=config.cut, head=config.head,
-            hidden_units=config.hidden_units, dropout=config.dropout, feature_scaling=config.feature_scaling,
-        )  # fmt: skip
-        train_all, test_features, feature_info = cached_features(
-            model, config, mnist_arrays, mnist, weights_resolved,
-            train_needed=np.concatenate([split.train_index, split.val_index]))
-        head = model.get_layer("head")
-        f_train, f_val = np.asarray(train_all[split.train_index]), np.asarray(train_all[split.val_index])
-        head_started = time.perf_counter()
-        seed_everything(config.seed)
-        if config.feature_scaling:
-            head.get_layer("feature_scaling").adapt(f_train)
-        _compile(head, config)
-        history = _fit(head, config, f_train, split.y_train, f_val, split.y_val)
-        head_seconds = time.perf_counter() - head_started
-        test_logits = head.predict(test_features, batch_size=1024, verbose=0)
-    else:
-        model = build_small_cnn()
-        _compile(model, config)
-        head_started = time.perf_counter()
-        history = _fit(model, config, split.x_train, split.y_train, split.x_val, split.y_val,
-                       augment_shift=config.augment_shift)
-        head_seconds = time.perf_counter() - head_started
-        test_logits = model.predict(split.x_test, batch_size=1024, verbose=0)
+    output_root.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(dir=output_root, prefix=f".{config.model_id}.tensorboard."))
+    adversarial: AdversarialResult | None = None
+    try:
+        if config.kind == "vgg16":
+            weights, weights_resolved = load_vgg16_weights(weights_path)
+            assets["vgg16_imagenet_notop"] = weights_resolved.to_dict()
+            model = build_vgg16_classifier(
+                weights, input_size=config.input_size, resize=config.resize, cut=config.cut, head=config.head,
+                hidden_units=config.hidden_units, dropout=config.dropout, feature_scaling=config.feature_scaling,
+            )  # fmt: skip
+            train_all, test_features, feature_info = cached_features(
+                model, config, mnist_arrays, mnist, weights_resolved,
+                train_needed=np.concatenate([split.train_index, split.val_index]))
+            head = model.get_layer("head")
+            f_train, f_val = np.asarray(train_all[split.train_index]), np.asarray(train_all[split.val_index])
+            head_started = time.perf_counter()
+            seed_everything(config.seed)
+            if config.feature_scaling:
+                head.get_layer("feature_scaling").adapt(f_train)  # the clean features, adversarial training or not
+            if config.adversarial is None:
+                _compile(head, config)
+                history = _fit(head, config, f_train, split.y_train, f_val, split.y_val, log_dir=log_dir)
+            else:  # the head trains on adversarial images crafted through the frozen base (its fast input gradient)
+                adversarial = _train_adversarially(model, config, split, log_dir,
+                                                   attack_forward=model_function(model, "fast"))
+                history = adversarial.history
+            head_seconds = time.perf_counter() - head_started
+            test_logits = head.predict(test_features, batch_size=1024, verbose=0)
+        else:
+            model = build_model(config)
+            head_started = time.perf_counter()
+            if config.adversarial is None:
+                _compile(model, config)
+                history = _fit(model, config, split.x_train, split.y_train, split.x_val, split.y_val,
+                               augment_shift=_augment_shift(config), log_dir=log_dir)
+            else:
+                adversarial = _train_adversarially(model, config, split, log_dir)
+                history = adversarial.history
+            head_seconds = time.perf_counter() - head_started
+            test_logits = model.predict(split.x_test, batch_size=1024, verbose=0)
+    except BaseException:
+        shutil.rmtree(log_dir, ignore_errors=True)
+        raise
 
     test_metrics = evaluate_logits(test_logits, split.y_test)
-    best_epoch = int(np.argmax(history["val_accuracy"]))
+    if adversarial is None:
+        best_epoch = int(np.argmax(history["val_accuracy"]))
+    else:
+        best_epoch = adversarial.best_epoch - 1
+        collapsed_at = adversarial.collapse.epoch - 1 if adversarial.collapse else -1
+        history["collapsed"] = [float(epoch == collapsed_at) for epoch in range(len(history["loss"]))]
+    history["kept"] = [float(epoch == best_epoch) for epoch in range(len(history["loss"]))]
     metrics: dict[str, Any] = {
         "model_id": config.model_id,
         "config": config.to_dict(),
@@ -352,14 +386,84 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
                      "keras": keras.__version__, "numpy": np.__version__},
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
     }
-    folder = save_trained(model, config, metrics, history, output_root, draw_curves=draw_curves)
+    if adversarial is not None and config.adversarial is not None:
+        metrics["adversarial"] = {
+            "method": config.adversarial.method,
+            "label": config.adversarial.label,
+            "options": config.adversarial.to_dict(),
+            "selected_by": f"held-out PGD-{config.adversarial.eval_steps} (margin) accuracy at ε = "
+                           f"{config.adversarial.eps:g} on {min(config.adversarial.eval_examples, len(split.val_index))}"
+                           f" validation images, after each epoch",
+            "held_out_robust_accuracy": history["val_robust_accuracy"][best_epoch],
+            "collapse": adversarial.collapse.to_dict() if adversarial.collapse else None,
+            "stopped_early": adversarial.stopped_early,
+        }
+    folder = save_trained(model, config, metrics, history, output_root, draw_curves=draw_curves, log_dir=log_dir,
+                          export=export_savedmodel)
     logger.info("%s: clean test accuracy %.4f; saved in %s", config.model_id, metrics["clean_test_accuracy"], folder)
     return TrainedModel(model=model, folder=folder, metrics=metrics)
 
 
+def build_model(config: ModelConfig) -> keras.Model:
+    """The untrained model of an end-to-end ``config`` kind (``small_cnn``, ``madry_cnn``, ``vgg16_scratch``)."""
+    if config.kind == "small_cnn":
+        return build_small_cnn()
+    if config.kind == "madry_cnn":
+        return build_madry_cnn()
+    if config.kind == "vgg16_scratch":
+        model = build_vgg16_classifier(
+            None, input_size=config.input_size, resize=config.resize, cut=config.cut, head=config.head,
+            hidden_units=config.hidden_units, dropout=config.dropout, feature_scaling=False,
+        )  # fmt: skip
+        model.get_layer("vgg16_base").trainable = True  # random initialisation (Keras' VGG16's), every layer trains
+        return model
+    raise ValueError(f"{config.kind!r} is not trained end to end (the frozen VGG16 trains its head on features)")
+
+
+def _augment_shift(config: ModelConfig) -> int:
+    return config.augment_shift if config.kind in ("small_cnn", "madry_cnn") else 0
+
+
+def _train_adversarially(model: keras.Model, config: ModelConfig, split: Split, log_dir: Path,
+                         attack_forward: Any = None) -> AdversarialResult:
+    assert config.adversarial is not None
+    shift = _augment_shift(config)
+    batches = None
+    if shift:
+        dataset = shifted_batches(split.x_train, split.y_train, batch_size=config.batch_size, shift=shift,
+                                  seed=config.seed)
+        batches = lambda epoch: ((images.numpy(), labels.numpy()) for images, labels in dataset)  # noqa: E731
+    return train_adversarially(
+        model, config.adversarial, x=split.x_train, y=split.y_train, x_val=split.x_val, y_val=split.y_val,
+        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        patience=config.patience, seed=config.seed, attack_forward=attack_forward, batches=batches, log_dir=log_dir)
+
+
+def export_savedmodel(model: keras.Model, folder: Path) -> Path:
+    """Write ``model`` as a TensorFlow SavedModel in ``folder`` for serving (TF Serving, ``tf.saved_model.load``).
+
+    The endpoint ``serve`` maps float32 ``(N, 28, 28, 1)`` images in [0, 1] to logits ``(N, 10)``, the harness'
+    contract. Written under a temporary name and renamed into place.
+    """
+    folder = Path(folder)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        shutil.rmtree(staging)
+        model.export(str(staging), format="tf_saved_model", verbose=False)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
 def save_trained(model: keras.Model, config: ModelConfig, metrics: dict[str, Any],
-                 history: dict[str, list[float]], output_root: Path, *, draw_curves: DrawCurves | None = None) -> Path:
-    """Write a trained model's folder atomically (temporary folder, then rename)."""
+                 history: dict[str, list[float]], output_root: Path, *, draw_curves: DrawCurves | None = None,
+                 log_dir: Path | None = None, export: bool = False) -> Path:
+    """Write a trained model's folder atomically (temporary folder, then rename); ``log_dir`` (TensorBoard's event
+    files) moves in as ``tensorboard/``, and ``export`` adds ``savedmodel/``."""
     output_root.mkdir(parents=True, exist_ok=True)
     final = output_root / config.model_id
     staging = Path(tempfile.mkdtemp(dir=output_root, prefix=f".{config.model_id}."))
@@ -374,7 +478,12 @@ def save_trained(model: keras.Model, config: ModelConfig, metrics: dict[str, Any
         frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
         frame.to_csv(staging / "history.csv", index=False)
         if draw_curves is not None:
-            draw_curves(frame, staging / "training_curves", config.model_id)
+            title = config.model_id + (f": {config.adversarial.label}" if config.adversarial else "")
+            draw_curves(frame, staging / "training_curves", title)
+        if log_dir is not None:
+            os.replace(log_dir, staging / "tensorboard")
+        if export:
+            export_savedmodel(model, staging / "savedmodel")
         for written in staging.iterdir():
             if written.is_file():
                 os.chmod(written, umask_mode())
@@ -383,6 +492,8 @@ def save_trained(model: keras.Model, config: ModelConfig, metrics: dict[str, Any
         os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if log_dir is not None:
+            shutil.rmtree(log_dir, ignore_errors=True)
         raise
     return final
 

@@ -1,0 +1,276 @@
+"""Adversarial training and the model kinds of issue 13: robustness gained on held-out images, the collapse detector,
+the config's refusals, Madry et al.'s CNN, the VGG16 from scratch, TensorBoard logs, the SavedModel export and the
+ε-budget figures of a sweep over models trained at different ε."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from advsweep.attacks import run_attack
+from advsweep.experiments.cli import main
+from advsweep.experiments.config import ConfigError, parse_config
+from advsweep.experiments.plots import training_curves
+from advsweep.experiments.sweep import run_sweep
+from advsweep.models import build_madry_cnn
+from advsweep.models.adversarial import detect_collapse, learning_rate_at
+from advsweep.models.common import model_function
+from advsweep.models.config import AdversarialConfig, ModelConfig
+from advsweep.models.training import build_model, export_savedmodel, train_model
+
+EPS = 0.2
+SMALL = {"kind": "small_cnn", "train_examples": 4000, "validation_examples": 1000, "epochs": 3, "seed": 3,
+         "augment_shift": 0}
+ADVERSARIAL = {"method": "pgd", "eps": EPS, "steps": 5, "eval_examples": 300, "ramp_epochs": 1.0}
+
+
+@pytest.fixture(scope="module")
+def natural_and_robust(tmp_path_factory):
+    """The small CNN trained naturally and by PGD-5 adversarial training on the same 4000 images, 3 epochs."""
+    root = tmp_path_factory.mktemp("models")
+    natural = train_model(ModelConfig.from_mapping(SMALL), root)
+    robust = train_model(ModelConfig.from_mapping({**SMALL, "adversarial": ADVERSARIAL}), root,
+                         draw_curves=training_curves)
+    return natural, robust
+
+
+def test_adversarial_training_lowers_pgd_success_on_held_out_images(natural_and_robust, test_images):
+    natural, robust = natural_and_robust
+    x, y = test_images[0][:200], test_images[1][:200]  # test images: neither model saw them
+    accuracy = {name: run_attack("pgd", trained.model, x, y, [0.0, EPS], steps=20, loss="margin").robust_accuracy
+                for name, trained in (("natural", natural), ("robust", robust))}
+    assert accuracy["robust"][0] > 0.85  # still a classifier
+    # PGD-20 succeeds far less often on the adversarially trained model
+    assert accuracy["robust"][1] > accuracy["natural"][1] + 0.25, accuracy
+
+
+def test_adversarial_metrics_history_curves_and_logs(natural_and_robust):
+    natural, robust = natural_and_robust
+    assert robust.folder.name != natural.folder.name  # the method and ε are part of the model id
+    metrics = json.loads((robust.folder / "metrics.json").read_text())
+    adversarial = metrics["adversarial"]
+    assert adversarial["options"] == {**AdversarialConfig.from_mapping(ADVERSARIAL).to_dict()}
+    assert adversarial["options"]["step_size"] == pytest.approx(0.5)  # the default 2.5 / steps, resolved
+    assert adversarial["collapse"] is None and adversarial["label"] == "PGD-5 ε=0.2"
+    history = pd.read_csv(robust.folder / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    for column in ("loss", "accuracy", "val_accuracy", "val_robust_accuracy", "eps", "learning_rate", "kept"):
+        assert history[column].notna().all(), column
+    assert history["eps"].iloc[0] == pytest.approx(EPS)  # the ramp reached ε at the end of epoch 1
+    kept = int(history.loc[history["kept"] == 1, "epoch"].iloc[0])
+    assert kept == metrics["best_epoch"] == int(history["val_robust_accuracy"].idxmax()) + 1
+    assert adversarial["held_out_robust_accuracy"] == history["val_robust_accuracy"].max()
+    for suffix in (".png", ".pdf"):
+        assert (robust.folder / f"training_curves{suffix}").stat().st_size > 0
+    # TensorBoard's event files carry the held-out robust accuracy of each epoch
+    events = sorted((robust.folder / "tensorboard" / "validation").glob("events.out.tfevents.*"))
+    assert events
+    logged = {}
+    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
+        for value in event.summary.value:
+            if value.tag == "epoch_robust_accuracy":
+                logged[event.step] = float(tf.make_ndarray(value.tensor))
+    np.testing.assert_allclose([logged[e] for e in range(3)], history["val_robust_accuracy"], rtol=1e-6)
+    # natural training logs too (Keras' TensorBoard callback)
+    assert list((natural.folder / "tensorboard" / "validation").glob("events.out.tfevents.*"))
+
+
+def test_savedmodel_export_reloads_with_the_same_logits(natural_and_robust, test_images, tmp_path, capsys):
+    _, robust = natural_and_robust
+    x = test_images[0][:32]
+    folder = export_savedmodel(robust.model, tmp_path / "savedmodel")
+    loaded = tf.saved_model.load(str(folder))  # held: a SavedModel's functions need their object alive
+    served = loaded.serve(tf.constant(x)).numpy()
+    np.testing.assert_allclose(served, robust.model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+    # the command: `advsweep export MODEL_DIR`
+    model_dir = tmp_path / "copy"
+    shutil.copytree(robust.folder, model_dir)
+    assert main(["export", str(model_dir)]) == 0
+    loaded = tf.saved_model.load(str(model_dir / "savedmodel"))
+    served = loaded.serve(tf.constant(x)).numpy()
+    np.testing.assert_allclose(served, robust.model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+    assert main(["export", str(tmp_path / "nothing")]) == 2
+    assert "not a folder written by `advsweep train`" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# the collapse detector
+
+
+def _history(robust, accuracy, reached):
+    return {"val_robust_accuracy": robust, "accuracy": accuracy, "eps_reached": reached}
+
+
+FAST = AdversarialConfig(method="fast", eps=0.3)
+
+
+def test_collapse_detector_fires_when_held_out_pgd_falls():
+    # Wong et al.'s signature: robust accuracy climbs, then falls to near zero within an epoch
+    collapse = detect_collapse(_history([0.55, 0.71, 0.04], [0.6, 0.75, 0.98], [1, 1, 1]), FAST)
+    assert collapse is not None and collapse.epoch == 3 and collapse.best_epoch == 2
+    assert "fell from 0.710 (epoch 2) to 0.040" in collapse.reason
+
+
+def test_collapse_detector_fires_on_a_first_epoch_collapse():
+    # no earlier epoch to compare with: the training attack is withstood (97%), PGD is not (2%)
+    collapse = detect_collapse(_history([0.02], [0.97], [1]), FAST)
+    assert collapse is not None and collapse.epoch == 1 and "gap" in collapse.reason
+
+
+@pytest.mark.parametrize("robust, accuracy, reached", [
+    ([0.55, 0.71, 0.74], [0.6, 0.75, 0.80], [1, 1, 1]),   # healthy training
+    ([0.60, 0.52], [0.7, 0.72], [1, 1]),                  # a dip smaller than collapse_drop
+    ([0.05], [0.95], [0]),                                # during the ε ramp the held-out ε is above the training ε
+], ids=["healthy", "small-dip", "during-ramp"])
+def test_collapse_detector_stays_quiet_on_healthy_training(robust, accuracy, reached):
+    assert detect_collapse(_history(robust, accuracy, reached), FAST) is None
+
+
+def test_learning_rate_schedules():
+    assert learning_rate_at("constant", 1e-3, 0.9) == 1e-3
+    assert learning_rate_at("decay", 1e-3, 0.25) == 1e-3 and learning_rate_at("decay", 1e-3, 0.75) == pytest.approx(5e-4)
+    assert learning_rate_at("onecycle", 1e-3, 0.0) == 0.0 and learning_rate_at("onecycle", 1e-3, 0.4) == pytest.approx(1e-3)
+    assert learning_rate_at("onecycle", 1e-3, 1.0) == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# refusals
+
+
+@pytest.mark.parametrize("adversarial, match", [
+    ({"method": "free"}, r"models\[0\]\.train\.adversarial\.method.*'pgd', 'fast', 'trades'"),
+    ({"method": "pgd", "eps": 0}, r"adversarial\.eps.*\(0, 1\]"),
+    ({"method": "pgd", "eps": 1.5}, r"adversarial\.eps"),
+    ({"method": "pgd", "steps": 0}, r"adversarial\.steps.*≥ 1|adversarial\.steps.*from 1"),
+    ({"method": "pgd", "beta": 6}, r"adversarial\.beta.*option of trades, not of 'pgd'"),
+    ({"method": "fast", "steps": 3}, r"adversarial\.steps.*not of 'fast'"),
+    ({"method": "trades", "beta": -1}, r"adversarial\.beta.*positive"),
+    ({"method": "pgd", "schedule": "cosine"}, r"adversarial\.schedule.*'constant', 'decay', 'onecycle'"),
+    ({"method": "pgd", "epsilon": 0.3}, r"unknown adversarial option\(s\) \['epsilon'\]"),
+    ("pgd", r"adversarial.*a table"),
+], ids=["method", "eps-zero", "eps-above-1", "steps", "beta-for-pgd", "steps-for-fast", "beta-negative", "schedule",
+        "unknown-key", "not-a-table"])
+def test_bad_adversarial_values_are_refused_when_the_config_is_loaded(adversarial, match, tmp_path):
+    config = {"name": "bad", "models": [{"name": "m", "train": {"kind": "madry_cnn", "adversarial": adversarial}}],
+              "epsilons": {"linf": [0.1]}, "attacks": [{"name": "fgsm"}]}
+    with pytest.raises(ConfigError, match=match):
+        parse_config(config, base=tmp_path)
+
+
+@pytest.mark.parametrize("value, match", [
+    ("pgd,beta=1", r"--adversarial `beta`.*option of trades"),
+    ("method=pgd,eps=2", r"--adversarial `eps`"),
+    ("pgd,7", r"key=value"),
+])
+def test_cli_train_refuses_bad_adversarial_options(tmp_path, capsys, value, match):
+    assert main(["train", "--model", "small_cnn", "--adversarial", value, "--output", str(tmp_path)]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_adversarial_option_reads_as_the_config_table():
+    from advsweep.experiments.cli import parse_adversarial
+
+    assert parse_adversarial("fast,eps=0.3,clip_noise=false,noise=2") == {
+        "method": "fast", "eps": 0.3, "clip_noise": False, "noise": 2}
+    assert parse_adversarial("method=trades,eps=0.1,beta=6.0,schedule=onecycle") == {
+        "method": "trades", "eps": 0.1, "beta": 6.0, "schedule": "onecycle"}
+
+
+# --------------------------------------------------------------------------------------------
+# model kinds
+
+
+def test_madry_cnn_has_the_papers_architecture(test_images):
+    model = build_madry_cnn()
+    shapes = {layer.name: tuple(layer.output.shape[1:]) for layer in model.layers}
+    assert shapes == {"image": (28, 28, 1), "conv1": (28, 28, 32), "pool1": (14, 14, 32), "conv2": (14, 14, 64),
+                      "pool2": (7, 7, 64), "flatten": (3136,), "dense": (1024,), "logits": (10,)}
+    assert model.get_layer("conv1").kernel.shape == (5, 5, 1, 32)
+    assert model.count_params() == 832 + 51264 + 3136 * 1024 + 1024 + 10250
+    assert model(test_images[0][:4]).shape == (4, 10)
+
+
+def test_model_ids_of_natural_models_are_unchanged_and_kinds_keep_their_options():
+    # the quick sweep's models keep their folders (ids computed before adversarial training existed)
+    assert ModelConfig(kind="small_cnn", train_examples=10000, epochs=8).model_id == "small_cnn-2f0f82e300"
+    assert ModelConfig(kind="vgg16", train_examples=10000).model_id == "vgg16-ce6e9f40c7"
+    madry = ModelConfig(kind="madry_cnn")
+    assert ModelConfig(kind="madry_cnn", cut="block5_pool").model_id == madry.model_id  # VGG options are ignored
+    assert "feature_scaling" not in ModelConfig(kind="vgg16_scratch").relevant()
+    a = ModelConfig(kind="madry_cnn", adversarial={"method": "pgd", "eps": 0.3})
+    b = ModelConfig(kind="madry_cnn", adversarial={"method": "pgd", "eps": 0.3, "steps": 10, "step_size": 0.25})
+    assert a.model_id == b.model_id  # the defaults resolved: the same training, the same id
+    assert ModelConfig(kind="madry_cnn", adversarial={"method": "pgd", "eps": 0.2}).model_id != a.model_id
+    assert ModelConfig.from_mapping(a.to_dict()) == a
+
+
+def test_vgg16_from_scratch_is_randomly_initialised_and_trains_every_layer(vgg16_weights, test_images):
+    model = build_model(ModelConfig(kind="vgg16_scratch", seed=0))
+    base = model.get_layer("vgg16_base")
+    assert base.trainable and len(model.trainable_weights) == len(model.weights)  # nothing frozen, no feature scaling
+    kernel = base.get_layer("block1_conv1").kernel.numpy()
+    assert not np.allclose(kernel, vgg16_weights[0]["block1_conv1"][0])  # not the ImageNet weights
+    # one optimiser step moves the first convolution: it trains end to end
+    x, y = test_images[0][:16], test_images[1][:16]
+    model.compile(optimizer="adam", loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.train_on_batch(x, y)
+    assert not np.array_equal(kernel, base.get_layer("block1_conv1").kernel.numpy())
+    # a trainable base is differentiated by the plain tape (the fast path caches a frozen base's weights)
+    forward = model_function(model, "fast")
+    np.testing.assert_array_equal(forward(tf.constant(x[:2])).numpy(), model(x[:2], training=False).numpy())
+
+
+# --------------------------------------------------------------------------------------------
+# the ε-budget comparison
+
+
+def test_sweep_over_training_budgets_draws_the_line_figure_and_the_heatmap(natural_and_robust, tmp_path):
+    natural, robust = natural_and_robust
+    config = tmp_path / "budgets.toml"
+    config.write_text(f'''
+name = "budgets-test"
+[examples]
+count = 30
+selection = "first"
+[[models]]
+name = "natural"
+path = "{natural.folder}"
+[[models]]
+name = "pgd"
+path = "{robust.folder}"
+[epsilons]
+linf = [0.1, 0.2]
+[[attacks]]
+name = "pgd"
+steps = 10
+loss = "margin"
+[minimal]
+enabled = false
+''')
+    from advsweep.experiments.config import load_config
+
+    run_dir = run_sweep(load_config(config), tmp_path / "results")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [m["training"]["eps"] for m in manifest["models"]] == [0.0, EPS]
+    budgets = pd.read_csv(run_dir / "budgets.csv")
+    summary = pd.read_csv(run_dir / "summary.csv")
+    worst = summary[summary["attack"] == "worst case"]
+    # every cell of the figures is the worst-case row of the summary (itself a function of the records)
+    for row in budgets.itertuples():
+        match = worst[(worst["model"] == row.model) & np.isclose(worst["eps"], row.test_eps)]
+        assert row.robust_accuracy == pytest.approx(float(match["robust_accuracy"].iloc[0]))
+    assert sorted(budgets["train_eps"].unique()) == [0.0, EPS]
+    assert sorted(budgets["test_eps"].unique()) == [0.0, 0.1, 0.2]
+    for stem in ("budgets_lines", "budgets_heatmap"):
+        assert (run_dir / "figures" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (run_dir / "figures" / f"{stem}.pdf").read_bytes()[:4] == b"%PDF"
+    # the model trained at ε = 0.2 is the more robust one at ε = 0.2
+    at = budgets[np.isclose(budgets["test_eps"], EPS)].set_index("train_eps")["robust_accuracy"]
+    assert at[EPS] > at[0.0]

@@ -161,10 +161,11 @@ def detect_collapse(history: dict[str, list[float]], adversarial: AdversarialCon
     return None
 
 
-def robust_accuracy(forward: Forward, x: np.ndarray, y: np.ndarray, eps: float, *, steps: int,
-                    seed: int) -> tuple[float, float]:
-    """Clean and L∞ PGD accuracy (margin loss, random start, ``steps`` steps of 2.5 ε / steps) of ``forward`` on
-    ``x``, in batches. The held-out check of training; reported robustness comes from the attack layer."""
+def robust_accuracy_check(forward: Forward, eps: float, *, steps: int) -> Callable[[np.ndarray, np.ndarray, int],
+                                                                               tuple[float, float]]:
+    """``(x, y, seed) → (clean, robust)`` accuracy of ``forward`` on ``x``: L∞ PGD with the margin loss, a random
+    start and ``steps`` steps of 2.5 ε / steps, in batches, compiled once. The held-out check of training; reported
+    robustness comes from the attack layer."""
 
     @tf.function(reduce_retracing=True)
     def batch(images: tf.Tensor, labels: tf.Tensor, key: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -174,13 +175,17 @@ def robust_accuracy(forward: Forward, x: np.ndarray, y: np.ndarray, eps: float, 
         robust = tf.logical_and(clean, tf.argmax(forward(x_adv), axis=1) == labels)
         return tf.reduce_sum(tf.cast(clean, tf.int32)), tf.reduce_sum(tf.cast(robust, tf.int32))
 
-    clean_total = robust_total = 0
-    for start in range(0, len(x), EVAL_BATCH):
-        key = tf.constant([seed, start], tf.int32)
-        clean, robust = batch(tf.constant(x[start:start + EVAL_BATCH]), tf.constant(y[start:start + EVAL_BATCH]), key)
-        clean_total += int(clean)
-        robust_total += int(robust)
-    return clean_total / len(x), robust_total / len(x)
+    def check(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float]:
+        clean_total = robust_total = 0
+        for start in range(0, len(x), EVAL_BATCH):
+            key = tf.constant([seed, start], tf.int32)
+            clean, robust = batch(tf.constant(x[start:start + EVAL_BATCH]), tf.constant(y[start:start + EVAL_BATCH]),
+                                  key)
+            clean_total += int(clean)
+            robust_total += int(robust)
+        return clean_total / len(x), robust_total / len(x)
+
+    return check
 
 
 @dataclasses.dataclass
@@ -255,6 +260,7 @@ def train_adversarially(model: keras.Model, adversarial: AdversarialConfig, *, x
     total_steps = steps_per_epoch * epochs
     ramp_steps = adversarial.ramp_epochs * steps_per_epoch
     eval_x, eval_y = x_val[: adversarial.eval_examples], y_val[: adversarial.eval_examples]
+    held_out = robust_accuracy_check(forward, adversarial.eps, steps=adversarial.eval_steps)
     writers = None
     if log_dir is not None:
         writers = {part: tf.summary.create_file_writer(str(log_dir / part)) for part in ("train", "validation")}
@@ -287,8 +293,7 @@ def train_adversarially(model: keras.Model, adversarial: AdversarialConfig, *, x
             correct_sum += int(correct)
             seen += count
             done += 1
-        clean, robust = robust_accuracy(forward, eval_x, eval_y, adversarial.eps, steps=adversarial.eval_steps,
-                                        seed=seed + epoch)
+        clean, robust = held_out(eval_x, eval_y, seed + epoch)
         seconds = time.perf_counter() - started
         row = {"loss": loss_sum / seen, "accuracy": correct_sum / seen, "val_accuracy": clean,
                "val_robust_accuracy": robust, "eps": eps, "eps_reached": float(epoch_first_eps >= adversarial.eps),

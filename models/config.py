@@ -103,7 +103,7 @@ class AdversarialConfig:
     eval_steps: int = 10
     eval_examples: int = 1000
     collapse_drop: float = 0.2
-    collapse_gap: float = 0.5
+    collapse_gap: float = 0.4
 
     # the options of one method only; unset ones resolve to these defaults
     METHOD_OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {

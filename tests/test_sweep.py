@@ -409,6 +409,12 @@ def test_shipped_configs_are_valid():
     assert all(not a.params.get("settings") for a in paper.attacks if a.name == "autoattack")
     quick = load_config(ROOT / "experiments" / "configs" / "quick.toml")
     assert [a.label for a in quick.attacks if a.name == "autoattack"] == ["autoattack-linf"]
+    # issue 13: the ε-budget comparison: one architecture, four training ε, the same data and epochs for each
+    budgets = load_config(ROOT / "experiments" / "configs" / "budgets.toml")
+    trained = [m.train for m in budgets.models]
+    assert [t.adversarial.eps if t.adversarial else 0.0 for t in trained] == [0.0, 0.1, 0.2, 0.3]
+    assert len({(t.kind, t.train_examples, t.epochs, t.seed) for t in trained}) == 1
+    assert [a.name for a in budgets.attacks] == ["pgd", "autoattack"]
 
 
 def test_balanced_selection_is_seeded_and_balanced(mnist):

@@ -238,7 +238,8 @@ def budget_table(summary: pd.DataFrame, trainings: dict[tuple[str, str], dict[st
             classifier the harness did not train).
 
     Returns:
-        One row per (run, model, norm, test ε) with ``kind``, ``training`` (the method's label, or ``"natural"``),
+        One row per (run, model, norm, test ε) with ``kind``, ``training`` (the method's label, or ``"natural"``;
+        " (collapsed)" added when training detected catastrophic overfitting),
         ``train_eps``, ``test_eps``, ``robust_accuracy``, ``ci_low``, ``ci_high`` and ``examples``; empty unless the
         models span at least two training ε.
     """
@@ -248,7 +249,8 @@ def budget_table(summary: pd.DataFrame, trainings: dict[tuple[str, str], dict[st
         training = trainings.get((row.run, row.model))
         if not training:
             continue
-        rows.append({"run": row.run, "model": row.model, "kind": training["kind"], "training": training["label"],
+        label = training["label"] + (" (collapsed)" if training.get("collapse") else "")
+        rows.append({"run": row.run, "model": row.model, "kind": training["kind"], "training": label,
                      "train_eps": float(training["eps"]), "norm": row.norm, "test_eps": float(row.eps),
                      "robust_accuracy": row.robust_accuracy, "ci_low": row.ci_low, "ci_high": row.ci_high,
                      "examples": row.examples})

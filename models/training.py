@@ -333,6 +333,8 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
     assets: dict[str, Any] = {"mnist": mnist.to_dict()}
     feature_info: dict[str, Any] | None = None
     output_root.mkdir(parents=True, exist_ok=True)
+    for leftover in output_root.glob(f".{config.model_id}.*"):  # staging of a training killed before it finished
+        shutil.rmtree(leftover, ignore_errors=True)
     log_dir = Path(tempfile.mkdtemp(dir=output_root, prefix=f".{config.model_id}.tensorboard."))
     adversarial: AdversarialResult | None = None
     try:

@@ -17,6 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Deterministic kernels from the start: `train_model` turns them on for the rest of its process, so without this the
+# session fixtures below would be trained differently depending on whether a training test ran first.
+tf.config.experimental.enable_op_determinism()
 
 from advsweep.assets import load_mnist, load_vgg16_weights  # noqa: E402
 from advsweep.models import build_small_cnn, build_vgg16_classifier, feature_extractor  # noqa: E402

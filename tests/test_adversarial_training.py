@@ -297,3 +297,31 @@ def test_fast_training_with_too_large_a_step_collapses_and_the_run_says_so(tmp_p
     history = pd.read_csv(Path(summary["folder"]) / "history.csv")
     assert len(history) == collapse["epoch"] and history["collapsed"].iloc[-1] == 1
     assert metrics["best_epoch"] == collapse["best_epoch"]  # the weights before the collapse were kept
+
+
+def test_feature_spread_floor_stops_dead_features_from_being_scaled_by_ten_million(vgg16_model, test_images):
+    """The frozen VGG16's standardisation: a feature that never fires on clean digits has spread 0 and is divided by
+    Keras' floor of 1e-7; adversarial training raises every spread to a tenth of the median first."""
+    import keras
+
+    from advsweep.models.training import SPREAD_FLOOR, floor_feature_spread
+    from advsweep.models.vgg16 import feature_extractor
+
+    features = feature_extractor(vgg16_model)(test_images[0][:300]).numpy()
+    spread = features.std(axis=0)
+    dead = np.flatnonzero(spread == 0)
+    assert len(dead) > 0  # real features of real digits: some never fire
+    scaling = keras.layers.Normalization(axis=-1)
+    scaling.adapt(features)
+    bump = np.zeros((1, features.shape[1]), np.float32)
+    bump[0, dead[0]] = 1.0  # a perturbation makes one dead feature fire at 1
+    before = float((scaling(features[:1] + bump) - scaling(features[:1])).numpy()[0, dead[0]])
+    raised = floor_feature_spread(scaling, fraction=SPREAD_FLOOR)
+    after = float((scaling(features[:1] + bump) - scaling(features[:1])).numpy()[0, dead[0]])
+    assert before > 1e6  # amplified by Keras' floor
+    assert raised >= len(dead)
+    assert after == pytest.approx(1.0 / (SPREAD_FLOOR * np.median(spread)), rel=1e-3)
+    # the informative features keep their standardisation
+    alive = int(np.argmax(spread))
+    np.testing.assert_allclose(np.asarray(scaling.variance)[0, alive] if np.ndim(scaling.variance) == 2
+                               else np.asarray(scaling.variance)[alive], spread[alive] ** 2, rtol=1e-3)

@@ -180,5 +180,6 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
     same = (ours.x_adv[0] == highest_loss_point).all(axis=(1, 2, 3))
     # APGD-T's DLR gradients match to the bit. The cross-entropy's gradient with respect to the logits is computed
     # by PyTorch on one side and TensorFlow's fused kernel on the other; their last bits differ, a pixel's gradient
-    # near zero can change sign, and that example's path parts (measured: 1 of the 19 robust of the first 24)
-    assert (~same[robust]).sum() <= (0 if targeted else 1)
+    # near zero can change sign, and that example's path parts (measured: 1 of the 19 robust of the first 24 on the
+    # fixture trained without op determinism, 2 on the one trained with it, which the suite now always uses)
+    assert (~same[robust]).sum() <= (0 if targeted else 2)

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 FEATURE_CACHE_VERSION = 1
 FEATURE_BATCH = 256
-SPREAD_FLOOR = 0.1  # adversarial training of the frozen VGG16: no feature is divided by less than 1% of the median spread
+SPREAD_FLOOR = 0.1  # adversarial training of the frozen VGG16: no feature is divided by less than 10% of the median spread
 
 
 @dataclasses.dataclass
@@ -341,10 +341,7 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
         if config.kind == "vgg16":
             weights, weights_resolved = load_vgg16_weights(weights_path)
             assets["vgg16_imagenet_notop"] = weights_resolved.to_dict()
-            model = build_vgg16_classifier(
-                weights, input_size=config.input_size, resize=config.resize, cut=config.cut, head=config.head,
-                hidden_units=config.hidden_units, dropout=config.dropout, feature_scaling=config.feature_scaling,
-            )  # fmt: skip
+            model = build_model(config, weights)
             train_all, test_features, feature_info = cached_features(
                 model, config, mnist_arrays, mnist, weights_resolved,
                 train_needed=np.concatenate([split.train_index, split.val_index]))
@@ -427,20 +424,23 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
     return TrainedModel(model=model, folder=folder, metrics=metrics)
 
 
-def build_model(config: ModelConfig) -> keras.Model:
-    """The untrained model of an end-to-end ``config`` kind (``small_cnn``, ``madry_cnn``, ``vgg16_scratch``)."""
+def build_model(config: ModelConfig, weights: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> keras.Model:
+    """The untrained model of ``config``'s kind; the frozen VGG16 takes the ImageNet conv ``weights``."""
     if config.kind == "small_cnn":
         return build_small_cnn()
     if config.kind == "madry_cnn":
         return build_madry_cnn()
-    if config.kind == "vgg16_scratch":
-        model = build_vgg16_classifier(
-            None, input_size=config.input_size, resize=config.resize, cut=config.cut, head=config.head,
-            hidden_units=config.hidden_units, dropout=config.dropout, feature_scaling=False,
-        )  # fmt: skip
+    if config.kind == "vgg16" and weights is None:
+        raise ValueError("the frozen VGG16 needs the ImageNet weights (advsweep.assets.load_vgg16_weights)")
+    scratch = config.kind == "vgg16_scratch"
+    model = build_vgg16_classifier(
+        None if scratch else weights, input_size=config.input_size, resize=config.resize, cut=config.cut,
+        head=config.head, hidden_units=config.hidden_units, dropout=config.dropout,
+        feature_scaling=config.feature_scaling and not scratch,
+    )  # fmt: skip
+    if scratch:
         model.get_layer("vgg16_base").trainable = True  # random initialisation (Keras' VGG16's), every layer trains
-        return model
-    raise ValueError(f"{config.kind!r} is not trained end to end (the frozen VGG16 trains its head on features)")
+    return model
 
 
 def _augment_shift(config: ModelConfig) -> int:

@@ -69,6 +69,16 @@ SWEEP: Final[dict[str, Any]] = {
     "grid_examples": 6,
 }
 
+# How a sweep's units are run (the ``[run]`` table; ``advsweep sweep --executor/--address``): in this process, or
+# as Ray tasks of ``cpus_per_task`` CPUs (TensorFlow's thread pools are set to it) and ``gpus_per_task`` GPUs, each
+# retried up to ``max_retries`` times if its worker dies. None of it changes a record, so none of it is in the run id.
+RUN: Final[dict[str, Any]] = {
+    "executor": "local",
+    "cpus_per_task": 1,
+    "gpus_per_task": 0,
+    "max_retries": 3,
+}
+
 # ``advsweep evaluate MODEL_DIR``: the first ``examples`` test images, FGSM and PGD (the ITERATIVE defaults)
 # by both implementations over an L∞ grid.
 EVALUATE: Final[dict[str, Any]] = {
@@ -111,5 +121,6 @@ def table() -> list[tuple[str, str]]:
             rows.append(("sweep: `figures.grid_examples`", render(value)))
         else:
             rows.append((f"sweep: `{key}`", render(value)))
+    rows += [(f"`[run]` `{key}`", render(value)) for key, value in RUN.items()]
     rows += [(f"`advsweep evaluate`: `--{key}`", render(value)) for key, value in EVALUATE.items()]
     return rows

@@ -290,9 +290,17 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 
 
 def _command_sweep(args: argparse.Namespace) -> int:
-    from advsweep.experiments.config import load_config
+    import dataclasses
+
+    from advsweep.experiments.config import load_config, parse_run
 
     config = load_config(args.config)
+    if args.executor is not None or args.address is not None:  # the command line over the config's [run]
+        run = config.run.to_dict()
+        executor = args.executor or ("ray" if args.address is not None else run["executor"])
+        if executor == "local":
+            run["address"] = None
+        config = dataclasses.replace(config, run=parse_run(run, executor=executor, address=args.address))
     results = Path(args.results).resolve() if args.results else default_results_root()
     start_tensorflow(args.verbose > 0)
     from advsweep.experiments.sweep import run_sweep
@@ -395,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--results", help="results folder (default: $ADVSWEEP_RESULTS or the checkout's results/)")
     sweep.add_argument("--run-id", help="name the run folder yourself (default: a hash of config, models and code, "
                                         "so the same command resumes the same run)")
+    sweep.add_argument("--executor", choices=["local", "ray"],
+                       help="run the units in this process (local, the default) or as Ray tasks (ray); the records "
+                            "are the same either way (default: the config's [run] executor)")
+    sweep.add_argument("--address", metavar="HOST:PORT",
+                       help="the Ray cluster to run on (what `ray start --head` printed, or auto); implies "
+                            "--executor ray; without it --executor ray starts a Ray on this machine")
     sweep.set_defaults(handler=_command_sweep)
 
     report = commands.add_parser("report", help="rebuild tables and figures from run folders' per-example records")

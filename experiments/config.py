@@ -32,10 +32,11 @@ from advsweep.attacks.spec import (
     check_parameter,
     implementations_of,
 )
-from advsweep.defaults import ATTACK, MINIMAL, SWEEP
+from advsweep.defaults import ATTACK, MINIMAL, RUN, SWEEP
 from advsweep.models.config import ModelConfig
 
 SELECTIONS: tuple[str, ...] = ("balanced", "first")
+EXECUTORS: tuple[str, ...] = ("local", "ray")
 MAX_CHUNK = 10000
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # parameters the runner sets itself, per attack and chunk
@@ -115,6 +116,23 @@ class FigureSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """``[run]``: how the units are run, which never changes a record (so it is not part of the run id): in this
+    process (``local``), or as Ray tasks on the cluster at ``address`` (``None``: a Ray started for the sweep on this
+    machine), each of ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs, retried ``max_retries`` times if its worker
+    process dies."""
+
+    executor: str = RUN["executor"]
+    address: str | None = None
+    cpus_per_task: int = RUN["cpus_per_task"]
+    gpus_per_task: float = RUN["gpus_per_task"]
+    max_retries: int = RUN["max_retries"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class SweepConfig:
     """A whole sweep, validated. ``identity()`` is what the run id is a hash of."""
 
@@ -132,6 +150,7 @@ class SweepConfig:
     minimal: MinimalSpec
     figures: FigureSpec
     description: str = ""
+    run: RunSpec = RunSpec()  # how, not what: left out of to_dict() and hence of the run id
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -317,7 +336,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
     top = _take(raw, "", {"name": None, "description": "", "dataset": SWEEP["dataset"], "seed": SWEEP["seed"],
                           "chunk_size": SWEEP["chunk_size"],
                           "gradient": SWEEP["gradient"], "examples": {}, "models": None, "attacks": None,
-                          "epsilons": None, "minimal": {}, "figures": {}}, "")
+                          "epsilons": None, "minimal": {}, "figures": {}, "run": {}}, "")
     name = _name("name", top["name"])
     for required in ("models", "attacks", "epsilons"):
         if top[required] is None:
@@ -356,7 +375,34 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
         gradient=_choice("gradient", top["gradient"], GRADIENT_PATHS),
         minimal=_minimal(top["minimal"], count, data),
         figures=_figures(top["figures"], attacks, epsilons, count, chunk_size),
+        run=parse_run(top["run"]),
     )
+
+
+def parse_run(table: Any, *, executor: str | None = None, address: str | None = None) -> RunSpec:
+    """``[run]``, with the command line's ``--executor`` and ``--address`` over the file's values."""
+    values = _take(table, "run", {**RUN, "address": None}, "run")
+    if executor is not None:
+        values["executor"] = executor
+    if address is not None:
+        values["address"] = address
+    chosen = _choice("run.executor", values["executor"], EXECUTORS)
+    where = values["address"]
+    if where is not None:
+        if not isinstance(where, str) or not where.strip():
+            raise _fail("run.address", f"must be a Ray address such as \"10.0.0.5:6379\" or \"auto\". "
+                                       f"Received: {where!r}")
+        if chosen != "ray":
+            raise _fail("run.address", "is the Ray cluster to run on; it needs executor = \"ray\" (--executor ray)")
+    gpus = values["gpus_per_task"]
+    try:
+        gpus = number("gpus_per_task", gpus, minimum=0.0, maximum=64.0)
+    except Invalid as error:
+        raise ConfigError(error.under("run.gpus_per_task")) from None
+    return RunSpec(executor=chosen, address=where.strip() if isinstance(where, str) else None,
+                   cpus_per_task=_int("run.cpus_per_task", values["cpus_per_task"], minimum=1, maximum=256),
+                   gpus_per_task=float(gpus),
+                   max_retries=_int("run.max_retries", values["max_retries"], minimum=0, maximum=100))
 
 
 def _examples(table: Any, data: DatasetInfo) -> tuple[int, str, int]:

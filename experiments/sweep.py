@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -51,6 +52,33 @@ class LoadedModel:
     folder: Path
     sha256: str
     metrics: dict[str, Any]
+    file: Path  # the .keras file the model was loaded from (what a Ray worker is sent)
+    written_by_train: bool
+
+
+class UnloadableModel(Exception):
+    """Keras could not load a model file."""
+
+
+def classifier_from_file(file: Path, spec: ModelSpec, data: Any, *, written_by_train: bool) -> keras.Model:
+    """The classifier the attacks see, from a ``.keras`` file: a model ``advsweep train`` wrote is checked against
+    the data set; any other is checked and rescaled to [0, 1] inputs. The driver and every Ray worker load a model
+    by this one function, so both attack the same function.
+
+    Raises:
+        UnloadableModel: Keras cannot load the file (corrupt, or not a Keras model).
+        ValueError: the model breaks the contract (the message says how).
+    """
+    from advsweep.models.common import as_classifier, check_contract
+
+    try:
+        model = keras.saving.load_model(file, compile=False)
+    except Exception as error:  # a corrupt or foreign file: Keras raises many kinds of error
+        raise UnloadableModel(f"{type(error).__name__}: {error}") from error
+    if written_by_train:
+        check_contract(model, data.input_shape, data.classes)
+        return model
+    return as_classifier(model, input_shape=data.input_shape, classes=data.classes, input_range=spec.input_range)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +110,7 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
     so that a corrupt file stops the sweep before an hour of training; the error names the config key.
     """
     from advsweep.experiments.plots import training_curves
-    from advsweep.models.common import as_classifier, check_contract
-    from advsweep.models.training import load_trained, train_model
+    from advsweep.models.training import train_model
 
     data = config.data
 
@@ -99,24 +126,18 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
         key = f"models[{index}].{'path' if spec.path is not None else 'train'}"
         written_by_train = (file.parent / "config.json").is_file() and file.name == "model.keras"
         try:
-            if written_by_train:
-                model, _, metrics = load_trained(file.parent)
-            else:
-                model, metrics = keras.saving.load_model(file, compile=False), {}
-        except Exception as error:  # a corrupt or foreign file: Keras raises many kinds of error
+            metrics = json.loads((file.parent / "metrics.json").read_text()) if written_by_train else {}
+            model = classifier_from_file(file, spec, data, written_by_train=written_by_train)
+        except (UnloadableModel, OSError, json.JSONDecodeError) as error:
             fix = ("point `path` at a .keras classifier or a folder written by `advsweep train`" if spec.path is not None
                    else f"delete {file.parent} so that the sweep trains it again")
-            raise SweepError(f"config key `{key}` (model {spec.name!r}): {file} cannot be loaded "
-                             f"({type(error).__name__}: {error}); {fix}") from None
-        try:  # the contract, against the data set: shape, one logit per class, no softmax
-            if written_by_train:
-                check_contract(model, data.input_shape, data.classes)
-            else:
-                model = as_classifier(model, input_shape=data.input_shape, classes=data.classes,
-                                      input_range=spec.input_range)
-        except ValueError as error:
+            detail = str(error) if isinstance(error, UnloadableModel) else f"{type(error).__name__}: {error}"
+            raise SweepError(f"config key `{key}` (model {spec.name!r}): {file} cannot be loaded ({detail}); "
+                             f"{fix}") from None
+        except ValueError as error:  # the contract, against the data set: shape, one logit per class, no softmax
             raise SweepError(f"config key `{key}` (model {spec.name!r}): {error}") from None
-        return LoadedModel(spec=spec, model=model, folder=file.parent, sha256=file_sha256(file), metrics=metrics)
+        return LoadedModel(spec=spec, model=model, folder=file.parent, sha256=file_sha256(file), metrics=metrics,
+                           file=file, written_by_train=written_by_train)
 
     loaded: dict[int, LoadedModel] = {}
     for index, spec in enumerate(config.models):
@@ -340,9 +361,24 @@ def grid_upper_bounds(run_dir: Path, model: str, norm: str, examples: np.ndarray
     return bounds.to_numpy(dtype=np.float64)
 
 
-def run_unit(config: SweepConfig, unit: Unit, loaded: LoadedModel, run_dir: Path, x: np.ndarray, labels: np.ndarray,
-             examples: np.ndarray) -> dict[str, Any]:
-    """Compute one unit and write its files atomically; returns its done record (without the time)."""
+@dataclasses.dataclass
+class UnitOutput:
+    """What a unit computed, in memory: its files (path in the run folder → content) and its checks. A worker
+    returns this and the driver writes it (:func:`write_unit`), so the run folder is only ever written by the
+    driver, by the same code whichever executor ran the unit."""
+
+    key: str
+    kind: str
+    records: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # typed per-example records
+    tables: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # other Parquet tables
+    arrays: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)  # .npz files
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndarray, labels: np.ndarray,
+                 examples: np.ndarray, bounds: np.ndarray | None = None) -> UnitOutput:
+    """Compute one unit from its inputs alone (the model, the sweep's examples, and for the minimal-ε unit the grid
+    bounds of :func:`grid_upper_bounds`); nothing is read or written on disk."""
     from advsweep.attacks import minimal_perturbation, predict_logits, run_attack
     from advsweep.attacks.checks import (
         check_ensemble,
@@ -353,74 +389,137 @@ def run_unit(config: SweepConfig, unit: Unit, loaded: LoadedModel, run_dir: Path
     )
 
     part = slice(unit.start, unit.stop)
-    files: dict[str, str] = {}
-    extra: dict[str, Any] = {}
+    output = UnitOutput(key=unit.key, kind=unit.kind)
     name = unit.key.split("/", 1)[1]
-
-    def keep(path: Path) -> None:
-        files[str(path.relative_to(run_dir))] = file_sha256(path)
+    records_path = f"records/{unit.model}/{name.replace('/', '--')}.parquet"
 
     if unit.kind == "clean":
-        logits = predict_logits(loaded.model, x[part], example_ids=examples[part])
-        frame = clean_records(model=unit.model, examples=examples[part], labels=labels[part], logits=logits)
-        keep(write_records(frame, run_dir / "records" / unit.model / f"{name.replace('/', '--')}.parquet"))
+        logits = predict_logits(model, x[part], example_ids=examples[part])
+        output.records[records_path] = clean_records(model=unit.model, examples=examples[part], labels=labels[part],
+                                                     logits=logits)
     elif unit.kind == "attack":
         assert unit.attack is not None and unit.implementation is not None
-        result = run_attack(unit.attack.name, loaded.model, x[part], labels[part], list(config.epsilons[unit.attack.norm]),
+        result = run_attack(unit.attack.name, model, x[part], labels[part], list(config.epsilons[unit.attack.norm]),
                             implementation=unit.implementation, example_ids=examples[part], **_attack_params(config, unit))
         views = [("single" if unit.attack.name in SINGLE_STEP else "any", result)]
         if result.last is not None:
             views.append(("last", result.last))
-        frame = pd.concat([attack_records(model=unit.model, attack=unit.attack.label, implementation=unit.implementation,
-                                          iterate=iterate, norm=unit.attack.norm, epsilons=view.epsilons,
-                                          examples=examples[part], labels=labels[part], x=x[part], x_adv=view.x_adv,
-                                          logits=view.logits, found_by=view.found_by) for iterate, view in views],
-                          ignore_index=True)
-        keep(write_records(frame, run_dir / "records" / unit.model / f"{name.replace('/', '--')}.parquet"))
+        output.records[records_path] = pd.concat(
+            [attack_records(model=unit.model, attack=unit.attack.label, implementation=unit.implementation,
+                            iterate=iterate, norm=unit.attack.norm, epsilons=view.epsilons, examples=examples[part],
+                            labels=labels[part], x=x[part], x_adv=view.x_adv, logits=view.logits,
+                            found_by=view.found_by) for iterate, view in views], ignore_index=True)
         checks = [check_result_validity(result, x[part], label=f"{unit.attack.label}/{unit.implementation}")]
         checks += check_ensemble(result, label=f"{unit.attack.label}/{unit.implementation}")
-        extra["checks"] = [c.to_dict() for c in checks]
+        output.extra["checks"] = [c.to_dict() for c in checks]
         figure = config.figures
         in_grid = np.flatnonzero(np.arange(unit.start, unit.stop) < figure.grid_examples)
         if (unit.attack.label, unit.implementation) == (figure.grid_attack, figure.grid_implementation) and len(in_grid):
             columns = [list(result.epsilons).index(e) for e in figure.grid_eps]
-            path = run_dir / "adversarials" / unit.model / f"{name.replace('/', '--')}.npz"
-            arrays = {"x": x[part][in_grid], "x_adv": result.x_adv[columns][:, in_grid],
-                      "labels": labels[part][in_grid], "predictions": result.logits[columns][:, in_grid].argmax(-1),
-                      "epsilons": np.asarray(figure.grid_eps), "examples": examples[part][in_grid]}
-            keep(write_atomic(path, lambda p: np.savez_compressed(p, **arrays)))  # type: ignore[arg-type]
+            output.arrays[f"adversarials/{unit.model}/{name.replace('/', '--')}.npz"] = {
+                "x": x[part][in_grid], "x_adv": result.x_adv[columns][:, in_grid], "labels": labels[part][in_grid],
+                "predictions": result.logits[columns][:, in_grid].argmax(-1), "epsilons": np.asarray(figure.grid_eps),
+                "examples": examples[part][in_grid]}
     elif unit.kind == "minimal":
         spec = config.minimal
-        bounds = grid_upper_bounds(run_dir, unit.model, spec.norm, examples[part])
-        minimal = minimal_perturbation(loaded.model, x[part], labels[part], norm=spec.norm, eps_max=spec.eps_max,
-                                      tolerance=spec.tolerance, steps=spec.steps, loss=spec.loss, upper_bounds=bounds,
-                                      seed=config.seed, example_ids=examples[part], gradient=config.gradient)
-        frame = pd.DataFrame({"model": unit.model, "norm": spec.norm, "example": examples[part],
-                              "label": labels[part].astype(np.int16), "minimal_eps": minimal.eps,
-                              "grid_bound": bounds, "eps_max": minimal.eps_max, "tolerance": minimal.tolerance,
-                              "loss": spec.loss})
-        path = run_dir / "records" / unit.model / "minimal.parquet"
-        keep(write_atomic(path, lambda p: frame.to_parquet(p, index=False)))
+        assert bounds is not None, "the minimal-ε unit starts from the grid bounds of the model's attack records"
+        minimal = minimal_perturbation(model, x[part], labels[part], norm=spec.norm, eps_max=spec.eps_max,
+                                       tolerance=spec.tolerance, steps=spec.steps, loss=spec.loss, upper_bounds=bounds,
+                                       seed=config.seed, example_ids=examples[part], gradient=config.gradient)
+        output.tables[f"records/{unit.model}/minimal.parquet"] = pd.DataFrame({
+            "model": unit.model, "norm": spec.norm, "example": examples[part], "label": labels[part].astype(np.int16),
+            "minimal_eps": minimal.eps, "grid_bound": bounds, "eps_max": minimal.eps_max,
+            "tolerance": minimal.tolerance, "loss": spec.loss})
     elif unit.kind == "checks":
-        checks = [check_logits(loaded.model, x[part]),
-                  check_gradients(loaded.model, x[part], labels[part], example_ids=examples[part]),
-                  *check_unbounded(loaded.model, x[part], labels[part], seed=config.seed, example_ids=examples[part])]
-        extra["checks"] = [c.to_dict() for c in checks]
-        extra["examples"] = unit.stop - unit.start
+        checks = [check_logits(model, x[part]),
+                  check_gradients(model, x[part], labels[part], example_ids=examples[part]),
+                  *check_unbounded(model, x[part], labels[part], seed=config.seed, example_ids=examples[part])]
+        output.extra["checks"] = [c.to_dict() for c in checks]
+        output.extra["examples"] = unit.stop - unit.start
     else:  # pragma: no cover - plan() makes only the kinds above
         raise AssertionError(unit.kind)
-    return {"key": unit.key, "kind": unit.kind, "files": files, **extra}
+    return output
+
+
+def write_unit(run_dir: Path, output: UnitOutput) -> dict[str, Any]:
+    """Write a unit's files atomically; returns its done record (key, kind, each file's sha256, checks), to which
+    the caller adds the time and worker before writing ``done/<unit>.json``."""
+    files: dict[str, str] = {}
+    for relative, frame in output.records.items():
+        files[relative] = file_sha256(write_records(frame, run_dir / relative))
+    for relative, frame in output.tables.items():
+        files[relative] = file_sha256(write_atomic(run_dir / relative, lambda p: frame.to_parquet(p, index=False)))
+    for relative, arrays in output.arrays.items():
+        files[relative] = file_sha256(
+            write_atomic(run_dir / relative, lambda p: np.savez_compressed(p, **arrays)))  # type: ignore[arg-type]
+    return {"key": output.key, "kind": output.kind, "files": files, **output.extra}
+
+
+def run_unit(config: SweepConfig, unit: Unit, loaded: LoadedModel, run_dir: Path, x: np.ndarray, labels: np.ndarray,
+             examples: np.ndarray) -> dict[str, Any]:
+    """Compute one unit in this process and write its files; returns its done record (without the time)."""
+    bounds = (grid_upper_bounds(run_dir, unit.model, config.minimal.norm, examples[unit.start:unit.stop])
+              if unit.kind == "minimal" else None)
+    return write_unit(run_dir, compute_unit(config, unit, loaded.model, x, labels, examples, bounds))
 
 
 # --------------------------------------------------------------------------------------------
 # the sweep
 
 
+@dataclasses.dataclass
+class SweepInputs:
+    """What every unit of a run reads: the config, the loaded models, the examples, and the run folder."""
+
+    config: SweepConfig
+    models: dict[str, LoadedModel]
+    x: np.ndarray
+    labels: np.ndarray
+    examples: np.ndarray
+    run_dir: Path
+    code: dict[str, Any]
+
+
+# A finished unit's output, with its wall time and the worker that ran it, handed to the driver to write.
+Finish = Callable[[Unit, UnitOutput, float, dict[str, Any]], None]
+
+
+def local_worker() -> dict[str, Any]:
+    return {"executor": "local", "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def run_local(inputs: SweepInputs, todo: list[Unit], finish: Finish,
+              progress: Callable[[str], None] | None = None) -> None:
+    """The in-process executor: the units one after another, in plan order (a minimal-ε unit after its model's
+    attacks, whose records give its starting bounds)."""
+    for unit in todo:
+        if progress is not None:
+            progress(unit.key)
+        started = time.perf_counter()
+        bounds = (grid_upper_bounds(inputs.run_dir, unit.model, inputs.config.minimal.norm,
+                                    inputs.examples[unit.start:unit.stop]) if unit.kind == "minimal" else None)
+        output = compute_unit(inputs.config, unit, inputs.models[unit.model].model, inputs.x, inputs.labels,
+                              inputs.examples, bounds)
+        finish(unit, output, time.perf_counter() - started, local_worker())
+
+
+def deterministic_kernels() -> None:
+    """TensorFlow's deterministic kernels, in every process that runs units. They are a process-wide switch that
+    cannot be turned off again, and ``train_model`` turns it on: without this, a sweep that trained its model and
+    attacked it in the same process wrote other records (in the last bits) than the same sweep resumed after
+    training. Measured: no cost in time on the CPU (PGD on both models, side by side)."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+
+
 def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = None,
               on_unit_done: Callable[[Unit], None] | None = None) -> Path:
     """Run (or resume) a sweep and write its tables and figures; returns the run folder.
 
-    Everything that can fail on bad input (assets, model files) is done before the run folder is made.
+    Everything that can fail on bad input (assets, model files, the Ray cluster's address) is done before the run
+    folder is made. The units run in this process or as Ray tasks (``config.run``); either way this process alone
+    writes the run folder, and the records are the same to the byte.
     """
     from tqdm.auto import tqdm
 
@@ -428,57 +527,78 @@ def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = N
     from advsweep.experiments.report import build_report
 
     started = time.time()
-    dataset = load_dataset(config.dataset)
-    y_test = dataset.test_labels
-    models = prepare_models(config, results_root / "models")
-    assets = {dataset.resolved.name: dataset.resolved.to_dict()}
-    for loaded in models:  # the weights each model was built from, as its training recorded them
-        for entry in loaded.metrics.get("assets", {}).values():
-            assets.setdefault(entry["name"], entry)
-    examples = select_examples(y_test, count=config.examples, selection=config.selection, seed=config.selection_seed,
-                               classes=dataset.info.classes)
-    x, labels = dataset.test_images(examples), y_test[examples]
-    code = code_version()
-    run_id = run_id or run_identity(config, models, code)
-    run_dir = results_root / config.name / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    by_name = {m.spec.name: m for m in models}
+    cluster = None
+    if config.run.executor == "ray":  # a wrong address is refused before anything is loaded, trained or written
+        from advsweep.experiments.cluster import connect
 
-    previous = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").is_file() else {}
-    info = manifest(config, models, code, list(assets.values()), examples)
-    info.update({"run_id": run_id, "status": "running", "started": previous.get("started") or _now(),
-                 "sessions": previous.get("sessions", []) + [{"started": _now()}]})
-    write_json(run_dir / "config.resolved.json", config.to_dict())
-    write_json(run_dir / "manifest.json", info)
-    write_atomic(run_dir / "examples.csv", lambda p: pd.DataFrame(
-        {"position": np.arange(len(examples)), "example": examples, "label": labels}).to_csv(p, index=False))
+        cluster = connect(config.run)
+    try:
+        deterministic_kernels()
+        dataset = load_dataset(config.dataset)
+        y_test = dataset.test_labels
+        models = prepare_models(config, results_root / "models")
+        assets = {dataset.resolved.name: dataset.resolved.to_dict()}
+        for loaded in models:  # the weights each model was built from, as its training recorded them
+            for entry in loaded.metrics.get("assets", {}).values():
+                assets.setdefault(entry["name"], entry)
+        examples = select_examples(y_test, count=config.examples, selection=config.selection,
+                                   seed=config.selection_seed, classes=dataset.info.classes)
+        x, labels = dataset.test_images(examples), y_test[examples]
+        code = code_version()
+        run_id = run_id or run_identity(config, models, code)
+        run_dir = results_root / config.name / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        inputs = SweepInputs(config=config, models={m.spec.name: m for m in models}, x=x, labels=labels,
+                             examples=examples, run_dir=run_dir, code=code)
 
-    units = plan(config)
-    todo = [u for u in units if not unit_is_done(run_dir, u)]
-    logger.info("sweep %s, run %s: %d of %d units to do (%s)", config.name, run_id, len(todo), len(units), run_dir)
-    from tqdm.contrib.logging import logging_redirect_tqdm
+        previous = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").is_file() else {}
+        info = manifest(config, models, code, list(assets.values()), examples)
+        executor = {"name": config.run.executor, **(cluster.describe() if cluster is not None else {})}
+        info.update({"run_id": run_id, "status": "running", "started": previous.get("started") or _now(),
+                     "executor": executor,
+                     "sessions": previous.get("sessions", []) + [{"started": _now(), "executor": config.run.executor}]})
+        write_json(run_dir / "config.resolved.json", config.to_dict())
+        write_json(run_dir / "manifest.json", info)
+        write_atomic(run_dir / "examples.csv", lambda p: pd.DataFrame(
+            {"position": np.arange(len(examples)), "example": examples, "label": labels}).to_csv(p, index=False))
 
-    progress = tqdm(total=sum(u.cost for u in units), initial=sum(u.cost for u in units if u not in todo),
-                    unit="grad", unit_scale=True, desc=config.name, dynamic_ncols=True,
-                    bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
-    with logging_redirect_tqdm(), progress:
-        for unit in todo:
-            progress.set_postfix_str(unit.key)
-            unit_started = time.perf_counter()
-            record = run_unit(config, unit, by_name[unit.model], run_dir, x, labels, examples)
-            record["seconds"] = time.perf_counter() - unit_started
-            record["finished"] = _now()
+        units = plan(config)
+        todo = [u for u in units if not unit_is_done(run_dir, u)]
+        logger.info("sweep %s, run %s: %d of %d units to do on the %s executor (%s)", config.name, run_id, len(todo),
+                    len(units), config.run.executor, run_dir)
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        bar = tqdm(total=sum(u.cost for u in units), initial=sum(u.cost for u in units if u not in todo),
+                   unit="grad", unit_scale=True, desc=config.name, dynamic_ncols=True,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
+
+        def finish(unit: Unit, output: UnitOutput, seconds: float, worker: dict[str, Any]) -> None:
+            record = write_unit(run_dir, output)
+            record.update({"seconds": seconds, "finished": _now(), "worker": worker})
             write_json(run_dir / unit.done_path, record)
-            progress.update(unit.cost)
-            logger.info("%s: done in %.1f s", unit.key, record["seconds"])
+            bar.update(unit.cost)
+            logger.info("%s: done in %.1f s%s", unit.key, seconds,
+                        f" on {worker['host']} (pid {worker['pid']})" if worker["executor"] != "local" else "")
             if on_unit_done is not None:
                 on_unit_done(unit)
+
+        with logging_redirect_tqdm(), bar:
+            if cluster is None:
+                run_local(inputs, todo, finish, progress=bar.set_postfix_str)
+            else:
+                cluster.execute(inputs, units, todo, finish, progress=bar.set_postfix_str)
+    finally:
+        if cluster is not None:
+            cluster.close()
 
     build_report([run_dir], run_dir)
     info["status"] = "complete"
     info["finished"] = _now()
     info["sessions"][-1]["finished"] = info["finished"]
-    info["unit_seconds"] = {u.key: json.loads((run_dir / u.done_path).read_text())["seconds"] for u in units}
+    done = {u.key: json.loads((run_dir / u.done_path).read_text()) for u in units}
+    info["unit_seconds"] = {key: record["seconds"] for key, record in done.items()}
+    info["units"] = {key: {"seconds": record["seconds"], "finished": record.get("finished"),
+                           "worker": record.get("worker")} for key, record in done.items()}
     info["wall_seconds_this_session"] = time.time() - started
     write_json(run_dir / "manifest.json", info)
     return run_dir

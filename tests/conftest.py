@@ -8,6 +8,7 @@ are small enough for the default test run and real enough for attacks to mean so
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,9 @@ tf.config.experimental.enable_op_determinism()
 
 from advsweep.assets import load_mnist, load_vgg16_weights  # noqa: E402
 from advsweep.models import build_small_cnn, build_vgg16_classifier, feature_extractor  # noqa: E402
+from advsweep.experiments.config import load_config  # noqa: E402
+from advsweep.experiments.sweep import run_sweep  # noqa: E402
+from advsweep.models.config import ModelConfig  # noqa: E402
 from advsweep.models.training import compute_features, to_float_images  # noqa: E402
 
 
@@ -92,3 +96,76 @@ def benchmark_module():
         spec.loader.exec_module(module)
         return module
     return load
+
+
+# --------------------------------------------------------------------------------------------
+# the tiny sweep (both fixture models, 20 examples, FGSM and PGD-5 by both implementations): run once per session,
+# the reference that resumed, repaired and Ray-executed runs of it are compared with
+
+
+def _save(model, kind: str, folder: Path) -> Path:
+    """A trained-model folder as `advsweep train` writes it (model.keras, config.json, metrics.json)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    config = ModelConfig(kind=kind)
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+    (folder / "metrics.json").write_text(json.dumps({"model_id": f"{kind}-test-fixture", "clean_test_accuracy": None,
+                                                     "assets": {}}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def model_folders(tmp_path_factory, small_cnn, vgg16_model):
+    root = tmp_path_factory.mktemp("models")
+    return {"vgg16": _save(vgg16_model, "vgg16", root / "vgg16"), "cnn": _save(small_cnn, "small_cnn", root / "cnn")}
+
+
+def _config_text(folders: dict[str, Path], name: str = "tiny") -> str:
+    return f'''
+name = "{name}"
+seed = 0
+chunk_size = 20
+[examples]
+count = 20
+selection = "balanced"
+[[models]]
+name = "vgg16"
+path = "{folders['vgg16']}"
+[[models]]
+name = "cnn"
+path = "{folders['cnn']}"
+[epsilons]
+linf = [0.1, 0.2]
+[[attacks]]
+name = "fgsm"
+[[attacks]]
+name = "pgd"
+steps = 5
+rel_stepsize = 0.3
+[minimal]
+examples = 10
+steps = 5
+tolerance = 0.02
+[figures]
+grid_examples = 4
+grid_eps = [0.2]
+'''
+
+
+@pytest.fixture(scope="session")
+def tiny_config_text():
+    """The tiny sweep's config text for given model folders (bad-config tests mutate it)."""
+    return _config_text
+
+
+@pytest.fixture(scope="session")
+def sweep_config(model_folders, tmp_path_factory):
+    path = tmp_path_factory.mktemp("configs") / "tiny.toml"
+    path.write_text(_config_text(model_folders))
+    return path
+
+
+@pytest.fixture(scope="session")
+def finished_run(sweep_config, tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    return run_sweep(load_config(sweep_config), results)

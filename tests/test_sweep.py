@@ -28,68 +28,6 @@ from advsweep.models.config import ModelConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _save(model, kind: str, folder: Path) -> Path:
-    """A trained-model folder as `advsweep train` writes it (model.keras, config.json, metrics.json)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.keras")
-    config = ModelConfig(kind=kind)
-    (folder / "config.json").write_text(json.dumps(config.to_dict()))
-    (folder / "metrics.json").write_text(json.dumps({"model_id": f"{kind}-test-fixture", "clean_test_accuracy": None,
-                                                     "assets": {}}))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def model_folders(tmp_path_factory, small_cnn, vgg16_model):
-    root = tmp_path_factory.mktemp("models")
-    return {"vgg16": _save(vgg16_model, "vgg16", root / "vgg16"), "cnn": _save(small_cnn, "small_cnn", root / "cnn")}
-
-
-def _config_text(folders: dict[str, Path], name: str = "tiny") -> str:
-    return f'''
-name = "{name}"
-seed = 0
-chunk_size = 20
-[examples]
-count = 20
-selection = "balanced"
-[[models]]
-name = "vgg16"
-path = "{folders['vgg16']}"
-[[models]]
-name = "cnn"
-path = "{folders['cnn']}"
-[epsilons]
-linf = [0.1, 0.2]
-[[attacks]]
-name = "fgsm"
-[[attacks]]
-name = "pgd"
-steps = 5
-rel_stepsize = 0.3
-[minimal]
-examples = 10
-steps = 5
-tolerance = 0.02
-[figures]
-grid_examples = 4
-grid_eps = [0.2]
-'''
-
-
-@pytest.fixture(scope="module")
-def sweep_config(model_folders, tmp_path_factory):
-    path = tmp_path_factory.mktemp("configs") / "tiny.toml"
-    path.write_text(_config_text(model_folders))
-    return path
-
-
-@pytest.fixture(scope="module")
-def finished_run(sweep_config, tmp_path_factory):
-    results = tmp_path_factory.mktemp("results")
-    return run_sweep(load_config(sweep_config), results)
-
-
 def _summary_without_run(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(run_dir / "summary.csv").drop(columns=["run"])
 
@@ -349,9 +287,9 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize("mutate,message", [(m, msg) for _, m, msg in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
-def test_bad_config_is_refused_before_any_work(mutate, message, model_folders, tmp_path, capsys):
+def test_bad_config_is_refused_before_any_work(mutate, message, model_folders, tiny_config_text, tmp_path, capsys):
     path = tmp_path / "bad.toml"
-    path.write_text(mutate(_config_text(model_folders)))
+    path.write_text(mutate(tiny_config_text(model_folders)))
     results = tmp_path / "results"
     assert main(["sweep", str(path), "--results", str(results)]) == 2
     err = capsys.readouterr().err
@@ -365,12 +303,12 @@ def test_missing_config_file_is_refused(tmp_path, capsys):
     assert "does not exist; the shipped ones are in experiments/configs/" in capsys.readouterr().err
 
 
-def test_corrupt_model_file_is_refused_and_leaves_no_run_folder(model_folders, tmp_path, capsys):
+def test_corrupt_model_file_is_refused_and_leaves_no_run_folder(model_folders, tiny_config_text, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(model_folders["cnn"], broken)
     (broken / "model.keras").write_bytes(b"this is not a keras file")
     path = tmp_path / "bad.toml"
-    path.write_text(_config_text({"vgg16": broken, "cnn": model_folders["cnn"]}))
+    path.write_text(tiny_config_text({"vgg16": broken, "cnn": model_folders["cnn"]}))
     results = tmp_path / "results"
     assert main(["sweep", str(path), "--results", str(results)]) == 2
     err = capsys.readouterr().err
@@ -379,12 +317,12 @@ def test_corrupt_model_file_is_refused_and_leaves_no_run_folder(model_folders, t
     assert not (results / "tiny").exists()
 
 
-def test_corrupt_model_file_is_found_before_any_model_is_trained(model_folders, tmp_path, capsys):
+def test_corrupt_model_file_is_found_before_any_model_is_trained(model_folders, tiny_config_text, tmp_path, capsys):
     """The first model needs training, the second is a corrupt file: nothing is trained, nothing written."""
     broken = tmp_path / "broken"
     shutil.copytree(model_folders["cnn"], broken)
     (broken / "model.keras").write_bytes(b"PK\x03\x04 truncated")
-    text = _config_text({"vgg16": broken, "cnn": model_folders["cnn"]})
+    text = tiny_config_text({"vgg16": broken, "cnn": model_folders["cnn"]})
     text = text.replace('name = "vgg16"\npath =', 'name = "cnn-trained"\ntrain = {kind = "small_cnn", epochs = 1}\n#')
     text = text.replace('name = "cnn"\npath = "' + str(model_folders["cnn"]), 'name = "broken"\npath = "' + str(broken))
     path = tmp_path / "bad.toml"

@@ -1,0 +1,210 @@
+"""The Ray executor, on a real local Ray cluster started by the test (`ray start --head`, two CPUs): the same
+records as the in-process executor to the byte, nothing lost when a worker or the driver is killed, and a bad
+address refused in one line before anything is written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")  # in the test extra; the local executor needs no Ray
+
+from advsweep.experiments.cli import main  # noqa: E402
+from advsweep.experiments.config import ConfigError, RunSpec, load_config, parse_config  # noqa: E402
+from advsweep.experiments.sweep import plan, run_identity, run_sweep  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPARED = ("summary.csv", "summary.md", "summary.tex", "robustness_curve.csv", "checks.json")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A one-node Ray cluster of two CPUs, as `ray start --head` makes one; its address (HOST:PORT)."""
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    log = tmp_path_factory.mktemp("ray") / "head.log"
+    with log.open("w") as out:
+        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                                 f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                                 "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert head.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+    else:
+        pytest.fail(f"ray start did not open {address}: {log.read_text()[-3000:]}")
+    yield address
+    head.send_signal(signal.SIGTERM)  # --block: the head stops every process it started
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+
+
+def _on_ray(config, address: str):
+    return dataclasses.replace(config, run=RunSpec(executor="ray", address=address))
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    """Every record, adversarial-example file and table of a run, by path."""
+    paths = [*run_dir.glob("records/*/*.parquet"), *run_dir.glob("adversarials/*/*.npz"),
+             *(run_dir / name for name in COMPARED)]
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in paths}
+
+
+def _assert_same_run(run_dir: Path, reference: Path) -> None:
+    ours, theirs = _files(run_dir), _files(reference)
+    assert sorted(ours) == sorted(theirs)
+    differing = [name for name in theirs if ours[name] != theirs[name]]
+    assert not differing, f"differ from the in-process run: {differing}"
+
+
+# --------------------------------------------------------------------------------------------
+# the same records
+
+
+def test_ray_gives_byte_identical_records_and_summary(finished_run, sweep_config, ray_cluster, tmp_path):
+    config = load_config(sweep_config)
+    run_dir = run_sweep(_on_ray(config, ray_cluster), tmp_path)
+    assert run_dir.name == finished_run.name  # the executor is not part of the run id
+    _assert_same_run(run_dir, finished_run)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    executor = manifest["executor"]
+    assert executor["name"] == "ray" and executor["ray"] == ray.__version__
+    assert executor["address"].endswith(":" + ray_cluster.rsplit(":", 1)[1])  # the head's own name for itself
+    assert not executor["started_for_the_sweep"]
+    assert executor["resources"]["CPU"] == 2 and len(executor["nodes"]) == 1
+    assert executor["nodes"][0]["resources"]["CPU"] == 2
+    assert set(manifest["units"]) == {u.key for u in plan(config)}
+    workers = {(u["worker"]["executor"], u["worker"]["pid"]) for u in manifest["units"].values()}
+    assert {kind for kind, _ in workers} == {"ray"} and os.getpid() not in {pid for _, pid in workers}
+    assert all(u["seconds"] > 0 for u in manifest["units"].values())
+    assert manifest["sessions"][-1]["executor"] == "ray"
+
+
+def test_run_settings_do_not_change_the_run_id(sweep_config):
+    text = Path(sweep_config).read_text()
+    import tomllib
+
+    plain = parse_config(tomllib.loads(text), base=ROOT)
+    on_ray = parse_config(tomllib.loads(text + '\n[run]\nexecutor = "ray"\ncpus_per_task = 2\nmax_retries = 1\n'),
+                          base=ROOT)
+    assert on_ray.run == RunSpec(executor="ray", cpus_per_task=2, max_retries=1)
+    assert on_ray.to_dict() == plain.to_dict()
+    assert run_identity(on_ray, [], {"source_sha256": "x"}) == run_identity(plain, [], {"source_sha256": "x"})
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[run]\nexecutor = "cluster"', "`run.executor`"),
+    ('[run]\naddress = "10.0.0.1:6379"', "needs executor = \"ray\""),
+    ('[run]\nexecutor = "ray"\ncpus_per_task = 0', "`run.cpus_per_task`"),
+    ('[run]\nexecutor = "ray"\nnodes = 4', "unknown config key(s) `run.nodes`"),
+])
+def test_bad_run_settings_are_refused(sweep_config, table, message):
+    import tomllib
+
+    with pytest.raises(ConfigError) as error:
+        parse_config(tomllib.loads(Path(sweep_config).read_text() + "\n" + table + "\n"), base=ROOT)
+    assert message in str(error.value)
+
+
+# --------------------------------------------------------------------------------------------
+# nothing lost
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "no-such-host.invalid:6379", "10.0.0.5", "ray://head:10001"])
+def test_a_bad_address_is_one_line_exit_2_and_nothing_written(sweep_config, address, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert main(["sweep", str(sweep_config), "--results", str(results), "--address", address]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("advsweep sweep: error: ") and "\n" not in error and address in error
+    assert not results.exists()
+
+
+def _unit_task_processes() -> list[int]:
+    """Ray worker processes running a unit now (Ray names a worker's process after the task it runs)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::_unit_task"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_unit_is_retried_and_nothing_is_lost(finished_run, sweep_config, ray_cluster, tmp_path):
+    config = load_config(sweep_config)
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def kill_one_worker() -> None:
+        while not stop.is_set() and not killed:
+            busy = _unit_task_processes()
+            if busy:
+                time.sleep(0.5)  # mid-unit, not at its first line
+                if busy[0] in _unit_task_processes():
+                    os.kill(busy[0], signal.SIGKILL)
+                    killed.append(busy[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
+    try:
+        run_dir = run_sweep(_on_ray(config, ray_cluster), tmp_path)
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == 1, "no unit was running long enough to be killed"
+    workers = {u["worker"]["pid"] for u in json.loads((run_dir / "manifest.json").read_text())["units"].values()}
+    assert killed[0] not in workers  # the unit it ran was retried on another worker process
+    _assert_same_run(run_dir, finished_run)
+
+
+@pytest.mark.slow
+def test_a_driver_killed_with_sigkill_resumes_from_the_ledger(finished_run, sweep_config, ray_cluster, tmp_path):
+    """SIGKILL the real command mid-sweep on Ray, then run the same command again."""
+    env = {**os.environ, "ADVSWEEP_RESULTS": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "advsweep.experiments.cli", "sweep", str(sweep_config), "--address", ray_cluster]
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "tiny" / finished_run.name  # the same run id as the in-process run
+    done_dir = run_dir / "done"
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(done_dir.glob("*.json"))) < 6 and process.poll() is None:
+        time.sleep(0.1)
+    assert process.poll() is None, "the sweep finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before = {p.name: p.read_text() for p in done_dir.glob("*.json")}
+    assert 6 <= len(finished_before) < len(plan(load_config(sweep_config)))
+    assert not (run_dir / "summary.csv").exists()
+    again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "robust accuracy" in again.stdout
+    for name, text in finished_before.items():  # the ledger's units were not run again
+        assert (done_dir / name).read_text() == text
+    _assert_same_run(run_dir, finished_run)

@@ -120,7 +120,8 @@ def connect(run: RunSpec) -> Cluster:
         ray.shutdown()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
-        context = ray.init(address=run.address, include_dashboard=False, logging_level=logging.WARNING,
+        # "local": always a new Ray for the sweep, never one a stale /tmp/ray/ray_current_cluster points at
+        context = ray.init(address=run.address or "local", include_dashboard=False, logging_level=logging.WARNING,
                            log_to_driver=logger.isEnabledFor(logging.DEBUG))
     except (ConnectionError, RuntimeError, ValueError) as error:
         hint = ("; if the cluster uses token authentication (`ray start` does from Ray 2.59), give this machine its "

@@ -225,6 +225,10 @@ def test_killed_sweep_process_resumes_to_the_same_summary(finished_run, sweep_co
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "robust accuracy" in finished.stdout
     pd.testing.assert_frame_equal(_summary_without_run(tmp_path / "tiny" / "killed"), _summary_without_run(finished_run))
+    # to the byte: fresh processes that trained nothing run the same (deterministic) kernels as this one
+    for path in sorted(finished_run.glob("records/*/*.parquet")):
+        again = tmp_path / "tiny" / "killed" / path.relative_to(finished_run)
+        assert again.read_bytes() == path.read_bytes(), path.name
 
 
 # --------------------------------------------------------------------------------------------

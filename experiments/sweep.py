@@ -573,8 +573,10 @@ def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = N
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
 
         def finish(unit: Unit, output: UnitOutput, seconds: float, worker: dict[str, Any]) -> None:
+            writing = time.perf_counter()
             record = write_unit(run_dir, output)
-            record.update({"seconds": seconds, "finished": _now(), "worker": worker})
+            record.update({"seconds": seconds, "write_seconds": time.perf_counter() - writing, "finished": _now(),
+                           "worker": worker})
             write_json(run_dir / unit.done_path, record)
             bar.update(unit.cost)
             logger.info("%s: done in %.1f s%s", unit.key, seconds,
@@ -597,8 +599,9 @@ def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = N
     info["sessions"][-1]["finished"] = info["finished"]
     done = {u.key: json.loads((run_dir / u.done_path).read_text()) for u in units}
     info["unit_seconds"] = {key: record["seconds"] for key, record in done.items()}
-    info["units"] = {key: {"seconds": record["seconds"], "finished": record.get("finished"),
-                           "worker": record.get("worker")} for key, record in done.items()}
+    info["units"] = {key: {"seconds": record["seconds"], "write_seconds": record.get("write_seconds"),
+                           "finished": record.get("finished"), "worker": record.get("worker")}
+                     for key, record in done.items()}
     info["wall_seconds_this_session"] = time.time() - started
     write_json(run_dir / "manifest.json", info)
     return run_dir

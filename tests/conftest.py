@@ -10,6 +10,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -169,3 +173,24 @@ def sweep_config(model_folders, tmp_path_factory):
 def finished_run(sweep_config, tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     return run_sweep(load_config(sweep_config), results)
+
+
+@pytest.fixture(scope="session")
+def sweep_killed_after():
+    """Run an ``advsweep sweep`` command line (arguments after ``sweep``) with results in ``results``, and SIGKILL
+    it (no clean-up runs) once ``count`` units are in its ledger; returns the full command, to run again."""
+    root = Path(__file__).resolve().parents[1]
+
+    def run(arguments: list[str], results: Path, done_dir: Path, count: int) -> tuple[list[str], dict[str, str]]:
+        env = {**os.environ, "ADVSWEEP_RESULTS": str(results), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        command = [sys.executable, "-m", "advsweep.experiments.cli", "sweep", *arguments]
+        process = subprocess.Popen(command, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 600
+        while time.time() < deadline and len(list(done_dir.glob("*.json"))) < count and process.poll() is None:
+            time.sleep(0.1)
+        assert process.poll() is None, "the sweep finished before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        return command, env
+
+    return run

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,10 +87,22 @@ def _assert_same_run(run_dir: Path, reference: Path) -> None:
 
 
 def test_ray_gives_byte_identical_records_and_summary(finished_run, sweep_config, ray_cluster, tmp_path):
+    """Half the units of the in-process run are deleted (ledger entry and files); Ray redoes them into the same
+    run folder (the executor is not part of the run id), and every record and table is the same to the byte."""
     config = load_config(sweep_config)
-    run_dir = run_sweep(_on_ray(config, ray_cluster), tmp_path)
-    assert run_dir.name == finished_run.name  # the executor is not part of the run id
+    run_dir = tmp_path / "tiny" / finished_run.name
+    shutil.copytree(finished_run, run_dir)
+    units = plan(config)
+    redone = {u.key for u in units[1::2]} | {u.key for u in units if u.kind == "minimal"}
+    for unit in units:
+        if unit.key in redone:
+            for name in json.loads((run_dir / unit.done_path).read_text())["files"]:
+                (run_dir / name).unlink()
+            (run_dir / unit.done_path).unlink()
+    kept = {u.key: (run_dir / u.done_path).read_text() for u in units if u.key not in redone}
+    assert run_sweep(_on_ray(config, ray_cluster), tmp_path) == run_dir
     _assert_same_run(run_dir, finished_run)
+    assert {key: (run_dir / u.done_path).read_text() for u in units if (key := u.key) in kept} == kept
     manifest = json.loads((run_dir / "manifest.json").read_text())
     executor = manifest["executor"]
     assert executor["name"] == "ray" and executor["ray"] == ray.__version__
@@ -97,11 +110,12 @@ def test_ray_gives_byte_identical_records_and_summary(finished_run, sweep_config
     assert not executor["started_for_the_sweep"]
     assert executor["resources"]["CPU"] == 2 and len(executor["nodes"]) == 1
     assert executor["nodes"][0]["resources"]["CPU"] == 2
-    assert set(manifest["units"]) == {u.key for u in plan(config)}
-    workers = {(u["worker"]["executor"], u["worker"]["pid"]) for u in manifest["units"].values()}
-    assert {kind for kind, _ in workers} == {"ray"} and os.getpid() not in {pid for _, pid in workers}
-    assert all(u["seconds"] > 0 for u in manifest["units"].values())
-    assert manifest["sessions"][-1]["executor"] == "ray"
+    assert set(manifest["units"]) == {u.key for u in units}
+    for key, unit in manifest["units"].items():
+        assert unit["worker"]["executor"] == ("ray" if key in redone else "local"), key
+        assert unit["seconds"] > 0
+    assert {u["worker"]["pid"] for k, u in manifest["units"].items() if k in redone}.isdisjoint({os.getpid()})
+    assert [s["executor"] for s in manifest["sessions"]][-1] == "ray"
 
 
 def test_run_settings_do_not_change_the_run_id(sweep_config):
@@ -186,19 +200,12 @@ def test_a_worker_killed_mid_unit_is_retried_and_nothing_is_lost(finished_run, s
 
 
 @pytest.mark.slow
-def test_a_driver_killed_with_sigkill_resumes_from_the_ledger(finished_run, sweep_config, ray_cluster, tmp_path):
+def test_a_driver_killed_with_sigkill_resumes_from_the_ledger(finished_run, sweep_config, ray_cluster, sweep_killed_after,
+                                                            tmp_path):
     """SIGKILL the real command mid-sweep on Ray, then run the same command again."""
-    env = {**os.environ, "ADVSWEEP_RESULTS": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, "-m", "advsweep.experiments.cli", "sweep", str(sweep_config), "--address", ray_cluster]
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "tiny" / finished_run.name  # the same run id as the in-process run
     done_dir = run_dir / "done"
-    deadline = time.time() + 600
-    while time.time() < deadline and len(list(done_dir.glob("*.json"))) < 6 and process.poll() is None:
-        time.sleep(0.1)
-    assert process.poll() is None, "the sweep finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    command, env = sweep_killed_after([str(sweep_config), "--address", ray_cluster], tmp_path, done_dir, 6)
     finished_before = {p.name: p.read_text() for p in done_dir.glob("*.json")}
     assert 6 <= len(finished_before) < len(plan(load_config(sweep_config)))
     assert not (run_dir / "summary.csv").exists()

@@ -4,13 +4,9 @@ and bad configs refused before any work with exit status 2 and nothing left behi
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -208,18 +204,10 @@ def test_a_damaged_record_file_is_recomputed(finished_run, sweep_config, tmp_pat
 
 
 @pytest.mark.slow
-def test_killed_sweep_process_resumes_to_the_same_summary(finished_run, sweep_config, tmp_path):
+def test_killed_sweep_process_resumes_to_the_same_summary(finished_run, sweep_config, sweep_killed_after, tmp_path):
     """SIGKILL the real command mid-sweep (no clean-up runs), then run the same command again."""
-    env = {**os.environ, "ADVSWEEP_RESULTS": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, "-m", "advsweep.experiments.cli", "sweep", str(sweep_config), "--run-id", "killed"]
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    done_dir = tmp_path / "tiny" / "killed" / "done"
-    deadline = time.time() + 600
-    while time.time() < deadline and len(list(done_dir.glob("*.json"))) < 8 and process.poll() is None:
-        time.sleep(0.2)
-    assert process.poll() is None, "the sweep finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    command, env = sweep_killed_after([str(sweep_config), "--run-id", "killed"], tmp_path,
+                                      tmp_path / "tiny" / "killed" / "done", 8)
     assert not (tmp_path / "tiny" / "killed" / "summary.csv").exists()
     finished = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert finished.returncode == 0, finished.stderr[-2000:]

@@ -1,7 +1,7 @@
 """The Ray executor against the in-process one, and what paper.toml would take on 1, 8 and 64 workers.
 
     python benchmarks/cluster.py compare     # part 1: the two executors side by side, in one run (about 10 min)
-    python benchmarks/cluster.py paper       # part 2: paper.toml's units, measured and projected (about 40 min)
+    python benchmarks/cluster.py paper       # part 2: paper.toml's units, measured and projected (about 25 min)
 
 Part 1 runs two sweeps, one dominated by the small CNN (2000 images in 8 chunks) and one by the VGG16 (200 images in
 8 chunks), FGSM and PGD-20/PGD-10 by both implementations, first in this process, then on a local Ray started for the
@@ -11,9 +11,8 @@ units' own times over two) and less what the in-process run spent outside its un
 by the units. Both runs' records are compared byte for byte.
 
 Part 2 plans paper.toml (its units and their kinds), then measures a representative unit of every kind on Ray with
-two one-CPU workers: each attack, the clean pass and the checks on the first 32 test images, AutoAttack (whose cost
-is the examples that survive its first attacks) on the first 4; every measurement is taken warm (the same units run
-twice, the second timed) except AutoAttack's. Per-example costs times the paper's chunk (1000 images) give each
+two one-CPU workers, on the first 32 test images (one unit of 32 per kind); every measurement is taken warm (the same
+units run twice, the second timed) except AutoAttack's, whose cost is the examples that survive its first attacks. Per-example costs times the paper's chunk (1000 images) give each
 unit's expected time; a list schedule of those units, longest first as the executor sends them, with each model's
 minimal-ε unit after that model's attacks, gives the expected wall time on 1, 8 and 64 workers and chunk sizes 1000,
 250 and 100 (with part 1's overhead per unit added to each unit).
@@ -177,10 +176,10 @@ def paper(results: Path, overhead: float) -> None:
 
     per_example: dict[str, float] = {}
     writing: dict[str, float] = {}  # the driver's time to write a unit's files, per example
-    main_config, aa_config = reduced(32, False), reduced(4, True)
+    main_config, aa_config = reduced(32, False), reduced(32, True)
     prepare_models(main_config, results / "models")  # the paper's models: all 55,000 images (long the first time)
     run_sweep(main_config, results, run_id="cold")  # traces and loads everything in the workers
-    for config, run_id, count in ((main_config, "warm", 32), (aa_config, "once", 4)):
+    for config, run_id, count in ((main_config, "warm", 32), (aa_config, "once", 32)):
         started = time.perf_counter()
         run_dir = run_sweep(config, results, run_id=run_id)
         print(f"  sample sweep {config.name} ({count} images): {time.perf_counter() - started:.0f} s")

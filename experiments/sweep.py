@@ -455,14 +455,6 @@ def write_unit(run_dir: Path, output: UnitOutput) -> dict[str, Any]:
     return {"key": output.key, "kind": output.kind, "files": files, **output.extra}
 
 
-def run_unit(config: SweepConfig, unit: Unit, loaded: LoadedModel, run_dir: Path, x: np.ndarray, labels: np.ndarray,
-             examples: np.ndarray) -> dict[str, Any]:
-    """Compute one unit in this process and write its files; returns its done record (without the time)."""
-    bounds = (grid_upper_bounds(run_dir, unit.model, config.minimal.norm, examples[unit.start:unit.stop])
-              if unit.kind == "minimal" else None)
-    return write_unit(run_dir, compute_unit(config, unit, loaded.model, x, labels, examples, bounds))
-
-
 # --------------------------------------------------------------------------------------------
 # the sweep
 

@@ -46,10 +46,10 @@ TOKEN_SOURCES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 def use_token_if_available() -> bool:
     """Send the cluster's token when this machine has one and ``RAY_AUTH_MODE`` is not set.
 
-    Ray 2.59 and later start clusters with token authentication (`ray start --head` writes ``~/.ray/auth_token``),
-    but a driver that connects by address sends the token only when ``RAY_AUTH_MODE=token``: without this, a sweep
-    on a cluster started on the same machine would wait and fail. A cluster without authentication ignores the
-    token (checked with Ray 2.60)."""
+    From Ray 2.59 a local ``ray.init()`` writes ``~/.ray/auth_token`` and protects its cluster with it, and a later
+    ``ray start --head`` on a machine with that file requires it too; but a driver that connects by address sends the
+    token only when ``RAY_AUTH_MODE=token``, so without this a sweep on such a cluster waited and failed. A cluster
+    without authentication ignores the token (both checked with Ray 2.60)."""
     if "RAY_AUTH_MODE" in os.environ:
         return os.environ["RAY_AUTH_MODE"].lower() == "token"
     if any(os.environ.get(name) for name in TOKEN_SOURCES) or (Path.home() / ".ray" / "auth_token").is_file():
@@ -110,8 +110,8 @@ def connect(run: RunSpec) -> Cluster:
     try:
         import ray
     except ImportError:
-        raise SweepError("the Ray executor needs Ray: pip install 'advsweep[ray]' (or run without --executor ray)") \
-            from None
+        raise SweepError("the Ray executor needs Ray: install advsweep's ray extra (pip install -e '.[ray]' in the "
+                         "checkout), or run without --executor ray") from None
     token = False
     if run.address is not None:
         check_address(run.address)
@@ -124,8 +124,8 @@ def connect(run: RunSpec) -> Cluster:
         context = ray.init(address=run.address or "local", include_dashboard=False, logging_level=logging.WARNING,
                            log_to_driver=logger.isEnabledFor(logging.DEBUG))
     except (ConnectionError, RuntimeError, ValueError) as error:
-        hint = ("; if the cluster uses token authentication (`ray start` does from Ray 2.59), give this machine its "
-                "token: `ray get-auth-token` on the head node, then RAY_AUTH_TOKEN=<token> here"
+        hint = ("; if the cluster uses token authentication, give this machine its token: `ray get-auth-token` on "
+                "the head node, then RAY_AUTH_TOKEN=<token> here"
                 if run.address is not None and not token else "")
         raise SweepError(f"cannot connect to the Ray cluster at {run.address or 'a new local Ray'}: "
                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}{hint}") from None

@@ -172,18 +172,17 @@ class Cluster:
             loaded = inputs.models[name]
             model_refs[name] = {"bytes": [ray.put(loaded.file.read_bytes())], "sha256": loaded.sha256,
                                 "spec": loaded.spec, "written_by_train": loaded.written_by_train}
-        environment = {"cpus": self.spec.cpus_per_task, "gpus": self.spec.gpus_per_task,
-                       "source_sha256": inputs.code["source_sha256"]}
+        environment = {"cpus": self.spec.cpus_per_task, "source_sha256": inputs.code["source_sha256"]}
 
         # minimal-ε units wait for their model's attack units (they start from those records' bounds)
         waiting_attacks = {name: sum(1 for u in todo if u.model == name and u.kind == "attack") for name in needed}
         held = [u for u in todo if u.kind == "minimal"]
-        inflight: dict[Any, tuple[Unit, float]] = {}
+        inflight: dict[Any, Unit] = {}
 
         def submit(unit: Unit, bounds: Any = None) -> None:
             ref = task.remote(unit, model_refs[unit.model], shared["config"], shared["x"], shared["labels"],
                               shared["examples"], bounds, environment)
-            inflight[ref] = (unit, time.perf_counter())
+            inflight[ref] = unit
 
         def release_minimal() -> None:
             for unit in [u for u in held if waiting_attacks[u.model] == 0]:
@@ -200,7 +199,7 @@ class Cluster:
             while inflight:
                 ready, _ = ray.wait(list(inflight), num_returns=1)
                 for ref in ready:
-                    unit, _submitted = inflight.pop(ref)
+                    unit = inflight.pop(ref)
                     output, seconds, worker = ray.get(ref)
                     finish(unit, output, seconds, worker)
                     if unit.kind == "attack":

@@ -110,6 +110,7 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
     so that a corrupt file stops the sweep before an hour of training; the error names the config key.
     """
     from advsweep.experiments.plots import training_curves
+    from advsweep.models.config import ModelConfig
     from advsweep.models.training import train_model
 
     data = config.data
@@ -125,15 +126,23 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
         file = file_of(spec)
         key = f"models[{index}].{'path' if spec.path is not None else 'train'}"
         written_by_train = (file.parent / "config.json").is_file() and file.name == "model.keras"
+        fix = ("point `path` at a .keras classifier or a folder written by `advsweep train`" if spec.path is not None
+               else f"delete {file.parent} so that the sweep trains it again")
+
+        def unloadable(detail: str) -> SweepError:
+            return SweepError(f"config key `{key}` (model {spec.name!r}): {file} cannot be loaded ({detail}); {fix}")
+
+        metrics: dict[str, Any] = {}
+        try:  # a trained folder's own files: its config must parse, its metrics go into the manifest
+            if written_by_train:
+                ModelConfig.from_mapping(json.loads((file.parent / "config.json").read_text()))
+                metrics = json.loads((file.parent / "metrics.json").read_text())
+        except Exception as error:  # corrupt JSON, a foreign config: many kinds of error
+            raise unloadable(f"{type(error).__name__}: {error}") from None
         try:
-            metrics = json.loads((file.parent / "metrics.json").read_text()) if written_by_train else {}
             model = classifier_from_file(file, spec, data, written_by_train=written_by_train)
-        except (UnloadableModel, OSError, json.JSONDecodeError) as error:
-            fix = ("point `path` at a .keras classifier or a folder written by `advsweep train`" if spec.path is not None
-                   else f"delete {file.parent} so that the sweep trains it again")
-            detail = str(error) if isinstance(error, UnloadableModel) else f"{type(error).__name__}: {error}"
-            raise SweepError(f"config key `{key}` (model {spec.name!r}): {file} cannot be loaded ({detail}); "
-                             f"{fix}") from None
+        except UnloadableModel as error:
+            raise unloadable(str(error)) from None
         except ValueError as error:  # the contract, against the data set: shape, one logit per class, no softmax
             raise SweepError(f"config key `{key}` (model {spec.name!r}): {error}") from None
         return LoadedModel(spec=spec, model=model, folder=file.parent, sha256=file_sha256(file), metrics=metrics,

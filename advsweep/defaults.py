@@ -3,7 +3,7 @@
 The Python API (``run_attack``, ``projected_gradient_descent``, ``minimal_perturbation``), a sweep config
 and ``advsweep evaluate`` all read their defaults from here, so a key left out means the same thing
 wherever it is left out. This module imports nothing of the harness: every layer may read it.
-The README's "Defaults" section prints this table; ``tests/test_trust.py`` holds the entry points'
+docs/sweeps.md's "Defaults" section prints this table; ``tests/test_trust.py`` holds the entry points'
 signatures and the config parser to it.
 """
 
@@ -41,7 +41,8 @@ AUTOATTACK: Final[dict[str, dict[str, Any]]] = {
     "fab-t": {"steps": 100, "target_classes": 9, "restarts": 1, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},
     "square": {"queries": 5000, "p_init": 0.8, "restarts": 1},
 }
-APGD: Final[dict[str, Any]] = AUTOATTACK["apgd-t"]
+APGD_CE: Final[dict[str, Any]] = AUTOATTACK["apgd-ce"]  # APGD alone (untargeted, CE or DLR)
+APGD_T: Final[dict[str, Any]] = AUTOATTACK["apgd-t"]
 FAB: Final[dict[str, Any]] = AUTOATTACK["fab-t"]
 SQUARE: Final[dict[str, Any]] = AUTOATTACK["square"]
 
@@ -102,7 +103,7 @@ def render(value: Any) -> str:
 
 
 def table() -> list[tuple[str, str]]:
-    """``(key, value)`` rows of every default, for the README's "Defaults" table."""
+    """``(key, value)`` rows of every default, for docs/sweeps.md's "Defaults" table."""
     rows: list[tuple[str, str]] = []
     for (attack, norm), values in ITERATIVE.items():
         rows += [(f"{attack}, {norm}: `{key}`", render(value)) for key, value in values.items()]

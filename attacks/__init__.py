@@ -10,6 +10,10 @@ hyper-parameters) does not import TensorFlow, so that a config is checked before
 
 from __future__ import annotations
 
+if __name__ != "advsweep.attacks":  # the folder imported by its bare name, from the repository root
+    raise ImportError(f"{__name__!r} is the folder of advsweep.attacks: import advsweep.attacks (after `pip install -e .`), "
+                      "so that one copy of the code runs")
+
 from typing import TYPE_CHECKING
 
 from advsweep.lazy import lazy_exports

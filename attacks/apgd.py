@@ -39,7 +39,7 @@ from advsweep.attacks.core import (
 )
 from advsweep.attacks.pgd import result_of
 from advsweep.attacks.rows import run_rows
-from advsweep.defaults import APGD, ATTACK
+from advsweep.defaults import APGD_CE, APGD_T, ATTACK
 
 APGD_LOSSES: tuple[str, ...] = ("ce", "dlr")
 
@@ -52,9 +52,9 @@ def auto_pgd(
     *,
     norm: str = ATTACK["norm"],
     loss: str = "ce",
-    steps: int = APGD["steps"],
-    restarts: int = APGD["restarts"],
-    rho: float = APGD["rho"],
+    steps: int = APGD_CE["steps"],
+    restarts: int = APGD_CE["restarts"],
+    rho: float = APGD_CE["rho"],
     seed: int = ATTACK["seed"],
     example_ids: Any = None,
     gradient: str = ATTACK["gradient"],
@@ -86,10 +86,10 @@ def auto_pgd_targeted(
     epsilons: Any,
     *,
     norm: str = ATTACK["norm"],
-    steps: int = APGD["steps"],
-    target_classes: int = APGD["target_classes"],
-    restarts: int = APGD["restarts"],
-    rho: float = APGD["rho"],
+    steps: int = APGD_T["steps"],
+    target_classes: int = APGD_T["target_classes"],
+    restarts: int = APGD_T["restarts"],
+    rho: float = APGD_T["rho"],
     seed: int = ATTACK["seed"],
     example_ids: Any = None,
     gradient: str = ATTACK["gradient"],

@@ -74,7 +74,13 @@ def multiply_adds(model: keras.Model) -> int:
     return total
 
 
-def row_block(model: keras.Model) -> int:
+def device_kind() -> str:
+    """``"gpu"`` where TensorFlow sees a GPU (it then runs the model there), else ``"cpu"``. Records depend on it: the
+    kernels round differently, and :func:`row_block` depends on it."""
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
+def row_block(model: keras.Model, device: str | None = None) -> int:
     """Rows per model call of AutoAttack's attacks (APGD, APGD-T, FAB-T, Square) on this model and device.
 
     :data:`BLOCK` (32) on a GPU, or for a light model, where a call's cost hardly depends on its rows, so a full
@@ -86,8 +92,12 @@ def row_block(model: keras.Model) -> int:
     So on the VGG16 a call of one row is cheaper than a call of 32 as long as fewer than about 17 rows would be
     busy. Results are deterministic for a given model and device either way: an example sits in row
     ``example_id % row_block(model)``.
+
+    Args:
+        device: ``"cpu"`` or ``"gpu"``, the device the calls will run on; this process' :func:`device_kind` if
+            ``None`` (a sweep's driver asks for its Ray workers' kind, to put the policy in the run's identity).
     """
-    if tf.config.list_logical_devices("GPU") or multiply_adds(model) <= HEAVY_MODEL_MACS:
+    if (device or device_kind()) == "gpu" or multiply_adds(model) <= HEAVY_MODEL_MACS:
         return BLOCK
     return 1
 

@@ -92,7 +92,7 @@ def minimal_perturbation(
             the steps can travel 2.5 ε: the minimum sits on the ball's boundary).
         random_start: PGD's random start.
         loss: ``"margin"`` (Carlini–Wagner, the default: it cannot saturate) or ``"ce"``. Cross-entropy PGD
-            saturates on confident models (the frozen VGG16: see the README), and a bisection run with a weak
+            saturates on confident models (the frozen VGG16: see docs/attacks.md), and a bisection run with a weak
             attack overstates every example's minimal ε.
         upper_bounds: ``(N,)`` budgets at which an adversarial is already known for each example (``inf``
             where none is), e.g. the smallest grid ε at which any attack of a sweep fooled it. An example's

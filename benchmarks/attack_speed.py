@@ -3,7 +3,7 @@
 Parts (each prints a Markdown table; ``--out`` also writes them to a file):
 
 1. ``gradient``: input-gradient throughput on the default model (32×32 pad, base to ``block4_pool``):
-   plain ``tf.GradientTape``, the fast path (:mod:`models.fast_gradient`) and the forward pass alone, in
+   plain ``tf.GradientTape``, the fast path (:mod:`advsweep.models.fast_gradient`) and the forward pass alone, in
    interleaved rounds; the ratio fast/plain and the fast path as a fraction of the two-forward-pass bound.
 2. ``sweep``: FGSM and L∞ PGD-40 (foolbox's defaults: step 0.01/0.3 ε, random start) over ε = 0, 0.05, …, 0.3
    on the first 200 test images, run by the harness (``run_attack``: fast gradient, early stop, ε carried
@@ -37,7 +37,6 @@ import numpy as np
 import tensorflow as tf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from advsweep.assets import load_mnist, load_vgg16_weights  # noqa: E402
 from advsweep.attacks import run_attack  # noqa: E402

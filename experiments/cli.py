@@ -292,8 +292,10 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 def _command_sweep(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from advsweep.experiments.config import load_config, parse_run
+    from advsweep.experiments.config import load_config, parse_run, plain_name
 
+    if args.run_id is not None:  # it names a folder: refused before any work if it is not a plain name
+        plain_name("--run-id", args.run_id)
     config = load_config(args.config)
     if args.executor is not None or args.address is not None:  # the command line over the config's [run]
         run = config.run.to_dict()

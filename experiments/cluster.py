@@ -4,7 +4,7 @@
 (this process) loads and trains the models as the local executor does, then puts the sweep's examples and each
 model's ``.keras`` file into Ray's object store. Every pending unit becomes a task of ``cpus_per_task`` CPUs (and
 ``gpus_per_task`` GPUs) that loads the model from those bytes (once per worker process, by the same function as the
-driver), computes the unit (:func:`~advsweep.experiments.sweep.compute_unit`) and returns its records; the driver
+driver), computes the unit (:func:`~advsweep.experiments.units.compute_unit`) and returns its records; the driver
 writes them into the run folder and the ledger (``done/``) exactly as the local executor does. Workers need no
 shared filesystem and write nothing.
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from advsweep.experiments.config import RunSpec, SweepError
 
 if TYPE_CHECKING:
-    from advsweep.experiments.sweep import Finish, SweepInputs, Unit, UnitOutput
+    from advsweep.experiments.units import Finish, SweepInputs, Unit, UnitOutput
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Cluster:
         """Run ``todo`` as Ray tasks, handing each finished unit to ``finish`` (which writes it) as it arrives."""
         import ray
 
-        from advsweep.experiments.sweep import grid_upper_bounds
+        from advsweep.experiments.units import grid_upper_bounds
 
         config = inputs.config
         task = ray.remote(_unit_task).options(num_cpus=self.spec.cpus_per_task, num_gpus=self.spec.gpus_per_task,
@@ -172,7 +172,8 @@ class Cluster:
             loaded = inputs.models[name]
             model_refs[name] = {"bytes": [ray.put(loaded.file.read_bytes())], "sha256": loaded.sha256,
                                 "spec": loaded.spec, "written_by_train": loaded.written_by_train}
-        environment = {"cpus": self.spec.cpus_per_task, "source_sha256": inputs.code["source_sha256"]}
+        environment = {"cpus": self.spec.cpus_per_task, "source_sha256": inputs.code["source_sha256"],
+                       "device": inputs.execution["device"]}
 
         # minimal-ε units wait for their model's attack units (they start from those records' bounds)
         waiting_attacks = {name: sum(1 for u in todo if u.model == name and u.kind == "attack") for name in needed}
@@ -227,11 +228,16 @@ def _prepare_worker(environment: dict[str, Any]) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from advsweep.experiments.sweep import deterministic_kernels, source_digest
+    from advsweep.attacks.core import device_kind
+    from advsweep.experiments.units import deterministic_kernels, source_digest
 
     if source_digest() != environment["source_sha256"]:
         raise RuntimeError(f"the worker on {socket.gethostname()} runs other advsweep sources than the driver (their "
                            f"sha256 differ): install the same advsweep on every node of the cluster")
+    if device_kind() != environment["device"]:  # another kind of device makes other records than the run's
+        raise RuntimeError(f"the worker on {socket.gethostname()} runs TensorFlow on {device_kind()}, the run's records "
+                           f"are made on {environment['device']}: give the tasks the devices the run was started with "
+                           f"([run] gpus_per_task), or start a new run")
     try:
         tf.config.threading.set_intra_op_parallelism_threads(int(environment["cpus"]))
         tf.config.threading.set_inter_op_parallelism_threads(int(environment["cpus"]))
@@ -249,7 +255,7 @@ def _worker_model(model: dict[str, Any], data: Any) -> Any:
 
     import ray
 
-    from advsweep.experiments.sweep import classifier_from_file
+    from advsweep.experiments.units import classifier_from_file
 
     cache: dict[str, Any] = _WORKER["models"]  # insertion order is use order: the oldest goes first
     if model["sha256"] in cache:
@@ -272,7 +278,7 @@ def _unit_task(unit: Unit, model: dict[str, Any], config: Any, x: Any, labels: A
                environment: dict[str, Any]) -> tuple[UnitOutput, float, dict[str, Any]]:
     """A Ray task: compute one unit from the object store's inputs; the driver writes what it returns."""
     _prepare_worker(environment)
-    from advsweep.experiments.sweep import compute_unit
+    from advsweep.experiments.units import compute_unit
 
     started = time.perf_counter()
     classifier = _worker_model(model, config.data)

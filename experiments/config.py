@@ -218,10 +218,23 @@ def _flag(key: str, value: Any) -> bool:
         raise ConfigError(error.under(key)) from None
 
 
-def _name(key: str, value: Any) -> str:
+def plain_name(what: str, value: Any) -> str:
+    """``value`` if it is a plain name: letters, digits, ``_``, ``-`` and ``.``, at most 64, starting with a letter or
+    digit (so never ``.``, ``..``, a path or a hidden file). Every value that becomes a file or folder name of a run,
+    from a config (sweep, model and attack names) or the command line (``--run-id``), is held to this rule, so that a
+    run writes nothing outside the results root it was given.
+
+    Raises:
+        ConfigError: naming ``what`` (a config key or an option), the value and the rule.
+    """
     if not isinstance(value, str) or not NAME_PATTERN.match(value):
-        raise _fail(key, f"must be a name of letters, digits, '_', '-' or '.' (at most 64). Received: {value!r}")
+        raise ConfigError(f"{what}: must be a name of letters, digits, '_', '-' or '.' (at most 64, starting with a "
+                          f"letter or digit). Received: {value!r}")
     return value
+
+
+def _name(key: str, value: Any) -> str:
+    return plain_name(f"config key `{key}`", value)
 
 
 def _grid(key: str, values: Any, norm: str, data: DatasetInfo) -> tuple[float, ...]:

@@ -7,6 +7,10 @@ TensorFlow, so that a config is checked before TensorFlow starts.
 
 from __future__ import annotations
 
+if __name__ != "advsweep.models":  # the folder imported by its bare name, from the repository root
+    raise ImportError(f"{__name__!r} is the folder of advsweep.models: import advsweep.models (after `pip install -e .`), "
+                      "so that one copy of the code runs")
+
 from typing import TYPE_CHECKING
 
 from advsweep.lazy import lazy_exports

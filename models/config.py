@@ -246,6 +246,18 @@ class ModelConfig:
         number("learning_rate", self.learning_rate, above=0.0)
         number("temperature", self.temperature, above=0.0)
         flag("feature_scaling", self.feature_scaling)
+        # options that something else voids are refused rather than taken into the model id for nothing
+        default = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+        if self.kind in VGG16_KINDS and self.head == "linear":
+            voided = {name: getattr(self, name) for name in ("hidden_units", "dropout")
+                      if getattr(self, name) != default[name]}
+            if voided:
+                raise ValueError(f"{' and '.join(voided)} shape the MLP head only: set head='mlp' or leave them out. "
+                                 f"Received: head='linear', " + ", ".join(f"{k}={v!r}" for k, v in voided.items()))
+        if self.adversarial is not None and self.temperature != default["temperature"]:
+            raise ValueError("temperature is the natural training loss's; adversarial training uses the plain "
+                             f"cross-entropy (as its papers do): leave temperature out. Received: "
+                             f"temperature={self.temperature!r} with adversarial={self.adversarial.method!r}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ModelConfig:

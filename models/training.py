@@ -140,7 +140,7 @@ def cached_features(model: keras.Model, config: ModelConfig, mnist_arrays: tuple
     """
     folder = cache_dir() / "features" / feature_cache_key(config, mnist, weights)
     folder.mkdir(parents=True, exist_ok=True)
-    legacy_path, test_path = folder / "train.npy", folder / "test.npy"
+    test_path = folder / "test.npy"
     partial_path, mask_path = folder / "train_partial.npy", folder / "train_mask.npy"
     x_train, _, x_test, _ = mnist_arrays
     needed = np.arange(len(x_train)) if train_needed is None else np.unique(np.asarray(train_needed))
@@ -149,41 +149,31 @@ def cached_features(model: keras.Model, config: ModelConfig, mnist_arrays: tuple
     started = time.perf_counter()
     computed = 0
 
-    train: np.ndarray | None = None
-    if legacy_path.exists():  # a complete cache written in one piece
+    mask = np.zeros(len(x_train), dtype=bool)
+    train: np.memmap | None = None
+    if partial_path.exists() and mask_path.exists():
         try:
-            legacy = np.load(legacy_path, mmap_mode="r", allow_pickle=False)
-            if legacy.shape == (len(x_train), num_features):
-                train = legacy
+            train = np.lib.format.open_memmap(partial_path, mode="r+")
+            mask = np.load(mask_path, allow_pickle=False)
+            if train.shape != (len(x_train), num_features) or mask.shape != (len(x_train),):
+                train = None
         except (ValueError, OSError) as error:
-            logger.warning("features: the cache %s is unreadable (%s); computing it again", legacy_path, error)
+            logger.warning("features: the cache %s is unreadable (%s); computing it again", folder, error)
+            train = None
     if train is None:
         mask = np.zeros(len(x_train), dtype=bool)
-        partial = None
-        if partial_path.exists() and mask_path.exists():
-            try:
-                partial = np.lib.format.open_memmap(partial_path, mode="r+")
-                mask = np.load(mask_path, allow_pickle=False)
-                if partial.shape != (len(x_train), num_features) or mask.shape != (len(x_train),):
-                    partial = None
-            except (ValueError, OSError) as error:
-                logger.warning("features: the cache %s is unreadable (%s); computing it again", folder, error)
-                partial = None
-        if partial is None:
-            mask = np.zeros(len(x_train), dtype=bool)
-            partial = np.lib.format.open_memmap(partial_path, mode="w+", dtype=np.float32,
-                                                shape=(len(x_train), num_features))
-            _save_atomic(mask_path, mask)
-        missing = needed[~mask[needed]]
-        if len(missing):
-            logger.info("features: computing the frozen base's features of %d training images (cached in %s)",
-                        len(missing), folder)
-            partial[missing] = compute_features(extractor, x_train[missing], description="features (train)")
-            partial.flush()
-            mask[missing] = True
-            _save_atomic(mask_path, mask)
-            computed += len(missing)
-        train = partial
+        train = np.lib.format.open_memmap(partial_path, mode="w+", dtype=np.float32,
+                                          shape=(len(x_train), num_features))
+        _save_atomic(mask_path, mask)
+    missing = needed[~mask[needed]]
+    if len(missing):
+        logger.info("features: computing the frozen base's features of %d training images (cached in %s)",
+                    len(missing), folder)
+        train[missing] = compute_features(extractor, x_train[missing], description="features (train)")
+        train.flush()
+        mask[missing] = True
+        _save_atomic(mask_path, mask)
+        computed += len(missing)
 
     test = None
     if test_path.exists():

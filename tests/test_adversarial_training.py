@@ -1,4 +1,4 @@
-"""Adversarial training and the model kinds of issue 13: robustness gained on held-out images, the collapse detector,
+"""Adversarial training and the robust model kinds: robustness gained on held-out images, the collapse detector,
 the config's refusals, Madry et al.'s CNN, the VGG16 from scratch, TensorBoard logs, the SavedModel export and the
 ε-budget figures of a sweep over models trained at different ε."""
 

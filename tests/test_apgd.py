@@ -1,4 +1,4 @@
-"""APGD and APGD-T (issue 11): hand-computed cases of the DLR losses, the checkpoint schedule, the step-size
+"""APGD and APGD-T: hand-computed cases of the DLR losses, the checkpoint schedule, the step-size
 decision, the random start and the momentum step; the attack's contract on the small CNN."""
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""FAB-T, Square and the AutoAttack ensemble (issue 11): hand-computed cases (Square's schedule and window
+"""FAB-T, Square and the AutoAttack ensemble: hand-computed cases (Square's schedule and window
 profile, the minimal distance to a linear model's boundary, the target classes chosen), FAB's projections
 against torchattacks' copy of the authors' code, and the ensemble's contract and checks on the small CNN."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import keras
 import numpy as np
@@ -146,8 +148,20 @@ def test_autoattack_is_the_worst_case_of_its_members(small_cnn, test_images):
     # one ε of a grid is at least as strong as that ε alone (an example fooled below stays fooled)
     alone = autoattack(small_cnn, x, y, [0.1], attacks=members, settings=quick)
     assert result.robust_accuracy[2] <= alone.robust_accuracy[0]
-    names = [c.name for c in check_ensemble(result)]
-    assert any("Square" in n for n in names) and any("cross-entropy" in n for n in names)
+    # the checks' verdicts, recomputed from found_by; then on a found_by where each must fail
+    for by in (result.found_by, np.where(result.found_by == "apgd-ce", "square", result.found_by),
+               np.where(result.found_by == "apgd-ce", "apgd-t", result.found_by)):
+        checks = {c.name: c for c in check_ensemble(dataclasses.replace(result, found_by=by))}
+        square = checks["no gradient masking: Square adds nothing to the gradient attacks (autoattack)"]
+        only_square = (by == "square").sum(axis=1)
+        assert square.passed == (only_square.sum() == 0) and not square.informational
+        assert str(only_square.tolist()) in square.detail
+        ce = checks["cross-entropy gradients carry the attack (autoattack)"]
+        assert ce.passed == bool(np.all((by == "apgd-t").sum(axis=1) + (by == "fab-t").sum(axis=1)
+                                        <= (by == "apgd-ce").sum(axis=1)))
+        assert ce.informational
+    assert (result.found_by == "apgd-ce").any()  # so the second and third found_by differ from the first
+    assert not checks["cross-entropy gradients carry the attack (autoattack)"].passed  # APGD-T took APGD-CE's finds
 
 
 def test_autoattack_is_own_only_and_checks_its_members(small_cnn, test_images):
@@ -163,7 +177,7 @@ def test_autoattack_is_own_only_and_checks_its_members(small_cnn, test_images):
 
 
 def test_logits_scaled_by_1000_do_not_fool_the_ensemble_and_the_checks_say_why(small_cnn, test_images):
-    """The masking case of issue 11: logits × 1000 make the same decisions with vanishing cross-entropy
+    """The masking case: logits × 1000 make the same decisions with vanishing cross-entropy
     gradients. APGD-CE finds almost nothing there; the scale-invariant APGD-T finds what it found on the model
     as trained, and the cross-entropy check says why."""
     inputs = keras.Input((28, 28, 1))

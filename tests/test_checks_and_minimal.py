@@ -105,7 +105,7 @@ def _curve_check(result, grid, worst_case, examples):
 
 @pytest.mark.slow
 def test_curve_check_fails_a_weakened_minimal_search_on_the_vgg16(vgg16_model, test_images):
-    """Issue 9, item 1: the bisection the quick sweep used to run (cross-entropy, blind to the grid) overstates
+    """The bisection the quick sweep used to run (cross-entropy, blind to the grid) overstates
     robustness on the frozen VGG16, and the curve check fails it; the default search (margin loss, each example's
     search bounded by the smallest grid ε at which the grid's attack fooled it) passes on the same examples."""
     from advsweep.attacks import projected_gradient_descent

@@ -127,7 +127,9 @@ def test_run_settings_do_not_change_the_run_id(sweep_config):
                           base=ROOT)
     assert on_ray.run == RunSpec(executor="ray", cpus_per_task=2, max_retries=1)
     assert on_ray.to_dict() == plain.to_dict()
-    assert run_identity(on_ray, [], {"source_sha256": "x"}) == run_identity(plain, [], {"source_sha256": "x"})
+    execution = {"device": "cpu", "row_block": {}}
+    assert run_identity(on_ray, [], {"source_sha256": "x"}, execution) == run_identity(plain, [], {"source_sha256": "x"},
+                                                                                       execution)
 
 
 @pytest.mark.parametrize("table, message", [

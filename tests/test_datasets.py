@@ -1,4 +1,4 @@
-"""Data sets and classifiers the harness did not build (issue 10): the UCI digits (8×8) through a whole sweep with
+"""Data sets and classifiers the harness did not build: the UCI digits (8×8) through a whole sweep with
 a Keras model trained here, a CIFAR-shaped colour model (32×32×3, random weights) through the attacks, records
 and figure, and models that return probabilities or expect another shape refused before any work."""
 

@@ -1,4 +1,4 @@
-"""Slow end-to-end tests: the README's default training from the command line, on all of MNIST."""
+"""Slow end-to-end tests: the default training from the command line, on all of MNIST."""
 
 from __future__ import annotations
 

@@ -110,12 +110,26 @@ def test_invalid_vgg16_options_raise_clear_errors(options, match):
         ({"temperature": 0}, "temperature"),
         ({"train_examples": 60000}, "train_examples.*1 to 55000"),
         ({"seed": -1}, "seed"),
+        # an option that another voids is refused, not taken into the model id for nothing
+        ({"kind": "vgg16", "hidden_units": [256]}, r"hidden_units shape the MLP head only: set head='mlp'.*"
+                                                   r"Received: head='linear', hidden_units=\(256,\)"),
+        ({"kind": "vgg16_scratch", "dropout": 0.5}, r"dropout shape the MLP head only.*dropout=0.5"),
+        ({"kind": "madry_cnn", "temperature": 0.6, "adversarial": {"method": "pgd", "eps": 0.3}},
+         r"adversarial training uses the plain cross-entropy.*temperature=0.6 with adversarial='pgd'"),
     ],
-    ids=["kind", "unknown-key", "epochs", "temperature", "train-examples", "seed"],
+    ids=["kind", "unknown-key", "epochs", "temperature", "train-examples", "seed", "hidden-with-linear",
+         "dropout-with-linear", "temperature-with-adversarial"],
 )
 def test_invalid_model_config_raises(values, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig.from_mapping(values)
+
+
+def test_voidable_options_work_where_they_apply():
+    """The same options are taken, and change the model id, where they do something."""
+    mlp = ModelConfig(kind="vgg16", head="mlp", hidden_units=(256,), dropout=0.5)
+    assert mlp.model_id != ModelConfig(kind="vgg16", head="mlp").model_id
+    assert ModelConfig(kind="small_cnn", temperature=0.6).model_id != ModelConfig(kind="small_cnn").model_id
 
 
 def test_temperature_must_be_positive(small_cnn):

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,11 @@ import pandas as pd
 import pytest
 
 from advsweep.experiments.cli import main
-from advsweep.experiments.config import load_config, parse_config, select_examples
+from advsweep.experiments.config import SweepError, load_config, parse_config, select_examples
 from advsweep.experiments.records import COLUMNS
 from advsweep.experiments.summary import WORST_CASE, wilson_interval
-from advsweep.experiments.sweep import plan, run_sweep, unit_is_done
+from advsweep.experiments.sweep import prepare_models, run_identity, run_sweep
+from advsweep.experiments.units import execution_plan, plan, source_digest, unit_is_done
 from advsweep.models.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +43,15 @@ def test_run_folder_has_records_tables_figures_checks_and_manifest(finished_run,
         assert (finished_run / "figures" / f"{stem}.pdf").read_bytes()[:4] == b"%PDF"
     manifest = json.loads((finished_run / "manifest.json").read_text())
     assert manifest["status"] == "complete"
-    assert manifest["code"].get("git_commit") or manifest["code"].get("advsweep")
+    code = manifest["code"]
+    assert code["source_sha256"] == source_digest()  # the sources that ran, as the run id vouches for them
+    assert code["advsweep"] == metadata.version("advsweep")
+    if (ROOT / ".git").exists():  # a checkout: the commit it was at
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        assert code["git_commit"] == head and isinstance(code["git_dirty"], bool)
+    # on this CPU: the VGG16 (heavy) one row per call, the small CNN 32
+    assert manifest["execution"] == {"device": "cpu", "row_block": {"vgg16": 1, "cnn": 32}}
     assert {m["name"] for m in manifest["models"]} == {"vgg16", "cnn"}
     assert all(len(m["model_keras_sha256"]) == 64 for m in manifest["models"])
     assert manifest["assets"][0]["name"] == "mnist" and len(manifest["assets"][0]["content_sha256"]) == 64
@@ -128,6 +138,40 @@ def test_same_config_and_seeds_give_the_same_run_id(finished_run, sweep_config):
     again = run_sweep(load_config(sweep_config), finished_run.parents[1])
     assert again == finished_run
     assert {p.name: p.stat().st_mtime_ns for p in (finished_run / "done").iterdir()} == done
+
+
+def test_a_run_is_resumed_only_on_the_kind_of_device_that_made_it(finished_run, sweep_config, monkeypatch):
+    """A GPU makes other records than a CPU (other kernels, 32 rows per call for the VGG16): a sweep on a GPU gets
+    another run id, and resuming this CPU run there by its id is refused in one line before anything is written."""
+    import advsweep.attacks.core as core
+
+    config = load_config(sweep_config)
+    models = prepare_models(config, finished_run.parents[1] / "models")
+    code = json.loads((finished_run / "manifest.json").read_text())["code"]
+    on_gpu = execution_plan({m.spec.name: m.model for m in models}, "gpu")
+    assert on_gpu == {"device": "gpu", "row_block": {"vgg16": 32, "cnn": 32}}
+    assert run_identity(config, models, code, on_gpu) != finished_run.name
+    assert run_identity(config, models, code, execution_plan({m.spec.name: m.model for m in models}, "cpu")) == \
+        finished_run.name
+
+    before = {p: p.stat().st_mtime_ns for p in finished_run.rglob("*") if p.is_file()}
+    monkeypatch.setattr(core, "device_kind", lambda: "gpu")
+    with pytest.raises(SweepError, match=r"holds records made on cpu \(rows per call: vgg16 1, cnn 32\); this sweep "
+                                         r"would make them on gpu \(rows per call: vgg16 32, cnn 32\)"):
+        run_sweep(config, finished_run.parents[1], run_id=finished_run.name)
+    assert {p: p.stat().st_mtime_ns for p in finished_run.rglob("*") if p.is_file()} == before
+
+
+def test_a_ray_worker_on_another_kind_of_device_refuses_the_unit():
+    """The Ray side of the same rule: a worker whose TensorFlow runs on another device kind than the run's plan
+    refuses before computing anything."""
+    from advsweep.attacks.core import device_kind
+    from advsweep.experiments.cluster import _prepare_worker
+
+    here = device_kind()
+    other = "gpu" if here == "cpu" else "cpu"
+    with pytest.raises(RuntimeError, match=f"runs TensorFlow on {here}, the run's records are made on {other}"):
+        _prepare_worker({"cpus": 1, "source_sha256": source_digest(), "device": other})
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,6 +334,40 @@ def test_bad_config_is_refused_before_any_work(mutate, message, model_folders, t
     assert not results.exists() or not any(results.iterdir())
 
 
+HOSTILE_NAMES = ["..", ".", "../outside", "/tmp/advsweep-absolute", "a/b", "a\\b", ".hidden", "-flag", "x" * 65, "",
+                 "name\nnext", "späť", "a b"]
+
+
+@pytest.mark.parametrize("value", HOSTILE_NAMES, ids=[repr(v) for v in HOSTILE_NAMES])
+def test_every_value_that_becomes_a_path_is_a_plain_name(value, model_folders, tiny_config_text, tmp_path, capsys):
+    """The run id from the command line, and the sweep, model and attack names from a config, each become a file or
+    folder name: a value that is not a plain name is refused in one line before any work, and nothing is written
+    outside (or inside) the results root."""
+    results = tmp_path / "inside" / "results"
+    text = tiny_config_text(model_folders)
+    good = tmp_path / "good.toml"
+    good.write_text(text)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert main(["sweep", str(good), "--results", str(results), f"--run-id={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "advsweep sweep: error: --run-id: must be a name of letters" in err, err
+    for where, mutate in (("name", lambda t: t.replace('name = "tiny"', f"name = {json.dumps(value)}")),
+                          ("models[1].name", lambda t: t.replace('name = "cnn"', f"name = {json.dumps(value)}")),
+                          ("attacks[1].label", lambda t: t.replace('name = "pgd"',
+                                                                   f'name = "pgd"\nlabel = {json.dumps(value)}'))):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(mutate(text))
+        assert main(["sweep", str(bad), "--results", str(results)]) == 2
+        err = capsys.readouterr().err
+        assert f"config key `{where}`: must be a name of letters" in err, err
+        bad.unlink()
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere under the test's folder
+    assert not Path("/tmp/advsweep-absolute").exists()
+    with pytest.raises(ValueError, match="run_id: must be a name"):  # the API holds the same rule
+        run_sweep(load_config(good), results, run_id=value)
+    assert not results.exists()
+
+
 def test_missing_config_file_is_refused(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "nope.toml"), "--results", str(tmp_path / "r")]) == 2
     assert "does not exist; the shipped ones are in experiments/configs/" in capsys.readouterr().err
@@ -334,12 +412,12 @@ def test_shipped_configs_are_valid():
     assert paper.examples == 10000 and paper.epsilons["linf"][-1] == 0.3
     madry = next(a for a in paper.attacks if a.label == "pgd40-linf")
     assert madry.params == {"steps": 40, "abs_stepsize": 0.01, "random_start": True}
-    # issue 11: AutoAttack in both, so that the worst-case row includes it; the paper's is the standard version
+    # AutoAttack in both, so that the worst-case row includes it; the paper's is the standard version
     assert [a.label for a in paper.attacks if a.name == "autoattack"] == ["autoattack-linf", "autoattack-l2"]
     assert all(not a.params.get("settings") for a in paper.attacks if a.name == "autoattack")
     quick = load_config(ROOT / "experiments" / "configs" / "quick.toml")
     assert [a.label for a in quick.attacks if a.name == "autoattack"] == ["autoattack-linf"]
-    # issue 13: the ε-budget comparison: one architecture, four training ε, the same data and epochs for each
+    # the ε-budget comparison: one architecture, four training ε, the same data and epochs for each
     budgets = load_config(ROOT / "experiments" / "configs" / "budgets.toml")
     trained = [m.train for m in budgets.models]
     assert [t.adversarial.eps if t.adversarial else 0.0 for t in trained] == [0.0, 0.1, 0.2, 0.3]

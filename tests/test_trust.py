@@ -1,5 +1,6 @@
-"""Issue 9's defects, each pinned by a test that fails if it comes back: result file modes, the training
-temperature, a run identity that covers uncommitted code, and a command line whose error is its one line."""
+"""Defects found in review, each pinned by a test that fails if it comes back: result file modes, the training
+temperature, a run identity that covers exactly the code that computes records, a command line whose error is its
+one line, and one installed name."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from advsweep.assets.files import umask_mode, write_atomic
-from advsweep.experiments import sweep as sweep_module
+from advsweep.experiments import units as units_module
 from advsweep.models.config import ModelConfig
 from advsweep.models.training import tempered_cross_entropy, train_model
 
@@ -64,32 +65,53 @@ def test_temperature_changes_training_and_the_model_keeps_raw_logits(tmp_path):
     assert cool.metrics["config"]["temperature"] == 0.6
 
 
-def test_run_identity_covers_uncommitted_source_changes(tmp_path):
-    """An edited attack (or default) must not resume into the run of the code before the edit."""
-    root = tmp_path / "advsweep"
-    for package in sweep_module.PACKAGES:
-        (root / package).mkdir(parents=True)
-        (root / package / "__init__.py").write_text("")
-    (root / "experiments" / "sweep.py").write_text("# the runner\n")
-    (root / "defaults.py").write_text("STEPS = 40\n")
-    before = sweep_module.source_digest(root)
-    assert before == sweep_module.source_digest(root)
-    (root / "attacks" / "pgd.py").write_text("STEPS = 40\n")
-    edited = sweep_module.source_digest(root)
-    (root / "attacks" / "pgd.py").write_text("STEPS = 41\n")
-    edited_again = sweep_module.source_digest(root)
-    (root / "defaults.py").write_text("STEPS = 41\n")
-    assert len({before, edited, edited_again, sweep_module.source_digest(root)}) == 4
-    (root.parent / "README.md").write_text("docs do not change what runs\n")
-    assert sweep_module.source_digest(root) == sweep_module.source_digest(root)
-    import advsweep
+@pytest.fixture
+def source_copy(tmp_path):
+    """A copy of the installed advsweep sources, one folder per package, as :func:`source_digest` locates them."""
+    import importlib.util
+    import shutil
 
-    installed = Path(advsweep.__file__).parent
-    assert (installed / "defaults.py").is_file() and (installed / "attacks" / "pgd.py").is_file()
+    locations = {}
+    for package in units_module.RECORD_SOURCES:
+        spec = importlib.util.find_spec(package)
+        folder = tmp_path / package
+        shutil.copytree(list(spec.submodule_search_locations)[0], folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "configs"))
+        locations[package] = folder
+    return locations
+
+
+@pytest.mark.parametrize("edited", ["advsweep.attacks/pgd.py", "advsweep.attacks/apgd.py", "advsweep/defaults.py",
+                                    "advsweep.models/vgg16.py", "advsweep.assets/datasets.py",
+                                    "advsweep.experiments/units.py", "advsweep.experiments/records.py",
+                                    "advsweep.experiments/config.py"])
+def test_an_edit_to_what_computes_records_changes_the_run_id(source_copy, edited):
+    """An edited attack (or default, model, data set, unit or record format) must not resume into the run of the
+    code before the edit, committed or not."""
+    before = units_module.source_digest(source_copy)
+    package, name = edited.split("/")
+    path = source_copy[package] / name
+    path.write_text(path.read_text() + "\n# edited\n")
+    assert units_module.source_digest(source_copy) != before
+
+
+@pytest.mark.parametrize("edited", ["advsweep.experiments/plots.py", "advsweep.experiments/report.py",
+                                    "advsweep.experiments/summary.py", "advsweep.experiments/cli.py",
+                                    "advsweep.experiments/cluster.py", "advsweep.experiments/sweep.py"])
+def test_an_edit_to_plots_tables_report_or_cli_keeps_the_run_id(source_copy, edited):
+    """A fixed legend or a reworded message leaves the run id alone: `advsweep report` rebuilds the outputs from the
+    records of the same run."""
+    before = units_module.source_digest(source_copy)
+    package, name = edited.split("/")
+    path = source_copy[package] / name
+    path.write_text(path.read_text() + "\n# edited\n")
+    assert units_module.source_digest(source_copy) == before
+    # and the copy's digest is the installed one's: the keys name packages, not folders of this machine
+    assert before == units_module.source_digest()
 
 
 # --------------------------------------------------------------------------------------------
-# item 8: the command line's one important line
+# the command line's one important line
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -127,7 +149,7 @@ def test_tensorflow_start_up_noise_is_silenced_unless_verbose(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# issue 10: one installed name
+# one installed name
 
 
 def test_the_install_exposes_only_the_advsweep_namespace(tmp_path):
@@ -145,16 +167,29 @@ def test_the_install_exposes_only_the_advsweep_namespace(tmp_path):
     assert not any(found[n] for n in ("assets", "models", "attacks", "experiments")), found
 
 
-def test_no_test_imports_the_layers_outside_the_namespace():
-    """In the checkout, the top-level folders are importable as `attacks`, `models`, …: a test importing one
-    would exercise a second copy of the code (and patch the wrong one). Every test module is imported by now."""
-    stray = sorted(name for name in sys.modules
-                   if name.split(".")[0] in ("assets", "models", "attacks", "experiments"))
-    assert not stray, stray
+@pytest.mark.parametrize("layer", ["assets", "models", "attacks", "experiments"])
+def test_a_layer_never_imports_under_its_folder_name(layer):
+    """From the repository root a layer's folder is on the path by its bare name; importing it that way would run a
+    second copy of the code (and a test would patch the wrong one). It is refused, naming the import to use."""
+    script = (f"import importlib\ntry:\n    importlib.import_module({layer!r})\nexcept ImportError as error:\n"
+              f"    print('refused:', error)\nmodule = importlib.import_module('advsweep.{layer}')\n"
+              "print(module.__file__)")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    refused, file = done.stdout.splitlines()[-2:]
+    assert refused.startswith("refused:") and f"import advsweep.{layer}" in refused
+    assert Path(file) == ROOT / layer / "__init__.py" or "site-packages" in file
+
+
+def test_the_checkout_has_no_links():
+    """The namespace is setuptools' package-dir mapping, not links: a checkout without symlink support works."""
+    links = [str(path.relative_to(ROOT)) for path in ROOT.rglob("*")
+             if path.is_symlink() and ".venv" not in path.parts and ".cache" not in path.parts]
+    assert not links, links
 
 
 def test_every_entry_point_takes_its_defaults_from_the_one_table(tmp_path):
-    """The API, a sweep config, `advsweep evaluate` and the README agree on every default (issue 10)."""
+    """The API, a sweep config, `advsweep evaluate` and the docs agree on every default."""
     import inspect
 
     from advsweep import defaults
@@ -208,6 +243,6 @@ def test_every_entry_point_takes_its_defaults_from_the_one_table(tmp_path):
     assert tuple(evaluate.attacks.split(",")) == defaults.EVALUATE["attacks"]
     assert tuple(evaluate.implementations.split(",")) == defaults.ATTACK["implementations"]
 
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "sweeps.md").read_text()
     for key, value in defaults.table():
-        assert f"| {key} | {value} |" in readme, f"README's Defaults table lacks `{key}` = {value}"
+        assert f"| {key} | {value} |" in page, f"docs/sweeps.md's Defaults table lacks `{key}` = {value}"

@@ -1,0 +1,360 @@
+"""The units of a sweep and what computes their records: each unit's work from its inputs alone, its files, and the
+digest of the sources that compute records (what a run id vouches for).
+
+A unit (the clean pass per model and chunk; an attack × implementation per model and chunk; the minimal-ε bisection;
+the model's checks) is computed in memory by :func:`compute_unit` from the model, the examples and the seeds, never
+from what ran before it in the same process, and written by :func:`write_unit`. Both executors call these two, so a
+record is the same to the byte whichever computed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from advsweep.assets.files import sha256_file as file_sha256
+from advsweep.assets.files import write_atomic
+from advsweep.defaults import ATTACK, AUTOATTACK, ITERATIVE
+from advsweep.experiments.config import AttackSpec, ModelSpec, SweepConfig
+from advsweep.experiments.records import attack_records, clean_records, write_records
+
+CHECK_EXAMPLES = 100  # examples of the per-model checks (the unbounded-attack check runs PGD-40 twice on them)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: keras.Model
+    folder: Path
+    sha256: str
+    metrics: dict[str, Any]
+    file: Path  # the .keras file the model was loaded from (what a Ray worker is sent)
+    written_by_train: bool
+
+
+class UnloadableModel(Exception):
+    """Keras could not load a model file."""
+
+
+def classifier_from_file(file: Path, spec: ModelSpec, data: Any, *, written_by_train: bool) -> keras.Model:
+    """The classifier the attacks see, from a ``.keras`` file: a model ``advsweep train`` wrote is checked against
+    the data set; any other is checked and rescaled to [0, 1] inputs. The driver and every Ray worker load a model
+    by this one function, so both attack the same function.
+
+    Raises:
+        UnloadableModel: Keras cannot load the file (corrupt, or not a Keras model).
+        ValueError: the model breaks the contract (the message says how).
+    """
+    from advsweep.models.common import as_classifier, check_contract
+
+    try:
+        model = keras.saving.load_model(file, compile=False)
+    except Exception as error:  # a corrupt or foreign file: Keras raises many kinds of error
+        raise UnloadableModel(f"{type(error).__name__}: {error}") from error
+    if written_by_train:
+        check_contract(model, data.input_shape, data.classes)
+        return model
+    return as_classifier(model, input_shape=data.input_shape, classes=data.classes, input_range=spec.input_range)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One resumable piece of work."""
+
+    key: str  # e.g. "vgg16/pgd-linf/own/chunk-0001"
+    kind: str  # "clean", "attack", "minimal" or "checks"
+    model: str
+    cost: float  # estimated gradient evaluations, for the progress bar's time left
+    attack: AttackSpec | None = None
+    implementation: str | None = None
+    start: int = 0
+    stop: int = 0
+
+    @property
+    def done_path(self) -> str:
+        return f"done/{self.key.replace('/', '__')}.json"
+
+
+# --------------------------------------------------------------------------------------------
+# units
+
+
+def attack_cost(name: str, norm: str, params: Mapping[str, Any]) -> float:
+    """A guess of an attack's gradient evaluations per example and ε, for the progress bar: its budget, or for
+    AutoAttack's attacks, which stop at the first adversarial, the first attack's budget (a robust model costs
+    more, a broken one less)."""
+    if (name, norm) in ITERATIVE:
+        steps = params.get("steps", ITERATIVE[(name, norm)]["steps"])
+        return float(steps * params.get("restarts", ATTACK["restarts"]))
+    if name in AUTOATTACK:
+        settings = {**AUTOATTACK[name], **params}
+        return float(settings.get("steps", 0) or settings.get("queries", 0) / 4)
+    if name == "autoattack":
+        return float(AUTOATTACK["apgd-ce"]["steps"])
+    return 1.0
+
+
+def plan(config: SweepConfig) -> list[Unit]:
+    """Every unit of the sweep, in run order: per model the clean pass, the attacks (ascending chunks),
+    the minimal-perturbation bisection and the checks."""
+    units: list[Unit] = []
+    chunks = [(start, min(start + config.chunk_size, config.examples))
+              for start in range(0, config.examples, config.chunk_size)]
+    for spec in config.models:
+        for start, stop in chunks:
+            units.append(Unit(key=f"{spec.name}/clean/chunk-{start // config.chunk_size:04d}", kind="clean",
+                              model=spec.name, cost=(stop - start) * 0.5, start=start, stop=stop))
+        for attack in config.attacks:
+            grid = config.epsilons[attack.norm]
+            per_eps = attack_cost(attack.name, attack.norm, attack.params)
+            for implementation in attack.implementations:
+                for start, stop in chunks:
+                    cost = (stop - start) * (per_eps * (len(grid) - 1) + 0.5 * len(grid))
+                    units.append(Unit(key=f"{spec.name}/{attack.label}/{implementation}/chunk-{start // config.chunk_size:04d}",
+                                      kind="attack", model=spec.name, cost=cost, attack=attack,
+                                      implementation=implementation, start=start, stop=stop))
+        if config.minimal.enabled:
+            n = config.minimal.examples
+            units.append(Unit(key=f"{spec.name}/minimal", kind="minimal", model=spec.name,
+                              cost=n * config.minimal.steps * 8, start=0, stop=n))
+        n_checks = min(config.examples, CHECK_EXAMPLES)
+        units.append(Unit(key=f"{spec.name}/checks", kind="checks", model=spec.name, cost=n_checks * 40, start=0,
+                          stop=n_checks))
+    return units
+
+
+def unit_is_done(run_dir: Path, unit: Unit) -> bool:
+    """The unit's done file exists and every file it names is present with its recorded sha256."""
+    done = run_dir / unit.done_path
+    if not done.is_file():
+        return False
+    try:
+        record = json.loads(done.read_text())
+        return all((run_dir / name).is_file() and file_sha256(run_dir / name) == sha for name, sha in record["files"].items())
+    except (ValueError, KeyError, OSError):
+        return False
+
+
+def _attack_params(config: SweepConfig, unit: Unit) -> dict[str, Any]:
+    from advsweep.attacks.spec import attack_parameters
+
+    assert unit.attack is not None
+    params = dict(unit.attack.params)
+    allowed = attack_parameters(unit.attack.name)
+    if "gradient" in allowed:
+        params["gradient"] = config.gradient
+    if "norm" in allowed:
+        params["norm"] = unit.attack.norm
+    if "seed" in allowed:
+        params.setdefault("seed", config.seed)
+    return params
+
+
+SINGLE_STEP = frozenset({"fgsm", "fgm"})
+
+
+def grid_upper_bounds(run_dir: Path, model: str, norm: str, examples: np.ndarray) -> np.ndarray:
+    """Per example, the smallest grid ε (> 0) of ``norm`` at which any attack of the run fooled it, from the
+    finished attack records of ``model``; ``inf`` where none did. The minimal-ε search starts from these."""
+    files = []  # only what finished attack units vouch for, never a half-written file
+    for done in sorted((run_dir / "done").glob(f"{model}__*.json")):
+        record = json.loads(done.read_text())
+        if record.get("kind") == "attack":
+            files += [run_dir / name for name in record["files"] if name.endswith(".parquet")]
+    bounds = pd.Series(np.inf, index=pd.Index(examples, name="example"))
+    if files:
+        records = pd.concat([pd.read_parquet(p, columns=["example", "norm", "eps", "correct"]) for p in files])
+        fooled = records[(records["norm"] == norm) & (records["eps"] > 0) & ~records["correct"]]
+        smallest = fooled.groupby("example")["eps"].min()
+        bounds.update(smallest[smallest.index.isin(examples)])
+    return bounds.to_numpy(dtype=np.float64)
+
+
+@dataclasses.dataclass
+class UnitOutput:
+    """What a unit computed, in memory: its files (path in the run folder → content) and its checks. A worker
+    returns this and the driver writes it (:func:`write_unit`), so the run folder is only ever written by the
+    driver, by the same code whichever executor ran the unit."""
+
+    key: str
+    kind: str
+    records: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # typed per-example records
+    tables: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # other Parquet tables
+    arrays: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)  # .npz files
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndarray, labels: np.ndarray,
+                 examples: np.ndarray, bounds: np.ndarray | None = None) -> UnitOutput:
+    """Compute one unit from its inputs alone (the model, the sweep's examples, and for the minimal-ε unit the grid
+    bounds of :func:`grid_upper_bounds`); nothing is read or written on disk."""
+    from advsweep.attacks import minimal_perturbation, predict_logits, run_attack
+    from advsweep.attacks.checks import (
+        check_ensemble,
+        check_gradients,
+        check_logits,
+        check_result_validity,
+        check_unbounded,
+    )
+
+    part = slice(unit.start, unit.stop)
+    output = UnitOutput(key=unit.key, kind=unit.kind)
+    name = unit.key.split("/", 1)[1]
+    records_path = f"records/{unit.model}/{name.replace('/', '--')}.parquet"
+
+    if unit.kind == "clean":
+        logits = predict_logits(model, x[part], example_ids=examples[part])
+        output.records[records_path] = clean_records(model=unit.model, examples=examples[part], labels=labels[part],
+                                                     logits=logits)
+    elif unit.kind == "attack":
+        assert unit.attack is not None and unit.implementation is not None
+        result = run_attack(unit.attack.name, model, x[part], labels[part], list(config.epsilons[unit.attack.norm]),
+                            implementation=unit.implementation, example_ids=examples[part], **_attack_params(config, unit))
+        views = [("single" if unit.attack.name in SINGLE_STEP else "any", result)]
+        if result.last is not None:
+            views.append(("last", result.last))
+        output.records[records_path] = pd.concat(
+            [attack_records(model=unit.model, attack=unit.attack.label, implementation=unit.implementation,
+                            iterate=iterate, norm=unit.attack.norm, epsilons=view.epsilons, examples=examples[part],
+                            labels=labels[part], x=x[part], x_adv=view.x_adv, logits=view.logits,
+                            found_by=view.found_by) for iterate, view in views], ignore_index=True)
+        checks = [check_result_validity(result, x[part], label=f"{unit.attack.label}/{unit.implementation}")]
+        checks += check_ensemble(result, label=f"{unit.attack.label}/{unit.implementation}")
+        output.extra["checks"] = [c.to_dict() for c in checks]
+        figure = config.figures
+        in_grid = np.flatnonzero(np.arange(unit.start, unit.stop) < figure.grid_examples)
+        if (unit.attack.label, unit.implementation) == (figure.grid_attack, figure.grid_implementation) and len(in_grid):
+            columns = [list(result.epsilons).index(e) for e in figure.grid_eps]
+            output.arrays[f"adversarials/{unit.model}/{name.replace('/', '--')}.npz"] = {
+                "x": x[part][in_grid], "x_adv": result.x_adv[columns][:, in_grid], "labels": labels[part][in_grid],
+                "predictions": result.logits[columns][:, in_grid].argmax(-1), "epsilons": np.asarray(figure.grid_eps),
+                "examples": examples[part][in_grid]}
+    elif unit.kind == "minimal":
+        spec = config.minimal
+        assert bounds is not None, "the minimal-ε unit starts from the grid bounds of the model's attack records"
+        minimal = minimal_perturbation(model, x[part], labels[part], norm=spec.norm, eps_max=spec.eps_max,
+                                       tolerance=spec.tolerance, steps=spec.steps, loss=spec.loss, upper_bounds=bounds,
+                                       seed=config.seed, example_ids=examples[part], gradient=config.gradient)
+        output.tables[f"records/{unit.model}/minimal.parquet"] = pd.DataFrame({
+            "model": unit.model, "norm": spec.norm, "example": examples[part], "label": labels[part].astype(np.int16),
+            "minimal_eps": minimal.eps, "grid_bound": bounds, "eps_max": minimal.eps_max,
+            "tolerance": minimal.tolerance, "loss": spec.loss})
+    elif unit.kind == "checks":
+        checks = [check_logits(model, x[part]),
+                  check_gradients(model, x[part], labels[part], example_ids=examples[part]),
+                  *check_unbounded(model, x[part], labels[part], seed=config.seed, example_ids=examples[part])]
+        output.extra["checks"] = [c.to_dict() for c in checks]
+        output.extra["examples"] = unit.stop - unit.start
+    else:  # pragma: no cover - plan() makes only the kinds above
+        raise AssertionError(unit.kind)
+    return output
+
+
+def write_unit(run_dir: Path, output: UnitOutput) -> dict[str, Any]:
+    """Write a unit's files atomically; returns its done record (key, kind, each file's sha256, checks), to which
+    the caller adds the time and worker before writing ``done/<unit>.json``."""
+    files: dict[str, str] = {}
+    for relative, frame in output.records.items():
+        files[relative] = file_sha256(write_records(frame, run_dir / relative))
+    for relative, frame in output.tables.items():
+        files[relative] = file_sha256(write_atomic(run_dir / relative, lambda p: frame.to_parquet(p, index=False)))
+    for relative, arrays in output.arrays.items():
+        files[relative] = file_sha256(
+            write_atomic(run_dir / relative, lambda p: np.savez_compressed(p, **arrays)))  # type: ignore[arg-type]
+    return {"key": output.key, "kind": output.kind, "files": files, **output.extra}
+
+
+@dataclasses.dataclass
+class SweepInputs:
+    """What every unit of a run reads: the config, the loaded models, the examples, and the run folder."""
+
+    config: SweepConfig
+    models: dict[str, LoadedModel]
+    x: np.ndarray
+    labels: np.ndarray
+    examples: np.ndarray
+    run_dir: Path
+    code: dict[str, Any]
+    execution: dict[str, Any]  # the device kind and rows per call the records are made under (execution_plan)
+
+
+# A finished unit's output, with its wall time and the worker that ran it, handed to the driver to write.
+Finish = Callable[[Unit, UnitOutput, float, dict[str, Any]], None]
+
+
+def deterministic_kernels() -> None:
+    """TensorFlow's deterministic kernels, in every process that runs units. They are a process-wide switch that
+    cannot be turned off again, and ``train_model`` turns it on: without this, a sweep that trained its model and
+    attacked it in the same process wrote other records (in the last bits) than the same sweep resumed after
+    training. Measured: no cost in time on the CPU (PGD on both models, side by side)."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# what a run id vouches for
+
+# The sources that compute records, per installed package: the defaults, the data sets and assets, the models, the
+# attacks, the config's reading (it resolves every default into the config), the units and the record format. The
+# plots, tables, report, command line and executors are left out: a change there leaves the run id alone, and
+# `advsweep report RUN` rebuilds the outputs from the same records.
+RECORD_SOURCES: dict[str, tuple[str, ...] | None] = {
+    "advsweep": ("defaults.py", "lazy.py"),
+    "advsweep.assets": None,  # None: every .py of the package
+    "advsweep.models": None,
+    "advsweep.attacks": None,
+    "advsweep.experiments": ("config.py", "records.py", "units.py"),
+}
+
+
+def source_files(locations: Mapping[str, Path] | None = None) -> dict[str, Path]:
+    """The files of :data:`RECORD_SOURCES`, keyed by package and path inside it (``advsweep.attacks/pgd.py``), so
+    that a checkout and an installed wheel of the same code give the same keys.
+
+    Args:
+        locations: the folder of each package; where the import system finds it if ``None``.
+    """
+    files: dict[str, Path] = {}
+    for package, names in RECORD_SOURCES.items():
+        if locations is not None:
+            folder = Path(locations[package])
+        else:
+            spec = importlib.util.find_spec(package)
+            assert spec is not None and spec.submodule_search_locations, package
+            folder = Path(list(spec.submodule_search_locations)[0])
+        paths = sorted(folder.rglob("*.py")) if names is None else [folder / name for name in names]
+        for path in paths:
+            files[f"{package}/{path.relative_to(folder).as_posix()}"] = path
+    return files
+
+
+def source_digest(locations: Mapping[str, Path] | None = None) -> str:
+    """sha256 over the sources that compute records as they are on disk (each file's key and content), committed or
+    not: an edited attack gives a new digest, hence a new run id, so a resumed run never mixes records of two code
+    versions; an edited figure does not."""
+    digest = hashlib.sha256()
+    for key, path in sorted(source_files(locations).items()):
+        digest.update(key.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def execution_plan(models: Mapping[str, keras.Model], device: str) -> dict[str, Any]:
+    """The device-dependent choices that shape records: the device kind the units run on (``"cpu"`` or ``"gpu"``:
+    the kernels round differently) and each model's rows per call of AutoAttack's attacks
+    (:func:`advsweep.attacks.core.row_block`, which depends on the device). Part of the run's identity and manifest:
+    a run's records are made under one plan."""
+    from advsweep.attacks.core import row_block
+
+    return {"device": device, "row_block": {name: row_block(model, device) for name, model in models.items()}}

@@ -17,7 +17,7 @@ example (never an absolute time).
 
     python benchmarks/autoattack_reference.py results/models/small_cnn-<id> --examples 100 --eps 0.05,0.1,0.15
     python benchmarks/autoattack_reference.py results/models/small_cnn-<id> --scale 1000   # gradient masking
-    python benchmarks/autoattack_reference.py /tmp/robust_small_cnn.keras --eps 0.3   # benchmarks/robust_model.py's
+    python benchmarks/autoattack_reference.py results/models/small_cnn-<id> --eps 0.2,0.3   # an adversarially trained one
     python benchmarks/autoattack_reference.py results/models/vgg16-<id> --examples 30 --eps 0.02 --reduced
 
 A model is a folder written by ``advsweep train`` (or a sweep) or a ``.keras`` file of a classifier of MNIST

@@ -181,14 +181,18 @@ def check_resumable(run_dir: Path, previous: dict[str, Any], parts: dict[str, An
     """Refuse, in one line, to resume a run folder whose records were made by another config, models, code or device
     plan than this sweep's (a folder named by ``--run-id``; a derived run id cannot collide)."""
     before = previous.get("identity")
-    if not before or before == parts:
+    if before == parts:
         return
+    if not before:
+        raise SweepError(f"run folder {run_dir} was made by an older advsweep that did not record what made its "
+                         "records, so it cannot be resumed safely: start a new run (leave out --run-id)")
     if before.get("execution") != parts["execution"]:
         raise SweepError(f"run folder {run_dir} holds records made on {_describe(previous.get('execution', {}))}; "
                          f"this sweep would make them on {_describe(execution)}, which gives other records: resume it "
                          "with the executor and devices it was started with, or start a new run (leave out --run-id)")
-    differing = ", ".join(name for name in ("config", "models", "code") if before.get(name) != parts[name])
-    raise SweepError(f"run folder {run_dir} holds records made by another {differing} than this sweep's: resume it "
+    words = {"config": "config", "models": "model", "code": "version of the attack and model code"}
+    differing = " and another ".join(word for name, word in words.items() if before.get(name) != parts[name])
+    raise SweepError(f"run folder {run_dir} holds records made with another {differing} than this sweep's: resume it "
                      "with what made it, or start a new run (leave out --run-id)")
 
 

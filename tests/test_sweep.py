@@ -162,6 +162,22 @@ def test_a_run_is_resumed_only_on_the_kind_of_device_that_made_it(finished_run, 
     assert {p: p.stat().st_mtime_ns for p in finished_run.rglob("*") if p.is_file()} == before
 
 
+def test_a_run_folder_is_resumed_only_by_what_made_it(tmp_path):
+    """`--run-id` names a folder: another config, model, code or device plan than the one recorded is refused, naming
+    what differs; so is a folder whose manifest records nothing (an older advsweep's)."""
+    from advsweep.experiments.sweep import check_resumable
+
+    execution = {"device": "cpu", "row_block": {"m": 32}}
+    parts = {"config": "c", "models": "m", "code": "x", "execution": "e"}
+    check_resumable(tmp_path, {"identity": dict(parts)}, parts, execution)  # the same: resumed
+    with pytest.raises(SweepError, match="made with another model and another version of the attack and model code than this sweep's"):
+        check_resumable(tmp_path, {"identity": {**parts, "code": "y", "models": "n"}}, parts, execution)
+    with pytest.raises(SweepError, match="made with another config than this sweep's"):
+        check_resumable(tmp_path, {"identity": {**parts, "config": "d"}}, parts, execution)
+    with pytest.raises(SweepError, match="older advsweep that did not record what made its records"):
+        check_resumable(tmp_path, {"run_id": "old"}, parts, execution)
+
+
 def test_a_ray_worker_on_another_kind_of_device_refuses_the_unit():
     """The Ray side of the same rule: a worker whose TensorFlow runs on another device kind than the run's plan
     refuses before computing anything."""

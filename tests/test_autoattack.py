@@ -212,3 +212,29 @@ def test_heavy_models_are_attacked_one_row_per_call_and_the_rows_stay_independen
         alone = auto_pgd(vgg16_model, x[i:i + 1], y[i:i + 1], [0.0, 0.01], steps=4, example_ids=ids[i:i + 1])
         np.testing.assert_array_equal(alone.x_adv[:, 0], together.x_adv[:, i])
         np.testing.assert_array_equal(alone.logits[:, 0], together.logits[:, i])
+
+
+def test_the_original_autoattack_benchmark_attacks_the_same_function(small_cnn, test_images, benchmark_module):
+    """benchmarks/autoattack_original.py runs the original AutoAttack (PyTorch) on a port of the Keras model: the
+    port's logits and cross-entropy input gradients are Keras' up to float rounding, so both sides attack one function;
+    a layer the port does not know is refused by name."""
+    import torch
+
+    bench = benchmark_module("autoattack_original")
+    x, y = test_images[0][:32], test_images[1][:32]
+    port = bench.torch_port(small_cnn)
+    images = torch.tensor(x.transpose(0, 3, 1, 2).copy(), requires_grad=True)
+    logits = port(images)
+    np.testing.assert_allclose(logits.detach().numpy(), small_cnn(x, training=False).numpy(), atol=1e-4)
+    torch.nn.functional.cross_entropy(logits, torch.tensor(y), reduction="sum").backward()
+    x_t = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_t)
+        loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, small_cnn(x_t, training=False),
+                                                                          from_logits=True))
+    expected = tape.gradient(loss, x_t).numpy().transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(images.grad.numpy(), expected, atol=1e-4 * np.abs(expected).max())
+    inputs = keras.Input((28, 28, 1))
+    odd = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D(name="gap")(inputs)))
+    with pytest.raises(ValueError, match="layer 'gap' \\(GlobalAveragePooling2D\\) is not ported"):
+        bench.torch_port(odd)

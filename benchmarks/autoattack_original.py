@@ -1,0 +1,211 @@
+"""The harness's ``autoattack`` against the original AutoAttack (the authors' code, ``pyautoattack==0.2.0`` on the
+package index), on the same model and examples, side by side in one run: robust accuracy, the examples on which the
+two disagree, wall time, and model evaluations per example.
+
+The original runs in PyTorch, as its users run it: the Keras model is ported layer by layer to a ``torch.nn`` module
+with the same weights (convolutions, max pooling, flatten in Keras' NHWC order, dense layers: the small CNN and
+Madry et al.'s CNN), and the port's logits are checked against Keras' on the examples before anything is timed. The
+harness attacks the Keras model. Both use the standard version's settings (APGD-CE 100 steps; APGD-T and FAB-T 9
+targets, 100 steps; Square 5000 queries), or with ``--reduced`` 3 targets and 1000 queries on both sides; the
+original evaluates in batches of ``--batch-size`` (500 covers 300 images in one batch), its random seed fixed.
+Each side is timed alone, one after the other, with the same threads; model evaluations of the original are
+counted in its module (rows of forward passes with and without a gradient).
+
+    python benchmarks/autoattack_original.py results/models/small_cnn-<id> --examples 300 --eps 0.1
+    python benchmarks/autoattack_original.py results/models/madry_cnn-<id> --examples 300 --eps 0.3
+
+Needs the test extra (``torch==2.13.0``, ``pyautoattack==0.2.0``). Prints one Markdown table row per run, with the
+CPU it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from advsweep.assets import load_dataset  # noqa: E402
+from advsweep.attacks import autoattack  # noqa: E402
+from advsweep.models.training import load_trained  # noqa: E402
+
+REDUCED: dict[str, dict[str, Any]] = {"apgd-t": {"target_classes": 3}, "fab-t": {"target_classes": 3},
+                                      "square": {"queries": 1000}}
+
+
+class Counted(torch.nn.Module):
+    """A module that counts the rows it is called on: with a gradient (``requires_grad`` input) or without."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+        self.forward_rows = 0
+        self.gradient_rows = 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and images.requires_grad:
+            self.gradient_rows += int(images.shape[0])
+        else:
+            self.forward_rows += int(images.shape[0])
+        return self.module(images)
+
+
+class NhwcFlatten(torch.nn.Module):
+    """Keras' ``Flatten`` of channels-last maps, on PyTorch's channels-first ones."""
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return maps.permute(0, 2, 3, 1).flatten(1)
+
+
+def torch_port(model: keras.Model) -> torch.nn.Sequential:
+    """The Keras model as a ``torch.nn.Sequential`` of NCHW images with the same weights.
+
+    Raises:
+        ValueError: a layer the port does not know (it names the layer).
+    """
+    modules: list[torch.nn.Module] = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel, bias = (np.asarray(w) for w in layer.get_weights())
+            size = kernel.shape[0]
+            if layer.strides != (1, 1) or layer.dilation_rate != (1, 1) or kernel.shape[0] != kernel.shape[1]:
+                raise ValueError(f"layer {layer.name!r}: only square, unstrided, undilated convolutions are ported")
+            conv = torch.nn.Conv2d(kernel.shape[2], kernel.shape[3], size,
+                                   padding=size // 2 if layer.padding == "same" else 0)
+            conv.weight.data = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+            conv.bias.data = torch.from_numpy(bias)
+            modules.append(conv)
+        elif isinstance(layer, keras.layers.MaxPooling2D):
+            if layer.pool_size != layer.strides or layer.padding != "valid":
+                raise ValueError(f"layer {layer.name!r}: only valid max pooling with stride = pool size is ported")
+            modules.append(torch.nn.MaxPool2d(layer.pool_size))
+        elif isinstance(layer, keras.layers.Flatten):
+            modules.append(NhwcFlatten())
+        elif isinstance(layer, keras.layers.Dense):
+            kernel, bias = (np.asarray(w) for w in layer.get_weights())
+            dense = torch.nn.Linear(kernel.shape[0], kernel.shape[1])
+            dense.weight.data = torch.from_numpy(np.ascontiguousarray(kernel.T))
+            dense.bias.data = torch.from_numpy(bias)
+            modules.append(dense)
+        else:
+            raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) is not ported; the port knows Conv2D, "
+                             f"MaxPooling2D, Flatten and Dense (the small CNN and Madry et al.'s CNN)")
+        activation = getattr(layer, "activation", None)
+        if activation is keras.activations.relu:
+            modules.append(torch.nn.ReLU())
+        elif activation not in (None, keras.activations.linear):
+            raise ValueError(f"layer {layer.name!r}: activation {activation.__name__} is not ported")
+    return torch.nn.Sequential(*modules).eval()
+
+
+def original_autoattack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, reduced: bool,
+                        batch_size: int, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """The original ensemble's adversarials, and the time after each member (cumulative seconds)."""
+    from pyautoattack import AutoAttack
+
+    if reduced:
+        adversary = AutoAttack(module, norm="Linf", eps=eps, version="custom", seed=seed,
+                               attacks=["apgd-ce", "apgd-t", "fab-t", "square"])
+        adversary.apgd.n_restarts = adversary.apgd_targeted.n_restarts = adversary.fab.n_restarts = 1
+        adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = 3
+        adversary.square.n_queries = 1000
+    else:
+        adversary = AutoAttack(module, norm="Linf", eps=eps, version="standard", seed=seed)
+    times: dict[str, float] = {}
+
+    class Members(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message.startswith("robust accuracy after "):
+                times[message.split()[3].lower()] = float(message.split("total time ")[1].split()[0])
+
+    logger = logging.getLogger("auto-attack")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(Members())
+    logger.propagate = False
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    return x_adv, times
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                avx512 = "avx512f" in Path("/proc/cpuinfo").read_text()
+                return f"{name}, {'AVX-512' if avx512 else 'no AVX-512'}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", type=Path, help="a folder written by `advsweep train` (small CNN or Madry CNN)")
+    parser.add_argument("--examples", type=int, default=300, help="the first N test images (default 300)")
+    parser.add_argument("--eps", type=float, required=True, help="L∞ budget")
+    parser.add_argument("--reduced", action="store_true", help="3 targets and 1000 Square queries on both sides")
+    parser.add_argument("--batch-size", type=int, default=500, help="the original's batch (default 500)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_trained(args.model_dir)[0] if args.model_dir.is_dir() else keras.saving.load_model(args.model_dir)
+    data = load_dataset("mnist")
+    indices = np.arange(args.examples)
+    x, y = data.test_images(indices), data.test_labels[indices].astype(np.int64)
+
+    module = Counted(torch_port(model))
+    images, labels = torch.tensor(x.transpose(0, 3, 1, 2).copy()), torch.tensor(y)
+    with torch.no_grad():
+        gap = float(np.abs(module.module(images).numpy() - model(x, training=False).numpy()).max())
+    if gap > 1e-3:
+        raise SystemExit(f"the PyTorch port's logits differ from Keras' by {gap:.2e}: the port is wrong")
+
+    started = time.perf_counter()
+    x_adv, members = original_autoattack(module, images, labels, args.eps, reduced=args.reduced,
+                                         batch_size=args.batch_size, seed=args.seed)
+    original_seconds = time.perf_counter() - started
+    assert float((x_adv - images).abs().max()) <= args.eps + 1e-5, "the original left the ε-ball"
+    with torch.no_grad():
+        theirs = (module.module(x_adv).argmax(1) == labels).numpy()
+
+    started = time.perf_counter()
+    result = autoattack(model, x, y, [args.eps], settings=REDUCED if args.reduced else None, example_ids=indices)
+    own_seconds = time.perf_counter() - started
+    ours = ~result.success[0]
+
+    n = args.examples
+    print(f"{args.model_dir.name}, first {n} test images, L∞ ε = {args.eps:g}, "
+          f"{'reduced (3 targets, 1000 queries)' if args.reduced else 'standard'} version; CPU: {cpu_name()}; "
+          f"torch {torch.__version__}, TensorFlow {keras.backend.backend()} {keras.__version__}; "
+          f"port's largest logit difference {gap:.1e}")
+    print("\n| model | n | ε | original robust % | advsweep robust % | robust here, fooled there / fooled here, robust "
+          "there | original s | advsweep s | original / advsweep time | original evaluations per example "
+          "(forward + gradient) | advsweep evaluations per example |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {args.model_dir.name} | {n} | {args.eps:g} | {100 * theirs.mean():.2f} | {100 * ours.mean():.2f} | "
+          f"{int((ours & ~theirs).sum())} / {int((~ours & theirs).sum())} | {original_seconds:.0f} | "
+          f"{own_seconds:.0f} | **{original_seconds / own_seconds:.2f}×** | "
+          f"{module.forward_rows / n:.0f} + {module.gradient_rows / n:.0f} | "
+          f"{(result.evaluations or 0) / n:.0f} |")
+    print(f"\noriginal, cumulative seconds after each member: "
+          + ", ".join(f"{name} {seconds:.0f}" for name, seconds in members.items()))
+    print(f"advsweep fooled by (clean/APGD-CE/APGD-T/FAB-T/Square): "
+          + "/".join(str(int((result.found_by[0] == name).sum()))  # type: ignore[index]
+                     for name in ("clean", "apgd-ce", "apgd-t", "fab-t", "square")))
+
+
+if __name__ == "__main__":
+    main()

@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
@@ -189,7 +190,7 @@ def main() -> None:
     n = args.examples
     print(f"{args.model_dir.name}, first {n} test images, L∞ ε = {args.eps:g}, "
           f"{'reduced (3 targets, 1000 queries)' if args.reduced else 'standard'} version; CPU: {cpu_name()}; "
-          f"torch {torch.__version__}, TensorFlow {keras.backend.backend()} {keras.__version__}; "
+          f"torch {torch.__version__}, TensorFlow {tf.__version__}, Keras {keras.__version__}; "
           f"port's largest logit difference {gap:.1e}")
     print("\n| model | n | ε | original robust % | advsweep robust % | robust here, fooled there / fooled here, robust "
           "there | original s | advsweep s | original / advsweep time | original evaluations per example "

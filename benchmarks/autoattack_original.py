@@ -201,9 +201,9 @@ def main() -> None:
           f"{own_seconds:.0f} | **{original_seconds / own_seconds:.2f}×** | "
           f"{module.forward_rows / n:.0f} + {module.gradient_rows / n:.0f} | "
           f"{(result.evaluations or 0) / n:.0f} |")
-    print(f"\noriginal, cumulative seconds after each member: "
+    print("\noriginal, cumulative seconds after each member: "
           + ", ".join(f"{name} {seconds:.0f}" for name, seconds in members.items()))
-    print(f"advsweep fooled by (clean/APGD-CE/APGD-T/FAB-T/Square): "
+    print("advsweep fooled by (clean/APGD-CE/APGD-T/FAB-T/Square): "
           + "/".join(str(int((result.found_by[0] == name).sum()))  # type: ignore[index]
                      for name in ("clean", "apgd-ce", "apgd-t", "fab-t", "square")))
 

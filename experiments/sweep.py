@@ -311,13 +311,13 @@ def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = N
         parts = identity_parts(config, models, code, execution)
         run_id = run_id or run_identity(config, models, code, execution)
         run_dir = results_root / config.name / run_id
-        if (run_dir / "manifest.json").is_file():
-            check_resumable(run_dir, json.loads((run_dir / "manifest.json").read_text()), parts, execution)
+        previous = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").is_file() else {}
+        if previous:
+            check_resumable(run_dir, previous, parts, execution)
         run_dir.mkdir(parents=True, exist_ok=True)
         inputs = SweepInputs(config=config, models={m.spec.name: m for m in models}, x=x, labels=labels,
                              examples=examples, run_dir=run_dir, code=code, execution=execution)
 
-        previous = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").is_file() else {}
         info = manifest(config, models, code, list(assets.values()), examples)
         executor = {"name": config.run.executor, **(cluster.describe() if cluster is not None else {})}
         info.update({"run_id": run_id, "identity": parts, "execution": execution, "status": "running",

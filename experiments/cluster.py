@@ -234,8 +234,9 @@ def _prepare_worker(environment: dict[str, Any]) -> None:
     if source_digest() != environment["source_sha256"]:
         raise RuntimeError(f"the worker on {socket.gethostname()} runs other advsweep sources than the driver (their "
                            f"sha256 differ): install the same advsweep on every node of the cluster")
-    if device_kind() != environment["device"]:  # another kind of device makes other records than the run's
-        raise RuntimeError(f"the worker on {socket.gethostname()} runs TensorFlow on {device_kind()}, the run's records "
+    here = device_kind()
+    if here != environment["device"]:  # another kind of device makes other records than the run's
+        raise RuntimeError(f"the worker on {socket.gethostname()} runs TensorFlow on {here}, the run's records "
                            f"are made on {environment['device']}: give the tasks the devices the run was started with "
                            f"([run] gpus_per_task), or start a new run")
     try:

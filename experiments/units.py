@@ -301,8 +301,6 @@ def deterministic_kernels() -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # what a run id vouches for
 

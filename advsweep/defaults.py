@@ -29,7 +29,7 @@ ATTACK: Final[dict[str, Any]] = {
     "restarts": 1,
     "early_stop": True,
     "seed": 0,
-    "gradient": "fast",
+    "gradient": "auto",
     "implementations": ("own", "foolbox"),
 }
 
@@ -65,7 +65,7 @@ SWEEP: Final[dict[str, Any]] = {
     "dataset": "mnist",
     "seed": 0,
     "chunk_size": 1000,
-    "gradient": "fast",
+    "gradient": "auto",
     "examples": {"count": 200, "selection": "balanced", "seed": 0},
     "grid_examples": 6,
 }

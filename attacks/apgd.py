@@ -17,28 +17,21 @@ its random start from its own stream (:func:`advsweep.attacks.core.example_strea
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from advsweep.assets.validate import Invalid, integer, one_of
 from advsweep.attacks.core import (
-    any_iterate_view,
     AttackResult,
     check_model,
     checked_call,
-    example_stream,
-    loss_gradient_fn,
     model_classes,
     predict_logits,
-    row_block,
     target_ranks,
 )
-from advsweep.attacks.pgd import result_of
-from advsweep.attacks.rows import run_rows
+from advsweep.attacks.engine import Outputs, Programme, Runs, grid_budgets, run_engine
 from advsweep.defaults import APGD_CE, APGD_T, ATTACK
 
 APGD_LOSSES: tuple[str, ...] = ("ce", "dlr")
@@ -150,28 +143,114 @@ def start_point(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generator)
     return np.clip(x0 + np.float32(eps) * t / (scale + np.float32(1e-12)), 0.0, 1.0).astype(np.float32)
 
 
+def _per_example(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return np.asarray(values, np.float32).reshape((-1,) + (1,) * (like.ndim - 1))
+
+
 def _l2_normalize(v: np.ndarray) -> np.ndarray:
-    return v / (np.sqrt(np.sum(v * v)) + np.float32(1e-12))
+    """Each example of ``v`` ``(M, …)`` scaled to unit L2 norm (1e-12 added to the norm, as the authors)."""
+    norms = np.sqrt(np.sum(v * v, axis=tuple(range(1, v.ndim))))
+    return v / (_per_example(norms, v) + np.float32(1e-12))
 
 
-def _l2_project(x0: np.ndarray, point: np.ndarray, eps: np.float32) -> np.ndarray:
+def _l2_project(x0: np.ndarray, point: np.ndarray, eps: np.ndarray) -> np.ndarray:
     delta = point - x0
-    return np.clip(x0 + _l2_normalize(delta) * min(eps, np.sqrt(np.sum(delta * delta))), 0.0, 1.0)
+    norms = np.sqrt(np.sum(delta * delta, axis=tuple(range(1, delta.ndim))))
+    return np.clip(x0 + _l2_normalize(delta) * _per_example(np.minimum(np.asarray(eps, np.float32), norms), delta),
+                   0.0, 1.0)
+
+
+def momentum_steps(x_cur: np.ndarray, x_old: np.ndarray, x0: np.ndarray, grad: np.ndarray, step: np.ndarray,
+                   eps: np.ndarray, norm: str, first: np.ndarray) -> np.ndarray:
+    """One APGD update of each of M examples ``(M, …)`` (step sizes, budgets and ``first`` ``(M,)``): a step along
+    the normalised gradient, projected, then mixed with the last move (momentum 0.75; none on a run's first step)
+    and projected again (onto the ε-ball and [0, 1])."""
+    a = _per_example(np.where(first, 1.0, 0.75), x_cur)
+    step, eps_b = _per_example(step, x_cur), _per_example(eps, x_cur)
+    previous_move = x_cur - x_old
+    if norm == "linf":
+        moved = np.clip(np.minimum(np.maximum(x_cur + step * np.sign(grad), x0 - eps_b), x0 + eps_b), 0.0, 1.0)
+        mixed = x_cur + (moved - x_cur) * a + previous_move * (np.float32(1.0) - a)
+        return np.clip(np.minimum(np.maximum(mixed, x0 - eps_b), x0 + eps_b), 0.0, 1.0).astype(np.float32)
+    moved = _l2_project(x0, x_cur + step * _l2_normalize(grad), eps)
+    mixed = x_cur + (moved - x_cur) * a + previous_move * (np.float32(1.0) - a)
+    return _l2_project(x0, mixed, eps).astype(np.float32)
 
 
 def momentum_step(x_cur: np.ndarray, x_old: np.ndarray, x0: np.ndarray, grad: np.ndarray, step: np.float32,
                   eps: np.float32, norm: str, first: bool) -> np.ndarray:
-    """One APGD update of one example: a step along the normalised gradient, projected, then mixed with the last
-    move (momentum 0.75; none on the first step) and projected again (onto the ε-ball and [0, 1])."""
-    a = np.float32(1.0 if first else 0.75)
-    previous_move = x_cur - x_old
-    if norm == "linf":
-        moved = np.clip(np.minimum(np.maximum(x_cur + step * np.sign(grad), x0 - eps), x0 + eps), 0.0, 1.0)
-        mixed = x_cur + (moved - x_cur) * a + previous_move * (np.float32(1.0) - a)
-        return np.clip(np.minimum(np.maximum(mixed, x0 - eps), x0 + eps), 0.0, 1.0).astype(np.float32)
-    moved = _l2_project(x0, x_cur + step * _l2_normalize(grad), eps)
-    mixed = x_cur + (moved - x_cur) * a + previous_move * (np.float32(1.0) - a)
-    return _l2_project(x0, mixed, eps).astype(np.float32)
+    """:func:`momentum_steps` of one example."""
+    return momentum_steps(x_cur[None], x_old[None], x0[None], grad[None], np.array([step]), np.array([eps]), norm,
+                          np.array([first]))[0]
+
+
+class ApgdStep:
+    """APGD's iteration over a block of examples, each in its own run (Croce & Hein 2020, Algorithm 1). For one run,
+    with η the step size and x₀ the input::
+
+        x = start (random point of the ε-ball); evaluate loss and ∇ at x; x_best = x; η = 2ε; k = 0.22·N
+        for i in 0 … N−1:
+            z = P(x + η · normalize(∇)); x_new = P(x + a·(z − x) + (1 − a)·(x − x_previous))   (a = 1, then 0.75)
+            evaluate loss and ∇ at x_new; keep x_best (highest loss) and its ∇
+            every k iterations: if at most ρ·k of the last k steps raised the loss, or (η was not halved at the
+                last checkpoint and the best loss did not improve since): η ← η / 2, x ← x_best, ∇ ← ∇_best;
+                k ← max(k − 0.03·N, 0.06·N)
+
+    P projects onto the ε-ball around x₀ and clips to [0, 1]. A run ends after N iterations (the engine ends it
+    earlier, at its first misclassified point); its end point is x_best.
+    """
+
+    def __init__(self, n: int, shape: tuple[int, ...], classes: int, *, loss: str, steps: int, rho: float,
+                 norm: str):
+        self.loss, self.steps, self.rho, self.norm = loss, steps, rho, norm
+        self.first_gap, self.min_gap, self.shrink = checkpoints(steps)
+        self.x0, self.x_old, self.x_best, self.grad, self.grad_best = (np.zeros((n,) + shape, np.float32)
+                                                                        for _ in range(5))
+        self.logits_best = np.zeros((n, classes), np.float32)
+        self.eps, self.eta, self.loss_best, self.loss_at_check = (np.zeros(n, np.float32) for _ in range(4))
+        self.halved_at_check = np.ones(n, dtype=bool)
+        self.i, self.gap, self.since_check = (np.zeros(n, np.int64) for _ in range(3))
+        self.history = np.zeros((n, steps), np.float32)
+
+    def start(self, runs: Runs) -> np.ndarray:
+        e = runs.examples
+        self.x0[e], self.eps[e], self.i[e] = runs.x0, runs.eps, -1
+        return np.stack([start_point(x0, float(eps), self.norm, rng)
+                         for x0, eps, rng in zip(runs.x0, runs.eps, runs.rngs)])
+
+    def step(self, e: np.ndarray, x: np.ndarray, out: Outputs, fooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert out.loss is not None and out.grad is not None
+        i = self.i[e]
+        new = i < 0  # the run's start point: its state begins here
+        s, j = e[new], np.flatnonzero(new)
+        self.x_best[s], self.grad_best[s], self.grad[s], self.x_old[s] = x[j], out.grad[j], out.grad[j], x[j]
+        self.logits_best[s], self.loss_best[s], self.loss_at_check[s] = out.logits[j], out.loss[j], out.loss[j]
+        self.halved_at_check[s], self.eta[s], self.gap[s], self.since_check[s] = True, 2 * self.eps[s], self.first_gap, 0
+        self.history[s] = 0.0
+        s, j = e[~new], np.flatnonzero(~new)
+        self.history[s, i[j]], self.grad[s] = out.loss[j], out.grad[j]
+        better = out.loss[j] > self.loss_best[s]
+        b, jb = s[better], j[better]
+        self.x_best[b], self.grad_best[b], self.logits_best[b], self.loss_best[b] = x[jb], out.grad[jb], out.logits[jb], out.loss[jb]
+        self.since_check[s] += 1
+        current = x.copy()
+        for row in np.flatnonzero(~new)[self.since_check[s] == self.gap[s]]:  # a checkpoint: a few rows a step
+            k = e[row]
+            halve = halve_step(self.history[k], int(i[row]), int(self.gap[k]), self.rho, bool(self.halved_at_check[k]),
+                               float(self.loss_at_check[k]), float(self.loss_best[k]))
+            self.halved_at_check[k], self.loss_at_check[k] = halve, self.loss_best[k]
+            if halve:
+                self.eta[k] /= 2.0
+                current[row], self.grad[k] = self.x_best[k], self.grad_best[k]
+            self.gap[k], self.since_check[k] = max(int(self.gap[k]) - self.shrink, self.min_gap), 0
+        self.i[e] = i + 1
+        moved = momentum_steps(current, self.x_old[e], self.x0[e], self.grad[e], self.eta[e], self.eps[e], self.norm,
+                               first=i + 1 == 0)
+        self.x_old[e] = current
+        return moved, self.i[e] >= self.steps
+
+    def end(self, e: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]:
+        return self.x_best[e], self.logits_best[e]
 
 
 def apgd_engine(
@@ -192,126 +271,13 @@ def apgd_engine(
     target_ranks: list[int] | None,
     limit: np.ndarray | None = None,
 ) -> AttackResult:
-    """APGD on validated inputs over an ascending ε grid, every example running its own programme side by side
-    with the others in the rows of fixed-shape model calls (as :func:`advsweep.attacks.pgd.pgd_engine` does).
-
-    An example's programme: for each ε of the grid (ascending), for each target (APGD-T) and each restart, one
-    run of ``steps`` iterations, ending at the first misclassified point; the programme ends there (the example
-    is then fooled at every larger ε too). For one run the algorithm is, with η the step size and x₀ the input::
-
-        x = start (random point of the ε-ball); evaluate loss and ∇ at x; x_best = x; η = 2ε; k = 0.22·N
-        for i in 0 … N−1:
-            z = P(x + η · normalize(∇)); x_new = P(x + a·(z − x) + (1 − a)·(x − x_previous))   (a = 1, then 0.75)
-            evaluate loss and ∇ at x_new; keep x_best (highest loss) and its ∇
-            every k iterations: if at most ρ·k of the last k steps raised the loss, or (η was not halved at the
-                last checkpoint and the best loss did not improve since): η ← η / 2, x ← x_best, ∇ ← ∇_best;
-                k ← max(k − 0.03·N, 0.06·N)
-
-    P projects onto the ε-ball around x₀ and clips to [0, 1]. ``limit`` ``(N,)`` (an ensemble's cascade) stops an
-    example's programme at that position of the ascending ε order: the budgets from there on are someone
-    else's.
-    """
-    n, k_count = len(x), len(eps)
-    first_gap, min_gap, shrink = checkpoints(steps)
-    value_loss_and_gradient = loss_gradient_fn(model, loss, gradient)
-    clean_logits = predict_logits(model, x, example_ids=example_ids)
-    clean_wrong = np.argmax(clean_logits, axis=-1) != labels
-    ranking = np.argsort(clean_logits, axis=-1, kind="stable")  # ascending: the r-th highest is ranking[:, -r]
-    targets_by_run = [None] if target_ranks is None else target_ranks
-    limit = np.full(n, k_count, dtype=np.int64) if limit is None else np.asarray(limit, dtype=np.int64)
-
-    found = np.zeros((k_count, n), dtype=bool)
-    x_found = np.repeat(x[None], k_count, axis=0)
-    logits_found = np.repeat(clean_logits[None], k_count, axis=0)
-    x_end = np.repeat(x[None], k_count, axis=0)  # the highest-loss point of the budget's last run
-    logits_end = np.repeat(clean_logits[None], k_count, axis=0)
-    zero = eps == 0.0
-    found[zero] = clean_wrong
-    order = np.argsort(eps, kind="stable")
-    runs = [(position, target, restart) for position in range(k_count) for target in range(len(targets_by_run))
-            for restart in range(restarts)]
-
-    # per row: where its example is in its programme, and the run's state
-    block = row_block(model)
-    row_run = np.zeros(block, dtype=np.int64)
-    row_iter = np.full(block, -1)  # −1: the start point is being evaluated
-    shape = (block,) + x.shape[1:]
-    x_rows, x_old, x_best, grad_rows, grad_best = (np.zeros(shape, np.float32) for _ in range(5))
-    logits_best = np.zeros((block, clean_logits.shape[1]), np.float32)
-    class_rows = np.zeros((block, 2) if target_ranks is not None else block, np.int64)
-    eps_rows, step_rows = np.zeros(block, np.float32), np.zeros(block, np.float32)
-    loss_best, loss_best_last_check = np.zeros(block, np.float32), np.zeros(block, np.float32)
-    reduced_last_check = np.ones(block, dtype=bool)
-    gap, since_check = np.zeros(block, np.int64), np.zeros(block, np.int64)
-    history = np.zeros((block, steps), np.float32)
-
-    def start_run(row: int, example: int, run: int) -> bool:
-        """Begin the example's next run from ``run`` on, skipping ε = 0 and the budgets at and above its limit;
-        ``False`` when it is fooled (here or at a smaller ε) or has no run left."""
-        while run < len(runs):
-            position, target, restart = runs[run]
-            k = order[position]
-            if position >= limit[example] or found[order[: position + 1], example].any():
-                return False  # fooled at this or a smaller ε: the any-iterate view carries it upwards
-            if not zero[k]:
-                row_run[row], row_iter[row] = run, -1
-                eps_rows[row] = eps[k]
-                rank = targets_by_run[target]
-                class_rows[row] = labels[example] if rank is None else (labels[example], ranking[example, -rank])
-                name = stream if rank is None else f"{stream}{rank}"
-                rng = example_stream(seed, int(example_ids[example]), name, float(eps[k]), restart)
-                x_rows[row] = start_point(x[example], float(eps[k]), norm, rng)
-                return True
-            run += 1
-        return False
-
-    def evaluate() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        logits_t, loss_t, grad_t = value_loss_and_gradient(tf.constant(x_rows), tf.constant(class_rows))
-        return logits_t.numpy(), loss_t.numpy(), grad_t.numpy()
-
-    def advance(row: int, example: int, outputs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> bool:
-        logits, losses, grads = outputs
-        run = int(row_run[row])
-        k = order[runs[run][0]]
-        fooled = int(np.argmax(logits[row])) != labels[example]
-        if fooled and not found[k, example]:
-            found[k, example], x_found[k, example], logits_found[k, example] = True, x_rows[row], logits[row]
-        i = int(row_iter[row])
-        if i < 0:  # the start point: the run's state begins here
-            x_best[row], grad_best[row], grad_rows[row] = x_rows[row], grads[row], grads[row]
-            logits_best[row], loss_best[row] = logits[row], losses[row]
-            loss_best_last_check[row], reduced_last_check[row] = losses[row], True
-            step_rows[row], gap[row], since_check[row] = 2.0 * eps_rows[row], first_gap, 0
-            history[row] = 0.0
-            x_old[row] = x_rows[row]
-        else:
-            history[row, i] = losses[row]
-            grad_rows[row] = grads[row]
-            if losses[row] > loss_best[row]:
-                x_best[row], grad_best[row], logits_best[row] = x_rows[row], grads[row], logits[row]
-                loss_best[row] = losses[row]
-            since_check[row] += 1
-            if since_check[row] == gap[row]:
-                reduce = halve_step(history[row], i, int(gap[row]), rho, bool(reduced_last_check[row]),
-                                    float(loss_best_last_check[row]), float(loss_best[row]))
-                reduced_last_check[row], loss_best_last_check[row] = reduce, loss_best[row]
-                if reduce:
-                    step_rows[row] /= 2.0
-                    x_rows[row], grad_rows[row] = x_best[row], grad_best[row]
-                gap[row], since_check[row] = max(int(gap[row]) - shrink, min_gap), 0
-        row_iter[row] = i + 1
-        if fooled or i + 1 >= steps:
-            if not fooled:
-                x_end[k, example], logits_end[k, example] = x_best[row], logits_best[row]
-            return start_run(row, example, run + 1)
-        current = x_rows[row].copy()
-        x_rows[row] = momentum_step(current, x_old[row], x[example], grad_rows[row], step_rows[row],
-                                    eps_rows[row], norm, first=i + 1 == 0)
-        x_old[row] = current
-        return True
-
-    spent = run_rows(example_ids, lambda row, example: start_run(row, example, 0), evaluate, advance, block)
-
-    rank_order = np.broadcast_to(order[:, None], found.shape)
-    x_adv, logits_adv = any_iterate_view(rank_order, found, x_found, logits_found, x_end, logits_end)
-    return dataclasses.replace(result_of(eps, x_adv, logits_adv, labels, None, norm), evaluations=spent)
+    """APGD (APGD-T with ``target_ranks``) on validated inputs over an ε grid ``(K,)``: :class:`ApgdStep` run by the
+    engine (:func:`advsweep.attacks.engine.run_engine`), which gives each example its programme: for each ε
+    (ascending), each target and each restart, one run, until the example is fooled. ``limit`` ``(N,)`` (an
+    ensemble's cascade) ends an example's programme at that position of the ascending ε order."""
+    step = ApgdStep(len(x), x.shape[1:], model_classes(model) or int(predict_logits(model, x[:1]).shape[1]), loss=loss, steps=steps, rho=rho,
+                    norm=norm)
+    programme = Programme(stream=stream, restarts=restarts, target_ranks=target_ranks,
+                          classes_with_label=target_ranks is not None)
+    return run_engine(model, step, programme, x, labels, grid_budgets(eps, len(x)), seed=seed, example_ids=example_ids,
+                      grid=eps, norm=norm, gradient=gradient, limit=limit)

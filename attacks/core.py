@@ -7,13 +7,12 @@ Conventions (foolbox's, so that both implementations compute the same thing):
 * untargeted attacks ascend ``loss(logits, labels)``, targeted ones descend ``loss(logits, targets)``;
 * every step is normalised (sign for L∞, unit L2 norm for L2), projected onto the ε-ball and
   clipped to [0, 1];
-* the model is only ever called on blocks of exactly :data:`BLOCK` rows, and an example always sits in
-  row ``example_id % BLOCK`` of its block (idle rows are zeros); AutoAttack's attacks use
-  :func:`row_block` rows instead (1 for a heavy model on a CPU), by the same rule. TensorFlow's CPU kernels round
-  differently for different batch shapes and row positions, but at a fixed shape each row's result
-  depends on that row alone (``tests/test_determinism.py`` checks both facts on the real models). So an
-  example's adversarial is the same to the bit however the examples are chunked, batched, ordered or
-  stopped early;
+* the model is only ever called on blocks of exactly :data:`BLOCK` rows (FGSM, PGD, BIM, both implementations),
+  an example always in row ``example_id % BLOCK`` of its block (idle rows are zeros); AutoAttack's attacks use
+  the rows of the model's measured plan instead (:mod:`advsweep.attacks.plan`). TensorFlow's CPU kernels round
+  differently for different batch shapes, but at a fixed shape each row's result depends on that row alone
+  (``tests/test_determinism.py`` checks it on the real models). So an example's adversarial is the same to the
+  bit however the examples are chunked, batched, ordered or stopped early;
 * random starts come from one stream per example, seeded by (seed, the example's test-set index, the
   attack, ε, restart): :func:`example_stream`.
 """
@@ -48,58 +47,12 @@ from advsweep.models.config import check_gradient_path
 
 BALL_TOLERANCE = 1e-5  # float32 rounding of x0 + δ - x0
 BLOCK = 32  # rows of every model call an attack makes; an example always sits in row (test index mod BLOCK)
-HEAVY_MODEL_MACS = 50_000_000  # multiply–adds per image above which a CPU runs AutoAttack's attacks one row per call
-
-
-def multiply_adds(model: keras.Model) -> int:
-    """Multiply–adds of one image's forward pass through the model's Conv2D, DepthwiseConv2D and Dense layers
-    (nested models included), from the layers' output shapes; the other layers are not counted."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            total += multiply_adds(layer)
-            continue
-        try:
-            out = tuple(int(d) for d in layer.output.shape[1:])
-        except (AttributeError, ValueError, TypeError):  # a layer called more than once, or of unknown shape
-            continue
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            kh, kw = layer.kernel_size
-            total += int(np.prod(out)) * kh * kw
-        elif isinstance(layer, keras.layers.Conv2D):
-            kh, kw = layer.kernel_size
-            total += int(np.prod(out)) * kh * kw * int(layer.kernel.shape[2])
-        elif isinstance(layer, keras.layers.Dense):
-            total += int(np.prod(out)) * int(layer.kernel.shape[0])
-    return total
 
 
 def device_kind() -> str:
     """``"gpu"`` where TensorFlow sees a GPU (it then runs the model there), else ``"cpu"``. Records depend on it: the
-    kernels round differently, and :func:`row_block` depends on it."""
+    kernels round differently, and the plan of model calls (:mod:`advsweep.attacks.plan`) is measured per device."""
     return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
-
-
-def row_block(model: keras.Model, device: str | None = None) -> int:
-    """Rows per model call of AutoAttack's attacks (APGD, APGD-T, FAB-T, Square) on this model and device.
-
-    :data:`BLOCK` (32) on a GPU, or for a light model, where a call's cost hardly depends on its rows, so a full
-    block is nearly free. 1 for a heavy model (over :data:`HEAVY_MODEL_MACS` multiply–adds per image) on a CPU,
-    where a call costs in proportion to its rows: there the ensemble's long tail (the few robust examples that
-    run every step of every target) would otherwise pay for 31 idle rows per call. Measured side by side on
-    2 cores (``python benchmarks/block_shape.py``, input gradients, 2026-11-27, another job running): one row alone
-    costs 1.9× its share of a 32-row call on the VGG16 (2.8·10⁸ multiply–adds), 6.2× on the small CNN (2.5·10⁶).
-    So on the VGG16 a call of one row is cheaper than a call of 32 as long as fewer than about 17 rows would be
-    busy. Results are deterministic for a given model and device either way: an example sits in row
-    ``example_id % row_block(model)``.
-
-    Args:
-        device: ``"cpu"`` or ``"gpu"``, the device the calls will run on; this process' :func:`device_kind` if
-            ``None`` (a sweep's driver asks for its Ray workers' kind, to put the policy in the run's identity).
-    """
-    if (device or device_kind()) == "gpu" or multiply_adds(model) <= HEAVY_MODEL_MACS:
-        return BLOCK
-    return 1
 
 
 @dataclasses.dataclass
@@ -120,8 +73,13 @@ class AttackResult:
             differ (FGSM) or where the last iterate was not run (``early_stop=True``).
         found_by: for an ensemble (``autoattack``), ``(K, N)`` str: the attack that fooled each example at each ε
             (``""`` where none did, ``"clean"`` where the input is misclassified as it is); ``None`` otherwise.
-        evaluations: for AutoAttack's attacks, the model evaluations (gradient or forward) spent on the examples,
-            summed over them and over ε (the clean pass not counted); ``None`` where not counted.
+        evaluations: for the attacks the engine runs (:mod:`advsweep.attacks.engine`), the model evaluations
+            (gradient or forward) spent on the examples, summed over them and over ε (the clean pass not counted);
+            ``None`` where not counted.
+        cost: where the time went, per attack (per member of an ensemble, in the order they ran, after the
+            ensemble's ``"clean"`` pass): ``{"examples", "seconds", "forward", "gradient"}``, the examples it
+            attacked, its wall time and its model evaluations without and with an input gradient (its own clean
+            pass of those examples included); ``None`` where not measured.
     """
 
     epsilons: np.ndarray
@@ -133,6 +91,7 @@ class AttackResult:
     last: AttackResult | None = None
     found_by: np.ndarray | None = None
     evaluations: int | None = None
+    cost: dict[str, dict[str, float]] | None = None
 
     @property
     def robust_accuracy(self) -> np.ndarray:
@@ -265,7 +224,7 @@ LossGradientFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf
 _LOSS_GRADIENT_FNS: weakref.WeakKeyDictionary[Any, dict[str, LossGradientFn]] = weakref.WeakKeyDictionary()
 
 
-def loss_gradient_fn(model: keras.Model, loss: str, gradient: str = "fast") -> LossGradientFn:
+def loss_gradient_fn(model: keras.Model, loss: str, gradient: str = "auto") -> LossGradientFn:
     """A compiled ``(x, classes) → (logits, per-example loss, ∇_x Σ loss)`` for ``model``, cached per model, loss
     and gradient path.
 
@@ -273,9 +232,10 @@ def loss_gradient_fn(model: keras.Model, loss: str, gradient: str = "fast") -> L
     inference mode. The model side hands over the function to differentiate (:func:`advsweep.models.common.model_function`):
     ``gradient="fast"`` differentiates :func:`advsweep.models.fast_gradient.fast_forward`
     (backward passes of the frozen VGG16 base built from forward ops, equal up to float rounding);
-    ``"plain"`` differentiates the Keras model as it is.
+    ``"plain"`` differentiates the Keras model as it is; ``"auto"``: the one the model's plan measured faster
+    (:func:`resolved_gradient`).
     """
-    gradient = check_gradient_path(gradient)
+    gradient = resolved_gradient(model, gradient)
     per_model = _LOSS_GRADIENT_FNS.setdefault(model, {})
     key = f"{loss}/{gradient}"
     if key not in per_model:
@@ -294,7 +254,17 @@ def loss_gradient_fn(model: keras.Model, loss: str, gradient: str = "fast") -> L
     return per_model[key]
 
 
-def gradient_fn(model: keras.Model, loss: str, gradient: str = "fast") -> GradientFn:
+def resolved_gradient(model: keras.Model, gradient: str) -> str:
+    """``"fast"`` or ``"plain"``: ``gradient``, or for ``"auto"`` the path the model's plan measured faster here
+    (:func:`advsweep.attacks.plan.plan_of`)."""
+    if check_gradient_path(gradient) != "auto":
+        return gradient
+    from advsweep.attacks.plan import plan_of
+
+    return plan_of(model).gradient_path
+
+
+def gradient_fn(model: keras.Model, loss: str, gradient: str = "auto") -> GradientFn:
     """``(x, classes) → (logits, ∇_x Σ loss)``: :func:`loss_gradient_fn` without the loss values."""
     value_loss_and_gradient = loss_gradient_fn(model, loss, gradient)
 
@@ -496,3 +466,12 @@ def success_of(logits: np.ndarray, labels: np.ndarray, targets: np.ndarray | Non
     """Untargeted: prediction ≠ label; targeted: prediction = target."""
     predictions = np.argmax(logits, axis=-1)
     return predictions == targets if targets is not None else predictions != labels
+
+
+def result_of(epsilons: np.ndarray, x_adv: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+              targets: np.ndarray | None, norm: str) -> AttackResult:
+    """An :class:`AttackResult` whose success matrix is read off the logits ``(K, N, C)``."""
+    success = np.stack([success_of(row, labels, targets) for row in logits]) if len(logits) else np.zeros(
+        (0, len(labels)), dtype=bool)
+    return AttackResult(epsilons=epsilons, x_adv=x_adv, logits=logits, success=success, norm=norm,
+                        targeted=targets is not None)

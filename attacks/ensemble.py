@@ -15,6 +15,7 @@ cross-entropy is the sign of a saturated softmax (:func:`advsweep.attacks.checks
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +32,6 @@ from advsweep.attacks.core import (
     target_ranks,
 )
 from advsweep.attacks.fab import fab_engine
-from advsweep.attacks.rows import fooled_from
 from advsweep.attacks.spec import ENSEMBLE
 from advsweep.attacks.square import square_engine
 from advsweep.defaults import ATTACK, AUTOATTACK
@@ -108,6 +108,7 @@ def ensemble_engine(model: keras.Model, x: np.ndarray, labels: np.ndarray, eps: 
     engines = _engines(norm, seed, gradient, classes, settings)
     k_count, n = len(eps), len(x)
     order = np.argsort(eps, kind="stable")
+    started = time.perf_counter()
     clean_logits = predict_logits(model, x, example_ids=example_ids)
     clean_wrong = np.argmax(clean_logits, axis=-1) != labels
     found = np.zeros((k_count, n), dtype=bool)
@@ -118,6 +119,8 @@ def ensemble_engine(model: keras.Model, x: np.ndarray, labels: np.ndarray, eps: 
     x_adv = np.repeat(x[None], k_count, axis=0)
     logits = np.repeat(clean_logits[None], k_count, axis=0)
     first, spent = True, 0
+    cost: dict[str, dict[str, float]] = {
+        "clean": {"examples": n, "seconds": round(time.perf_counter() - started, 3), "forward": n, "gradient": 0}}
     for name in attacks:
         limit = fooled_from(found, order)
         positive = eps[order] > 0.0
@@ -127,6 +130,7 @@ def ensemble_engine(model: keras.Model, x: np.ndarray, labels: np.ndarray, eps: 
         result = engines[name](model, x[active], labels[active], eps, example_ids=example_ids[active],
                                limit=limit[active])
         spent += result.evaluations or 0
+        cost[name] = next(iter((result.cost or {"": {}}).values()))
         fooled = result.success & ~found[:, active]
         for position in range(k_count):  # only the budgets below the attack's limit are its to decide
             k = order[position]
@@ -145,4 +149,12 @@ def ensemble_engine(model: keras.Model, x: np.ndarray, labels: np.ndarray, eps: 
             first = False
     success = np.argmax(logits, axis=-1) != labels[None]
     return AttackResult(epsilons=eps, x_adv=x_adv, logits=logits, success=success, norm=norm,
-                        found_by=np.where(success, found_by, "").astype(str), evaluations=spent)
+                        found_by=np.where(success, found_by, "").astype(str), evaluations=spent, cost=cost)
+
+
+def fooled_from(found: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``(N,)``: per example, the position in the ascending ε ``order`` of the smallest budget at which
+    ``found`` ``(K, N)`` has it fooled (so it is fooled from there on: an adversarial found at ε lies inside
+    every larger ball); ``K`` where it is fooled nowhere. An attack of a cascade attacks the positions below."""
+    fooled = np.logical_or.accumulate(found[order], axis=0)  # (K, N) in ascending ε
+    return np.where(fooled.any(axis=0), np.argmax(fooled, axis=0), len(order)).astype(np.int64)

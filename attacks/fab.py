@@ -23,27 +23,15 @@ sort) so that the result is reproducible; the random starts come from each examp
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from advsweep.assets.validate import Invalid
-from advsweep.attacks.core import (
-    AttackResult,
-    checked_call,
-    example_stream,
-    loss_gradient_fn,
-    model_classes,
-    predict_logits,
-    row_block,
-    target_ranks,
-)
-from advsweep.attacks.pgd import result_of
-from advsweep.attacks.rows import run_rows
+from advsweep.attacks.core import AttackResult, checked_call, model_classes, predict_logits, target_ranks
+from advsweep.attacks.engine import Outputs, Programme, Runs, grid_budgets, run_engine
 from advsweep.defaults import ATTACK, FAB
 
 
@@ -240,6 +228,52 @@ def fab_start(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -
     return np.clip(x0 + np.float32(eps) * t / size * np.float32(0.5), 0.0, 1.0).astype(np.float32)
 
 
+class FabStep:
+    """FAB-T's iteration over a block of examples, each in its own run towards its target t (Croce & Hein 2020)::
+
+        x = start; repeat ``steps`` times:
+            f, ∇f = z_t − z_y and its gradient at x;  b = ∇f·x − f                 (the boundary's linearisation)
+            d₁, d₂ = the projections of x and x₀ onto {z : ∇f·z = b} ∩ [0, 1]^D
+            α = min(max(‖d₁‖ / (‖d₁‖ + ‖d₂‖), 0), alpha_max);  x = clip((x + η d₁)(1 − α) + (x₀ + η d₂) α)
+            if x is misclassified (the engine keeps it for every ε whose ball holds it): x = x₀ + β (x − x₀)
+
+    The gradient at a point that turned out not to be misclassified is the one its check already computed, so a
+    step costs one model evaluation, two when the point was misclassified (then pulled back). Runs have no end
+    point: an example FAB-T does not fool keeps its input.
+    """
+
+    loss = "logit-difference"
+
+    def __init__(self, n: int, shape: tuple[int, ...], *, steps: int, alpha_max: float, eta: float, beta: float,
+                 norm: str):
+        self.steps, self.alpha_max, self.eta, self.beta, self.norm = steps, alpha_max, eta, beta, norm
+        self.x0 = np.zeros((n,) + shape, np.float32)
+        self.i, self.checking = np.zeros(n, np.int64), np.zeros(n, dtype=bool)
+
+    def start(self, runs: Runs) -> np.ndarray:
+        e = runs.examples
+        self.x0[e], self.i[e], self.checking[e] = runs.x0, 0, False
+        return np.stack([x0 if restart == 0 else fab_start(x0, float(eps), self.norm, rng)
+                         for x0, eps, restart, rng in zip(runs.x0, runs.eps, runs.restarts, runs.rngs)])
+
+    def step(self, e: np.ndarray, x: np.ndarray, out: Outputs, fooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert out.loss is not None and out.grad is not None
+        checked = self.checking[e]  # the point is a step's result: its check counts a step
+        self.i[e] += checked
+        pull = checked & fooled
+        moved = x.copy()
+        moved[pull] = self.x0[e[pull]] + (x[pull] - self.x0[e[pull]]) * np.float32(self.beta)
+        go = ~pull
+        if go.any():
+            moved[go] = fab_step(x[go], self.x0[e[go]], out.loss[go], out.grad[go], self.norm, self.alpha_max,
+                                 self.eta)
+        self.checking[e] = go
+        return moved, self.i[e] >= self.steps
+
+    def end(self, e: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]:
+        return x, out.logits
+
+
 def fab_engine(
     model: keras.Model,
     x: np.ndarray,
@@ -258,125 +292,12 @@ def fab_engine(
     gradient: str,
     limit: np.ndarray | None = None,
 ) -> AttackResult:
-    """FAB-T on validated inputs over an ε grid, every example in its own row (:func:`run_rows`).
-
-    An example's programme, target by target: one run from the input (it decides every ε below ``limit`` at
-    once), then for each further restart one run per ε still undecided, from a random start at ε/2. A run::
-
-        x = start; repeat ``steps`` times:
-            f, ∇f = z_t − z_y and its gradient at x;  b = ∇f·x − f                 (the boundary's linearisation)
-            d₁, d₂ = the projections of x and x₀ onto {z : ∇f·z = b} ∩ [0, 1]^D
-            α = min(max(‖d₁‖ / (‖d₁‖ + ‖d₂‖), 0), alpha_max);  x = clip((x + η d₁)(1 − α) + (x₀ + η d₂) α)
-            if x is misclassified: keep x if ‖x − x₀‖ is the smallest yet;  x = x₀ + β (x − x₀)
-
-    The gradient at a point that turned out not to be misclassified is the one its check already computed, so
-    a step costs one model call, two when the point was misclassified (then pulled back).
-    """
-    n, k_count = len(x), len(eps)
-    value_loss_and_gradient = loss_gradient_fn(model, "logit-difference", gradient)
-    clean_logits = predict_logits(model, x, example_ids=example_ids)
-    clean_wrong = np.argmax(clean_logits, axis=-1) != labels
-    ranking = np.argsort(clean_logits, axis=-1, kind="stable")
-    limit = np.full(n, k_count, dtype=np.int64) if limit is None else np.asarray(limit, dtype=np.int64)
-    order = np.argsort(eps, kind="stable")
-    eps_sorted = eps[order].astype(np.float32)
-
-    found = np.zeros((k_count, n), dtype=bool)  # by position in the ascending order
-    x_found = np.repeat(x[None], k_count, axis=0)
-    logits_found = np.repeat(clean_logits[None], k_count, axis=0)
-    runs = [(target, restart, position) for target in range(len(target_ranks))
-            for restart in range(restarts) for position in ([None] if restart == 0 else list(range(k_count)))]
-
-    block = row_block(model)
-    shape = (block,) + x.shape[1:]
-    x_rows, x0_rows = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-    class_rows = np.zeros((block, 2), np.int64)
-    row_run, row_iter = np.zeros(block, np.int64), np.zeros(block, np.int64)
-    checking = np.zeros(block, dtype=bool)  # the row's point is a step's result, to be checked
-
-    def undecided(example: int) -> int:
-        """The first position (ascending ε) the example is still robust at, below its limit; −1 if none."""
-        for position in range(int(limit[example])):
-            if eps_sorted[position] > 0 and not found[position, example]:
-                return position
-            if found[position, example]:
-                return -1
-        return -1
-
-    def record(example: int, point: np.ndarray, logits: np.ndarray, distance: float, position: int | None) -> None:
-        positions = range(int(limit[example])) if position is None else [position]
-        for p in positions:
-            if not found[p, example] and distance <= eps_sorted[p] and eps_sorted[p] > 0:
-                found[p, example], x_found[p, example], logits_found[p, example] = True, point, logits
-
-    def start_run(row: int, example: int, run: int) -> bool:
-        while run < len(runs):
-            target, restart, position = runs[run]
-            first = undecided(example)
-            if first < 0 or (position is not None and (position >= limit[example] or position < first)):
-                if first < 0:
-                    return False
-                run += 1
-                continue
-            row_run[row], row_iter[row], checking[row] = run, 0, False
-            x0_rows[row] = x[example]
-            class_rows[row] = (labels[example], ranking[example, -target_ranks[target]])
-            if position is None:
-                x_rows[row] = x[example]
-            else:
-                rng = example_stream(seed, int(example_ids[example]), f"fab-t{target_ranks[target]}",
-                                     float(eps_sorted[position]), restart)
-                x_rows[row] = fab_start(x[example], float(eps_sorted[position]), norm, rng)
-            return True
-        return False
-
-    def begin(row: int, example: int) -> bool:
-        if clean_wrong[example]:  # misclassified as it is: fooled at every ε
-            for p in range(int(limit[example])):
-                found[p, example] = True
-            return False
-        return start_run(row, example, 0)
-
-    def evaluate() -> tuple[np.ndarray, np.ndarray]:
-        """The logits at the rows' points and the step from each (wasted on a row whose point is misclassified,
-        but one batched projection costs less than one per row)."""
-        logits_t, value_t, grad_t = value_loss_and_gradient(tf.constant(x_rows), tf.constant(class_rows))
-        return logits_t.numpy(), fab_step(x_rows, x0_rows, value_t.numpy(), grad_t.numpy(), norm, alpha_max, eta)
-
-    def advance(row: int, example: int, outputs: tuple[np.ndarray, np.ndarray]) -> bool:
-        logits, stepped = outputs
-        run = int(row_run[row])
-        position = runs[run][2]
-        if checking[row]:
-            checking[row] = False
-            row_iter[row] += 1
-            if int(np.argmax(logits[row])) != labels[example]:
-                distance = float(_norms((x_rows[row] - x[example])[None], norm)[0])
-                record(example, x_rows[row].copy(), logits[row].copy(), distance, position)
-                x_rows[row] = x[example] + (x_rows[row] - x[example]) * np.float32(beta)
-                first = undecided(example)
-                if first < 0 or (position is not None and found[position, example]):
-                    return start_run(row, example, run + 1)
-                if row_iter[row] >= steps:
-                    return start_run(row, example, run + 1)
-                return True  # the pulled-back point's gradient comes with the next call
-            if row_iter[row] >= steps:
-                return start_run(row, example, run + 1)
-        x_rows[row] = stepped[row]
-        checking[row] = True
-        return True
-
-    spent = run_rows(example_ids, begin, evaluate, advance, block)
-
-    x_adv = np.repeat(x[None], k_count, axis=0)
-    logits_adv = np.repeat(clean_logits[None], k_count, axis=0)
-    for position in range(k_count):  # carry each adversarial upwards, then back to the caller's order of ε
-        if position > 0:
-            carry = found[position - 1] & ~found[position]
-            found[position, carry] = True
-            x_found[position, carry] = x_found[position - 1, carry]
-            logits_found[position, carry] = logits_found[position - 1, carry]
-        k = order[position]
-        x_adv[k] = np.where(found[position].reshape((n,) + (1,) * (x.ndim - 1)), x_found[position], x)
-        logits_adv[k] = np.where(found[position][:, None], logits_found[position], clean_logits)
-    return dataclasses.replace(result_of(eps, x_adv, logits_adv, labels, None, norm), evaluations=spent)
+    """FAB-T on validated inputs over an ε grid ``(K,)``: :class:`FabStep` run by the engine
+    (:func:`advsweep.attacks.engine.run_engine`). An example's programme, target by target: one run from the input,
+    which decides every ε below ``limit`` at once, then for each further restart one run per ε still undecided, from
+    a random start at ε/2; it ends once every ε is decided."""
+    step = FabStep(len(x), x.shape[1:], steps=steps, alpha_max=alpha_max, eta=eta, beta=beta, norm=norm)
+    programme = Programme(stream="fab-t", restarts=restarts, target_ranks=target_ranks, any_budget=True,
+                          classes_with_label=True)
+    return run_engine(model, step, programme, x, labels, grid_budgets(eps, len(x)), seed=seed, example_ids=example_ids,
+                      grid=eps, norm=norm, gradient=gradient, limit=limit)

@@ -62,7 +62,8 @@ def fast_gradient_method(
         targets: target classes ``(N,)`` for a targeted attack (descends the loss towards them).
         example_ids: test-set indices ``(N,)``: each example's row in the fixed-shape model calls
             (see :mod:`advsweep.attacks.core`); default ``0 … N−1``.
-        gradient: ``"fast"`` (custom backward passes through a frozen VGG16 base, the default) or
+        gradient: ``"auto"`` (the default: the faster of the two on this machine, measured once,
+            :mod:`advsweep.attacks.plan`), ``"fast"`` (custom backward passes through a frozen VGG16 base) or
             ``"plain"`` (``tf.GradientTape`` through the Keras model); equal up to float rounding.
 
     Returns:

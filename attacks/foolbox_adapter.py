@@ -38,11 +38,11 @@ from advsweep.attacks.core import (
     loss_per_example,
     predict_logits,
     random_start,
+    resolved_gradient,
+    result_of,
     success_of,
 )
-from advsweep.attacks.pgd import result_of
 from advsweep.defaults import ATTACK, ITERATIVE
-from advsweep.models.config import check_gradient_path
 
 logger = logging.getLogger(__name__)
 
@@ -131,11 +131,11 @@ def _subclass(cls: type, loss: str) -> type:
     return _SUBCLASSES[key]
 
 
-def foolbox_model(model: keras.Model, gradient: str = "fast", recorder: Recorder | None = None) -> fb.TensorFlowModel:
+def foolbox_model(model: keras.Model, gradient: str = "auto", recorder: Recorder | None = None) -> fb.TensorFlowModel:
     """``foolbox.TensorFlowModel`` on bounds (0, 1), no preprocessing (the model carries its own), of the Keras
     model itself (``"plain"``) or of its compiled function with fast backward passes (``"fast"``). With a
     ``recorder``, every point foolbox queries is shown to it with its logits."""
-    forward: Any = model if check_gradient_path(gradient) == "plain" else compiled_forward(model)
+    forward: Any = model if resolved_gradient(model, gradient) == "plain" else compiled_forward(model)
     if recorder is None:
         return fb.TensorFlowModel(forward, bounds=(0.0, 1.0))
 
@@ -174,7 +174,8 @@ def foolbox_attack(
     its own random stream, the same start the own PGD draws. The result is the any-iterate view, from every
     point foolbox queried; ``result.last`` is what foolbox itself returns (its last iterate).
     ``gradient="fast"`` hands foolbox the model's function with the fast backward passes
-    (:mod:`advsweep.models.fast_gradient`), ``"plain"`` the Keras model itself.
+    (:mod:`advsweep.models.fast_gradient`), ``"plain"`` the Keras model itself, ``"auto"`` the one the model's plan
+    measured faster (:mod:`advsweep.attacks.plan`).
     """
     check_model(model)
     norm, loss = check_norm(norm), check_loss(loss)
@@ -264,7 +265,7 @@ def fmn_minimal_norms(
     norm: str = "linf",
     steps: int = 100,
     batch_size: int = 128,
-    gradient: str = "fast",
+    gradient: str = "auto",
 ) -> np.ndarray:
     """Per-example perturbation size of foolbox's Fast Minimum-Norm attack (Pintor et al. 2021).
 

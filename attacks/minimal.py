@@ -100,7 +100,8 @@ def minimal_perturbation(
             attack has proved.
         seed: seeds the random starts, one stream per example and round (see :mod:`advsweep.attacks.core`).
         example_ids: test-set indices ``(N,)`` (default ``0 … N−1``).
-        gradient: ``"fast"`` or ``"plain"`` input gradient (see :mod:`advsweep.models.fast_gradient`).
+        gradient: ``"auto"``, ``"fast"`` or ``"plain"`` input gradient (as
+            :func:`advsweep.attacks.projected_gradient_descent`).
 
     Returns:
         A :class:`MinimalResult`. Where an example's minimal ε is its upper bound and no round of this
@@ -125,10 +126,10 @@ def minimal_perturbation(
                          f"Received: shape={bounds.shape}")
 
     def attack(index: np.ndarray, eps: np.ndarray, round_: int) -> tuple[np.ndarray, np.ndarray]:
-        result = pgd_engine(model, x[index], labels[index], None, eps[None, :], rel * eps[None, :], norm=norm,
-                            steps=steps, loss=loss, random_start=random_start, restarts=1, early_stop=True,
-                            seed=seed, example_ids=ids[index], attack=f"minimal-{round_}", grid=np.zeros(1),
-                            gradient=gradient)
+        result = pgd_engine(model, x[index], labels[index], None, eps[None, :], norm=norm, steps=steps, loss=loss,
+                            random_start=random_start, restarts=1, early_stop=True, seed=seed,
+                            example_ids=ids[index], attack=f"minimal-{round_}", grid=np.zeros(1),
+                            rel_stepsize=rel, gradient=gradient)
         return result.x_adv[0], result.success[0]
 
     found_eps = np.full(n, np.inf)

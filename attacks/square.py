@@ -19,25 +19,14 @@ which others share its batch.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from advsweep.attacks.core import (
-    any_iterate_view,
-    AttackResult,
-    checked_call,
-    example_stream,
-    logits_fn,
-    predict_logits,
-    row_block,
-)
-from advsweep.attacks.pgd import result_of
-from advsweep.attacks.rows import run_rows
+from advsweep.attacks.core import AttackResult, checked_call, model_classes, predict_logits
+from advsweep.attacks.engine import Outputs, Programme, Runs, grid_budgets, run_engine
 from advsweep.defaults import ATTACK, SQUARE
 
 
@@ -184,6 +173,67 @@ def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return own - others.max(axis=-1)
 
 
+def linf_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndarray, p_init: float,
+                   rngs: list[np.random.Generator]) -> np.ndarray:
+    """:func:`proposal` (L∞) of M examples at once ``(M, H, W, C)``, at their own query counts ``i`` ``(M,)``: each
+    example's window and signs come from its own stream, in :func:`proposal`'s order (top, left, signs)."""
+    m, (h, w, c) = len(x0), x0.shape[1:]
+    draws = np.stack([rng.random(2 + c) for rng in rngs]) if m else np.zeros((0, 2 + c))
+    side = np.array([window_side(int(q), p_init, (h, w, c), "linf") for q in np.unique(i)])[
+        np.searchsorted(np.unique(i), i)]
+    top, left = ((h - side) * draws[:, 0]).astype(np.int64), ((w - side) * draws[:, 1]).astype(np.int64)
+    inside_rows = (np.arange(h) >= top[:, None]) & (np.arange(h) < (top + side)[:, None])
+    inside_cols = (np.arange(w) >= left[:, None]) & (np.arange(w) < (left + side)[:, None])
+    window = (inside_rows[:, :, None] & inside_cols[:, None, :])[..., None]
+    e = eps.astype(np.float32).reshape(m, 1, 1, 1)
+    signs = np.where(draws[:, 2:] * 2.0 - 1.0 >= 0.0, 1.0, -1.0).astype(np.float32).reshape(m, 1, 1, c)
+    candidate = np.where(window, x_best + np.float32(2.0) * e * signs, x_best)
+    return np.clip(np.minimum(np.maximum(candidate, x0 - e), x0 + e), 0.0, 1.0).astype(np.float32)
+
+
+class SquareStep:
+    """Square Attack's random search over a block of examples, each in its own run: evaluate the initial point, then
+    up to ``queries`` candidates, each changing the best point found so far inside one random window; a candidate
+    is kept when its margin is lower or it is misclassified (the engine ends the run there). The end point is the
+    best point."""
+
+    loss = None
+
+    def __init__(self, n: int, shape: tuple[int, ...], classes: int, *, queries: int, p_init: float, norm: str):
+        self.queries, self.p_init, self.norm = queries, p_init, norm
+        self.x0, self.x_best = np.zeros((n,) + shape, np.float32), np.zeros((n,) + shape, np.float32)
+        self.logits_best = np.zeros((n, classes), np.float32)
+        self.margin_best, self.eps = np.zeros(n, np.float32), np.zeros(n, np.float64)
+        self.query, self.labels = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.rngs: list[np.random.Generator | None] = [None] * n
+
+    def start(self, runs: Runs) -> np.ndarray:
+        e = runs.examples
+        self.x0[e], self.eps[e], self.labels[e], self.query[e] = runs.x0, runs.eps, runs.labels, -1
+        for k, rng in zip(e, runs.rngs):
+            self.rngs[k] = rng
+        return np.stack([initial_point(x0, float(eps), self.norm, rng)
+                         for x0, eps, rng in zip(runs.x0, runs.eps, runs.rngs)])
+
+    def step(self, e: np.ndarray, x: np.ndarray, out: Outputs, fooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        margin = margins(out.logits, self.labels[e])
+        i = self.query[e]
+        keep = (i < 0) | (margin < self.margin_best[e]) | fooled
+        kept = e[keep]
+        self.x_best[kept], self.logits_best[kept], self.margin_best[kept] = x[keep], out.logits[keep], margin[keep]
+        self.query[e] = i + 1
+        rngs = [self.rngs[k] for k in e]
+        if self.norm == "linf":
+            candidates = linf_proposals(self.x0[e], self.x_best[e], self.eps[e], i + 1, self.p_init, rngs)  # type: ignore[arg-type]
+        else:
+            candidates = np.stack([proposal(self.x0[k], self.x_best[k], float(self.eps[k]), self.norm, int(q), self.p_init,
+                                            rng) for k, q, rng in zip(e, i + 1, rngs)])  # type: ignore[arg-type]
+        return candidates, i + 1 >= self.queries
+
+    def end(self, e: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]:
+        return self.x_best[e], self.logits_best[e]
+
+
 def square_engine(
     model: keras.Model,
     x: np.ndarray,
@@ -198,76 +248,10 @@ def square_engine(
     example_ids: np.ndarray,
     limit: np.ndarray | None = None,
 ) -> AttackResult:
-    """Square Attack on validated inputs over an ε grid, every example in its own row (:func:`run_rows`).
-
-    An example's programme: for each ε of the grid (ascending, below ``limit``), each restart: evaluate the
-    initial point, then up to ``queries`` candidates, keeping a candidate when its margin is lower or it is
-    misclassified; the programme ends at the first misclassified point.
-    """
-    n, k_count = len(x), len(eps)
-    forward = logits_fn(model)
-    clean_logits = predict_logits(model, x, example_ids=example_ids)
-    clean_wrong = np.argmax(clean_logits, axis=-1) != labels
-    limit = np.full(n, k_count, dtype=np.int64) if limit is None else np.asarray(limit, dtype=np.int64)
-
-    found = np.zeros((k_count, n), dtype=bool)
-    x_found = np.repeat(x[None], k_count, axis=0)
-    logits_found = np.repeat(clean_logits[None], k_count, axis=0)
-    x_end = np.repeat(x[None], k_count, axis=0)
-    logits_end = np.repeat(clean_logits[None], k_count, axis=0)
-    zero = eps == 0.0
-    found[zero] = clean_wrong
-    order = np.argsort(eps, kind="stable")
-    runs = [(position, restart) for position in range(k_count) for restart in range(restarts)]
-
-    block = row_block(model)
-    shape = (block,) + x.shape[1:]
-    x_rows, x_best = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-    logits_best = np.zeros((block, clean_logits.shape[1]), np.float32)
-    margin_best = np.zeros(block, np.float32)
-    row_run, row_query = np.zeros(block, np.int64), np.zeros(block, np.int64)
-    row_label = np.zeros(block, np.int64)
-    rngs: list[np.random.Generator | None] = [None] * block
-
-    def start_run(row: int, example: int, run: int) -> bool:
-        while run < len(runs):
-            position, restart = runs[run]
-            k = order[position]
-            if position >= limit[example] or found[order[: position + 1], example].any():
-                return False
-            if not zero[k]:
-                row_run[row], row_query[row], row_label[row] = run, -1, labels[example]
-                rng = example_stream(seed, int(example_ids[example]), "square", float(eps[k]), restart)
-                rngs[row] = rng
-                x_rows[row] = initial_point(x[example], float(eps[k]), norm, rng)
-                return True
-            run += 1
-        return False
-
-    def evaluate() -> np.ndarray:
-        return forward(tf.constant(x_rows)).numpy()
-
-    def advance(row: int, example: int, logits: np.ndarray) -> bool:
-        run = int(row_run[row])
-        k = order[runs[run][0]]
-        margin = margins(logits[row: row + 1], row_label[row: row + 1])[0]
-        fooled = int(np.argmax(logits[row])) != row_label[row]  # margin ≤ 0, ties read as the harness reads them
-        i = int(row_query[row])
-        if i < 0 or margin < margin_best[row] or fooled:
-            x_best[row], logits_best[row], margin_best[row] = x_rows[row], logits[row], margin
-        if fooled:
-            found[k, example], x_found[k, example], logits_found[k, example] = True, x_rows[row], logits[row]
-            return start_run(row, example, run + 1)
-        if i + 1 >= queries:
-            x_end[k, example], logits_end[k, example] = x_best[row], logits_best[row]
-            return start_run(row, example, run + 1)
-        rng = rngs[row]
-        assert rng is not None
-        x_rows[row] = proposal(x[example], x_best[row], float(eps[k]), norm, i + 1, p_init, rng)
-        row_query[row] = i + 1
-        return True
-
-    spent = run_rows(example_ids, lambda row, example: start_run(row, example, 0), evaluate, advance, block)
-    rank_order = np.broadcast_to(order[:, None], found.shape)
-    x_adv, logits_adv = any_iterate_view(rank_order, found, x_found, logits_found, x_end, logits_end)
-    return dataclasses.replace(result_of(eps, x_adv, logits_adv, labels, None, norm), evaluations=spent)
+    """Square Attack on validated inputs over an ε grid ``(K,)``: :class:`SquareStep` run by the engine
+    (:func:`advsweep.attacks.engine.run_engine`): for each ε (ascending, below ``limit``) and each restart, one run,
+    until the example is fooled."""
+    step = SquareStep(len(x), x.shape[1:], model_classes(model) or int(predict_logits(model, x[:1]).shape[1]),
+                      queries=queries, p_init=p_init, norm=norm)
+    return run_engine(model, step, Programme(stream="square", restarts=restarts), x, labels, grid_budgets(eps, len(x)),
+                      seed=seed, example_ids=example_ids, grid=eps, norm=norm, limit=limit)

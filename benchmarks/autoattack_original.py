@@ -1,10 +1,14 @@
 """The harness's ``autoattack`` against the original AutoAttack (the authors' code, ``pyautoattack==0.2.0`` on the
 package index), on the same model and examples, side by side in one run: robust accuracy, the examples on which the
-two disagree, wall time, and model evaluations per example.
+two disagree, wall time, and model evaluations per example; per member of the ensemble, the seconds of each side;
+and the harness's *model-call bound*: its own model evaluations (forward passes and gradients apart) times the
+cost of one evaluation at the best rate its plan measured on this machine (``advsweep.attacks.plan``), the time
+the model calls alone would take, and the fraction of it the harness reaches.
 
 The original runs in PyTorch, as its users run it: the Keras model is ported layer by layer to a ``torch.nn`` module
 with the same weights (convolutions, max pooling, flatten in Keras' NHWC order, dense layers: the small CNN and
-Madry et al.'s CNN), and the port's logits are checked against Keras' on the examples before anything is timed. The
+Madry et al.'s CNN; and the frozen VGG16 classifier's padding, grey-to-RGB, caffe rescaling, VGG16 base and
+standardised linear head), and the port's logits are checked against Keras' on the examples before anything is timed. The
 harness attacks the Keras model. Both use the standard version's settings (APGD-CE 100 steps; APGD-T and FAB-T 9
 targets, 100 steps; Square 5000 queries), or with ``--reduced`` 3 targets and 1000 queries on both sides; the
 original evaluates in batches of ``--batch-size`` (500 covers 300 images in one batch), its random seed fixed.
@@ -13,6 +17,7 @@ counted in its module (rows of forward passes with and without a gradient).
 
     python benchmarks/autoattack_original.py results/models/small_cnn-<id> --examples 300 --eps 0.1
     python benchmarks/autoattack_original.py results/models/madry_cnn-<id> --examples 300 --eps 0.3
+    python benchmarks/autoattack_original.py results/models/vgg16-<id> --examples 100 --eps 0.02 --reduced
 
 Needs the test extra (``torch==2.13.0``, ``pyautoattack==0.2.0``). Prints one Markdown table row per run, with the
 CPU it ran on.
@@ -37,6 +42,7 @@ import torch  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack  # noqa: E402
+from advsweep.attacks.plan import plan_of  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
 
 REDUCED: dict[str, dict[str, Any]] = {"apgd-t": {"target_classes": 3}, "fab-t": {"target_classes": 3},
@@ -67,14 +73,39 @@ class NhwcFlatten(torch.nn.Module):
         return maps.permute(0, 2, 3, 1).flatten(1)
 
 
+class Lambda(torch.nn.Module):
+    """A parameter-free step of the port (padding, grey to RGB, rescaling, standardisation)."""
+
+    def __init__(self, function: Any):
+        super().__init__()
+        self.function = function
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.function(maps)
+
+
+def _layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The model's layers in order, nested models opened (the VGG16 classifier: preprocessing, base, head)."""
+    flat: list[keras.layers.Layer] = []
+    for layer in model.layers:
+        flat.extend(_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    return flat
+
+
+def _channels(values: Any) -> torch.Tensor:
+    return torch.tensor(np.asarray(values, np.float32)).reshape(1, -1, 1, 1)
+
+
 def torch_port(model: keras.Model) -> torch.nn.Sequential:
-    """The Keras model as a ``torch.nn.Sequential`` of NCHW images with the same weights.
+    """The Keras model as a ``torch.nn.Sequential`` of NCHW images with the same weights: a chain of Conv2D,
+    MaxPooling2D, Flatten and Dense layers (the small CNN, Madry et al.'s CNN), and the frozen VGG16 classifier's
+    zero padding, grey-to-RGB concatenation, caffe rescaling and feature standardisation.
 
     Raises:
         ValueError: a layer the port does not know (it names the layer).
     """
     modules: list[torch.nn.Module] = []
-    for layer in model.layers:
+    for layer in _layers(model):
         if isinstance(layer, keras.layers.InputLayer):
             continue
         if isinstance(layer, keras.layers.Conv2D):
@@ -99,9 +130,20 @@ def torch_port(model: keras.Model) -> torch.nn.Sequential:
             dense.weight.data = torch.from_numpy(np.ascontiguousarray(kernel.T))
             dense.bias.data = torch.from_numpy(bias)
             modules.append(dense)
+        elif isinstance(layer, keras.layers.ZeroPadding2D):
+            (top, bottom), (left, right) = layer.padding
+            modules.append(Lambda(lambda t, p=(left, right, top, bottom): torch.nn.functional.pad(t, p)))
+        elif isinstance(layer, keras.layers.Concatenate) and layer.name == "grey_to_rgb":
+            modules.append(Lambda(lambda t: t.repeat(1, 3, 1, 1)))
+        elif isinstance(layer, keras.layers.Rescaling):
+            scale, offset = _channels(layer.scale), _channels(layer.offset)
+            modules.append(Lambda(lambda t, a=scale, b=offset: t * a + b))
+        elif isinstance(layer, keras.layers.Normalization):
+            mean, variance = (torch.tensor(np.asarray(v, np.float32)).reshape(1, -1) for v in (layer.mean, layer.variance))
+            modules.append(Lambda(lambda t, m=mean, v=variance: (t - m) / torch.clamp(torch.sqrt(v), min=1e-7)))
         else:
             raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) is not ported; the port knows Conv2D, "
-                             f"MaxPooling2D, Flatten and Dense (the small CNN and Madry et al.'s CNN)")
+                             f"MaxPooling2D, Flatten, Dense and the VGG16 classifier's preprocessing")
         activation = getattr(layer, "activation", None)
         if activation is keras.activations.relu:
             modules.append(torch.nn.ReLU())
@@ -170,8 +212,9 @@ def main() -> None:
     module = Counted(torch_port(model))
     images, labels = torch.tensor(x.transpose(0, 3, 1, 2).copy()), torch.tensor(y)
     with torch.no_grad():
-        gap = float(np.abs(module.module(images).numpy() - model(x, training=False).numpy()).max())
-    if gap > 1e-3:
+        keras_logits = model(x, training=False).numpy()
+        gap = float(np.abs(module.module(images).numpy() - keras_logits).max()) / max(1.0, np.abs(keras_logits).max())
+    if gap > 1e-4:
         raise SystemExit(f"the PyTorch port's logits differ from Keras' by {gap:.2e}: the port is wrong")
 
     started = time.perf_counter()
@@ -188,21 +231,39 @@ def main() -> None:
     ours = ~result.success[0]
 
     n = args.examples
+    plan = plan_of(model)
+    best_forward = max(plan.measured["forward"].values())
+    best_gradient = max(plan.measured[f"gradient-{plan.gradient_path}"].values())
+    cost = result.cost or {}
+    forward = sum(c["forward"] for c in cost.values())
+    gradient = sum(c["gradient"] for c in cost.values())
+    bound = forward / best_forward + gradient / best_gradient
     print(f"{args.model_dir.name}, first {n} test images, L∞ ε = {args.eps:g}, "
           f"{'reduced (3 targets, 1000 queries)' if args.reduced else 'standard'} version; CPU: {cpu_name()}; "
           f"torch {torch.__version__}, TensorFlow {tf.__version__}, Keras {keras.__version__}; "
-          f"port's largest logit difference {gap:.1e}")
+          f"port's largest logit difference {gap:.1e} (relative to the largest logit)")
     print("\n| model | n | ε | original robust % | advsweep robust % | robust here, fooled there / fooled here, robust "
           "there | original s | advsweep s | original / advsweep time | original evaluations per example "
-          "(forward + gradient) | advsweep evaluations per example |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "(forward + gradient) | advsweep evaluations per example (forward + gradient) | model-call bound "
+          "(fraction reached) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.model_dir.name} | {n} | {args.eps:g} | {100 * theirs.mean():.2f} | {100 * ours.mean():.2f} | "
           f"{int((ours & ~theirs).sum())} / {int((~ours & theirs).sum())} | {original_seconds:.0f} | "
           f"{own_seconds:.0f} | **{original_seconds / own_seconds:.2f}×** | "
           f"{module.forward_rows / n:.0f} + {module.gradient_rows / n:.0f} | "
-          f"{(result.evaluations or 0) / n:.0f} |")
-    print("\noriginal, cumulative seconds after each member: "
-          + ", ".join(f"{name} {seconds:.0f}" for name, seconds in members.items()))
+          f"{forward / n:.0f} + {gradient / n:.0f} | {bound:.0f} s ({bound / own_seconds:.2f}) |")
+    previous, theirs_by_member = 0.0, {}
+    for name, seconds in members.items():
+        theirs_by_member[name], previous = seconds - previous, seconds
+    print("\n| member | original s | advsweep s | advsweep evaluations per example attacked (forward + gradient) |")
+    print("|---|---|---|---|")
+    for name, c in cost.items():
+        print(f"| {name} | {theirs_by_member.get(name, float('nan')):.0f} | {c['seconds']:.0f} | "
+              f"{c['forward'] / max(c['examples'], 1):.0f} + {c['gradient'] / max(c['examples'], 1):.0f} |")
+    print(f"\nplan of model calls here: gradient {plan.gradient.rows} rows ({plan.gradient_path}, "
+          f"{'free' if plan.gradient.free else 'by row'}), forward {plan.forward.rows} rows "
+          f"({'free' if plan.forward.free else 'by row'}); best measured {best_gradient:.0f} gradients/s, "
+          f"{best_forward:.0f} forward/s")
     print("advsweep fooled by (clean/APGD-CE/APGD-T/FAB-T/Square): "
           + "/".join(str(int((result.found_by[0] == name).sum()))  # type: ignore[index]
                      for name in ("clean", "apgd-ce", "apgd-t", "fab-t", "square")))

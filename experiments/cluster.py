@@ -173,7 +173,7 @@ class Cluster:
             model_refs[name] = {"bytes": [ray.put(loaded.file.read_bytes())], "sha256": loaded.sha256,
                                 "spec": loaded.spec, "written_by_train": loaded.written_by_train}
         environment = {"cpus": self.spec.cpus_per_task, "source_sha256": inputs.code["source_sha256"],
-                       "device": inputs.execution["device"]}
+                       "device": inputs.execution["device"], "plans": inputs.execution["plans"]}
 
         # minimal-ε units wait for their model's attack units (they start from those records' bounds)
         waiting_attacks = {name: sum(1 for u in todo if u.model == name and u.kind == "attack") for name in needed}
@@ -279,10 +279,12 @@ def _unit_task(unit: Unit, model: dict[str, Any], config: Any, x: Any, labels: A
                environment: dict[str, Any]) -> tuple[UnitOutput, float, dict[str, Any]]:
     """A Ray task: compute one unit from the object store's inputs; the driver writes what it returns."""
     _prepare_worker(environment)
+    from advsweep.attacks.plan import use_plan
     from advsweep.experiments.units import compute_unit
 
     started = time.perf_counter()
     classifier = _worker_model(model, config.data)
+    use_plan(classifier, environment["plans"][unit.model])  # the model calls the run's id names, not this node's
     output = compute_unit(config, unit, classifier, x, labels, examples, bounds)
     seconds = time.perf_counter() - started
     import ray

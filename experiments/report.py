@@ -159,6 +159,37 @@ def _checks_markdown(checks: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cost_table(done: Sequence[dict[str, Any]], run: str) -> pd.DataFrame:
+    """Where a run's attack time went: per model, attack (label and implementation) and member of an ensemble (the
+    attack itself otherwise), the examples it attacked, the seconds and the model evaluations without and with an
+    input gradient, summed over the attack's chunks, and per example attacked."""
+    rows = []
+    for record in done:
+        if "cost" not in record:
+            continue
+        model, attack, implementation = record["key"].split("/")[:3]
+        for member, cost in record["cost"]["members"].items():
+            rows.append({"run": run, "model": model, "attack": attack, "implementation": implementation,
+                         "member": member, **cost})
+    if not rows:
+        return pd.DataFrame()
+    keys = ["run", "model", "attack", "implementation", "member"]
+    table = pd.DataFrame(rows).groupby(keys, sort=False, as_index=False)[
+        ["examples", "seconds", "forward", "gradient"]].sum()
+    for column in ("seconds", "forward", "gradient"):
+        table[f"{column}_per_example"] = table[column] / table["examples"]
+    return table
+
+
+def _cost_markdown(table: pd.DataFrame) -> str:
+    lines = ["| run | model | attack | member | examples | seconds | forward / example | gradient / example |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in table.itertuples():
+        lines.append(f"| {row.run} | {row.model} | {row.attack} ({row.implementation}) | {row.member} | {row.examples} "
+                     f"| {row.seconds:.1f} | {row.forward_per_example:.0f} | {row.gradient_per_example:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def build_report(run_dirs: Sequence[Path], output: Path) -> dict[str, Any]:
     """Write ``summary.*``, ``checks.*`` and ``figures/`` for ``run_dirs`` into ``output``.
 
@@ -183,6 +214,11 @@ def build_report(run_dirs: Sequence[Path], output: Path) -> dict[str, Any]:
               for c in assemble_checks(summary, done, label, records, minimal_all)]
     files.append(write_atomic(output / "checks.json", lambda p: p.write_text(json.dumps(checks, indent=2) + "\n")))
     files.append(write_atomic(output / "checks.md", lambda p: p.write_text(_checks_markdown(checks))))
+    costs = [cost_table(done, label) for (_, _, done), label in zip(loaded, labels)]
+    cost = pd.concat([c for c in costs if not c.empty], ignore_index=True) if any(not c.empty for c in costs) else None
+    if cost is not None:
+        files.append(write_atomic(output / "cost.csv", lambda p: cost.to_csv(p, index=False)))
+        files.append(write_atomic(output / "cost.md", lambda p: p.write_text(_cost_markdown(cost))))
     figures = output / "figures"
     files += plot_accuracy_vs_eps(summary, figures / "accuracy_vs_eps")
     budgets = budget_table(summary, {(label, model["name"]): model.get("training")

@@ -172,8 +172,9 @@ def run_identity(config: SweepConfig, models: list[LoadedModel], code: dict[str,
 
 
 def _describe(execution: dict[str, Any]) -> str:
-    blocks = ", ".join(f"{name} {rows}" for name, rows in execution.get("row_block", {}).items())
-    return f"{execution.get('device')} (rows per call: {blocks})"
+    plans = ", ".join(f"{name} {plan['gradient']['rows']}/{plan['forward']['rows']}"
+                      for name, plan in execution.get("plans", {}).items())
+    return f"{execution.get('device')} (rows per gradient/forward call: {plans})"
 
 
 def check_resumable(run_dir: Path, previous: dict[str, Any], parts: dict[str, Any],

@@ -227,6 +227,8 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
                             iterate=iterate, norm=unit.attack.norm, epsilons=view.epsilons, examples=examples[part],
                             labels=labels[part], x=x[part], x_adv=view.x_adv, logits=view.logits,
                             found_by=view.found_by) for iterate, view in views], ignore_index=True)
+        if result.cost is not None:  # where the time went (per member of an ensemble): the report's cost table
+            output.extra["cost"] = {"members": result.cost}
         checks = [check_result_validity(result, x[part], label=f"{unit.attack.label}/{unit.implementation}")]
         checks += check_ensemble(result, label=f"{unit.attack.label}/{unit.implementation}")
         output.extra["checks"] = [c.to_dict() for c in checks]
@@ -284,7 +286,7 @@ class SweepInputs:
     examples: np.ndarray
     run_dir: Path
     code: dict[str, Any]
-    execution: dict[str, Any]  # the device kind and rows per call the records are made under (execution_plan)
+    execution: dict[str, Any]  # the device kind and model-call plans the records are made under (execution_plan)
 
 
 # A finished unit's output, with its wall time and the worker that ran it, handed to the driver to write.
@@ -350,9 +352,9 @@ def source_digest(locations: Mapping[str, Path] | None = None) -> str:
 
 def execution_plan(models: Mapping[str, keras.Model], device: str) -> dict[str, Any]:
     """The device-dependent choices that shape records: the device kind the units run on (``"cpu"`` or ``"gpu"``:
-    the kernels round differently) and each model's rows per call of AutoAttack's attacks
-    (:func:`advsweep.attacks.core.row_block`, which depends on the device). Part of the run's identity and manifest:
-    a run's records are made under one plan."""
-    from advsweep.attacks.core import row_block
+    the kernels round differently) and each model's plan of model calls (rows per call and packing, measured once
+    per machine: :func:`advsweep.attacks.plan.plan_of`). Part of the run's identity and manifest: a run's records
+    are made under one plan, and Ray's workers use the driver's."""
+    from advsweep.attacks.plan import plan_of
 
-    return {"device": device, "row_block": {name: row_block(model, device) for name, model in models.items()}}
+    return {"device": device, "plans": {name: plan_of(model, device).to_dict() for name, model in models.items()}}

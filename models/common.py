@@ -122,8 +122,19 @@ def model_function(model: keras.Model, gradient: str = "fast") -> Callable[[Any]
     :func:`advsweep.models.fast_gradient.fast_forward`, equal to the tape up to float rounding); any other model
     is called as it is. ``"plain"``: the Keras model as it is, differentiated by ``tf.GradientTape``.
     """
-    if check_gradient_path(gradient) == "fast":
+    if check_gradient_path(gradient) == "auto":
+        raise ValueError("`gradient='auto'` is resolved by the attack layer's plan (advsweep.attacks.plan) into "
+                         "'fast' or 'plain' before the model is asked for its function")
+    if gradient == "fast":
         from advsweep.models.fast_gradient import fast_forward
 
         return fast_forward(model)
     return lambda x: model(x, training=False)
+
+
+def has_fast_gradient(model: keras.Model) -> bool:
+    """Whether ``gradient="fast"`` differs from the plain tape for this model (a frozen VGG16 base inside)."""
+    from advsweep.models.fast_gradient import BASE_NAME
+
+    names = {layer.name for layer in model.layers}
+    return BASE_NAME in names and not model.get_layer(BASE_NAME).trainable

@@ -15,7 +15,7 @@ from advsweep.attacks.apgd import (
     momentum_step,
     start_point,
 )
-from advsweep.attacks.core import BLOCK, loss_per_example
+from advsweep.attacks.core import loss_per_example
 
 
 def test_dlr_losses_hand_computed():
@@ -111,6 +111,8 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
     import torchattacks
 
     import advsweep.attacks.apgd as apgd
+    import advsweep.attacks.engine as engine
+    from advsweep.attacks.plan import plan_of
 
     x, y = test_images[0][:24], test_images[1][:24]
     eps, steps, targets, seed = 0.06, 25, 3, 3
@@ -128,7 +130,7 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
         t = draws[run.example][int(run.stream[len("apgd-t"):]) - 2 if targeted else 0]
         return np.clip(x0 + np.float32(e) * t / np.abs(t).max(), 0.0, 1.0).astype(np.float32)
 
-    monkeypatch.setattr(apgd, "example_stream", lambda s, example, stream, e, restart: Run(example, stream))
+    monkeypatch.setattr(engine, "example_stream", lambda s, example, stream, e, restart: Run(example, stream))
     monkeypatch.setattr(apgd, "start_point", reference_start)
     if targeted:
         ours = apgd.auto_pgd_targeted(small_cnn, x, y, [eps], steps=steps, target_classes=targets)
@@ -136,8 +138,8 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
         ours = apgd.auto_pgd(small_cnn, x, y, [eps], steps=steps)
 
     class InRow(benchmark_module("autoattack_reference").KerasModule):
-        """The bridge, computing each call in a zero-padded block of BLOCK rows with the example in its row, as ours
-        does: TensorFlow's kernels round differently at other batch shapes (a gradient component near zero then
+        """The bridge, computing each call in a zero-padded block of the plan's rows with the example in its row, as
+        ours does: TensorFlow's kernels round differently at other batch shapes (a gradient component near zero then
         changes sign and the two trajectories part after a few steps, though both run the same algorithm)."""
         row = 0
 
@@ -145,15 +147,16 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
             return super().logits(self._block(images))[self.row:self.row + 1]
 
         def vjp(self, images, upstream):
-            padded = np.zeros((BLOCK,) + upstream.shape[1:], np.float32)
+            padded = np.zeros((rows,) + upstream.shape[1:], np.float32)
             padded[self.row] = upstream[0]
             return super().vjp(self._block(images), padded)[self.row:self.row + 1]
 
         def _block(self, images):
-            block = np.zeros((BLOCK,) + images.shape[1:], np.float32)
+            block = np.zeros((rows,) + images.shape[1:], np.float32)
             block[self.row] = images[0]
             return block
 
+    rows = plan_of(small_cnn).gradient.rows
     bridge = InRow(small_cnn).eval()
     if targeted:
         attack = torchattacks.APGDT(bridge, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, rho=0.75,
@@ -165,7 +168,7 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
     highest_loss_point = np.zeros_like(x)
     for i in range(len(x)):
         image, label = torch.tensor(x[i:i + 1].transpose(0, 3, 1, 2).copy()), torch.tensor(y[i:i + 1])
-        bridge.row = i % BLOCK
+        bridge.row = i % rows
         torch.manual_seed(seed)
         for rank in range(2, targets + 2) if targeted else [None]:
             attack.target_class = rank

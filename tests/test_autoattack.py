@@ -14,7 +14,6 @@ import tensorflow as tf
 from advsweep.attacks import autoattack, run_attack  # the function, not a module of that name
 from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted
 from advsweep.attacks.checks import check_ensemble
-from advsweep.attacks.core import BLOCK, multiply_adds, row_block
 from advsweep.attacks.fab import fab_targeted, projection_l2, projection_linf
 from advsweep.attacks.square import p_schedule, rectangle_profile, square_attack, window_side
 
@@ -162,79 +161,12 @@ def test_autoattack_is_the_worst_case_of_its_members(small_cnn, test_images):
         assert ce.informational
     assert (result.found_by == "apgd-ce").any()  # so the second and third found_by differ from the first
     assert not checks["cross-entropy gradients carry the attack (autoattack)"].passed  # APGD-T took APGD-CE's finds
-
-
-def test_autoattack_is_own_only_and_checks_its_members(small_cnn, test_images):
-    x, y = test_images[0][:4], test_images[1][:4]
-    with pytest.raises(ValueError, match="only the own implementation"):
-        run_attack("autoattack", small_cnn, x, y, [0.1], implementation="foolbox")
-    with pytest.raises(ValueError, match="distinct names"):
-        run_attack("autoattack", small_cnn, x, y, [0.1], attacks=["apgd-ce", "pgd"])
-    with pytest.raises(ValueError, match="parameters of square"):
-        run_attack("autoattack", small_cnn, x, y, [0.1], settings={"square": {"steps": 10}})
-    with pytest.raises(ValueError, match="no parameter"):
-        run_attack("square", small_cnn, x, y, [0.1], gradient="fast")
-
-
-def test_logits_scaled_by_1000_do_not_fool_the_ensemble_and_the_checks_say_why(small_cnn, test_images):
-    """The masking case: logits × 1000 make the same decisions with vanishing cross-entropy
-    gradients. APGD-CE finds almost nothing there; the scale-invariant APGD-T finds what it found on the model
-    as trained, and the cross-entropy check says why."""
-    inputs = keras.Input((28, 28, 1))
-    masked = keras.Model(inputs, keras.layers.Rescaling(1000.0)(small_cnn(inputs)))
-    x, y = test_images[0][:24], test_images[1][:24]
-    grid = [0.1, 0.15]
-    settings = {"apgd-ce": {"steps": 20}, "apgd-t": {"steps": 20, "target_classes": 3}}
-    plain = autoattack(small_cnn, x, y, grid, attacks=["apgd-ce", "apgd-t"], settings=settings)
-    scaled = autoattack(masked, x, y, grid, attacks=["apgd-ce", "apgd-t"], settings=settings)
-    assert np.abs(scaled.robust_accuracy - plain.robust_accuracy).max() <= 2 / 24
-    assert scaled.found_by is not None and (scaled.found_by == "apgd-t").sum() > (scaled.found_by == "apgd-ce").sum()
-    verdicts = {c.name.split(" (")[0]: c for c in check_ensemble(scaled)}
-    note = verdicts["cross-entropy gradients carry the attack"]
-    assert not note.passed and note.verdict == "note" and "saturates" in note.suggestion
-    assert all(c.passed for c in check_ensemble(plain) if "cross-entropy" in c.name)
-
-
-def test_heavy_models_are_attacked_one_row_per_call_and_the_rows_stay_independent(small_cnn, vgg16_model, test_images):
-    """The per-model row block: multiply–adds counted by hand; on a CPU the VGG16 (over the threshold) is attacked
-    one row per call and the small CNN 32; an example's APGD run is the same to the bit alone or with others."""
-    assert multiply_adds(small_cnn) == 26 * 26 * 32 * 9 * 1 + 11 * 11 * 64 * 9 * 32 + 1600 * 64 + 64 * 10
-    # the default VGG16: 28×28 padded to 32×32, the ImageNet base cut at block4_pool (2×2×512), a linear head
-    convs = [(32, 3, 64), (32, 64, 64), (16, 64, 128), (16, 128, 128), (8, 128, 256), (8, 256, 256), (8, 256, 256),
-             (4, 256, 512), (4, 512, 512), (4, 512, 512)]
-    assert multiply_adds(vgg16_model) == sum(s * s * out * 9 * inp for s, inp, out in convs) + 2 * 2 * 512 * 10
-    assert row_block(small_cnn) == BLOCK
-    assert row_block(vgg16_model) == (BLOCK if tf.config.list_logical_devices("GPU") else 1)
-    x, y = test_images[0][:3], test_images[1][:3]
-    ids = np.array([5, 6, 7])
-    together = auto_pgd(vgg16_model, x, y, [0.0, 0.01], steps=4, example_ids=ids)
-    for i in range(3):
-        alone = auto_pgd(vgg16_model, x[i:i + 1], y[i:i + 1], [0.0, 0.01], steps=4, example_ids=ids[i:i + 1])
-        np.testing.assert_array_equal(alone.x_adv[:, 0], together.x_adv[:, i])
-        np.testing.assert_array_equal(alone.logits[:, 0], together.logits[:, i])
-
-
-def test_the_original_autoattack_benchmark_attacks_the_same_function(small_cnn, test_images, benchmark_module):
-    """benchmarks/autoattack_original.py runs the original AutoAttack (PyTorch) on a port of the Keras model: the
-    port's logits and cross-entropy input gradients are Keras' up to float rounding, so both sides attack one function;
-    a layer the port does not know is refused by name."""
-    import torch
-
-    bench = benchmark_module("autoattack_original")
-    x, y = test_images[0][:32], test_images[1][:32]
-    port = bench.torch_port(small_cnn)
-    images = torch.tensor(x.transpose(0, 3, 1, 2).copy(), requires_grad=True)
-    logits = port(images)
-    np.testing.assert_allclose(logits.detach().numpy(), small_cnn(x, training=False).numpy(), atol=1e-4)
-    torch.nn.functional.cross_entropy(logits, torch.tensor(y), reduction="sum").backward()
-    x_t = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x_t)
-        loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, small_cnn(x_t, training=False),
-                                                                          from_logits=True))
-    expected = tape.gradient(loss, x_t).numpy().transpose(0, 3, 1, 2)
-    np.testing.assert_allclose(images.grad.numpy(), expected, atol=1e-4 * np.abs(expected).max())
-    inputs = keras.Input((28, 28, 1))
-    odd = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D(name="gap")(inputs)))
-    with pytest.raises(ValueError, match="layer 'gap' \\(GlobalAveragePooling2D\\) is not ported"):
-        bench.torch_port(odd)
+    # where the time went: each member that ran, in order, its evaluations apart (Square: forward only; the APGDs:
+    # a gradient per evaluation besides the clean pass of the examples they attacked), adding up to the ensemble's
+    assert result.cost is not None and list(result.cost) == ["clean", *members]
+    assert result.cost["clean"] == {**result.cost["clean"], "examples": len(x), "forward": len(x), "gradient": 0}
+    assert result.cost["square"]["gradient"] == 0 and result.cost["apgd-t"]["gradient"] > 0
+    assert all(result.cost[m]["forward"] == result.cost[m]["examples"] for m in ("apgd-ce", "apgd-t"))
+    assert len(x) >= result.cost["apgd-ce"]["examples"] >= result.cost["apgd-t"]["examples"] > 0
+    assert sum(c["forward"] - c["examples"] + c["gradient"] for m, c in result.cost.items() if m != "clean") == \
+        result.evaluations

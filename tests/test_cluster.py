@@ -127,7 +127,7 @@ def test_run_settings_do_not_change_the_run_id(sweep_config):
                           base=ROOT)
     assert on_ray.run == RunSpec(executor="ray", cpus_per_task=2, max_retries=1)
     assert on_ray.to_dict() == plain.to_dict()
-    execution = {"device": "cpu", "row_block": {}}
+    execution = {"device": "cpu", "plans": {}}
     assert run_identity(on_ray, [], {"source_sha256": "x"}, execution) == run_identity(plain, [], {"source_sha256": "x"},
                                                                                        execution)
 

@@ -50,8 +50,12 @@ def test_run_folder_has_records_tables_figures_checks_and_manifest(finished_run,
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
         assert code["git_commit"] == head and isinstance(code["git_dirty"], bool)
-    # on this CPU: the VGG16 (heavy) one row per call, the small CNN 32
-    assert manifest["execution"] == {"device": "cpu", "row_block": {"vgg16": 1, "cnn": 32}}
+    # the plans of model calls the records were made under: each model's, as measured on this machine
+    from advsweep.attacks.plan import plan_of
+
+    models = {m.spec.name: m.model for m in prepare_models(load_config(sweep_config), finished_run.parents[1] / "models")}
+    assert manifest["execution"] == {"device": "cpu", "plans": {name: plan_of(model).to_dict()
+                                                                for name, model in models.items()}}
     assert {m["name"] for m in manifest["models"]} == {"vgg16", "cnn"}
     assert all(len(m["model_keras_sha256"]) == 64 for m in manifest["models"])
     assert manifest["assets"][0]["name"] == "mnist" and len(manifest["assets"][0]["content_sha256"]) == 64
@@ -141,23 +145,30 @@ def test_same_config_and_seeds_give_the_same_run_id(finished_run, sweep_config):
 
 
 def test_a_run_is_resumed_only_on_the_kind_of_device_that_made_it(finished_run, sweep_config, monkeypatch):
-    """A GPU makes other records than a CPU (other kernels, 32 rows per call for the VGG16): a sweep on a GPU gets
-    another run id, and resuming this CPU run there by its id is refused in one line before anything is written."""
+    """A GPU makes other records than a CPU (other kernels, other plans of model calls): a sweep on a GPU gets another
+    run id, and resuming this CPU run there by its id is refused in one line before anything is written."""
     import advsweep.attacks.core as core
 
     config = load_config(sweep_config)
     models = prepare_models(config, finished_run.parents[1] / "models")
     code = json.loads((finished_run / "manifest.json").read_text())["code"]
     on_gpu = execution_plan({m.spec.name: m.model for m in models}, "gpu")
-    assert on_gpu == {"device": "gpu", "row_block": {"vgg16": 32, "cnn": 32}}
+    unmeasured = {"gradient": {"rows": 256, "free": False}, "forward": {"rows": 256, "free": False},
+                  "gradient_path": "plain"}  # planned from a CPU: the fixed plan of a device not measured here
+    assert on_gpu == {"device": "gpu", "plans": {"vgg16": unmeasured, "cnn": unmeasured}}
     assert run_identity(config, models, code, on_gpu) != finished_run.name
     assert run_identity(config, models, code, execution_plan({m.spec.name: m.model for m in models}, "cpu")) == \
         finished_run.name
 
     before = {p: p.stat().st_mtime_ns for p in finished_run.rglob("*") if p.is_file()}
     monkeypatch.setattr(core, "device_kind", lambda: "gpu")
-    with pytest.raises(SweepError, match=r"holds records made on cpu \(rows per call: vgg16 1, cnn 32\); this sweep "
-                                         r"would make them on gpu \(rows per call: vgg16 32, cnn 32\)"):
+    import advsweep.attacks.plan as planning  # this CPU cannot measure a GPU's plan: the fixed one, not kept
+
+    monkeypatch.setattr(planning, "measure_plan", lambda model: planning.UNMEASURED)
+    monkeypatch.setattr(planning, "_write", lambda path, value: None)
+    with pytest.raises(SweepError, match=r"holds records made on cpu \(rows per gradient/forward call: vgg16 \d+/\d+, "
+                                         r"cnn \d+/\d+\); this sweep would make them on gpu \(rows per gradient/forward "
+                                         r"call: vgg16 256/256, cnn 256/256\)"):
         run_sweep(config, finished_run.parents[1], run_id=finished_run.name)
     assert {p: p.stat().st_mtime_ns for p in finished_run.rglob("*") if p.is_file()} == before
 
@@ -167,7 +178,7 @@ def test_a_run_folder_is_resumed_only_by_what_made_it(tmp_path):
     what differs; so is a folder whose manifest records nothing (an older advsweep's)."""
     from advsweep.experiments.sweep import check_resumable
 
-    execution = {"device": "cpu", "row_block": {"m": 32}}
+    execution = {"device": "cpu", "plans": {}}
     parts = {"config": "c", "models": "m", "code": "x", "execution": "e"}
     check_resumable(tmp_path, {"identity": dict(parts)}, parts, execution)  # the same: resumed
     with pytest.raises(SweepError, match="made with another model and another version of the attack and model code than this sweep's"):

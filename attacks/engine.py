@@ -1,0 +1,330 @@
+"""The one engine every iterative attack runs on: PGD, BIM, APGD, APGD-T, FAB-T, Square and the minimal-ε search.
+
+An attack is a *step* over a block of examples (``Step``: where a run starts, and how a run moves on from one model
+evaluation to the next); the engine does everything else, the same way for every attack:
+
+* **the programme.** Each example runs its own list of runs, in order: for each ε of its grid (ascending), each
+  target (APGD-T, FAB-T) and each restart, from a start point its own random stream draws
+  (:func:`advsweep.attacks.core.example_stream`, keyed by the seed, the example's test-set index, the attack, ε and
+  the restart). A run is skipped when it cannot change the result: the example is already fooled at that ε or a
+  smaller one (an adversarial lies inside every larger ball), its ε is 0, or the ε is at or above the example's
+  ``limit`` (an ensemble's cascade: those budgets are another attack's);
+* **the bookkeeping.** Every point evaluated is checked: the first misclassified point found at a budget is the
+  budget's adversarial (the *any-iterate* view), and a run's end point (:attr:`Step.end`) is the budget's
+  *last-iterate* view; with early stop an example's run ends at its first adversarial;
+* **the model calls.** All examples with a run in progress are evaluated together, in calls of a fixed shape
+  (:class:`Plan`: ``rows`` per call, zero rows where there are fewer examples), so the floats an example sees depend
+  on its own point alone, never on which examples share its chunk or its call; and the evaluations are counted.
+
+The point of one engine is that nothing of this lives in an attack file, which then reads as its paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from advsweep.attacks.core import (
+    AttackResult,
+    any_iterate_view,
+    example_stream,
+    logits_fn,
+    loss_gradient_fn,
+    predict_logits,
+    result_of,
+    success_of,
+)
+from advsweep.attacks.plan import Plan, plan_of
+
+
+def calls(example_ids: np.ndarray, plan: Plan) -> list[np.ndarray]:
+    """The model calls of one round over ``example_ids`` ``(M,)``: each ``(plan.rows,)`` positions into
+    ``example_ids``, −1 for an idle row."""
+    m, rows = len(example_ids), plan.rows
+    if plan.free:
+        padded = np.full(-(-m // rows) * rows, -1, dtype=np.int64)
+        padded[:m] = np.arange(m)
+        return list(padded.reshape(-1, rows))
+    slots = example_ids % rows
+    order = np.argsort(slots, kind="stable")
+    counts = np.bincount(slots, minlength=rows)
+    rank = np.arange(m) - np.repeat(np.cumsum(counts) - counts, counts)  # each example's turn within its row
+    table = np.full((int(counts.max(initial=0)), rows), -1, dtype=np.int64)
+    table[rank, slots[order]] = order
+    return list(table)
+
+
+@dataclasses.dataclass
+class Outputs:
+    """One evaluation of the points of a block: logits ``(M, C)``; for a gradient step also the per-example loss
+    ``(M,)`` and its input gradient ``(M, …)``."""
+
+    logits: np.ndarray
+    loss: np.ndarray | None = None
+    grad: np.ndarray | None = None
+
+
+def evaluate(model: keras.Model, x: np.ndarray, classes: np.ndarray | None, example_ids: np.ndarray, plan: Plan,
+             loss: str | None, gradient: str) -> Outputs:
+    """The model's logits (and with ``loss``, that loss and its input gradient) at ``x`` ``(M, …)``, in the
+    plan's calls."""
+    parts: list[list[np.ndarray]] = []
+    fn = loss_gradient_fn(model, loss, gradient) if loss is not None else None
+    forward = logits_fn(model)
+    for rows in calls(example_ids, plan):
+        used = rows >= 0
+        block = np.zeros((plan.rows,) + x.shape[1:], np.float32)
+        block[used] = x[rows[used]]
+        if fn is None:
+            outs = [forward(tf.constant(block)).numpy()]
+        else:
+            assert classes is not None
+            class_block = np.zeros((plan.rows,) + classes.shape[1:], np.int64)
+            class_block[used] = classes[rows[used]]
+            outs = [t.numpy() for t in fn(tf.constant(block), tf.constant(class_block))]
+        for j, out in enumerate(outs):
+            if len(parts) <= j:
+                parts.append([np.empty((len(x),) + out.shape[1:], out.dtype)])
+            parts[j][0][rows[used]] = out[used]
+    return Outputs(*(p[0] for p in parts))
+
+
+@dataclasses.dataclass
+class Runs:
+    """The runs starting now, one per example of ``examples`` ``(M,)`` (positions into the attack's call):
+    their inputs ``x0``, labels, budgets ``eps`` (float64, as the caller gave them), target classes (−1 untargeted), restarts and random
+    streams."""
+
+    examples: np.ndarray
+    x0: np.ndarray
+    labels: np.ndarray
+    eps: np.ndarray
+    targets: np.ndarray
+    restarts: np.ndarray
+    rngs: list[np.random.Generator]
+
+
+class Step(Protocol):
+    """An attack's algorithm as the engine runs it.
+
+    ``loss``: the loss whose gradient each evaluation computes (``None``: logits only, Square). ``start`` returns
+    the runs' first points ``(M, …)`` and resets their state. ``step`` gets the examples with a run in progress
+    (positions into the call, ``(M,)``), their points and what the model said there and whether each point is
+    misclassified, and returns the next points and which runs ended (``(M, …)``, ``(M,)`` bool). ``end``: a run's
+    end point and its logits, the budget's last-iterate view where it is not fooled."""
+
+    loss: str | None
+
+    def start(self, runs: Runs) -> np.ndarray: ...
+
+    def step(self, examples: np.ndarray, x: np.ndarray, out: Outputs, fooled: np.ndarray,
+             ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def end(self, examples: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Programme:
+    """What an attack asks of the engine besides its step.
+
+    Attributes:
+        stream: the name of the attack's random streams (a target's rank is appended for targeted runs).
+        restarts: runs per budget (and target).
+        target_ranks: the ranks of the clean logits whose classes are targeted one after the other (APGD-T,
+            FAB-T: 2, 3, …); ``None``: untargeted. The label is still what success is measured against.
+        targets: fixed target classes ``(N,)`` for a targeted attack (PGD's ``targets``): success then means
+            classified as the target, and the gradient is of the loss towards it.
+        early_stop: an example's run (and programme) ends at its first adversarial.
+        any_budget: a misclassified point counts at every budget whose ball holds it (FAB-T, a minimum-norm
+            attack: one run answers every ε of the grid; its restarts run one per ε still undecided).
+        keep_first_end: a budget's last-iterate view is its first run's end point unless a later restart ends
+            on an adversarial (PGD, as foolbox); otherwise every run's end point replaces the one before (AutoAttack).
+        classes_with_label: the loss takes ``[label, target]`` per example (the targeted DLR loss, FAB's logit
+            difference) rather than one class.
+    """
+
+    stream: str
+    restarts: int = 1
+    target_ranks: Sequence[int] | None = None
+    targets: np.ndarray | None = None
+    early_stop: bool = True
+    any_budget: bool = False
+    keep_first_end: bool = False
+    classes_with_label: bool = False
+
+
+def schedule_of(programme: Programme, budgets: int) -> list[tuple[int | None, int, int]]:
+    """Every example's runs in order, as (budget position in its ascending order, target index, restart): for each
+    budget, each target, each restart; FAB-T's (``any_budget``): target by target, one run for all budgets
+    (position ``None``), then its restarts one per budget."""
+    targets = len(programme.target_ranks or [None])
+    if programme.any_budget:
+        return [(None if s == 0 else p, t, s) for t in range(targets) for s in range(programme.restarts)
+                for p in (range(1) if s == 0 else range(budgets))]
+    return [(p, t, s) for p in range(budgets) for t in range(targets) for s in range(programme.restarts)]
+
+
+class Engine:
+    """The state of one attack call: every example's place in its programme and point, and the budgets' views."""
+
+    def __init__(self, model: keras.Model, step: Step, programme: Programme, x: np.ndarray, labels: np.ndarray,
+                 eps: np.ndarray, *, seed: int, example_ids: np.ndarray, limit: np.ndarray | None, plan: Plan,
+                 gradient: str, norm: str):
+        self.model, self.step, self.programme, self.plan, self.gradient = model, step, programme, plan, gradient
+        self.norm = norm
+        self.x, self.labels, self.seed, self.example_ids, self.targets = x, labels, seed, example_ids, programme.targets
+        n, k_count = len(x), eps.shape[0]
+        self.clean_logits = predict_logits(model, x, example_ids=example_ids)
+        self.ranking = np.argsort(self.clean_logits, axis=-1, kind="stable")  # r-th highest class: ranking[:, -r]
+        self.limit = np.full(n, k_count, dtype=np.int64) if limit is None else np.asarray(limit, dtype=np.int64)
+        self.order = np.argsort(eps, axis=0, kind="stable")  # (K, N): each example's budgets, ascending
+        self.eps_exact = np.take_along_axis(eps, self.order, axis=0)  # float64: what the random streams are keyed by
+        self.eps_sorted = self.eps_exact.astype(np.float32)
+        self.first_positive = np.argmax(self.eps_sorted > 0, axis=0)
+        clean_wrong = success_of(self.clean_logits, labels, self.targets)
+        # the views, by position in each example's ascending order: the first adversarial found at each budget
+        # (any-iterate) and each budget's run end point (last-iterate)
+        self.found = np.zeros((k_count, n), dtype=bool)
+        self.found[(self.eps_sorted == 0) & clean_wrong[None]] = True
+        if programme.any_budget:
+            self.found[:, clean_wrong] = True
+        self.x_found, self.x_end = np.repeat(x[None], k_count, axis=0), np.repeat(x[None], k_count, axis=0)
+        self.logits_found = np.repeat(self.clean_logits[None], k_count, axis=0)
+        self.logits_end = self.logits_found.copy()
+        self.schedule = schedule_of(programme, k_count)
+        self.run_of = np.full(n, -1, dtype=np.int64)  # each example's run in the schedule; −2 once it is over
+        self.decisive = np.zeros(n, dtype=np.int64)  # the budget whose adversarial ends the run
+        self.budget_of = np.zeros(n, dtype=np.int64)  # the budget the run's end point belongs to (−1: all, FAB)
+        self.x_now = np.zeros_like(x)
+        self.classes = np.zeros((n, 2) if programme.classes_with_label else n, np.int64)
+        self.spent = 0
+
+    def needed(self, example: int, run: int) -> bool:
+        """Whether the run can change the result: its budget is positive and below the example's limit, and the
+        example is not fooled there yet (at or below it, with early stop or for FAB-T)."""
+        position, _, restart = self.schedule[run]
+        p = int(self.first_positive[example]) if position is None else position
+        if p >= self.limit[example] or self.eps_sorted[p, example] == 0:
+            return False
+        if self.programme.early_stop or self.programme.any_budget:
+            return not self.found[: p + 1, example].any()
+        return restart == 0 or not self.found[p, example]
+
+    def start(self, examples: Sequence[int]) -> None:
+        """Start each example's next needed run (after its current one), or end its programme."""
+        chosen, runs = [], []
+        for e in examples:
+            run = int(self.run_of[e]) + 1
+            while run < len(self.schedule) and not self.needed(e, run):
+                run += 1
+            self.run_of[e] = run if run < len(self.schedule) else -2
+            if run < len(self.schedule):
+                chosen.append(e)
+                runs.append(self.schedule[run])
+        if not chosen:
+            return
+        e = np.array(chosen)
+        self.budget_of[e] = [-1 if p is None else p for p, _, _ in runs]
+        self.decisive[e] = np.where(self.budget_of[e] < 0, self.first_positive[e], self.budget_of[e])
+        budgets = self.eps_exact[self.decisive[e], e]
+        ranks = [(self.programme.target_ranks or [None])[t] for _, t, _ in runs]
+        aim = np.array([-1 if r is None else self.ranking[k, -r] for k, r in zip(e, ranks)], np.int64)
+        aim = self.targets[e] if self.targets is not None else aim
+        self.classes[e] = (np.stack([self.labels[e], aim], 1) if self.programme.classes_with_label
+                           else aim if self.targets is not None else self.labels[e])
+        streams = [self.programme.stream + ("" if r is None else str(r)) for r in ranks]
+        rngs = [example_stream(self.seed, int(self.example_ids[k]), name, float(b), s)
+                for k, name, b, (_, _, s) in zip(e, streams, budgets, runs)]
+        restarts = np.array([s for _, _, s in runs])
+        self.x_now[e] = self.step.start(Runs(e, self.x[e], self.labels[e], budgets, aim, restarts, rngs))
+
+    def round(self) -> None:
+        """Evaluate every run in progress once, keep what it found, move each on, and start the next runs."""
+        active = np.flatnonzero(self.run_of >= 0)
+        points = self.x_now[active]
+        out = evaluate(self.model, points, self.classes[active], self.example_ids[active], self.plan,
+                       self.step.loss, self.gradient)
+        self.spent += len(active)
+        fooled = success_of(out.logits, self.labels[active], None if self.targets is None else self.targets[active])
+        for j in np.flatnonzero(fooled):
+            self.keep(int(active[j]), points[j], out.logits[j])
+        moved, ended = self.step.step(active, points, out, fooled)
+        if self.programme.early_stop or self.programme.any_budget:
+            ended |= np.logical_or.accumulate(self.found, axis=0)[self.decisive[active], active]
+        self.x_now[active] = moved
+        if ended.any():
+            done = active[ended]
+            end_x, end_logits = self.step.end(done, points[ended], Outputs(out.logits[ended]))
+            success = success_of(end_logits, self.labels[done], None if self.targets is None else self.targets[done])
+            for j, e in enumerate(done):
+                position, restart = self.budget_of[e], self.schedule[self.run_of[e]][2]
+                if position >= 0 and (not self.programme.keep_first_end or restart == 0 or success[j]):
+                    self.x_end[position, e], self.logits_end[position, e] = end_x[j], end_logits[j]
+            self.start(done.tolist())
+
+    def keep(self, e: int, point: np.ndarray, logits: np.ndarray) -> None:
+        """A misclassified point is the adversarial of its run's budget, if the budget has none yet; for FAB-T
+        (``any_budget``), of every budget whose ball holds it (``‖point − x‖ ≤ ε``)."""
+        if self.programme.any_budget:
+            delta = (point - self.x[e]).ravel()
+            linf = self.norm == "linf"
+            distance = np.float32(np.abs(delta).max() if linf else np.sqrt(np.sum(delta * delta)))
+            budgets = np.flatnonzero((distance <= self.eps_sorted[:, e]) & (self.eps_sorted[:, e] > 0)
+                                     & ~self.found[:, e])
+        else:
+            position = int(self.budget_of[e])
+            budgets = np.array([position]) if not self.found[position, e] else np.zeros(0, np.int64)
+        self.found[budgets, e] = True
+        self.x_found[budgets, e], self.logits_found[budgets, e] = point, logits
+
+    def result(self, grid: np.ndarray) -> AttackResult:
+        """The any-iterate view (and without early stop the last-iterate view as ``.last``), back in the caller's
+        order of ε, each adversarial carried to every larger budget."""
+        columns = np.arange(len(self.x))
+        found, x_found, logits_found = np.zeros_like(self.found), np.empty_like(self.x_found), np.empty_like(
+            self.logits_found)
+        x_end, logits_end = np.empty_like(self.x_end), np.empty_like(self.logits_end)
+        for position in range(len(self.order)):
+            k = self.order[position]
+            found[k, columns] = self.found[position]
+            x_found[k, columns], logits_found[k, columns] = self.x_found[position], self.logits_found[position]
+            x_end[k, columns], logits_end[k, columns] = self.x_end[position], self.logits_end[position]
+        x_adv, logits_adv = any_iterate_view(self.order, found, x_found, logits_found, x_end, logits_end)
+        result = result_of(grid, x_adv, logits_adv, self.labels, self.targets, self.norm)
+        last = None if self.programme.early_stop else result_of(grid, x_end, logits_end, self.labels, self.targets,
+                                                                self.norm)
+        return dataclasses.replace(result, last=last, evaluations=self.spent)
+
+
+def run_engine(model: keras.Model, step: Step, programme: Programme, x: np.ndarray, labels: np.ndarray,
+               eps: np.ndarray, *, seed: int, example_ids: np.ndarray, grid: np.ndarray, norm: str,
+               gradient: str = "auto", limit: np.ndarray | None = None, plan: Plan | None = None) -> AttackResult:
+    """Run ``step``'s attack on validated inputs: ``eps`` ``(K, N)`` are each example's budgets (any order),
+    ``grid`` ``(K,)`` the budgets the result reports; ``limit`` ``(N,)`` (an ensemble's cascade) ends an example's
+    programme at that position of its ascending budgets; ``plan``: the model calls' shape (default: the model's
+    measured plan for this kind of call, :func:`advsweep.attacks.plan.plan_of`). Returns the any-iterate view
+    (``.last``: the last-iterate view, without early stop), the model evaluations spent and the cost."""
+    started = time.perf_counter()
+    if plan is None:
+        plan = plan_of(model).forward if step.loss is None else plan_of(model).gradient
+    engine = Engine(model, step, programme, x, labels, eps, seed=seed, example_ids=example_ids, limit=limit,
+                    plan=plan, gradient=gradient, norm=norm)
+    engine.start(range(len(x)))
+    while (engine.run_of >= 0).any():
+        engine.round()
+    gradients = 0 if step.loss is None else engine.spent
+    cost = {programme.stream: {"examples": len(x), "seconds": round(time.perf_counter() - started, 3),
+                               "forward": len(x) + engine.spent - gradients, "gradient": gradients}}
+    return dataclasses.replace(engine.result(grid), cost=cost)
+
+
+def grid_budgets(eps: np.ndarray, n: int) -> np.ndarray:
+    """A ``(K,)`` grid as each of ``n`` examples' budgets ``(K, N)``."""
+    return np.broadcast_to(np.asarray(eps)[:, None], (len(eps), n))
+

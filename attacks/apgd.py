@@ -108,11 +108,10 @@ def _checked_run(model: keras.Model, x: Any, labels: Any, epsilons: Any, *, norm
                  restarts: int, rho: float, seed: int, example_ids: Any, gradient: str,
                  target_ranks: list[int] | None) -> AttackResult:
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, steps=steps,
-                        restarts=restarts, rho=rho)
+                        restarts=restarts, rho=rho, gradient=gradient)
     stream = "apgd-t" if target_ranks is not None else f"apgd-{loss}"
     return apgd_engine(model, call.x, call.labels, call.eps, norm=call.norm, loss=loss, seed=call.seed,
-                       example_ids=call.example_ids, stream=stream, gradient=gradient, target_ranks=target_ranks,
-                       **call.params)
+                       example_ids=call.example_ids, stream=stream, target_ranks=target_ranks, **call.params)
 
 
 def checkpoints(steps: int) -> tuple[int, int, int]:

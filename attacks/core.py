@@ -307,20 +307,22 @@ class Call:
     seed: int
     example_ids: np.ndarray
     params: dict[str, Any]
+    targets: np.ndarray | None = None
 
 
 def checked_call(model: Any, x: Any, labels: Any, epsilons: Any, *, norm: str, seed: int, example_ids: Any,
-                 **params: Any) -> Call:
-    """Check an attack call: the model, the inputs and labels against it, ε against the norm and the inputs'
-    shape, the seed, the example ids, and each hyper-parameter in ``params`` with its check
-    (:data:`advsweep.attacks.spec.PARAMETER_CHECKS`), whose value it keeps."""
+                 targets: Any = None, **params: Any) -> Call:
+    """Check an attack call, the one check every attack of the engine goes through: the model, the inputs, labels
+    (and targets) against it, ε against the norm and the inputs' shape, the seed, the example ids, and each
+    hyper-parameter in ``params`` with its check (:data:`advsweep.attacks.spec.PARAMETER_CHECKS`), whose value it
+    keeps (``abs_stepsize=None`` stays ``None``)."""
     check_model(model)
     norm = check_norm(norm)
-    x, labels, _ = check_inputs(x, labels, model=model)
+    x, labels, targets = check_inputs(x, labels, targets, model=model)
     eps = check_epsilons(epsilons, norm, x.shape[1:])
     checked = {key: PARAMETER_CHECKS[key](value) for key, value in params.items()}
     return Call(norm=norm, x=x, labels=labels, eps=eps, seed=check_seed(seed),
-                example_ids=check_example_ids(example_ids, len(x)), params=checked)
+                example_ids=check_example_ids(example_ids, len(x)), params=checked, targets=targets)
 
 
 def check_example_ids(example_ids: Any, n: int) -> np.ndarray:

@@ -66,7 +66,7 @@ def autoattack(
         (``""`` where none did; ``"clean"`` where the input is misclassified as it is).
     """
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids,
-                        attacks=list(attacks), settings=settings or {})
+                        attacks=list(attacks), settings=settings or {}, gradient=gradient)
     attacks, changes = tuple(call.params["attacks"]), call.params["settings"]
     x, labels, eps = call.x, call.labels, call.eps
     classes = model_classes(model) or int(predict_logits(model, x[:1]).shape[1])

@@ -69,7 +69,8 @@ def fab_targeted(
         ε as far as FAB-T can tell), else the input.
     """
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, steps=steps,
-                        target_classes=target_classes, restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta)
+                        target_classes=target_classes, restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta,
+                        gradient=gradient)
     classes = model_classes(model) or int(predict_logits(model, call.x[:1]).shape[1])
     if classes < 2:
         raise Invalid("model", "a classifier of at least 2 classes", classes)

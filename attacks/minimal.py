@@ -16,12 +16,10 @@ import keras
 import numpy as np
 
 from advsweep.attacks.core import (
-    check_example_ids,
-    check_inputs,
-    check_loss,
     check_model,
     check_norm,
     check_positive_int,
+    checked_call,
     eps_limit,
     predict_logits,
     success_of,
@@ -109,16 +107,19 @@ def minimal_perturbation(
         attack's).
     """
     check_model(model)
-    norm, loss = check_norm(norm), check_loss(loss)
-    x, labels, _ = check_inputs(x, labels, model=model)
+    norm = check_norm(norm)
     eps_max = MINIMAL["eps_max"][norm] if eps_max is None else eps_max
     tolerance = MINIMAL["tolerance"][norm] if tolerance is None else tolerance
-    for name, value, upper in (("eps_max", eps_max, eps_limit(norm, x.shape[1:])), ("tolerance", tolerance, eps_max)):
+    shape = np.shape(x)[1:]
+    for name, value, upper in (("eps_max", eps_max, eps_limit(norm, shape)), ("tolerance", tolerance, eps_max)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= upper:
             raise ValueError(f"`{name}` must be a number in (0, {upper:g}]. Received: {name}={value!r}")
     steps = check_positive_int("steps", steps)
-    rel = float(2.5 / steps if rel_stepsize is None else rel_stepsize)
-    ids = check_example_ids(example_ids, len(x))
+    call = checked_call(model, x, labels, [eps_max], norm=norm, seed=seed, example_ids=example_ids, loss=loss,
+                        random_start=random_start, gradient=gradient,
+                        rel_stepsize=2.5 / steps if rel_stepsize is None else rel_stepsize)
+    x, labels, ids, seed = call.x, call.labels, call.example_ids, call.seed
+    loss, random_start, rel, gradient = (call.params[k] for k in ("loss", "random_start", "rel_stepsize", "gradient"))
     n = len(x)
     bounds = np.full(n, np.inf) if upper_bounds is None else np.asarray(upper_bounds, dtype=np.float64)
     if bounds.shape != (n,) or np.isnan(bounds).any() or (bounds < 0).any():

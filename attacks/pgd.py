@@ -19,16 +19,8 @@ import tensorflow as tf
 from advsweep.attacks.core import (
     BLOCK,
     AttackResult,
-    check_epsilons,
-    check_example_ids,
-    check_flag,
-    check_inputs,
-    check_loss,
-    check_model,
     check_norm,
-    check_positive_int,
-    check_seed,
-    check_stepsize,
+    checked_call,
     normalize,
     project,
     random_start as draw_start,
@@ -119,26 +111,17 @@ def basic_iterative_method(
 
 
 def _checked_run(attack: str, model: keras.Model, x: Any, labels: Any, epsilons: Any, *, norm: str,
-                 steps: int | None, rel_stepsize: float | None, abs_stepsize: float | None, random_start: bool,
-                 restarts: int, loss: str, targets: Any, early_stop: bool, seed: int, example_ids: Any,
-                 gradient: str) -> AttackResult:
-    """Check every argument, fill in the defaults (:data:`advsweep.defaults.ITERATIVE`), and run :func:`pgd_engine`."""
-    check_model(model)
-    norm, loss = check_norm(norm), check_loss(loss)
-    defaults = ITERATIVE[(attack, norm)]
-    steps = check_positive_int("steps", defaults["steps"] if steps is None else steps)
+                 steps: int | None, rel_stepsize: float | None, targets: Any, seed: int, example_ids: Any,
+                 **params: Any) -> AttackResult:
+    """Fill in the defaults (:data:`advsweep.defaults.ITERATIVE`), check every argument
+    (:func:`~advsweep.attacks.core.checked_call`), and run :func:`pgd_engine`."""
+    defaults = ITERATIVE[(attack, check_norm(norm))]
+    steps = defaults["steps"] if steps is None else steps
     rel_stepsize = defaults["rel_stepsize"] if rel_stepsize is None else rel_stepsize
-    restarts = check_positive_int("restarts", restarts)
-    check_stepsize(rel_stepsize, abs_stepsize)
-    random_start, early_stop = check_flag("random_start", random_start), check_flag("early_stop", early_stop)
-    seed = check_seed(seed)
-    x, labels, targets = check_inputs(x, labels, targets, model=model)
-    eps = check_epsilons(epsilons, norm, x.shape[1:])
-    ids = check_example_ids(example_ids, len(x))
-    return pgd_engine(model, x, labels, targets, grid_budgets(eps, len(x)), norm=norm, steps=steps, loss=loss,
-                      random_start=random_start, restarts=restarts, early_stop=early_stop, seed=int(seed),
-                      example_ids=ids, attack=attack, grid=eps, rel_stepsize=float(rel_stepsize),
-                      abs_stepsize=abs_stepsize, gradient=gradient)
+    call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, targets=targets,
+                        steps=steps, rel_stepsize=rel_stepsize, **params)
+    return pgd_engine(model, call.x, call.labels, call.targets, grid_budgets(call.eps, len(call.x)), norm=call.norm,
+                      seed=call.seed, example_ids=call.example_ids, attack=attack, grid=call.eps, **call.params)
 
 
 class PgdStep:

@@ -9,7 +9,6 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from advsweep.attacks import autoattack, run_attack  # the function, not a module of that name
 from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted

@@ -199,6 +199,8 @@ class ApgdStep:
     earlier, at its first misclassified point); its end point is x_best.
     """
 
+    needs_gradient = None  # a gradient at every point
+
     def __init__(self, n: int, shape: tuple[int, ...], classes: int, *, loss: str, steps: int, rho: float,
                  norm: str):
         self.loss, self.steps, self.rho, self.norm = loss, steps, rho, norm

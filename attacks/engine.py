@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import keras
@@ -113,13 +113,16 @@ class Runs:
 class Step(Protocol):
     """An attack's algorithm as the engine runs it.
 
-    ``loss``: the loss whose gradient each evaluation computes (``None``: logits only, Square). ``start`` returns
+    ``loss``: the loss whose gradient an evaluation computes (``None``: logits only, Square); a step that needs the
+    gradient at some points only says which (``needs_gradient``, FAB-T: a forward pass checks a new point, the
+    gradient is taken where the next step starts), and the others get logits alone. ``start`` returns
     the runs' first points ``(M, …)`` and resets their state. ``step`` gets the examples with a run in progress
     (positions into the call, ``(M,)``), their points and what the model said there and whether each point is
     misclassified, and returns the next points and which runs ended (``(M, …)``, ``(M,)`` bool). ``end``: a run's
     end point and its logits, the budget's last-iterate view where it is not fooled."""
 
     loss: str | None
+    needs_gradient: Callable[[np.ndarray], np.ndarray] | None
 
     def start(self, runs: Runs) -> np.ndarray: ...
 
@@ -174,9 +177,9 @@ class Engine:
     """The state of one attack call: every example's place in its programme and point, and the budgets' views."""
 
     def __init__(self, model: keras.Model, step: Step, programme: Programme, x: np.ndarray, labels: np.ndarray,
-                 eps: np.ndarray, *, seed: int, example_ids: np.ndarray, limit: np.ndarray | None, plan: Plan,
-                 gradient: str, norm: str):
-        self.model, self.step, self.programme, self.plan, self.gradient = model, step, programme, plan, gradient
+                 eps: np.ndarray, *, seed: int, example_ids: np.ndarray, limit: np.ndarray | None,
+                 plans: tuple[Plan, Plan], gradient: str, norm: str):
+        self.model, self.step, self.programme, self.plans, self.gradient = model, step, programme, plans, gradient
         self.norm = norm
         self.x, self.labels, self.seed, self.example_ids, self.targets = x, labels, seed, example_ids, programme.targets
         n, k_count = len(x), eps.shape[0]
@@ -203,7 +206,7 @@ class Engine:
         self.budget_of = np.zeros(n, dtype=np.int64)  # the budget the run's end point belongs to (−1: all, FAB)
         self.x_now = np.zeros_like(x)
         self.classes = np.zeros((n, 2) if programme.classes_with_label else n, np.int64)
-        self.spent = 0
+        self.spent = {"forward": 0, "gradient": 0}
 
     def needed(self, example: int, run: int) -> bool:
         """Whether the run can change the result: its budget is positive and below the example's limit, and the
@@ -248,9 +251,7 @@ class Engine:
         """Evaluate every run in progress once, keep what it found, move each on, and start the next runs."""
         active = np.flatnonzero(self.run_of >= 0)
         points = self.x_now[active]
-        out = evaluate(self.model, points, self.classes[active], self.example_ids[active], self.plan,
-                       self.step.loss, self.gradient)
-        self.spent += len(active)
+        out = self.evaluate(active, points)
         fooled = success_of(out.logits, self.labels[active], None if self.targets is None else self.targets[active])
         for j in np.flatnonzero(fooled):
             self.keep(int(active[j]), points[j], out.logits[j])
@@ -267,6 +268,26 @@ class Engine:
                 if position >= 0 and (not self.programme.keep_first_end or restart == 0 or success[j]):
                     self.x_end[position, e], self.logits_end[position, e] = end_x[j], end_logits[j]
             self.start(done.tolist())
+
+    def evaluate(self, active: np.ndarray, points: np.ndarray) -> Outputs:
+        """The model at the points: the gradient where the step needs it, logits alone elsewhere; counted."""
+        wants = np.full(len(active), self.step.loss is not None) if self.step.needs_gradient is None else \
+            self.step.needs_gradient(active)
+        parts = [(kind, np.flatnonzero(wants if kind == "gradient" else ~wants)) for kind in ("gradient", "forward")]
+        out = Outputs(np.empty((len(active), self.clean_logits.shape[1]), np.float32))
+        if wants.any():
+            out.loss, out.grad = np.zeros(len(active), np.float32), np.zeros_like(points)
+        for kind, rows in parts:
+            if len(rows):
+                e = active[rows]
+                got = evaluate(self.model, points[rows], self.classes[e], self.example_ids[e],
+                               self.plans[0 if kind == "gradient" else 1], self.step.loss if kind == "gradient"
+                               else None, self.gradient)
+                out.logits[rows] = got.logits
+                if got.grad is not None:
+                    out.loss[rows], out.grad[rows] = got.loss, got.grad  # type: ignore[index]
+                self.spent[kind] += len(rows)
+        return out
 
     def keep(self, e: int, point: np.ndarray, logits: np.ndarray) -> None:
         """A misclassified point is the adversarial of its run's budget, if the budget has none yet; for FAB-T
@@ -299,7 +320,7 @@ class Engine:
         result = result_of(grid, x_adv, logits_adv, self.labels, self.targets, self.norm)
         last = None if self.programme.early_stop else result_of(grid, x_end, logits_end, self.labels, self.targets,
                                                                 self.norm)
-        return dataclasses.replace(result, last=last, evaluations=self.spent)
+        return dataclasses.replace(result, last=last, evaluations=sum(self.spent.values()))
 
 
 def run_engine(model: keras.Model, step: Step, programme: Programme, x: np.ndarray, labels: np.ndarray,
@@ -308,19 +329,17 @@ def run_engine(model: keras.Model, step: Step, programme: Programme, x: np.ndarr
     """Run ``step``'s attack on validated inputs: ``eps`` ``(K, N)`` are each example's budgets (any order),
     ``grid`` ``(K,)`` the budgets the result reports; ``limit`` ``(N,)`` (an ensemble's cascade) ends an example's
     programme at that position of its ascending budgets; ``plan``: the model calls' shape (default: the model's
-    measured plan for this kind of call, :func:`advsweep.attacks.plan.plan_of`). Returns the any-iterate view
+    measured plans for gradient and for forward calls, :func:`advsweep.attacks.plan.plan_of`). Returns the any-iterate view
     (``.last``: the last-iterate view, without early stop), the model evaluations spent and the cost."""
     started = time.perf_counter()
-    if plan is None:
-        plan = plan_of(model).forward if step.loss is None else plan_of(model).gradient
+    plans = (plan, plan) if plan is not None else (plan_of(model).gradient, plan_of(model).forward)
     engine = Engine(model, step, programme, x, labels, eps, seed=seed, example_ids=example_ids, limit=limit,
-                    plan=plan, gradient=gradient, norm=norm)
+                    plans=plans, gradient=gradient, norm=norm)
     engine.start(range(len(x)))
     while (engine.run_of >= 0).any():
         engine.round()
-    gradients = 0 if step.loss is None else engine.spent
     cost = {programme.stream: {"examples": len(x), "seconds": round(time.perf_counter() - started, 3),
-                               "forward": len(x) + engine.spent - gradients, "gradient": gradients}}
+                               "forward": len(x) + engine.spent["forward"], "gradient": engine.spent["gradient"]}}
     return dataclasses.replace(engine.result(grid), cost=cost)
 
 

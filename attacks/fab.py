@@ -77,7 +77,7 @@ def fab_targeted(
     params = dict(call.params)
     ranks = target_ranks(classes, params.pop("target_classes"))
     return fab_engine(model, call.x, call.labels, call.eps, norm=call.norm, target_ranks=ranks, seed=call.seed,
-                      example_ids=call.example_ids, gradient=gradient, **params)
+                      example_ids=call.example_ids, **params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,17 +230,18 @@ def fab_start(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -
 
 
 class FabStep:
-    """FAB-T's iteration over a block of examples, each in its own run towards its target t (Croce & Hein 2020)::
+    """FAB-T's iteration over a block of examples, each in its own run towards its target t (Croce & Hein 2020), as
+    the authors' ``attack_single_run``::
 
         x = start; repeat ``steps`` times:
             f, ∇f = z_t − z_y and its gradient at x;  b = ∇f·x − f                 (the boundary's linearisation)
             d₁, d₂ = the projections of x and x₀ onto {z : ∇f·z = b} ∩ [0, 1]^D
             α = min(max(‖d₁‖ / (‖d₁‖ + ‖d₂‖), 0), alpha_max);  x = clip((x + η d₁)(1 − α) + (x₀ + η d₂) α)
-            if x is misclassified (the engine keeps it for every ε whose ball holds it): x = x₀ + β (x − x₀)
+            if x is misclassified (a forward pass; the engine keeps x for every ε whose ball holds it):
+                x = x₀ + β (x − x₀)
 
-    The gradient at a point that turned out not to be misclassified is the one its check already computed, so a
-    step costs one model evaluation, two when the point was misclassified (then pulled back). Runs have no end
-    point: an example FAB-T does not fool keeps its input.
+    So a step costs a gradient and a forward pass. Runs have no end point: an example FAB-T does not fool keeps its
+    input.
     """
 
     loss = "logit-difference"
@@ -257,19 +258,22 @@ class FabStep:
         return np.stack([x0 if restart == 0 else fab_start(x0, float(eps), self.norm, rng)
                          for x0, eps, restart, rng in zip(runs.x0, runs.eps, runs.restarts, runs.rngs)])
 
+    def needs_gradient(self, e: np.ndarray) -> np.ndarray:
+        """A step's new point is checked by a forward pass; every other point is where a step starts."""
+        return ~self.checking[e]
+
     def step(self, e: np.ndarray, x: np.ndarray, out: Outputs, fooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        assert out.loss is not None and out.grad is not None
-        checked = self.checking[e]  # the point is a step's result: its check counts a step
-        self.i[e] += checked
-        pull = checked & fooled
         moved = x.copy()
+        checked, stepping = self.checking[e], ~self.checking[e]
+        pull = checked & fooled
         moved[pull] = self.x0[e[pull]] + (x[pull] - self.x0[e[pull]]) * np.float32(self.beta)
-        go = ~pull
-        if go.any():
-            moved[go] = fab_step(x[go], self.x0[e[go]], out.loss[go], out.grad[go], self.norm, self.alpha_max,
-                                 self.eta)
-        self.checking[e] = go
-        return moved, self.i[e] >= self.steps
+        if stepping.any():
+            assert out.loss is not None and out.grad is not None
+            moved[stepping] = fab_step(x[stepping], self.x0[e[stepping]], out.loss[stepping], out.grad[stepping],
+                                       self.norm, self.alpha_max, self.eta)
+        self.i[e] += stepping
+        self.checking[e] = stepping
+        return moved, checked & (self.i[e] >= self.steps)
 
     def end(self, e: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]:
         return x, out.logits

@@ -136,6 +136,8 @@ class PgdStep:
     A run evaluates its start and each of its ``steps`` points; its end point is the last one.
     """
 
+    needs_gradient = None  # a gradient at every point
+
     def __init__(self, n: int, shape: tuple[int, ...], *, loss: str, steps: int, stepsize: Callable[[float], float],
                  random_start: bool, targeted: bool, norm: str):
         self.loss, self.steps, self.stepsize, self.random_start, self.norm = loss, steps, stepsize, random_start, norm

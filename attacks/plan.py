@@ -11,9 +11,10 @@ in its manifest and its run id, so that records made under two plans are never m
 The measurement times the input gradient (on each gradient path the model has: the plain tape, and for a frozen
 VGG16 base the custom backward passes, whose speed against the tape depends on the CPU) and the forward pass at 1, 8,
 16, 32, 64, 128 and 256 rows per call, keeps the faster gradient path (``gradient="auto"``, every attack's default),
-and takes, for each kind of call, the **smallest** number of rows whose time per row is within :data:`WITHIN` of the best measured:
-a call of more rows is not much cheaper per row there, and costs more whenever fewer examples are busy (the last
-examples of an attack, the robust ones, run alone).
+and takes, for each kind of call, the number of rows whose **expected round** is cheapest (:func:`round_cost`):
+a round evaluates however many examples are busy, from one (the last robust example of an attack) to hundreds, in
+``⌈busy / rows⌉`` calls, and the idle rows of the last call cost as much as busy ones. Large calls are cheaper per
+row, small calls waste less; the rule weighs both, every number of busy examples from 1 to 256 counted alike.
 
 It also checks whether a row's result depends on its position in the call (the rows of one call permuted): where it
 does not, the engine packs the busy examples into as few calls as possible (``free``); where it does, an example
@@ -39,7 +40,7 @@ import tensorflow as tf
 from advsweep.assets.resolver import cache_dir
 
 CANDIDATE_ROWS = (1, 8, 16, 32, 64, 128, 256)
-WITHIN = 1.25  # a plan takes the fewest rows whose time per row is at most this multiple of the best
+BUSY = np.arange(1, 257)  # the numbers of busy examples a round is costed at (round_cost)
 SECONDS_PER_SIZE = 0.25  # timing per candidate and evaluation kind (after one warm-up call)
 
 
@@ -168,13 +169,18 @@ def measure_plan(model: keras.Model) -> ModelPlan:
             rates[rows] = rows * count / (time.perf_counter() - started)
             if rows >= 32 and time.perf_counter() - started > 4 * SECONDS_PER_SIZE:
                 break  # a call takes seconds: larger calls cannot be measured quickly, nor are they needed
-        best = max(rates.values())
-        rows = min(r for r, rate in rates.items() if rate * WITHIN >= best)
+        rows = min(rates, key=lambda r: (round_cost(r, rates[r]), r))
         measured[kind] = {str(r): round(rate, 1) for r, rate in rates.items()}
         plans[kind] = Plan(rows=rows, free=position_free(call, rows))
     path = max((k for k in calls if k != "forward"), key=lambda k: max(measured[k].values())).split("-")[1]
     return ModelPlan(gradient=plans[f"gradient-{path}"], forward=plans["forward"], gradient_path=path,
                      measured=measured)
+
+
+def round_cost(rows: int, rate: float) -> float:
+    """The mean seconds of a round in calls of ``rows`` rows at ``rate`` rows per second, over 1 … 256 busy
+    examples: ``mean(⌈busy / rows⌉ · rows) / rate``."""
+    return float(np.mean(np.ceil(BUSY / rows) * rows) / rate)
 
 
 def position_free(call: Any, rows: int) -> bool:

@@ -102,16 +102,19 @@ def rectangle_profile(rows: int, cols: int) -> np.ndarray:
     return delta / np.sqrt(np.sum(delta ** 2))
 
 
-def window_profile(side: int, rng: np.random.Generator) -> np.ndarray:
-    """The authors' ``eta``: the upper half of the window positive, the lower half negative (nested rectangles),
-    unit L2 norm, transposed with probability ½."""
+def half_profile(side: int) -> np.ndarray:
+    """The authors' ``eta`` before its random transposition: the upper half of the window positive, the lower half
+    negative (nested rectangles), unit L2 norm, float64."""
     delta = np.zeros((side, side), np.float64)
     delta[: side // 2] = rectangle_profile(side // 2, side)
     delta[side // 2:] = -rectangle_profile(side - side // 2, side)
-    delta /= np.sqrt(np.sum(delta ** 2))
-    if rng.random() > 0.5:
-        delta = delta.T
-    return delta.astype(np.float32)
+    return delta / np.sqrt(np.sum(delta ** 2))
+
+
+def window_profile(side: int, rng: np.random.Generator) -> np.ndarray:
+    """The authors' ``eta``: :func:`half_profile`, transposed with probability ½."""
+    delta = half_profile(side)
+    return (delta.T if rng.random() > 0.5 else delta).astype(np.float32)
 
 
 def _l2(v: np.ndarray) -> np.float32:
@@ -191,6 +194,51 @@ def linf_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.nd
     return np.clip(np.minimum(np.maximum(candidate, x0 - e), x0 + e), 0.0, 1.0).astype(np.float32)
 
 
+def _norms(v: np.ndarray) -> np.ndarray:
+    """Per-example L2 norms of float32 ``(M, …)``, shaped to broadcast against it."""
+    return np.sqrt(np.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True))
+
+
+def _window(top: np.ndarray, left: np.ndarray, side: int, shape: tuple[int, ...]) -> np.ndarray:
+    """``(M, H, W, 1)`` masks of each example's square window."""
+    h, w = shape[:2]
+    rows = (np.arange(h) >= top[:, None]) & (np.arange(h) < top[:, None] + side)
+    cols = (np.arange(w) >= left[:, None]) & (np.arange(w) < left[:, None] + side)
+    return (rows[:, :, None] & cols[:, None, :])[..., None]
+
+
+def l2_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndarray, p_init: float,
+                 rngs: list[np.random.Generator]) -> np.ndarray:
+    """:func:`proposal` (L2) of M examples at once, at their own query counts ``i``: the examples whose windows have
+    the same side are computed together; each example draws from its own stream in :func:`proposal`'s order
+    (window, second window, transposition, signs)."""
+    m, shape = len(x0), x0.shape[1:]
+    (h, w, c), out = shape, np.empty_like(x0)
+    draws = np.stack([rng.random(5 + c) for rng in rngs]) if m else np.zeros((0, 5 + c))
+    sides = np.array([window_side(int(q), p_init, shape, "l2") for q in i])
+    for side in np.unique(sides).tolist():
+        g = np.flatnonzero(sides == side)
+        u, e = draws[g], eps[g].astype(np.float32).reshape(-1, 1, 1, 1)
+        top, left = ((h - side) * u[:, 0]).astype(np.int64), ((w - side) * u[:, 1]).astype(np.int64)
+        second = _window(((h - side) * u[:, 2]).astype(np.int64), ((w - side) * u[:, 3]).astype(np.int64), side, shape)
+        delta = x_best[g] - x0[g]
+        at = (np.arange(len(g))[:, None, None], (top[:, None] + np.arange(side))[:, :, None],
+              (left[:, None] + np.arange(side))[:, None, :])
+        inside = delta[at]  # (G, side, side, C): the first window's content
+        both = (_window(top, left, side, shape) | second).astype(np.float32)
+        profile = half_profile(side)
+        flipped = np.where((u[:, 4] > 0.5)[:, None, None], profile.T.astype(np.float32), profile.astype(np.float32))
+        signs = np.where(u[:, 5:] * 2.0 - 1.0 >= 0.0, 1.0, -1.0).astype(np.float32).reshape(-1, 1, 1, c)
+        new = flipped[..., None] * signs + inside / (np.float32(1e-12) + np.sqrt(np.sum(inside ** 2, axis=(1, 2),
+                                                                                         keepdims=True)))
+        scale = np.sqrt(np.maximum(e * e - _norms(delta) ** 2, 0.0) / c + _norms(delta * both) ** 2)
+        new = new / (np.float32(1e-12) + np.sqrt(np.sum(new ** 2, axis=(1, 2), keepdims=True))) * scale
+        delta = np.where(second, np.float32(0.0), delta)
+        delta[at] = new
+        out[g] = np.clip(x0[g] + delta / (_norms(delta) + np.float32(1e-12)) * e, 0.0, 1.0)
+    return out
+
+
 class SquareStep:
     """Square Attack's random search over a block of examples, each in its own run: evaluate the initial point, then
     up to ``queries`` candidates, each changing the best point found so far inside one random window; a candidate
@@ -198,6 +246,7 @@ class SquareStep:
     best point."""
 
     loss = None
+    needs_gradient = None
 
     def __init__(self, n: int, shape: tuple[int, ...], classes: int, *, queries: int, p_init: float, norm: str):
         self.queries, self.p_init, self.norm = queries, p_init, norm
@@ -223,11 +272,8 @@ class SquareStep:
         self.x_best[kept], self.logits_best[kept], self.margin_best[kept] = x[keep], out.logits[keep], margin[keep]
         self.query[e] = i + 1
         rngs = [self.rngs[k] for k in e]
-        if self.norm == "linf":
-            candidates = linf_proposals(self.x0[e], self.x_best[e], self.eps[e], i + 1, self.p_init, rngs)  # type: ignore[arg-type]
-        else:
-            candidates = np.stack([proposal(self.x0[k], self.x_best[k], float(self.eps[k]), self.norm, int(q), self.p_init,
-                                            rng) for k, q, rng in zip(e, i + 1, rngs)])  # type: ignore[arg-type]
+        proposals = linf_proposals if self.norm == "linf" else l2_proposals
+        candidates = proposals(self.x0[e], self.x_best[e], self.eps[e], i + 1, self.p_init, rngs)  # type: ignore[arg-type]
         return candidates, i + 1 >= self.queries
 
     def end(self, e: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]:

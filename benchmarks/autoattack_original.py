@@ -171,7 +171,7 @@ def original_autoattack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
         def emit(self, record: logging.LogRecord) -> None:
             message = record.getMessage()
             if message.startswith("robust accuracy after "):
-                times[message.split()[3].lower()] = float(message.split("total time ")[1].split()[0])
+                times[message.split()[3].rstrip(":").lower()] = float(message.split("total time ")[1].split()[0])
 
     logger = logging.getLogger("auto-attack")
     logger.setLevel(logging.DEBUG)

@@ -37,6 +37,26 @@ def test_square_l2_window_profile_hand_computed():
     assert np.sum(profile ** 2) == pytest.approx(1.0) and profile.argmax() in (2, 7)
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_square_block_proposals_are_the_per_example_update_to_the_bit(norm):
+    """The engine draws Square's candidates for a whole block at once; each must be the authors' update of that
+    example alone (`proposal`) from the same stream, at every window size of the schedule."""
+    from advsweep.attacks.square import l2_proposals, linf_proposals, proposal
+
+    rng = np.random.default_rng(0)
+    x0 = rng.random((8, 28, 28, 1)).astype(np.float32)
+    eps = np.full(8, 0.1 if norm == "linf" else 1.5)
+    noise = rng.normal(0, 0.05, x0.shape).astype(np.float32)
+    x_best = np.clip(np.clip(x0 + noise, x0 - 0.1, x0 + 0.1) if norm == "linf" else x0 + noise, 0, 1)
+    queries = np.array([1, 5, 12, 60, 300, 1200, 4999, 12])  # every side of the schedule, two examples sharing one
+    block = (linf_proposals if norm == "linf" else l2_proposals)(
+        x0, x_best, eps, queries, 0.8, [np.random.default_rng(k) for k in range(8)])
+    alone = np.stack([proposal(x0[k], x_best[k], float(eps[k]), norm, int(queries[k]), 0.8, np.random.default_rng(k))
+                      for k in range(8)])
+    np.testing.assert_array_equal(block, alone)
+    assert (block != x_best).any(axis=(1, 2, 3)).all()  # each candidate moved
+
+
 def test_fab_projections_match_the_authors_code():
     import torch  # the test extra's reference: torchattacks' copy of the authors' projections
     from torchattacks.attacks import fab as reference
@@ -169,3 +189,59 @@ def test_autoattack_is_the_worst_case_of_its_members(small_cnn, test_images):
     assert len(x) >= result.cost["apgd-ce"]["examples"] >= result.cost["apgd-t"]["examples"] > 0
     assert sum(c["forward"] - c["examples"] + c["gradient"] for m, c in result.cost.items() if m != "clean") == \
         result.evaluations
+
+
+def test_fab_t_follows_the_original_from_the_same_start(small_cnn, test_images, benchmark_module):
+    """Like with like against the original AutoAttack's FAB-T (``pyautoattack``, the authors' code): its first run of
+    each target starts at the input, so both sides start from the same point and only the algorithm decides. The
+    original runs one example at a time on the same Keras model, each call computed in a zero-padded block of the
+    plan's rows with the example in its row, as ours computes it (gradients in the gradient plan's rows, the check
+    of a new point in the forward plan's); targets 2 and 3 in turn, on the examples still robust. The examples
+    fooled within ε must be the same."""
+    import torch
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    from advsweep.attacks.plan import plan_of
+
+    x, y = test_images[0][:24], test_images[1][:24]
+    eps, steps, targets = 0.08, 25, 2
+    plan = plan_of(small_cnn)
+    ours = fab_targeted(small_cnn, x, y, [eps], steps=steps, target_classes=targets)
+
+    class InRow(benchmark_module("autoattack_reference").KerasModule):
+        row, rows = 0, plan.forward.rows
+
+        def forward(self, images):  # a gradient's logits in the gradient plan's rows, a check's in the forward's
+            self.rows = plan.gradient.rows if images.requires_grad and torch.is_grad_enabled() else plan.forward.rows
+            return super().forward(images)
+
+        def logits(self, images):
+            return super().logits(self._block(images))[self.row % self.rows:self.row % self.rows + 1]
+
+        def vjp(self, images, upstream):
+            padded = np.zeros((self.rows,) + upstream.shape[1:], np.float32)
+            padded[self.row % self.rows] = upstream[0]
+            return super().vjp(self._block(images), padded)[self.row % self.rows:self.row % self.rows + 1]
+
+        def _block(self, images):
+            block = np.zeros((self.rows,) + images.shape[1:], np.float32)
+            block[self.row % self.rows] = images[0]
+            return block
+
+    bridge = InRow(small_cnn).eval()
+    original = FABAttack_PT(bridge, norm="Linf", n_restarts=1, n_iter=steps, eps=eps, alpha_max=0.1, eta=1.05,
+                            beta=0.9, n_target_classes=targets)
+    fooled = np.zeros(len(x), dtype=bool)
+    for i in range(len(x)):
+        bridge.row = i
+        image, label = torch.tensor(x[i:i + 1].transpose(0, 3, 1, 2).copy()), torch.tensor(y[i:i + 1])
+        for rank in range(2, targets + 2):
+            original.target_class = rank
+            adv = original.attack_single_run(image, label, use_rand_start=False, is_targeted=True)
+            with torch.no_grad():
+                wrong = bool(bridge(adv).argmax(1)[0] != label[0])
+            fooled[i] = wrong and float((adv - image).abs().max()) <= eps
+            if fooled[i]:
+                break
+    assert 4 <= fooled.sum() <= 20, "ε should leave the outcome open on these examples"
+    np.testing.assert_array_equal(ours.success[0], fooled)

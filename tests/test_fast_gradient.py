@@ -82,8 +82,10 @@ def test_small_cnn_has_no_fast_path_and_needs_none(small_cnn, test_images):
 
 
 def test_bad_gradient_path_is_refused(small_cnn, test_images):
-    with pytest.raises(ValueError, match=r"`gradient` must be one of 'fast', 'plain'. Received: gradient='quick'"):
+    with pytest.raises(ValueError, match=r"`gradient` must be one of 'auto', 'fast', 'plain'. Received: gradient='quick'"):
         model_function(small_cnn, "quick")
+    with pytest.raises(ValueError, match="resolved by the attack layer's plan"):  # the model side never guesses
+        model_function(small_cnn, "auto")
     with pytest.raises(ValueError, match="`gradient` must be one of"):
         run_attack("fgsm", small_cnn, test_images[0][:2], test_images[1][:2], [0.1], gradient="tape")
 

@@ -31,7 +31,7 @@ from advsweep.attacks.core import (
     predict_logits,
     target_ranks,
 )
-from advsweep.attacks.engine import Outputs, Programme, Runs, grid_budgets, run_engine
+from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
 from advsweep.defaults import APGD_CE, APGD_T, ATTACK
 
 APGD_LOSSES: tuple[str, ...] = ("ce", "dlr")
@@ -183,7 +183,7 @@ def momentum_step(x_cur: np.ndarray, x_old: np.ndarray, x0: np.ndarray, grad: np
                           np.array([first]))[0]
 
 
-class ApgdStep:
+class ApgdStep(Step):
     """APGD's iteration over a block of examples, each in its own run (Croce & Hein 2020, Algorithm 1). For one run,
     with η the step size and x₀ the input::
 
@@ -198,8 +198,6 @@ class ApgdStep:
     P projects onto the ε-ball around x₀ and clips to [0, 1]. A run ends after N iterations (the engine ends it
     earlier, at its first misclassified point); its end point is x_best.
     """
-
-    needs_gradient = None  # a gradient at every point
 
     def __init__(self, n: int, shape: tuple[int, ...], classes: int, *, loss: str, steps: int, rho: float,
                  norm: str):

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -110,26 +109,31 @@ class Runs:
     rngs: list[np.random.Generator]
 
 
-class Step(Protocol):
-    """An attack's algorithm as the engine runs it.
+class Step:
+    """An attack's algorithm as the engine runs it; each attack's step derives from this.
 
-    ``loss``: the loss whose gradient an evaluation computes (``None``: logits only, Square); a step that needs the
-    gradient at some points only says which (``needs_gradient``, FAB-T: a forward pass checks a new point, the
-    gradient is taken where the next step starts), and the others get logits alone. ``start`` returns
+    ``loss``: the loss whose gradient an evaluation computes (``None``: logits only, Square). ``start`` returns
     the runs' first points ``(M, …)`` and resets their state. ``step`` gets the examples with a run in progress
-    (positions into the call, ``(M,)``), their points and what the model said there and whether each point is
+    (positions into the call, ``(M,)``), their points, what the model said there and whether each point is
     misclassified, and returns the next points and which runs ended (``(M, …)``, ``(M,)`` bool). ``end``: a run's
-    end point and its logits, the budget's last-iterate view where it is not fooled."""
+    end point and its logits, the budget's last-iterate view where it is not fooled. ``needs_gradient``: for a step
+    that needs the gradient at some points only (FAB-T: a forward pass checks a new point, the gradient is taken
+    where the next step starts), which; ``None``: every point gets what ``loss`` says."""
 
-    loss: str | None
-    needs_gradient: Callable[[np.ndarray], np.ndarray] | None
+    loss: str | None = None
 
-    def start(self, runs: Runs) -> np.ndarray: ...
+    def start(self, runs: Runs) -> np.ndarray:
+        raise NotImplementedError
 
     def step(self, examples: np.ndarray, x: np.ndarray, out: Outputs, fooled: np.ndarray,
-             ) -> tuple[np.ndarray, np.ndarray]: ...
+             ) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
 
-    def end(self, examples: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]: ...
+    def end(self, examples: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def needs_gradient(self, examples: np.ndarray) -> np.ndarray | None:
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,14 +225,15 @@ class Engine:
 
     def start(self, examples: Sequence[int]) -> None:
         """Start each example's next needed run (after its current one), or end its programme."""
-        chosen, runs = [], []
-        for e in examples:
-            run = int(self.run_of[e]) + 1
-            while run < len(self.schedule) and not self.needed(e, run):
+        chosen: list[int] = []
+        runs: list[tuple[int | None, int, int]] = []
+        for example in examples:
+            run = int(self.run_of[example]) + 1
+            while run < len(self.schedule) and not self.needed(example, run):
                 run += 1
-            self.run_of[e] = run if run < len(self.schedule) else -2
+            self.run_of[example] = run if run < len(self.schedule) else -2
             if run < len(self.schedule):
-                chosen.append(e)
+                chosen.append(example)
                 runs.append(self.schedule[run])
         if not chosen:
             return
@@ -236,7 +241,8 @@ class Engine:
         self.budget_of[e] = [-1 if p is None else p for p, _, _ in runs]
         self.decisive[e] = np.where(self.budget_of[e] < 0, self.first_positive[e], self.budget_of[e])
         budgets = self.eps_exact[self.decisive[e], e]
-        ranks = [(self.programme.target_ranks or [None])[t] for _, t, _ in runs]
+        targeted: Sequence[int | None] = self.programme.target_ranks or [None]
+        ranks = [targeted[t] for _, t, _ in runs]
         aim = np.array([-1 if r is None else self.ranking[k, -r] for k, r in zip(e, ranks)], np.int64)
         aim = self.targets[e] if self.targets is not None else aim
         self.classes[e] = (np.stack([self.labels[e], aim], 1) if self.programme.classes_with_label
@@ -263,16 +269,17 @@ class Engine:
             done = active[ended]
             end_x, end_logits = self.step.end(done, points[ended], Outputs(out.logits[ended]))
             success = success_of(end_logits, self.labels[done], None if self.targets is None else self.targets[done])
-            for j, e in enumerate(done):
-                position, restart = self.budget_of[e], self.schedule[self.run_of[e]][2]
-                if position >= 0 and (not self.programme.keep_first_end or restart == 0 or success[j]):
-                    self.x_end[position, e], self.logits_end[position, e] = end_x[j], end_logits[j]
+            for i, example in enumerate(done.tolist()):
+                position, restart = int(self.budget_of[example]), self.schedule[self.run_of[example]][2]
+                if position >= 0 and (not self.programme.keep_first_end or restart == 0 or success[i]):
+                    self.x_end[position, example], self.logits_end[position, example] = end_x[i], end_logits[i]
             self.start(done.tolist())
 
     def evaluate(self, active: np.ndarray, points: np.ndarray) -> Outputs:
         """The model at the points: the gradient where the step needs it, logits alone elsewhere; counted."""
-        wants = np.full(len(active), self.step.loss is not None) if self.step.needs_gradient is None else \
-            self.step.needs_gradient(active)
+        wants = self.step.needs_gradient(active)
+        if wants is None:
+            wants = np.full(len(active), self.step.loss is not None)
         parts = [(kind, np.flatnonzero(wants if kind == "gradient" else ~wants)) for kind in ("gradient", "forward")]
         out = Outputs(np.empty((len(active), self.clean_logits.shape[1]), np.float32))
         if wants.any():

@@ -31,7 +31,7 @@ import numpy as np
 
 from advsweep.assets.validate import Invalid
 from advsweep.attacks.core import AttackResult, checked_call, model_classes, predict_logits, target_ranks
-from advsweep.attacks.engine import Outputs, Programme, Runs, grid_budgets, run_engine
+from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
 from advsweep.defaults import ATTACK, FAB
 
 
@@ -229,7 +229,7 @@ def fab_start(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -
     return np.clip(x0 + np.float32(eps) * t / size * np.float32(0.5), 0.0, 1.0).astype(np.float32)
 
 
-class FabStep:
+class FabStep(Step):
     """FAB-T's iteration over a block of examples, each in its own run towards its target t (Croce & Hein 2020), as
     the authors' ``attack_single_run``::
 

@@ -25,7 +25,7 @@ from advsweep.attacks.core import (
     project,
     random_start as draw_start,
 )
-from advsweep.attacks.engine import Outputs, Plan, Programme, Runs, grid_budgets, run_engine
+from advsweep.attacks.engine import Outputs, Plan, Programme, Runs, Step, grid_budgets, run_engine
 from advsweep.defaults import ATTACK, ITERATIVE
 
 
@@ -124,7 +124,7 @@ def _checked_run(attack: str, model: keras.Model, x: Any, labels: Any, epsilons:
                       seed=call.seed, example_ids=call.example_ids, attack=attack, grid=call.eps, **call.params)
 
 
-class PgdStep:
+class PgdStep(Step):
     """PGD's iteration over a block of examples, each in its own run (Madry et al. 2018)::
 
         x_t = x + uniform draw from the ε-ball, clipped to [0, 1]    (random_start; else x_t = x)
@@ -135,8 +135,6 @@ class PgdStep:
     The step runs eagerly, with foolbox's sequence of float32 operations, so that it matches foolbox to the bit.
     A run evaluates its start and each of its ``steps`` points; its end point is the last one.
     """
-
-    needs_gradient = None  # a gradient at every point
 
     def __init__(self, n: int, shape: tuple[int, ...], *, loss: str, steps: int, stepsize: Callable[[float], float],
                  random_start: bool, targeted: bool, norm: str):

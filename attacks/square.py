@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from advsweep.attacks.core import AttackResult, checked_call, model_classes, predict_logits
-from advsweep.attacks.engine import Outputs, Programme, Runs, grid_budgets, run_engine
+from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
 from advsweep.defaults import ATTACK, SQUARE
 
 
@@ -239,14 +239,13 @@ def l2_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndar
     return out
 
 
-class SquareStep:
+class SquareStep(Step):
     """Square Attack's random search over a block of examples, each in its own run: evaluate the initial point, then
     up to ``queries`` candidates, each changing the best point found so far inside one random window; a candidate
     is kept when its margin is lower or it is misclassified (the engine ends the run there). The end point is the
     best point."""
 
     loss = None
-    needs_gradient = None
 
     def __init__(self, n: int, shape: tuple[int, ...], classes: int, *, queries: int, p_init: float, norm: str):
         self.queries, self.p_init, self.norm = queries, p_init, norm

@@ -139,7 +139,9 @@ def initial_point(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generato
 
 def proposal(x0: np.ndarray, x_best: np.ndarray, eps: float, norm: str, i: int, p_init: float,
              rng: np.random.Generator) -> np.ndarray:
-    """Query ``i``'s candidate for one example, from its current best point (the authors' update, per example)."""
+    """Query ``i``'s candidate for one example, from its current best point: the authors' update, one example at a
+    time, as it reads in their code. The engine draws whole blocks with :func:`linf_proposals` and
+    :func:`l2_proposals`, which ``tests/test_autoattack.py`` holds to this, to the bit."""
     h, w, c = x0.shape
     e = np.float32(eps)
     side = window_side(i, p_init, x0.shape, norm)

@@ -17,7 +17,7 @@ counted in its module (rows of forward passes with and without a gradient).
 
     python benchmarks/autoattack_original.py results/models/small_cnn-<id> --examples 300 --eps 0.1
     python benchmarks/autoattack_original.py results/models/madry_cnn-<id> --examples 300 --eps 0.3
-    python benchmarks/autoattack_original.py results/models/vgg16-<id> --examples 100 --eps 0.02 --reduced
+    python benchmarks/autoattack_original.py results/models/vgg16-<id> --examples 50 --eps 0.02 --reduced
 
 Needs the test extra (``torch==2.13.0``, ``pyautoattack==0.2.0``). Prints one Markdown table row per run, with the
 CPU it ran on.

@@ -27,8 +27,8 @@ from advsweep.attacks.core import (
     AttackResult,
     check_model,
     checked_call,
+    classes_of,
     model_classes,
-    predict_logits,
     target_ranks,
 )
 from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
@@ -274,7 +274,7 @@ def apgd_engine(
     engine (:func:`advsweep.attacks.engine.run_engine`), which gives each example its programme: for each ε
     (ascending), each target and each restart, one run, until the example is fooled. ``limit`` ``(N,)`` (an
     ensemble's cascade) ends an example's programme at that position of the ascending ε order."""
-    step = ApgdStep(len(x), x.shape[1:], model_classes(model) or int(predict_logits(model, x[:1]).shape[1]), loss=loss, steps=steps, rho=rho,
+    step = ApgdStep(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps, rho=rho,
                     norm=norm)
     programme = Programme(stream=stream, restarts=restarts, target_ranks=target_ranks,
                           classes_with_label=target_ranks is not None)

@@ -165,6 +165,12 @@ def model_classes(model: Any) -> int | None:
     return shape[0] if shape is not None and len(shape) == 1 else None
 
 
+def classes_of(model: Any, x: np.ndarray) -> int:
+    """The number of logits the model returns: from its output shape (:func:`model_classes`), else from one call on
+    the first image."""
+    return model_classes(model) or int(predict_logits(model, x[:1]).shape[1])
+
+
 def target_ranks(classes: int, count: int) -> list[int]:
     """The ranks of the clean logits a targeted AutoAttack member aims at: the 2nd … (count + 1)-th highest,
     fewer when the model has fewer classes (AutoAttack: 9 targets on 10 classes)."""

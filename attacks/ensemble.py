@@ -27,7 +27,7 @@ from advsweep.attacks.apgd import apgd_engine
 from advsweep.attacks.core import (
     AttackResult,
     checked_call,
-    model_classes,
+    classes_of,
     predict_logits,
     target_ranks,
 )
@@ -69,7 +69,7 @@ def autoattack(
                         attacks=list(attacks), settings=settings or {}, gradient=gradient)
     attacks, changes = tuple(call.params["attacks"]), call.params["settings"]
     x, labels, eps = call.x, call.labels, call.eps
-    classes = model_classes(model) or int(predict_logits(model, x[:1]).shape[1])
+    classes = classes_of(model, x)
     if "apgd-t" in attacks and classes < 4:
         raise Invalid("model", "a classifier of at least 4 classes for 'apgd-t' (the targeted DLR loss reads the "
                                "4th logit); leave 'apgd-t' out of `attacks`", classes)

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from advsweep.assets.validate import Invalid
-from advsweep.attacks.core import AttackResult, checked_call, model_classes, predict_logits, target_ranks
+from advsweep.attacks.core import AttackResult, checked_call, classes_of, target_ranks
 from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
 from advsweep.defaults import ATTACK, FAB
 
@@ -71,7 +71,7 @@ def fab_targeted(
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, steps=steps,
                         target_classes=target_classes, restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta,
                         gradient=gradient)
-    classes = model_classes(model) or int(predict_logits(model, call.x[:1]).shape[1])
+    classes = classes_of(model, call.x)
     if classes < 2:
         raise Invalid("model", "a classifier of at least 2 classes", classes)
     params = dict(call.params)

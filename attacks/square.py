@@ -25,7 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from advsweep.attacks.core import AttackResult, checked_call, model_classes, predict_logits
+from advsweep.attacks.core import AttackResult, checked_call, classes_of
 from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
 from advsweep.defaults import ATTACK, SQUARE
 
@@ -298,7 +298,7 @@ def square_engine(
     """Square Attack on validated inputs over an ε grid ``(K,)``: :class:`SquareStep` run by the engine
     (:func:`advsweep.attacks.engine.run_engine`): for each ε (ascending, below ``limit``) and each restart, one run,
     until the example is fooled."""
-    step = SquareStep(len(x), x.shape[1:], model_classes(model) or int(predict_logits(model, x[:1]).shape[1]),
+    step = SquareStep(len(x), x.shape[1:], classes_of(model, x),
                       queries=queries, p_init=p_init, norm=norm)
     return run_engine(model, step, Programme(stream="square", restarts=restarts), x, labels, grid_budgets(eps, len(x)),
                       seed=seed, example_ids=example_ids, grid=eps, norm=norm, limit=limit)

@@ -12,9 +12,11 @@ evaluation to the next); the engine does everything else, the same way for every
 * **the bookkeeping.** Every point evaluated is checked: the first misclassified point found at a budget is the
   budget's adversarial (the *any-iterate* view), and a run's end point (:attr:`Step.end`) is the budget's
   *last-iterate* view; with early stop an example's run ends at its first adversarial;
-* **the model calls.** All examples with a run in progress are evaluated together, in calls of a fixed shape
-  (:class:`Plan`: ``rows`` per call, zero rows where there are fewer examples), so the floats an example sees depend
-  on its own point alone, never on which examples share its chunk or its call; and the evaluations are counted.
+* **the model calls.** All examples with a run in progress are evaluated together, in calls of the shapes the
+  model's plan measured to give every row the same floats (:class:`Plan`: ``rows`` per call, and the smaller
+  ``sizes`` for the last call of a round; zero rows where a call has fewer examples), so the floats an example sees
+  depend on its own point alone, never on which examples share its chunk or its call or how many are busy; and the
+  evaluations are counted.
 
 The point of one engine is that nothing of this lives in an attack file, which then reads as its paper.
 """
@@ -43,13 +45,19 @@ from advsweep.attacks.plan import Plan, plan_of
 
 
 def calls(example_ids: np.ndarray, plan: Plan) -> list[np.ndarray]:
-    """The model calls of one round over ``example_ids`` ``(M,)``: each ``(plan.rows,)`` positions into
-    ``example_ids``, −1 for an idle row."""
+    """The model calls of one round over ``example_ids`` ``(M,)``: each an array of positions into ``example_ids``,
+    as long as the call's rows, −1 for an idle row. A free plan packs the examples into calls of ``plan.rows`` and a
+    last call of the smallest of ``plan.sizes`` that holds the rest; otherwise every call has ``plan.rows`` rows and
+    an example sits in row ``example_id % rows``."""
     m, rows = len(example_ids), plan.rows
     if plan.free:
-        padded = np.full(-(-m // rows) * rows, -1, dtype=np.int64)
-        padded[:m] = np.arange(m)
-        return list(padded.reshape(-1, rows))
+        full, rest = divmod(m, rows)
+        parts = list(np.arange(full * rows).reshape(full, rows))
+        if rest:
+            last = np.full(plan.size_for(rest), -1, dtype=np.int64)
+            last[:rest] = np.arange(full * rows, m)
+            parts.append(last)
+        return parts
     slots = example_ids % rows
     order = np.argsort(slots, kind="stable")
     counts = np.bincount(slots, minlength=rows)
@@ -78,13 +86,13 @@ def evaluate(model: keras.Model, x: np.ndarray, classes: np.ndarray | None, exam
     forward = logits_fn(model)
     for rows in calls(example_ids, plan):
         used = rows >= 0
-        block = np.zeros((plan.rows,) + x.shape[1:], np.float32)
+        block = np.zeros((len(rows),) + x.shape[1:], np.float32)
         block[used] = x[rows[used]]
         if fn is None:
             outs = [forward(tf.constant(block)).numpy()]
         else:
             assert classes is not None
-            class_block = np.zeros((plan.rows,) + classes.shape[1:], np.int64)
+            class_block = np.zeros((len(rows),) + classes.shape[1:], np.int64)
             class_block[used] = classes[rows[used]]
             outs = [t.numpy() for t in fn(tf.constant(block), tf.constant(class_block))]
         for j, out in enumerate(outs):

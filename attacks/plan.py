@@ -1,8 +1,9 @@
 """How the attack engine calls a model on this machine: rows per call, and how examples are packed into a call.
 
-A model call's floats depend on its shape (TensorFlow's CPU kernels round differently at other batch sizes), so an
-attack's result depends on the rows per call: the engine always calls a model with the same number of rows, the
-plan's, zero rows where fewer examples are busy. Which number is fastest depends on the model and the machine
+A model call's floats may depend on its shape (TensorFlow's CPU kernels can round differently at other batch
+sizes), so an attack's result would depend on the rows per call: the engine calls a model only with shapes whose
+rows are *measured* to come out the same to the bit (the plan's ``sizes``; on many models every size from a few
+rows up, on others only one), zero rows where fewer examples are busy than the smallest fitting size. Which number is fastest depends on the model and the machine
 (light models on a CPU gain several times from 1 to 64 rows, a heavy one much less; a GPU wants many), so it is
 *measured*, once per model architecture and machine, and kept in the cache (``plans/`` under
 :func:`advsweep.assets.resolver.cache_dir`): every later run on the machine uses the same plan, and a sweep names it
@@ -19,7 +20,11 @@ row, small calls waste less; the rule weighs both, every number of busy examples
 It also checks whether a row's result depends on its position in the call (the rows of one call permuted): where it
 does not, the engine packs the busy examples into as few calls as possible (``free``); where it does, an example
 always takes row ``example_id % rows`` and the calls of a round hold the examples of each row one after the other.
-Either way an example's floats depend on its own point alone, never on the others of its chunk.
+And for a free plan it calls the model at every size of :data:`LADDER` up to ``rows``, each with its rows in a random
+order, and keeps the sizes whose rows equal, to the bit, the same rows of the largest call (``sizes``): a round's
+last call then takes the smallest of them that holds its examples, instead of ``rows`` rows of which most would be
+idle (the last few robust examples of an attack on a heavy model). Either way an example's floats depend on its own
+point alone, never on the others of its chunk nor on how many are busy.
 """
 
 from __future__ import annotations
@@ -40,20 +45,32 @@ import tensorflow as tf
 from advsweep.assets.resolver import cache_dir
 
 CANDIDATE_ROWS = (1, 8, 16, 32, 64, 128, 256)
+LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256)  # sizes tried for `sizes`
+FORMAT = 2  # of a cached plan (part of its key): 2 added `sizes`
 BUSY = np.arange(1, 257)  # the numbers of busy examples a round is costed at (round_cost)
 SECONDS_PER_SIZE = 0.25  # timing per candidate and evaluation kind (after one warm-up call)
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """``rows`` per model call, and whether an example may take any row of a call (``free``) or must sit in row
-    ``example_id % rows``."""
+    """``rows`` per model call, whether an example may take any row of a call (``free``) or must sit in row
+    ``example_id % rows``, and the call sizes up to ``rows`` whose rows come out the same as in a call of ``rows``
+    (``sizes``, ascending, ``rows`` last; a free plan's last call of a round takes the smallest that fits)."""
 
     rows: int
     free: bool = False
+    sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        sizes = tuple(sorted({int(s) for s in self.sizes if 0 < int(s) < self.rows} | {self.rows}))
+        object.__setattr__(self, "sizes", sizes if self.free else (self.rows,))
+
+    def size_for(self, busy: int) -> int:
+        """The rows of a call that holds ``busy`` (at most ``rows``) examples."""
+        return next(s for s in self.sizes if s >= busy)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "free": self.free}
+        return {"rows": self.rows, "free": self.free, "sizes": list(self.sizes)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +91,10 @@ class ModelPlan:
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> ModelPlan:
-        return cls(gradient=Plan(**value["gradient"]), forward=Plan(**value["forward"]),
+        def plan(part: dict[str, Any]) -> Plan:
+            return Plan(rows=int(part["rows"]), free=bool(part["free"]), sizes=tuple(part.get("sizes", ())))
+
+        return cls(gradient=plan(value["gradient"]), forward=plan(value["forward"]),
                    gradient_path=value["gradient_path"], measured=value.get("measured", {}))
 
 
@@ -121,7 +141,7 @@ def plan_key(model: keras.Model, device: str) -> str:
         architecture = json.dumps(model.get_config(), sort_keys=True, default=str)
     except (NotImplementedError, TypeError, ValueError):
         architecture = f"{type(model).__qualname__}/{model.count_params()}"
-    machine = f"{device}/{cpu_name()}/{tf.__version__}/{platform.machine()}"
+    machine = f"{device}/{cpu_name()}/{tf.__version__}/{platform.machine()}/plan-format-{FORMAT}"
     return hashlib.sha256(f"{architecture}|{machine}".encode()).hexdigest()[:20]
 
 
@@ -149,38 +169,108 @@ def measure_plan(model: keras.Model) -> ModelPlan:
     y = rng.integers(0, classes, max(CANDIDATE_ROWS))
     forward_call = logits_fn(model)
 
-    def gradient_call(path: str) -> Any:
-        function = loss_gradient_fn(model, "ce", path)
-        return lambda rows: function(tf.constant(x[rows]), tf.constant(y[rows]))[2].numpy()
+    def gradient_call(path: str, loss: str) -> Any:  # logits, loss and input gradient, each row one line
+        function = loss_gradient_fn(model, loss, path)
+        return lambda rows: np.concatenate([t.numpy().reshape(len(rows), -1) for t in
+                                            function(tf.constant(x[rows]), tf.constant(y[rows]))], axis=1)
 
-    calls = {f"gradient-{path}": gradient_call(path) for path in (("plain", "fast") if has_fast_gradient(model)
-                                                                   else ("plain",))}
+    calls = {f"gradient-{path}": gradient_call(path, "ce") for path in (("plain", "fast") if has_fast_gradient(model)
+                                                                         else ("plain",))}
     calls["forward"] = lambda rows: forward_call(tf.constant(x[rows])).numpy()
-    measured: dict[str, dict[str, float]] = {}
-    plans: dict[str, Plan] = {}
-    for kind, call in calls.items():
-        rates = {}
-        for rows in CANDIDATE_ROWS:
-            call(np.arange(rows))
-            count, started = 0, time.perf_counter()
-            while count == 0 or time.perf_counter() - started < SECONDS_PER_SIZE:
-                call(np.arange(rows))
-                count += 1
-            rates[rows] = rows * count / (time.perf_counter() - started)
-            if rows >= 32 and time.perf_counter() - started > 4 * SECONDS_PER_SIZE:
-                break  # a call takes seconds: larger calls cannot be measured quickly, nor are they needed
-        rows = min(rates, key=lambda r: (round_cost(r, rates[r]), r))
-        measured[kind] = {str(r): round(rate, 1) for r, rate in rates.items()}
-        plans[kind] = Plan(rows=rows, free=position_free(call, rows))
+    measured = {kind: measure_rates(call) for kind, call in calls.items()}
     path = max((k for k in calls if k != "forward"), key=lambda k: max(measured[k].values())).split("-")[1]
-    return ModelPlan(gradient=plans[f"gradient-{path}"], forward=plans["forward"], gradient_path=path,
-                     measured=measured)
+    # the rows' floats are compared through the DLR loss: on random images a model's logits are often extreme, the
+    # cross-entropy's gradient then exactly one-hot, and a backward pass from it can agree where a general one
+    # (an attack's, on real images) does not (measured on the VGG16 and the small CNN: calls below 16 rows)
+    plans = {"gradient": best_plan(gradient_call(path, "dlr"), measured[f"gradient-{path}"], also=loss_call(classes)),
+             "forward": best_plan(calls["forward"], measured["forward"])}
+    return ModelPlan(gradient=plans["gradient"], forward=plans["forward"], gradient_path=path,
+                     measured={kind: {str(r): round(rate, 1) for r, rate in rates.items()}
+                               for kind, rates in measured.items()})
 
 
-def round_cost(rows: int, rate: float) -> float:
-    """The mean seconds of a round in calls of ``rows`` rows at ``rate`` rows per second, over 1 … 256 busy
-    examples: ``mean(⌈busy / rows⌉ · rows) / rate``."""
-    return float(np.mean(np.ceil(BUSY / rows) * rows) / rate)
+def loss_call(classes: int) -> Any:
+    """Every loss the attacks ascend and its gradient with respect to the logits, on fixed logits ``(256, C)``, each
+    row one line, as a gradient call computes them (:func:`advsweep.attacks.core.padded_loss`): a gradient call
+    composes one of them with the model's backward pass (which is checked with the DLR loss)."""
+    from advsweep.attacks.core import padded_loss
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0.0, 4.0, (max(CANDIDATE_ROWS), classes)).astype(np.float32)
+    labels = rng.integers(0, classes, max(CANDIDATE_ROWS))
+    pairs = np.stack([labels, (labels + 1 + rng.integers(0, classes - 1, len(labels))) % classes], 1)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, classes), tf.float32), tf.TensorSpec((None,), tf.int64),
+                                  tf.TensorSpec((None, 2), tf.int64)])
+    def values_and_gradients(z: tf.Tensor, y: tf.Tensor, yt: tf.Tensor) -> list[tf.Tensor]:
+        out = []
+        for loss in ("ce", "margin", "dlr", "dlr-targeted", "logit-difference"):
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                values = padded_loss(z, yt if loss in ("dlr-targeted", "logit-difference") else y, loss)
+                total = tf.reduce_sum(values)
+            out += [values[:, None], tape.gradient(total, z)]
+        return out
+
+    return lambda rows: np.concatenate([t.numpy() for t in values_and_gradients(
+        tf.constant(logits[rows]), tf.constant(labels[rows]), tf.constant(pairs[rows]))], axis=1)
+
+
+def measure_rates(call: Any) -> dict[int, float]:
+    """Rows per second of ``call(indices)`` at each of :data:`CANDIDATE_ROWS` (after one warm-up call each)."""
+    rates: dict[int, float] = {}
+    for rows in CANDIDATE_ROWS:
+        call(np.arange(rows))
+        count, started = 0, time.perf_counter()
+        while count == 0 or time.perf_counter() - started < SECONDS_PER_SIZE:
+            call(np.arange(rows))
+            count += 1
+        rates[rows] = rows * count / (time.perf_counter() - started)
+        if rows >= 32 and time.perf_counter() - started > 4 * SECONDS_PER_SIZE:
+            break  # a call takes seconds: larger calls cannot be measured quickly, nor are they needed
+    return rates
+
+
+def best_plan(call: Any, rates: dict[int, float], also: Any = None) -> Plan:
+    """The plan of the cheapest expected round (:func:`round_cost`) among the measured sizes, each with the call
+    sizes that give its rows the same floats (:func:`same_rows`; of ``also`` too, where given)."""
+    largest = max(rates)
+    same = same_rows(call, largest)
+    if also is not None:
+        also_same = same_rows(also, largest)
+        same = tuple(s for s in same if s in also_same)
+    candidates = []
+    for rows in rates:
+        if rows in same:  # its rows, permuted, equal the reference's: free, and so are the smaller sizes in `same`
+            candidates.append(Plan(rows=rows, free=True, sizes=tuple(s for s in same if s <= rows)))
+        else:
+            candidates.append(Plan(rows=rows, free=position_free(call, rows)))
+    return min(candidates, key=lambda p: (round_cost(p, rates), p.rows))
+
+
+def same_rows(call: Any, largest: int) -> tuple[int, ...]:
+    """The sizes of :data:`LADDER` up to ``largest`` at which a call's rows, in a random order, equal to the bit
+    the same rows of one call of ``largest`` rows (whatever the size and position of a row, its result is the same)."""
+    reference = call(np.arange(largest))
+    rng = np.random.default_rng(2)
+    same = []
+    for size in (s for s in LADDER if s <= largest):
+        rows = rng.permutation(size)
+        if np.array_equal(call(rows), reference[rows]):
+            same.append(size)
+    return tuple(same)
+
+
+def round_cost(plan: Plan, rates: dict[int, float]) -> float:
+    """The mean seconds of a round in ``plan``'s calls, over 1 … 256 busy examples: ``⌊busy / rows⌋`` calls of
+    ``rows`` rows and, for the rest, one call of the smallest of ``sizes`` that holds them, each call of ``s`` rows
+    taking ``s / rate(s)`` (rates between the measured sizes interpolated)."""
+    measured = np.array(sorted(rates))
+    speed = np.interp(np.array(plan.sizes), measured, [rates[r] for r in measured])
+    seconds = {size: size / rate for size, rate in zip(plan.sizes, speed)}
+    rest = BUSY % plan.rows
+    last = np.array([seconds[plan.size_for(int(r))] if r else 0.0 for r in rest])
+    return float(np.mean(BUSY // plan.rows * seconds[plan.rows] + last))
 
 
 def position_free(call: Any, rows: int) -> bool:

@@ -153,7 +153,8 @@ def test_a_run_is_resumed_only_on_the_kind_of_device_that_made_it(finished_run, 
     models = prepare_models(config, finished_run.parents[1] / "models")
     code = json.loads((finished_run / "manifest.json").read_text())["code"]
     on_gpu = execution_plan({m.spec.name: m.model for m in models}, "gpu")
-    unmeasured = {"gradient": {"rows": 256, "free": False}, "forward": {"rows": 256, "free": False},
+    unmeasured = {"gradient": {"rows": 256, "free": False, "sizes": [256]},
+                  "forward": {"rows": 256, "free": False, "sizes": [256]},
                   "gradient_path": "plain"}  # planned from a CPU: the fixed plan of a device not measured here
     assert on_gpu == {"device": "gpu", "plans": {"vgg16": unmeasured, "cnn": unmeasured}}
     assert run_identity(config, models, code, on_gpu) != finished_run.name

@@ -1,0 +1,103 @@
+"""The plans of model calls: the rule that picks them, the call sizes they allow, and what the engine relies on,
+that an example's floats do not depend on the size of the call it sits in or on how many examples are busy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advsweep.attacks.apgd import auto_pgd
+from advsweep.attacks.core import logits_fn, loss_gradient_fn
+from advsweep.attacks.engine import calls
+from advsweep.attacks.plan import (
+    LADDER,
+    ModelPlan,
+    Plan,
+    best_plan,
+    plan_key,
+    plan_of,
+    round_cost,
+    same_rows,
+)
+from advsweep.attacks.square import square_attack
+from advsweep.assets.resolver import cache_dir
+
+
+def test_a_free_plan_packs_a_round_and_ends_it_with_the_smallest_size_that_fits():
+    plan = Plan(rows=16, free=True, sizes=(4, 8))
+    assert plan.sizes == (4, 8, 16)
+    shapes = calls(np.arange(100, 137), plan)
+    assert [len(c) for c in shapes] == [16, 16, 8]  # 37 busy: two full calls, the last 5 in a call of 8
+    assert np.array_equal(np.concatenate(shapes)[np.concatenate(shapes) >= 0], np.arange(37))
+    assert [len(c) for c in calls(np.arange(3), plan)] == [4]
+    # a plan whose rows depend on their position keeps one size, each example in row example_id % rows
+    by_row = Plan(rows=8, free=False, sizes=(4,))
+    assert by_row.sizes == (8,)
+    table = calls(np.array([3, 11, 5]), by_row)
+    assert len(table) == 2 and all(len(c) == 8 for c in table)
+    assert table[0][3] == 0 and table[1][3] == 1 and table[0][5] == 2
+
+
+def test_the_sizes_are_those_whose_rows_equal_the_largest_calls_and_the_rule_takes_the_cheapest_round():
+    values = np.random.default_rng(0).random((256, 3))
+
+    def call(rows: np.ndarray) -> np.ndarray:  # rows come out rounded differently in calls of fewer than 10
+        return values[rows] * (1.0 if len(rows) >= 10 else 1.0 + 1e-9)
+
+    assert same_rows(call, 64) == tuple(s for s in LADDER if 10 <= s <= 64)
+    rates = {1: 50.0, 8: 300.0, 16: 500.0, 32: 900.0, 64: 1000.0}
+    plan = best_plan(call, rates)
+    assert plan.free and plan.sizes == tuple(s for s in LADDER if 10 <= s <= plan.rows)
+    others = [Plan(rows=r, free=True, sizes=tuple(s for s in LADDER if 10 <= s <= r)) if r >= 10 else Plan(r, True)
+              for r in rates]
+    assert round_cost(plan, rates) == min(round_cost(p, rates) for p in others)
+    # the last call's size matters: 33 busy in calls of 32 with a call of 10 for the last one, not of 32
+    assert round_cost(Plan(rows=32, free=True, sizes=(10, 32)), rates) < round_cost(Plan(rows=32, free=True), rates)
+
+
+def test_a_plan_is_measured_once_and_read_back_from_the_cache(small_cnn):
+    plan = plan_of(small_cnn)
+    path = cache_dir() / "plans" / f"{plan_key(small_cnn, 'cpu')}.json"
+    assert ModelPlan.from_dict(json.loads(path.read_text())) == plan
+    assert set(plan.measured) >= {"forward", "gradient-plain"}
+
+
+@pytest.mark.parametrize("model_name", ["small_cnn", "vgg16"])
+def test_every_size_of_the_plan_gives_a_row_the_floats_of_a_full_call(model_name, small_cnn, vgg16_model,
+                                                                      test_images):
+    """What the engine relies on, checked on real images (the plan was measured on random ones): in a call of any
+    of the plan's sizes, at any position, an example's logits and gradient are those of a call of ``rows`` rows."""
+    model = small_cnn if model_name == "small_cnn" else vgg16_model
+    plan = plan_of(model)
+    x, y = test_images[0][:256], test_images[1][:256].astype(np.int64)
+    gradient = loss_gradient_fn(model, "ce", plan.gradient_path)
+    forward = logits_fn(model)
+    rng = np.random.default_rng(0)
+    for kind, kind_plan in (("gradient", plan.gradient), ("forward", plan.forward)):
+        def call(rows: np.ndarray, kind: str = kind) -> list[np.ndarray]:
+            if kind == "forward":
+                return [forward(tf.constant(x[rows])).numpy()]
+            return [t.numpy() for t in gradient(tf.constant(x[rows]), tf.constant(y[rows]))]
+
+        full = call(np.arange(kind_plan.rows))
+        sizes = kind_plan.sizes if model_name == "small_cnn" else kind_plan.sizes[:2] + kind_plan.sizes[-3:-1]
+        for size in sizes:
+            rows = rng.choice(kind_plan.rows, size, replace=False)
+            for part, whole in zip(call(rows), full):
+                np.testing.assert_array_equal(part, whole[rows], err_msg=f"{kind}, a call of {size} rows")
+
+
+def test_an_examples_attack_does_not_depend_on_how_many_are_busy(small_cnn, test_images):
+    """APGD (gradient calls) and Square (forward calls) on 40 examples, and on parts of 1, 9 and 30: the rounds then
+    end in calls of other sizes, and every example's adversarial and logits stay the same to the bit."""
+    x, y = test_images[0][:40], test_images[1][:40]
+    ids = np.arange(500, 540)
+    for attack, params in ((auto_pgd, {"steps": 8}), (square_attack, {"queries": 60})):
+        whole = attack(small_cnn, x, y, [0.1], example_ids=ids, **params)
+        parts = [attack(small_cnn, x[a:b], y[a:b], [0.1], example_ids=ids[a:b], **params)
+                 for a, b in ((0, 1), (1, 10), (10, 40))]
+        np.testing.assert_array_equal(np.concatenate([p.x_adv for p in parts], axis=1), whole.x_adv)
+        np.testing.assert_array_equal(np.concatenate([p.logits for p in parts], axis=1), whole.logits)

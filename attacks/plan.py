@@ -135,13 +135,17 @@ def plan_of(model: keras.Model, device: str | None = None) -> ModelPlan:
 
 
 def plan_key(model: keras.Model, device: str) -> str:
-    """What a plan depends on: the model's architecture (not its weights), the device and the machine's CPU, and
-    TensorFlow's version."""
+    """What a plan depends on: the model's architecture (not its weights), the device and the machine's CPU,
+    TensorFlow's version, and whether its deterministic kernels are on (they are other kernels: a sweep's units run
+    with them, a benchmark without)."""
     try:
         architecture = json.dumps(model.get_config(), sort_keys=True, default=str)
     except (NotImplementedError, TypeError, ValueError):
         architecture = f"{type(model).__qualname__}/{model.count_params()}"
-    machine = f"{device}/{cpu_name()}/{tf.__version__}/{platform.machine()}/plan-format-{FORMAT}"
+    from tensorflow.python.framework import config as tf_config  # no public getter for it
+
+    deterministic = "deterministic" if tf_config.is_op_determinism_enabled() else "default"
+    machine = f"{device}/{cpu_name()}/{tf.__version__}/{platform.machine()}/{deterministic}/plan-format-{FORMAT}"
     return hashlib.sha256(f"{architecture}|{machine}".encode()).hexdigest()[:20]
 
 

@@ -212,14 +212,16 @@ def loss_per_example(logits: tf.Tensor, classes: tf.Tensor, loss: str) -> tf.Ten
 
 
 LOSS_ROWS = 256  # the losses are computed on logits zero-padded to a multiple of this many rows (:func:`padded_loss`)
+PAIRED_LOSSES = ("dlr-targeted", "logit-difference")  # the losses whose classes are [label, target] per example
+ALL_LOSSES = ("ce", "margin", "dlr") + PAIRED_LOSSES  # every loss :func:`loss_per_example` computes
 
 
 def padded_loss(logits: tf.Tensor, classes: tf.Tensor, loss: str) -> tf.Tensor:
     """:func:`loss_per_example` computed on the logits zero-padded to a multiple of :data:`LOSS_ROWS` rows: the loss
     kernels (a vectorised ``exp``, fused multiply-adds, work split between threads) round a row differently at
     other numbers of rows, and this makes each row's loss and its gradient the same whatever the rows of the call
-    (measured: the DLR loss's gradient moves by up to 5·10⁻⁷ between calls of 64 and 256 rows otherwise); a few
-    thousand floats, nothing beside the model."""
+    (measured: the cross-entropy's gradient differs in calls of 3 and 6 rows otherwise); a few thousand floats,
+    nothing beside the model."""
     n = tf.shape(logits)[0]
     extra = (-n) % LOSS_ROWS
     values = loss_per_example(tf.pad(logits, [[0, extra], [0, 0]]),
@@ -271,8 +273,8 @@ def loss_gradient_fn(model: keras.Model, loss: str, gradient: str = "auto") -> L
                 total = tf.reduce_sum(values)
             return logits, values, tape.gradient(total, x)
 
-        paired = loss in ("dlr-targeted", "logit-difference")
-        compiled = one_graph(value_loss_and_gradient, model, tf.TensorSpec((None, 2) if paired else (None,), tf.int64))
+        compiled = one_graph(value_loss_and_gradient, model,
+                             tf.TensorSpec((None, 2) if loss in PAIRED_LOSSES else (None,), tf.int64))
         per_model[key] = lambda x, classes: compiled(x, tf.cast(classes, tf.int64))
     return per_model[key]
 

@@ -205,7 +205,7 @@ def loss_call(classes: int) -> Any:
     """Every loss the attacks ascend and its gradient with respect to the logits, on fixed logits ``(256, C)``, each
     row one line, as a gradient call computes them (:func:`advsweep.attacks.core.padded_loss`): a gradient call
     composes one of them with the model's backward pass (which is checked with the DLR loss)."""
-    from advsweep.attacks.core import padded_loss
+    from advsweep.attacks.core import ALL_LOSSES, PAIRED_LOSSES, padded_loss
 
     rng = np.random.default_rng(3)
     logits = rng.normal(0.0, 4.0, (max(CANDIDATE_ROWS), classes)).astype(np.float32)
@@ -216,10 +216,10 @@ def loss_call(classes: int) -> Any:
                                   tf.TensorSpec((None, 2), tf.int64)])
     def values_and_gradients(z: tf.Tensor, y: tf.Tensor, yt: tf.Tensor) -> list[tf.Tensor]:
         out = []
-        for loss in ("ce", "margin", "dlr", "dlr-targeted", "logit-difference"):
+        for loss in ALL_LOSSES:
             with tf.GradientTape() as tape:
                 tape.watch(z)
-                values = padded_loss(z, yt if loss in ("dlr-targeted", "logit-difference") else y, loss)
+                values = padded_loss(z, yt if loss in PAIRED_LOSSES else y, loss)
                 total = tf.reduce_sum(values)
             out += [values[:, None], tape.gradient(total, z)]
         return out

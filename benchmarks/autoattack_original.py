@@ -268,6 +268,8 @@ def main() -> None:
           f"({'free' if plan.forward.free else 'by row'}); best measured {best_gradient:.0f} gradients/s, "
           f"{best_forward:.0f} forward/s; call sizes gradient {list(plan.gradient.sizes)}, forward "
           f"{list(plan.forward.sizes)}; {plan_seconds:.0f} s to measure or read the plan (before the timing)")
+    print(f"test indices robust here and fooled there: {indices[ours & ~theirs].tolist()}; fooled here and robust "
+          f"there: {indices[~ours & theirs].tolist()}")
     print("advsweep fooled by (clean/APGD-CE/APGD-T/FAB-T/Square): "
           + "/".join(str(int((result.found_by[0] == name).sum()))  # type: ignore[index]
                      for name in ("clean", "apgd-ce", "apgd-t", "fab-t", "square")))

@@ -3,19 +3,21 @@
 A model call's floats may depend on its shape (TensorFlow's CPU kernels can round differently at other batch
 sizes), so an attack's result would depend on the rows per call: the engine calls a model only with shapes whose
 rows are *measured* to come out the same to the bit (the plan's ``sizes``; on many models every size from a few
-rows up, on others only one), zero rows where fewer examples are busy than the smallest fitting size. Which number is fastest depends on the model and the machine
-(light models on a CPU gain several times from 1 to 64 rows, a heavy one much less; a GPU wants many), so it is
+rows up, on others only one), zero rows where fewer examples are busy than the smallest fitting size. Which number
+is fastest depends on the model and the machine (light models on a CPU gain several times from 1 to 64 rows, a heavy
+one much less; a GPU wants many), so it is
 *measured*, once per model architecture and machine, and kept in the cache (``plans/`` under
 :func:`advsweep.assets.resolver.cache_dir`): every later run on the machine uses the same plan, and a sweep names it
 in its manifest and its run id, so that records made under two plans are never mixed.
 
 The measurement times the input gradient (on each gradient path the model has: the plain tape, and for a frozen
 VGG16 base the custom backward passes, whose speed against the tape depends on the CPU) and the forward pass at 1, 8,
-16, 32, 64, 128 and 256 rows per call, keeps the faster gradient path (``gradient="auto"``, every attack's default),
-and takes, for each kind of call, the number of rows whose **expected round** is cheapest (:func:`round_cost`):
-a round evaluates however many examples are busy, from one (the last robust example of an attack) to hundreds, in
-``⌈busy / rows⌉`` calls, and the idle rows of the last call cost as much as busy ones. Large calls are cheaper per
-row, small calls waste less; the rule weighs both, every number of busy examples from 1 to 256 counted alike.
+16, 32, 64, 128 and 256 rows per call, keeps the faster gradient path over all sizes (:func:`faster_path`;
+``gradient="auto"``, every attack's default), and takes, for each kind of call, the number of rows whose **expected
+round** is cheapest (:func:`round_cost`): a round evaluates however many examples are busy, from one (the last robust
+example of an attack) to hundreds, in calls of ``rows`` and a last call of the smallest of ``sizes`` that holds the
+rest, whose idle rows cost as much as busy ones. Large calls are cheaper per row, small calls waste less; the rule
+weighs both, every number of busy examples from 1 to 256 counted alike.
 
 It also checks whether a row's result depends on its position in the call (the rows of one call permuted): where it
 does not, the engine packs the busy examples into as few calls as possible (``free``); where it does, an example

@@ -1,4 +1,5 @@
-"""The ``advsweep`` command line: ``assets``, ``train``, ``export``, ``evaluate``, ``sweep``, ``report``."""
+"""The ``advsweep`` command line: ``assets``, ``train``, ``export``, ``evaluate``, ``sweep``, ``report``,
+``sample-size``."""
 
 from __future__ import annotations
 
@@ -328,8 +329,37 @@ def _command_report(args: argparse.Namespace) -> int:
     built = build_report(run_dirs, output)
     print((output / "summary.md").read_text())
     _print_checks(built["checks"])
+    if not built["paired"].empty:
+        held = built["verdicts"]
+        print(f"paired comparisons: {len(built['paired'])} (paired.md); "
+              + (f"{len(held)} hold at 95% (Holm):" if held else "none holds at 95% (Holm)")
+              + "".join(f"\n  {line}" for line in held))
     print(f"\nreport folder: {output}")
     return 0
+
+
+def _command_sample_size(args: argparse.Namespace) -> int:
+    from advsweep.experiments.paired import examples_needed
+
+    accuracy = _fraction("--accuracy", args.accuracy)
+    half_width = _fraction("--half-width", args.half_width)
+    if not 0.0 < half_width < 0.5:
+        raise UsageError(f"--half-width must lie between 0 and 0.5 (or 0 and 50%): got {args.half_width}")
+    n = examples_needed(accuracy, half_width)
+    print(f"{n} examples: the 95% Wilson interval at a robust accuracy of {100 * accuracy:g}% is then at most "
+          f"±{100 * half_width:g} points wide")
+    return 0
+
+
+def _fraction(name: str, text: str) -> float:
+    """A proportion given as 0.9 or as 90%."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a number such as 0.9 or 90%: got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"{name} must lie in [0, 1] (or 0% to 100%): got {text!r}")
+    return value
 
 
 def _print_checks(checks: list[dict[str, Any]]) -> None:
@@ -365,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     assets.set_defaults(handler=_command_assets)
 
     train = commands.add_parser("train", help="train a model and save it with its metrics and curves")
-    train.add_argument("--model", default="vgg16", choices=["vgg16", "small_cnn", "madry_cnn", "vgg16_scratch"],
+    train.add_argument("--model", default="vgg16", choices=["vgg16", "small_cnn", "madry_cnn", "trades_cnn", "vgg16_scratch"],
                        help="which model (default vgg16: the frozen ImageNet base; vgg16_scratch: the same "
                             "architecture from a random initialisation, all layers trained)")
     for name, spec in TRAIN_OPTIONS.items():
@@ -417,6 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results/<sweep>/<run id> folder(s)")
     report.add_argument("--output", help="where to write (default: the run folder itself; required for several)")
     report.set_defaults(handler=_command_report)
+
+    size = commands.add_parser("sample-size", help="how many test examples a robust accuracy's 95%% Wilson interval "
+                                                    "of a given half-width needs")
+    size.add_argument("--accuracy", required=True, help="the robust accuracy expected, e.g. 0.9 or 90%%")
+    size.add_argument("--half-width", required=True, help="the interval's half-width, e.g. 0.01 or 1%%")
+    size.set_defaults(handler=_command_sample_size)
     return parser
 
 

@@ -2,7 +2,9 @@
 
 ``advsweep report RUN_DIR`` rewrites a run's ``summary.{csv,md,tex}``, ``checks.{json,md}`` and
 ``figures/``; with several run folders it writes them side by side (a ``run`` column, one line per run)
-into ``--output``.
+into ``--output``. Wherever two models (of one run or of several) were attacked on the same examples, it also writes
+``paired.{csv,md}``: the paired comparison of each two, cell by cell (:mod:`advsweep.experiments.paired`); and for
+one run with AutoAttack, its RobustBench-style entries (:mod:`advsweep.experiments.robustbench`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from advsweep.experiments.plots import (
     plot_robustness_curve,
 )
 from advsweep.assets.files import write_atomic
+from advsweep.experiments.paired import markdown as paired_markdown, paired_table, verdicts
 from advsweep.experiments.records import CLEAN, read_records
+from advsweep.experiments.robustbench import write_entries
 from advsweep.experiments.summary import WORST_CASE, budget_table, curve_points, summarize, write_tables
 
 logger = logging.getLogger(__name__)
@@ -194,7 +198,8 @@ def build_report(run_dirs: Sequence[Path], output: Path) -> dict[str, Any]:
     """Write ``summary.*``, ``checks.*`` and ``figures/`` for ``run_dirs`` into ``output``.
 
     Returns:
-        What was written: ``{"summary": DataFrame, "checks": [...], "files": [...]}``.
+        What was written: ``{"summary": DataFrame, "checks": [...], "paired": DataFrame (empty for a single model),
+        "verdicts": [the paired differences that hold at 95%], "files": [...]}``.
     """
     if not run_dirs:
         raise ReportError("give at least one run folder")
@@ -214,6 +219,12 @@ def build_report(run_dirs: Sequence[Path], output: Path) -> dict[str, Any]:
               for c in assemble_checks(summary, done, label, records, minimal_all)]
     files.append(write_atomic(output / "checks.json", lambda p: p.write_text(json.dumps(checks, indent=2) + "\n")))
     files.append(write_atomic(output / "checks.md", lambda p: p.write_text(_checks_markdown(checks))))
+    paired = paired_table(records)
+    if not paired.empty:  # two or more models (or runs) on the same examples: which differences hold
+        files.append(write_atomic(output / "paired.csv", lambda p: paired.to_csv(p, index=False)))
+        files.append(write_atomic(output / "paired.md", lambda p: p.write_text(paired_markdown(paired))))
+    if len(run_dirs) == 1:  # one run: its RobustBench-style entries (a side-by-side report is no one run's)
+        files += write_entries(Path(run_dirs[0]), summary, output)
     costs = [cost_table(done, label) for (_, _, done), label in zip(loaded, labels)]
     cost = pd.concat([c for c in costs if not c.empty], ignore_index=True) if any(not c.empty for c in costs) else None
     if cost is not None:
@@ -252,4 +263,4 @@ def build_report(run_dirs: Sequence[Path], output: Path) -> dict[str, Any]:
     for c in failed:
         logger.warning("CHECK FAILED (%s, %s): %s: %s. Suggests: %s", c["run"], c["model"], c["name"], c["detail"],
                        c["suggestion"])
-    return {"summary": summary, "checks": checks, "files": files}
+    return {"summary": summary, "checks": checks, "paired": paired, "verdicts": verdicts(paired), "files": files}

@@ -66,6 +66,15 @@ def _worst_case(joined: pd.DataFrame) -> pd.DataFrame:
     return worst
 
 
+def outcomes(records: pd.DataFrame) -> pd.DataFrame:
+    """Every example's outcome in every cell of the summary (:data:`GROUP`: attack rows and the worst case over
+    attacks): ``correct`` (robust there), ``clean_correct`` and the perturbation's ``size`` in the row's norm. The
+    summary counts these; paired comparisons (:mod:`advsweep.experiments.paired`) match them example by example."""
+    joined = _with_clean(records)
+    joined = joined.assign(size=np.where(joined["norm"] == "linf", joined["linf"], joined["l2"]))
+    return pd.concat([joined, _worst_case(joined)], ignore_index=True)
+
+
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
     """The summary table: one row per run × model × attack × implementation × ε, plus worst-case rows.
 
@@ -74,9 +83,7 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
     examples; ``median_perturbation`` (in the row's norm, over successful adversarials of initially
     correct examples; NaN if there is none). ``records`` needs a ``run`` column.
     """
-    joined = _with_clean(records)
-    joined = joined.assign(size=np.where(joined["norm"] == "linf", joined["linf"], joined["l2"]))
-    cells = pd.concat([joined, _worst_case(joined)], ignore_index=True)
+    cells = outcomes(records)
     rows = []
     for key, group in cells.groupby(GROUP, sort=False):
         n = len(group)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from advsweep.assets.validate import Invalid, flag, integer, number, one_of
 
-MODEL_KINDS: tuple[str, ...] = ("vgg16", "small_cnn", "madry_cnn", "vgg16_scratch")
+MODEL_KINDS: tuple[str, ...] = ("vgg16", "small_cnn", "madry_cnn", "trades_cnn", "vgg16_scratch")
 VGG16_KINDS: tuple[str, ...] = ("vgg16", "vgg16_scratch")
 ADVERSARIAL_METHODS: tuple[str, ...] = ("pgd", "fast", "trades")
 SCHEDULES: tuple[str, ...] = ("constant", "decay", "onecycle")
@@ -185,7 +185,8 @@ class ModelConfig:
 
     Attributes:
         kind: ``"vgg16"`` (frozen ImageNet base + trained head), ``"small_cnn"`` (the source tutorials' CNN, end to
-            end), ``"madry_cnn"`` (Madry et al.'s MNIST CNN, end to end) or ``"vgg16_scratch"`` (the same VGG16
+            end), ``"madry_cnn"`` (Madry et al.'s MNIST CNN, end to end), ``"trades_cnn"`` (TRADES' SmallCNN, end to
+            end) or ``"vgg16_scratch"`` (the same VGG16
             architecture from a random initialisation, every layer trained: source tutorial 004).
         input_size: VGG16 only: side of the square image fed to the base (32 to 224).
         resize: VGG16 only: ``"pad"`` or ``"bilinear"``.
@@ -292,7 +293,7 @@ class ModelConfig:
         if self.kind == "vgg16_scratch":
             values.pop("augment_shift")
             values.pop("feature_scaling")
-        if self.kind in ("small_cnn", "madry_cnn"):
+        if self.kind in ("small_cnn", "madry_cnn", "trades_cnn"):
             for name in ("input_size", "resize", "cut", "head", "hidden_units", "dropout", "feature_scaling"):
                 values.pop(name)
         return values

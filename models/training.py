@@ -32,6 +32,7 @@ from advsweep.models.common import model_function
 from advsweep.models.config import ModelConfig
 from advsweep.models.madry_cnn import build_madry_cnn
 from advsweep.models.small_cnn import build_small_cnn
+from advsweep.models.trades_cnn import build_trades_cnn
 from advsweep.models.vgg16 import build_vgg16_classifier, feature_extractor
 
 # (history with an `epoch` column, file stem without suffix, title) → the files written
@@ -420,6 +421,8 @@ def build_model(config: ModelConfig, weights: dict[str, tuple[np.ndarray, np.nda
         return build_small_cnn()
     if config.kind == "madry_cnn":
         return build_madry_cnn()
+    if config.kind == "trades_cnn":
+        return build_trades_cnn()
     if config.kind == "vgg16" and weights is None:
         raise ValueError("the frozen VGG16 needs the ImageNet weights (advsweep.assets.load_vgg16_weights)")
     scratch = config.kind == "vgg16_scratch"
@@ -434,7 +437,7 @@ def build_model(config: ModelConfig, weights: dict[str, tuple[np.ndarray, np.nda
 
 
 def _augment_shift(config: ModelConfig) -> int:
-    return config.augment_shift if config.kind in ("small_cnn", "madry_cnn") else 0
+    return config.augment_shift if config.kind in ("small_cnn", "madry_cnn", "trades_cnn") else 0
 
 
 def _train_adversarially(model: keras.Model, config: ModelConfig, split: Split, log_dir: Path,

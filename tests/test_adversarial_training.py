@@ -1,5 +1,5 @@
-"""Adversarial training and the robust model kinds: robustness gained on held-out images, the collapse detector,
-the config's refusals, Madry et al.'s CNN, the VGG16 from scratch, TensorBoard logs, the SavedModel export and the
+"""Adversarial training and the robust model kinds: robustness gained on held-out images (PGD, TRADES and fast
+training), the collapse detector, the config's refusals, Madry et al.'s CNN, TRADES' SmallCNN, the VGG16 from scratch, TensorBoard logs, the SavedModel export and the
 ε-budget figures of a sweep over models trained at different ε."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,7 +20,7 @@ from advsweep.experiments.cli import main
 from advsweep.experiments.config import ConfigError, parse_config
 from advsweep.experiments.plots import training_curves
 from advsweep.experiments.sweep import run_sweep
-from advsweep.models import build_madry_cnn
+from advsweep.models import build_madry_cnn, build_trades_cnn
 from advsweep.models.adversarial import detect_collapse, learning_rate_at
 from advsweep.models.common import model_function
 from advsweep.models.config import AdversarialConfig, ModelConfig
@@ -49,6 +50,28 @@ def test_adversarial_training_lowers_pgd_success_on_held_out_images(natural_and_
     assert accuracy["robust"][0] > 0.85  # still a classifier
     # PGD-20 succeeds far less often on the adversarially trained model
     assert accuracy["robust"][1] > accuracy["natural"][1] + 0.25, accuracy
+
+
+@pytest.mark.slow
+def test_trades_and_fast_training_make_their_papers_models_robust(natural_and_robust, test_images, tmp_path):
+    """A short TRADES run of TRADES' SmallCNN and a short fast-training run (FGSM from a random start) of Madry et
+    al.'s CNN, on the same 4000 images as the fixture: each stays a classifier, PGD-20 succeeds far less often on it
+    than on the naturally trained small CNN, and metrics.json records the method's resolved options."""
+    natural, _ = natural_and_robust
+    x, y = test_images[0][:200], test_images[1][:200]
+    natural_accuracy = run_attack("pgd", natural.model, x, y, [0.0, EPS], steps=20, loss="margin").robust_accuracy
+    runs = {"trades": ("trades_cnn", {"method": "trades", "eps": EPS, "steps": 5}),
+            "fast": ("madry_cnn", {"method": "fast", "eps": EPS})}
+    resolved = {"trades": {"steps": 5, "step_size": 0.5, "beta": 1.0},
+                "fast": {"step_size": 1.25, "noise": 1.0, "clip_noise": True}}
+    for method, (kind, adversarial) in runs.items():
+        config = {**SMALL, "kind": kind, "adversarial": {**adversarial, "eval_examples": 300, "ramp_epochs": 1.0}}
+        trained = train_model(ModelConfig.from_mapping(config), tmp_path)
+        accuracy = run_attack("pgd", trained.model, x, y, [0.0, EPS], steps=20, loss="margin").robust_accuracy
+        assert accuracy[0] > 0.85, (method, accuracy)
+        assert accuracy[1] > natural_accuracy[1] + 0.25, (method, accuracy, natural_accuracy)
+        options = json.loads((trained.folder / "metrics.json").read_text())["adversarial"]["options"]
+        assert options["method"] == method and {k: options[k] for k in resolved[method]} == resolved[method]
 
 
 def test_adversarial_metrics_history_curves_and_logs(natural_and_robust):
@@ -196,6 +219,63 @@ def test_madry_cnn_has_the_papers_architecture(test_images):
     assert model.get_layer("conv1").kernel.shape == (5, 5, 1, 32)
     assert model.count_params() == 832 + 51264 + 3136 * 1024 + 1024 + 10250
     assert model(test_images[0][:4]).shape == (4, 10)
+
+
+def test_trades_cnn_is_the_papers_smallcnn_layer_by_layer(test_images):
+    """TRADES' SmallCNN written out in PyTorch as their ``models/small_cnn.py`` defines it, given our weights: every
+    layer's output on real test images equals ours (Keras' flatten order mapped onto PyTorch's), and our
+    initialisation is theirs (He-normal convolutions with zero biases, PyTorch's default dense layers, zero logits)."""
+    import torch
+    from torch import nn
+
+    model = build_trades_cnn()
+    assert model.count_params() == 312_202
+    for name, fan_in in (("conv1", 9), ("conv2", 288), ("conv3", 288), ("conv4", 576)):
+        kernel, bias = (w.numpy() for w in model.get_layer(name).weights)
+        assert not bias.any() and abs(kernel.std() / np.sqrt(2.0 / fan_in) - 1) < 0.15, name
+        assert np.abs(kernel).max() > 2.5 * np.sqrt(2.0 / fan_in), name  # a normal, not He's truncated normal
+    for name, fan_in in (("dense1", 1024), ("dense2", 200)):
+        for weights in model.get_layer(name).weights:
+            assert 0.9 / np.sqrt(fan_in) < np.abs(weights.numpy()).max() <= 1 / np.sqrt(fan_in), name
+    assert not any(w.numpy().any() for w in model.get_layer("logits").weights)
+    assert model.get_layer("dropout").rate == 0.5
+    rng = np.random.default_rng(0)  # logits that are not all zero, so that the comparison says something
+    model.get_layer("logits").set_weights([rng.normal(0, 0.2, (200, 10)).astype(np.float32),
+                                           rng.normal(0, 0.2, 10).astype(np.float32)])
+
+    theirs = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2, 2),
+                           nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2, 2),
+                           nn.Flatten(), nn.Linear(64 * 4 * 4, 200), nn.ReLU(), nn.Dropout(0.5), nn.Linear(200, 200),
+                           nn.ReLU(), nn.Linear(200, 10)).eval()
+    ours = {"conv1": 1, "conv2": 3, "pool1": 4, "conv3": 6, "conv4": 8, "pool2": 9, "dense1": 12, "dense2": 15,
+            "logits": 16}  # our layer → the index of the module whose output it is (after its ReLU)
+    with torch.no_grad():
+        for name, index in ours.items():
+            if name.startswith("pool"):
+                continue
+            kernel, bias = (w.numpy() for w in model.get_layer(name).weights)
+            if name.startswith("conv"):
+                kernel = kernel.transpose(3, 2, 0, 1)
+            elif name == "dense1":  # rows of Keras' (h, w, c) flatten → columns of PyTorch's (c, h, w)
+                kernel = kernel.reshape(4, 4, 64, 200).transpose(3, 2, 0, 1).reshape(200, 1024)
+            else:
+                kernel = kernel.T
+            theirs[index - (0 if name == "logits" else 1)].weight.copy_(torch.tensor(kernel))
+            theirs[index - (0 if name == "logits" else 1)].bias.copy_(torch.tensor(bias))
+        x = test_images[0][:64]
+        inside = keras.Model(model.inputs, [model.get_layer(name).output for name in ours])
+        outputs = dict(zip(ours, (t.numpy() for t in inside(x, training=False))))
+        h = torch.tensor(x.transpose(0, 3, 1, 2).copy())
+        for index, module in enumerate(theirs):
+            h = module(h)
+            for name in (n for n, i in ours.items() if i == index):
+                got = h.numpy().transpose(0, 2, 3, 1) if h.ndim == 4 else h.numpy()
+                if name == "dense1":
+                    got = np.maximum(got, 0)
+                np.testing.assert_allclose(outputs[name], got, atol=1e-4, rtol=1e-4, err_msg=name)
+    logits = model(x, training=False).numpy()
+    assert np.array_equal(logits, model(x, training=False).numpy())  # inference: the dropout is the identity
+    assert not np.allclose(logits, model(x, training=True).numpy(), atol=1e-3)  # training: it drops
 
 
 def test_model_ids_of_natural_models_are_unchanged_and_kinds_keep_their_options():

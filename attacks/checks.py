@@ -186,6 +186,24 @@ def check_gradients(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, ex
     )
 
 
+def check_silent_success(found: Mapping[float, int], examples: int, *, label: str = "") -> Check:
+    """Silent success (Pintor et al., "Indicators of Attack Failure", NeurIPS 2022): points on an attack's path were
+    adversarial but the point it returns is not. ``found``: per ε, the examples the any-iterate view counts fooled
+    and the returned (last-iterate) point does not. The harness's any-iterate rows already count them fooled, so it
+    is a note, not a failure: it says how much a library that returns the last iterate would overstate robustness."""
+    silent = {eps: count for eps, count in found.items() if count}
+    return Check(
+        name=f"no silent success{f' ({label})' if label else ''}",
+        passed=not silent,
+        detail=f"examples whose path held an adversarial that the returned point lost, per ε: "
+               f"{ {float(e): int(c) for e, c in found.items()} } of {examples}",
+        suggestion="" if not silent else "the last iterate loses adversarials the attack found (an oscillating "
+                                         "step): report the any-iterate view (the harness's `any` rows), never the "
+                                         "returned point alone",
+        informational=True,
+    )
+
+
 def check_curve_below_worst_case(epsilons: Sequence[float], curve: Sequence[float], worst_case: Sequence[float], *,
                                  examples: int, tolerance: float, label: str = "") -> Check:
     """The minimal-perturbation curve is not above the worst case over the grid's attacks, on the same examples.

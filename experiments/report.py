@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from advsweep.attacks.checks import Check, check_curve_below_worst_case, check_monotone, check_pgd_beats_fgsm
+from advsweep.attacks.checks import (
+    Check,
+    check_curve_below_worst_case,
+    check_monotone,
+    check_pgd_beats_fgsm,
+    check_silent_success,
+)
 from advsweep.experiments.plots import (
     plot_accuracy_vs_eps,
     plot_adversarial_grid,
@@ -97,11 +103,34 @@ def curve_checks(records: pd.DataFrame, minimal: pd.DataFrame, run: str, model: 
     return checks
 
 
+def silent_success_checks(records: pd.DataFrame, run: str, model: str) -> list[Check]:
+    """Silent success per attack whose records have a returned point beside the any-iterate view: the attack's own
+    last-iterate rows, or, for an attack run by both implementations, foolbox's (it returns the last iterate of the
+    same path: the implementations are held to each other from the same starts)."""
+    rows = records[(records["run"] == run) & (records["model"] == model) & (records["attack"] != CLEAN)]
+    checks = []
+    for (attack, norm), cells in rows.groupby(["attack", "norm"], sort=False):
+        views = {(i, t): v.set_index(["eps", "example"])["correct"] for (i, t), v in
+                 cells.groupby(["implementation", "iterate"], sort=False)}
+        for implementation, _ in [k for k in views if k[1] == "any"]:
+            returned = [(implementation, "last")] + [(i, t) for i, t in views if i != implementation and t == "last"]
+            for key in (k for k in returned if k in views):
+                any_view, last_view = views[(implementation, "any")], views[key]
+                common = any_view.index.intersection(last_view.index)
+                silent = (~any_view.loc[common].astype(bool)) & last_view.loc[common].astype(bool)
+                found = silent.groupby(level="eps").sum()
+                source = "last iterate" if key[0] == implementation else f"{key[0]}'s last iterate"
+                checks.append(check_silent_success(
+                    {float(e): int(c) for e, c in found.items()}, int(common.get_level_values("example").nunique()),
+                    label=f"{attack}/{implementation} against {source}, {norm}"))
+    return checks
+
+
 def assemble_checks(summary: pd.DataFrame, done: list[dict[str, Any]], run: str, records: pd.DataFrame,
                     minimal: pd.DataFrame) -> list[dict[str, Any]]:
     """The attack layer's checks for one run: the model checks and adversarial validity recorded by the
     units; monotonicity and PGD ≥ FGSM computed from the summary; the robustness curve against the worst
-    case, from the records."""
+    case and silent success (an adversarial on the path that the returned point lost), from the records."""
     checks: list[dict[str, Any]] = []
     models = list(dict.fromkeys(summary.loc[summary["run"] == run, "model"]))
     for model in models:
@@ -151,6 +180,7 @@ def assemble_checks(summary: pd.DataFrame, done: list[dict[str, Any]], run: str,
         if not minimal.empty:
             checks += [{"run": run, "model": model, **c.to_dict()}
                        for c in curve_checks(records, minimal, run, model)]
+        checks += [{"run": run, "model": model, **c.to_dict()} for c in silent_success_checks(records, run, model)]
     return checks
 
 

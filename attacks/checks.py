@@ -168,6 +168,28 @@ def check_logits(model: keras.Model, x: np.ndarray) -> Check:
     )
 
 
+def check_deterministic(model: keras.Model, x: np.ndarray, *, example_ids: Any = None) -> Check:
+    """The model's logits are the same in two calls on the same inputs (the unstable-predictions indicator of Pintor
+    et al., NeurIPS 2022, in its exact form; AutoAttack's own check before choosing its ``rand`` version). A
+    randomized model (noise layers, random transforms, dropout at inference) defeats single-draw attacks and every
+    number measured with them."""
+    first = predict_logits(model, x, example_ids=example_ids)
+    second = predict_logits(model, x, example_ids=example_ids)
+    differ = np.any(first != second, axis=tuple(range(1, first.ndim)))
+    flips = int(np.sum(first.argmax(-1) != second.argmax(-1)))
+    passed = not differ.any()
+    return Check(
+        name="logits are the same in two calls",
+        passed=passed,
+        detail=f"{int(differ.sum())} of {len(x)} examples got other logits in a second call on the same input "
+               f"(largest change {float(np.abs(first - second).max()) if len(x) else 0.0:.3g}; {flips} changed class)",
+        suggestion="" if passed else "the model is randomized: single-draw attacks (AutoAttack's standard version, "
+                                     "PGD) misjudge it and its records cannot be reproduced; attack the expectation "
+                                     "over its randomness (gradients averaged over draws, AutoAttack's `rand` "
+                                     "version, which the harness does not have yet) or make inference deterministic",
+    )
+
+
 def check_gradients(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, example_ids: Any = None) -> Check:
     """Input gradients of the loss are not zero (a zero gradient hides examples from every gradient attack)."""
     ids = check_example_ids(example_ids, len(x))

@@ -199,6 +199,7 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
     bounds of :func:`grid_upper_bounds`); nothing is read or written on disk."""
     from advsweep.attacks import minimal_perturbation, predict_logits, run_attack
     from advsweep.attacks.checks import (
+        check_deterministic,
         check_ensemble,
         check_gradients,
         check_logits,
@@ -252,6 +253,7 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
             "tolerance": minimal.tolerance, "loss": spec.loss})
     elif unit.kind == "checks":
         checks = [check_logits(model, x[part]),
+                  check_deterministic(model, x[part], example_ids=examples[part]),
                   check_gradients(model, x[part], labels[part], example_ids=examples[part]),
                   *check_unbounded(model, x[part], labels[part], seed=config.seed, example_ids=examples[part])]
         output.extra["checks"] = [c.to_dict() for c in checks]

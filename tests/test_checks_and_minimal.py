@@ -8,6 +8,7 @@ import pytest
 
 from advsweep.attacks import AttackResult, fmn_minimal_norms, minimal_perturbation, robustness_curve
 from advsweep.attacks.checks import (
+    check_deterministic,
     check_gradients,
     check_logits,
     check_monotone,
@@ -33,6 +34,23 @@ def test_gradient_check_fails_on_a_model_with_zero_gradients(small_cnn, test_ima
     flat_model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))  # constant logits: zero gradient
     failed = check_gradients(flat_model, x, y)
     assert not failed.passed and "100.00%" in failed.detail
+
+
+class _NoiseAtInference(keras.layers.Layer):
+    """Fresh Gaussian noise on the input at every call, training or not: a randomized model."""
+
+    def call(self, inputs):
+        return inputs + keras.random.normal(keras.ops.shape(inputs), stddev=0.2)
+
+
+def test_determinism_check_passes_a_real_model_and_fails_a_randomized_one(small_cnn, test_images):
+    x = test_images[0][:64]
+    assert check_deterministic(small_cnn, x).passed
+    inputs = keras.Input((28, 28, 1))
+    noisy = keras.Model(inputs, small_cnn(_NoiseAtInference()(inputs)))
+    failed = check_deterministic(noisy, x)
+    assert not failed.passed and "randomized" in failed.suggestion
+    assert failed.detail.startswith("64 of 64 examples got other logits")
 
 
 def test_unbounded_attack_wins_on_a_real_model(small_cnn, test_images):

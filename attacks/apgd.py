@@ -1,4 +1,5 @@
-"""Auto-PGD (APGD) and its targeted form APGD-T (Croce & Hein, ICML 2020), L∞ and L2.
+"""Auto-PGD (APGD) and its targeted form APGD-T (Croce & Hein, ICML 2020), L∞ and L2; and L1 (Croce & Hein, ICML
+2021).
 
 APGD is PGD with momentum and a step size that tunes itself: it starts at 2ε, and at checkpoints (after
 0.22·N steps, then at gaps shrinking by 0.03·N down to 0.06·N) it halves an example's step and restarts it from
@@ -13,6 +14,11 @@ step's loss with 0. Differences, none of which weakens the attack: an example le
 adversarial iterate (the authors run every step; the set of fooled examples is the same, since an example once
 fooled stays fooled), the adversarial kept is that first one (the authors keep the last), and each example draws
 its random start from its own stream (:func:`advsweep.attacks.core.example_stream`).
+
+L1 (``norm="l1"``) is a different algorithm on the same engine (:class:`ApgdL1Step`; "Mind the box: l1-APGD for
+sparse adversarial attacks on image classifiers", Croce & Hein, ICML 2021): sparse steps along the signs of the
+gradient's largest coordinates, projected onto the L1 ball ∩ [0, 1] (:mod:`advsweep.attacks.l1`), no momentum, and
+an adaptive sparsity and step size at checkpoints every 4% of the steps.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from advsweep.attacks.core import (
     target_ranks,
 )
 from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
+from advsweep.attacks.l1 import l1_box_projection
+from advsweep.attacks.spec import L1_NORMS
 from advsweep.defaults import APGD_CE, APGD_T, ATTACK
 
 APGD_LOSSES: tuple[str, ...] = ("ce", "dlr")
@@ -108,7 +116,7 @@ def _checked_run(model: keras.Model, x: Any, labels: Any, epsilons: Any, *, norm
                  restarts: int, rho: float, seed: int, example_ids: Any, gradient: str,
                  target_ranks: list[int] | None) -> AttackResult:
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, steps=steps,
-                        restarts=restarts, rho=rho, gradient=gradient)
+                        restarts=restarts, rho=rho, gradient=gradient, norms=L1_NORMS)
     stream = "apgd-t" if target_ranks is not None else f"apgd-{loss}"
     return apgd_engine(model, call.x, call.labels, call.eps, norm=call.norm, loss=loss, seed=call.seed,
                        example_ids=call.example_ids, stream=stream, target_ranks=target_ranks, **call.params)
@@ -132,7 +140,11 @@ def halve_step(history: np.ndarray, i: int, window: int, rho: float, reduced_las
 
 def start_point(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -> np.ndarray:
     """AutoAttack's random start: L∞ ``x + ε · t / max|t|`` with ``t`` uniform in [−1, 1]; L2 ``x + ε · t / ‖t‖₂``
-    with ``t`` standard normal; clipped to [0, 1]."""
+    with ``t`` standard normal; clipped to [0, 1]. L1: ``t`` standard normal projected onto the L1 ball ∩ box
+    (``x + P(t)``)."""
+    if norm == "l1":
+        t = rng.standard_normal(size=x0.shape).astype(np.float32)
+        return l1_start(x0, t, eps)
     if norm == "linf":
         t = rng.uniform(-1.0, 1.0, size=x0.shape).astype(np.float32)
         scale = np.abs(t).max()
@@ -252,6 +264,92 @@ class ApgdStep(Step):
         return self.x_best[e], self.logits_best[e]
 
 
+def l1_start(x0: np.ndarray, t: np.ndarray, eps: float) -> np.ndarray:
+    """The L1 start from a draw ``t``: ``x₀ + P(t)``, ``P`` the projection onto the L1 ball ∩ box, clipped."""
+    return np.clip(x0 + l1_box_projection(x0[None], t[None], eps)[0], 0.0, 1.0).astype(np.float32)
+
+
+class ApgdL1Step(Step):
+    """l1-APGD's iteration over a block of examples (Croce & Hein 2021, "Mind the box"), as the authors' code runs
+    it (``autopgd_base.py``, ``norm='L1'``). For one run, with η the step size, d the input's dimensions::
+
+        x = start; evaluate loss and ∇ at x; x_best = x; η = ε; k = max(⌊0.04·N⌋, 1); s = 0.2 (the step's
+        sparsity: the fraction of coordinates it moves); s₀ = d
+        for i in 0 … N−1:
+            g = ∇ on its ⌈s·d⌉ largest coordinates (|∇| ≥ the (1 − s)·d-th smallest), 0 elsewhere
+            x = x₀ + P(x + η · sign(g) / ‖sign(g)‖₁ − x₀)          P: onto the L1 ball ∩ [0, 1]
+            evaluate loss and ∇ at x; keep x_best (highest loss) and its ∇
+            every k iterations: s₁ = ‖x_best − x₀‖₀; s ← s₁ / d / 1.5
+                if s₁ / s₀ < 0.95: η ← ε, x ← x_best, ∇ ← ∇_best  else: η ← η / 1.5
+                η ← clip(η, ε/10, ε); s₀ ← s₁
+
+    A run ends after N iterations (the engine ends it earlier, at its first misclassified point); its end point is
+    x_best.
+    """
+
+    def __init__(self, n: int, shape: tuple[int, ...], classes: int, *, loss: str, steps: int):
+        self.loss, self.steps = loss, steps
+        self.gap = max(int(0.04 * steps), 1)
+        self.dims = int(np.prod(shape))
+        self.x0, self.x_best, self.grad, self.grad_best = (np.zeros((n,) + shape, np.float32) for _ in range(4))
+        self.logits_best = np.zeros((n, classes), np.float32)
+        self.eps, self.eta, self.loss_best, self.sparsity, self.nonzero_before = (
+            np.zeros(n, np.float32) for _ in range(5))
+        self.i, self.since_check = np.zeros(n, np.int64), np.zeros(n, np.int64)
+
+    def start(self, runs: Runs) -> np.ndarray:
+        e = runs.examples
+        self.x0[e], self.eps[e], self.i[e] = runs.x0, runs.eps, -1
+        return np.stack([start_point(x0, float(eps), "l1", rng)
+                         for x0, eps, rng in zip(runs.x0, runs.eps, runs.rngs)])
+
+    def step(self, e: np.ndarray, x: np.ndarray, out: Outputs, fooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert out.loss is not None and out.grad is not None
+        i = self.i[e]
+        new = i < 0
+        s, j = e[new], np.flatnonzero(new)
+        self.x_best[s], self.grad_best[s], self.grad[s] = x[j], out.grad[j], out.grad[j]
+        self.logits_best[s], self.loss_best[s] = out.logits[j], out.loss[j]
+        self.eta[s], self.sparsity[s], self.nonzero_before[s], self.since_check[s] = \
+            self.eps[s], 0.2, self.dims, 0
+        s, j = e[~new], np.flatnonzero(~new)
+        self.grad[s] = out.grad[j]
+        better = out.loss[j] > self.loss_best[s]
+        b, jb = s[better], j[better]
+        self.x_best[b], self.grad_best[b], self.logits_best[b], self.loss_best[b] = x[jb], out.grad[jb], out.logits[jb], out.loss[jb]
+        self.since_check[s] += 1
+        current = x.copy()
+        check = np.flatnonzero(~new)[self.since_check[s] == self.gap]
+        if len(check):  # the checkpoint: sparsity and step size from how sparse the best point is
+            k = e[check]
+            nonzero = np.count_nonzero((self.x_best[k] - self.x0[k]).reshape(len(k), -1), axis=1).astype(np.float32)
+            reset = nonzero / self.nonzero_before[k] < np.float32(0.95)
+            self.sparsity[k] = nonzero / np.float32(self.dims) / np.float32(1.5)
+            self.eta[k] = np.where(reset, self.eps[k], self.eta[k] / np.float32(1.5))
+            self.eta[k] = np.clip(self.eta[k], self.eps[k] / np.float32(10.0), self.eps[k])
+            self.nonzero_before[k], self.since_check[k] = nonzero, 0
+            current[check[reset]], self.grad[k[reset]] = self.x_best[k[reset]], self.grad_best[k[reset]]
+        self.i[e] = i + 1
+        return self.sparse_steps(e, current), self.i[e] >= self.steps
+
+    def sparse_steps(self, e: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The sparse sign step from ``x`` of each run, projected onto its L1 ball ∩ [0, 1]."""
+        grad = self.grad[e].reshape(len(e), -1)
+        magnitude = np.sort(np.abs(grad), axis=1)
+        keep = np.clip(((np.float32(1.0) - self.sparsity[e]) * np.float32(self.dims)).astype(np.int64), 0,
+                       self.dims - 1)
+        threshold = magnitude[np.arange(len(e)), keep][:, None]
+        signs = np.sign(grad * (np.abs(grad) >= threshold))
+        direction = signs / (np.abs(signs).sum(axis=1, keepdims=True) + np.float32(1e-10))
+        proposal = x.reshape(len(e), -1) + self.eta[e][:, None] * direction - self.x0[e].reshape(len(e), -1)
+        x0 = self.x0[e].reshape(len(e), -1)
+        moved = x0 + l1_box_projection(x0, proposal, self.eps[e])
+        return moved.reshape(x.shape).astype(np.float32)
+
+    def end(self, e: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]:
+        return self.x_best[e], self.logits_best[e]
+
+
 def apgd_engine(
     model: keras.Model,
     x: np.ndarray,
@@ -274,8 +372,8 @@ def apgd_engine(
     engine (:func:`advsweep.attacks.engine.run_engine`), which gives each example its programme: for each ε
     (ascending), each target and each restart, one run, until the example is fooled. ``limit`` ``(N,)`` (an
     ensemble's cascade) ends an example's programme at that position of the ascending ε order."""
-    step = ApgdStep(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps, rho=rho,
-                    norm=norm)
+    step: Step = (ApgdL1Step(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps) if norm == "l1"
+                  else ApgdStep(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps, rho=rho, norm=norm))
     programme = Programme(stream=stream, restarts=restarts, target_ranks=target_ranks,
                           classes_with_label=target_ranks is not None)
     return run_engine(model, step, programme, x, labels, grid_budgets(eps, len(x)), seed=seed, example_ids=example_ids,

@@ -347,13 +347,13 @@ class Call:
 
 
 def checked_call(model: Any, x: Any, labels: Any, epsilons: Any, *, norm: str, seed: int, example_ids: Any,
-                 targets: Any = None, **params: Any) -> Call:
+                 targets: Any = None, norms: tuple[str, ...] = NORMS, **params: Any) -> Call:
     """Check an attack call, the one check every attack of the engine goes through: the model, the inputs, labels
     (and targets) against it, ε against the norm and the inputs' shape, the seed, the example ids, and each
     hyper-parameter in ``params`` with its check (:data:`advsweep.attacks.spec.PARAMETER_CHECKS`), whose value it
-    keeps (``abs_stepsize=None`` stays ``None``)."""
+    keeps (``abs_stepsize=None`` stays ``None``); ``norms``: the threat models the attack takes."""
     check_model(model)
-    norm = check_norm(norm)
+    norm = check_norm(norm, norms)
     x, labels, targets = check_inputs(x, labels, targets, model=model)
     eps = check_epsilons(epsilons, norm, x.shape[1:])
     checked = {key: PARAMETER_CHECKS[key](value) for key, value in params.items()}

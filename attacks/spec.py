@@ -20,6 +20,7 @@ from advsweep.defaults import AUTOATTACK
 from advsweep.models.config import GRADIENT_PATHS, check_gradient_path
 
 NORMS: tuple[str, ...] = ("linf", "l2")
+L1_NORMS: tuple[str, ...] = ("linf", "l2", "l1")  # the attacks that also take the L1 threat model: APGD, APGD-T
 LOSSES: tuple[str, ...] = ("ce", "margin")
 IMPLEMENTATIONS: tuple[str, ...] = ("own", "foolbox")
 
@@ -60,8 +61,8 @@ def check_members(value: Any) -> list[str]:
     return list(value)
 
 
-def check_norm(norm: Any) -> str:
-    return one_of("norm", norm, NORMS, hint="strings, not np.inf")
+def check_norm(norm: Any, norms: tuple[str, ...] = NORMS) -> str:
+    return one_of("norm", norm, norms, hint="strings, not np.inf")
 
 
 def check_loss(loss: Any) -> str:
@@ -70,8 +71,11 @@ def check_loss(loss: Any) -> str:
 
 def eps_limit(norm: str, input_shape: tuple[int, ...]) -> float:
     """The largest meaningful ε on inputs in [0, 1]: the diameter of the input box (L∞: 1; L2: √dimensions,
-    28 for MNIST)."""
-    return 1.0 if norm == "linf" else float(np.sqrt(np.prod(input_shape)))
+    28 for MNIST; L1: the dimensions, 784 for MNIST)."""
+    if norm == "linf":
+        return 1.0
+    dimensions = float(np.prod(input_shape))
+    return dimensions if norm == "l1" else float(np.sqrt(dimensions))
 
 
 def check_epsilons(epsilons: Any, norm: str, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -195,6 +199,7 @@ __all__ = [
     "ENSEMBLE",
     "GRADIENT_PATHS",
     "IMPLEMENTATIONS",
+    "L1_NORMS",
     "LOSSES",
     "NORMS",
     "PARAMETER_CHECKS",

@@ -95,8 +95,10 @@ class AttackResult:
 
     @property
     def robust_accuracy(self) -> np.ndarray:
-        """``(K,)``: fraction of examples the attack did not succeed on (untargeted: still correct)."""
-        return 1.0 - self.success.mean(axis=1)
+        """``(K,)``: fraction of examples the attack did not succeed on (untargeted: still correct). Counted, not
+        ``1 − success rate``: 1 robust example of 100 is 0.01 exactly as a threshold reads it (1 − 0.99 is
+        0.010000000000000009, which failed the unbounded attack's "at most 1%" on such a chunk)."""
+        return (~self.success).mean(axis=1)
 
     @property
     def predictions(self) -> np.ndarray:

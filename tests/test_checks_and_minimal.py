@@ -68,6 +68,16 @@ def test_monotone_and_pgd_fgsm_checks_flag_violations():
     assert not flagged.passed and "ε=0.1" in flagged.detail and "masking" in flagged.suggestion
 
 
+def test_one_robust_example_in_a_hundred_is_one_percent_exactly():
+    """The unbounded-attack check allows at most 1% robust: a chunk of 100 with one robust example passes (it failed
+    on the TRADES model's evaluation when robust accuracy was computed as 1 − success rate, 0.010000000000000009)."""
+    success = np.ones((1, 100), bool)
+    success[0, 0] = False
+    result = AttackResult(np.array([0.5]), np.zeros((1, 100, 28, 28, 1), np.float32),
+                          np.zeros((1, 100, 10), np.float32), success, "linf")
+    assert result.robust_accuracy[0] == 0.01
+
+
 def test_validity_check_flags_a_result_outside_its_ball():
     x = np.full((2, 28, 28, 1), 0.5, np.float32)
     inside = AttackResult(np.array([0.1]), (x + 0.1)[None], np.zeros((1, 2, 10), np.float32),

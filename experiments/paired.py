@@ -60,8 +60,8 @@ def paired_interval(both: int, only_a: int, only_b: int, neither: int, z: float 
     l_a, u_a = wilson_interval(both + only_a, n, z)
     l_b, u_b = wilson_interval(both + only_b, n, z)
     margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
-    cross = both * neither - only_a * only_b
-    cross = cross - n / 2 if cross > n / 2 else min(cross, 0)
+    product = both * neither - only_a * only_b
+    cross = product - n / 2 if product > n / 2 else float(min(product, 0))
     phi = cross / math.sqrt(margins) if margins else 0.0
     d = p_a - p_b
     low = d - math.sqrt(max(0.0, (p_a - l_a) ** 2 - 2 * phi * (p_a - l_a) * (u_b - p_b) + (u_b - p_b) ** 2))

@@ -273,7 +273,10 @@ def loss_gradient_fn(model: keras.Model, loss: str, gradient: str = "auto") -> L
                 logits = forward(x)
                 values = padded_loss(logits, classes, loss)
                 total = tf.reduce_sum(values)
-            return logits, values, tape.gradient(total, x)
+            gradient = tape.gradient(total, x)
+            if gradient is None:  # the graph from input to logits is interrupted: no gradient reaches the input,
+                gradient = tf.zeros_like(x)  # which the gradient check reports (Pintor et al.'s unavailable gradients)
+            return logits, values, gradient
 
         compiled = one_graph(value_loss_and_gradient, model,
                              tf.TensorSpec((None, 2) if loss in PAIRED_LOSSES else (None,), tf.int64))

@@ -34,6 +34,10 @@ def test_gradient_check_fails_on_a_model_with_zero_gradients(small_cnn, test_ima
     flat_model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))  # constant logits: zero gradient
     failed = check_gradients(flat_model, x, y)
     assert not failed.passed and "100.00%" in failed.detail
+    # an interrupted graph (no gradient reaches the input at all) is reported the same way, not a crash
+    cut = keras.Model(inputs, small_cnn(keras.layers.Lambda(lambda t: keras.ops.stop_gradient(t))(inputs)))
+    interrupted = check_gradients(cut, x, y)
+    assert not interrupted.passed and "100.00%" in interrupted.detail and "non-differentiable" in interrupted.suggestion
 
 
 class _NoiseAtInference(keras.layers.Layer):

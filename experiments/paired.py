@@ -24,7 +24,7 @@ import math
 
 import pandas as pd
 
-from advsweep.experiments.summary import GROUP, Z_95, WORST_CASE, outcomes, wilson_interval
+from advsweep.experiments.summary import GROUP, Z_95, WORST_CASE, wilson_interval
 
 LEVEL = 0.05  # the verdicts' family-wise error
 COLUMNS = ["run_a", "model_a", "run_b", "model_b", *GROUP[2:], "examples", "robust_accuracy_a", "robust_accuracy_b",
@@ -79,11 +79,11 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def paired_table(records: pd.DataFrame) -> pd.DataFrame:
+def paired_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Every pair of (run, model) with examples in common, in every cell of the summary both have: the paired
     comparison on their common examples (columns :data:`COLUMNS`; ``holds``: the Holm-adjusted p-value is below
-    5%). Empty when no two (run, model) share a cell. ``records`` needs a ``run`` column."""
-    cells = outcomes(records)
+    5%). Empty when no two (run, model) share a cell. ``cells``: every example's outcome per summary cell
+    (:func:`advsweep.experiments.summary.outcomes`, the same table the summary counts)."""
     rows = []
     for key, group in cells.groupby(GROUP[2:], sort=False):
         units = {unit: frame.set_index("example")["correct"].astype(bool)

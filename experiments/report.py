@@ -36,7 +36,7 @@ from advsweep.assets.files import write_atomic
 from advsweep.experiments.paired import markdown as paired_markdown, paired_table, verdicts
 from advsweep.experiments.records import CLEAN, read_records
 from advsweep.experiments.robustbench import write_entries
-from advsweep.experiments.summary import WORST_CASE, budget_table, curve_points, summarize, write_tables
+from advsweep.experiments.summary import WORST_CASE, budget_table, curve_points, outcomes, summarize, write_tables
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,8 @@ def build_report(run_dirs: Sequence[Path], output: Path) -> dict[str, Any]:
     records = pd.concat([r for r, _, _ in loaded], ignore_index=True)
     if records.empty:
         raise ReportError(f"no finished records in {', '.join(map(str, run_dirs))}: run `advsweep sweep` first")
-    summary = summarize(records)
+    cells = outcomes(records)  # each example per cell: the summary counts them, the paired table matches them
+    summary = summarize(records, cells)
     output = Path(output)
     files = write_tables(summary, output)
     minimal_all = pd.concat([m for _, m, _ in loaded if not m.empty], ignore_index=True) if any(
@@ -249,12 +250,12 @@ def build_report(run_dirs: Sequence[Path], output: Path) -> dict[str, Any]:
               for c in assemble_checks(summary, done, label, records, minimal_all)]
     files.append(write_atomic(output / "checks.json", lambda p: p.write_text(json.dumps(checks, indent=2) + "\n")))
     files.append(write_atomic(output / "checks.md", lambda p: p.write_text(_checks_markdown(checks))))
-    paired = paired_table(records)
+    paired = paired_table(cells)
     if not paired.empty:  # two or more models (or runs) on the same examples: which differences hold
         files.append(write_atomic(output / "paired.csv", lambda p: paired.to_csv(p, index=False)))
         files.append(write_atomic(output / "paired.md", lambda p: p.write_text(paired_markdown(paired))))
     if len(run_dirs) == 1:  # one run: its RobustBench-style entries (a side-by-side report is no one run's)
-        files += write_entries(Path(run_dirs[0]), summary, output)
+        files += write_entries(Path(run_dirs[0]), summary, output, loaded[0][2])
     costs = [cost_table(done, label) for (_, _, done), label in zip(loaded, labels)]
     cost = pd.concat([c for c in costs if not c.empty], ignore_index=True) if any(not c.empty for c in costs) else None
     if cost is not None:

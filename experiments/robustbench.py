@@ -85,13 +85,13 @@ def entries(summary: pd.DataFrame, manifest: dict[str, Any], config: dict[str, A
     return out
 
 
-def write_entries(run_dir: Path, summary: pd.DataFrame, output: Path) -> list[Path]:
-    """Write a run's entries under ``output/robustbench/``; the files written (none without AutoAttack)."""
+def write_entries(run_dir: Path, summary: pd.DataFrame, output: Path, done: Sequence[dict[str, Any]]) -> list[Path]:
+    """Write a run's entries under ``output/robustbench/``; the files written (none without AutoAttack). ``done``:
+    the run's units' done records, as the report read them."""
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     config_path = run_dir / "config.resolved.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    done = [json.loads(p.read_text()) for p in sorted((run_dir / "done").glob("*.json"))]
     files = []
     for relative, entry in entries(summary, manifest, config, done).items():
         files.append(write_atomic(Path(output) / "robustbench" / relative,

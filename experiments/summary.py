@@ -75,7 +75,7 @@ def outcomes(records: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([joined, _worst_case(joined)], ignore_index=True)
 
 
-def summarize(records: pd.DataFrame) -> pd.DataFrame:
+def summarize(records: pd.DataFrame, cells: pd.DataFrame | None = None) -> pd.DataFrame:
     """The summary table: one row per run × model × attack × implementation × ε, plus worst-case rows.
 
     Columns: ``examples``; ``robust`` (count) and ``robust_accuracy`` in [0, 1] with ``ci_low`` and
@@ -83,7 +83,7 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
     examples; ``median_perturbation`` (in the row's norm, over successful adversarials of initially
     correct examples; NaN if there is none). ``records`` needs a ``run`` column.
     """
-    cells = outcomes(records)
+    cells = outcomes(records) if cells is None else cells
     rows = []
     for key, group in cells.groupby(GROUP, sort=False):
         n = len(group)

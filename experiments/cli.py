@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from advsweep.defaults import ATTACK, EVALUATE
+from advsweep.models.config import MODEL_KINDS
 
 logger = logging.getLogger("advsweep")
 
@@ -395,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     assets.set_defaults(handler=_command_assets)
 
     train = commands.add_parser("train", help="train a model and save it with its metrics and curves")
-    train.add_argument("--model", default="vgg16", choices=["vgg16", "small_cnn", "madry_cnn", "trades_cnn", "vgg16_scratch"],
+    train.add_argument("--model", default="vgg16", choices=list(MODEL_KINDS),
                        help="which model (default vgg16: the frozen ImageNet base; vgg16_scratch: the same "
                             "architecture from a random initialisation, all layers trained)")
     for name, spec in TRAIN_OPTIONS.items():

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the names as mypy and editors see them
     from advsweep.models.madry_cnn import build_madry_cnn
     from advsweep.models.small_cnn import build_small_cnn
     from advsweep.models.trades_cnn import build_trades_cnn
+    from advsweep.models.wong_cnn import build_wong_cnn
     from advsweep.models.vgg16 import build_vgg16_classifier, feature_extractor
 
 # public name → the module that defines it
@@ -44,6 +45,7 @@ _EXPORTS: dict[str, str] = {
     "build_madry_cnn": "advsweep.models.madry_cnn",
     "build_small_cnn": "advsweep.models.small_cnn",
     "build_trades_cnn": "advsweep.models.trades_cnn",
+    "build_wong_cnn": "advsweep.models.wong_cnn",
     "build_vgg16_classifier": "advsweep.models.vgg16",
     "as_classifier": "advsweep.models.common",
     "check_contract": "advsweep.models.common",

@@ -85,11 +85,14 @@ def fast_fgsm(forward: Forward, x: tf.Tensor, labels: tf.Tensor, eps: tf.Tensor,
               clip_noise: bool, key: tf.Tensor) -> tf.Tensor:
     """One FGSM step of ``step_size``·ε on the cross-entropy from a uniform start of radius ``noise``·ε.
 
-    With ``clip_noise`` the start and the result are projected onto the ε-ball (Wong et al.); without it only onto
-    [0, 1], so the point may lie up to ``(noise + step_size)``·ε away (N-FGSM, de Jorge et al.).
+    The gradient is taken at the start as drawn, not clipped to [0, 1] (Wong et al.'s MNIST code and N-FGSM's both
+    do so; Wong et al.'s CIFAR-10 code clips it). On MNIST this decides the outcome, measured with their own PyTorch
+    loop on their network (10 epochs, ε = 0.3, 1000 test images, PGD-10): 89.4% robust with the start as drawn,
+    0.3% with the start clipped to the box, where half of every background pixel's noise is cut away.
+    With ``clip_noise`` the step's result is projected onto the ε-ball (Wong et al.); without it only onto [0, 1],
+    so the point may lie up to ``(noise + step_size)``·ε away (N-FGSM, de Jorge et al.).
     """
     start = x + noise * eps * tf.random.stateless_uniform(tf.shape(x), key, -1.0, 1.0)
-    start = _project(start, x, eps) if clip_noise else tf.clip_by_value(start, 0.0, 1.0)
     gradient = _input_gradient(forward, start, lambda logits: _cross_entropy(labels, logits))
     moved = start + step_size * eps * tf.sign(gradient)
     return tf.stop_gradient(_project(moved, x, eps) if clip_noise else tf.clip_by_value(moved, 0.0, 1.0))
@@ -223,9 +226,10 @@ def train_adversarially(model: keras.Model, adversarial: AdversarialConfig, *, x
         the kept epoch (1-based), whose weights the model now holds, and the collapse if one was found.
     """
     forward: Forward = attack_forward or (lambda images: model(images, training=False))
+    # The schedule is applied by assigning the optimizer's own rate variable before each step: Keras 3 copies the
+    # value of a tf.Variable handed to `optimizer.learning_rate` once, so a separate variable would leave the rate
+    # at its peak for the whole run (what happened to every schedule before 2026-11-30).
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
-    rate = tf.Variable(learning_rate, trainable=False, dtype=tf.float32)
-    optimizer.learning_rate = rate
     variables = model.trainable_variables
     method = adversarial.method
     # resolved by AdversarialConfig: every option of the method is set
@@ -284,7 +288,7 @@ def train_adversarially(model: keras.Model, adversarial: AdversarialConfig, *, x
             eps = adversarial.eps * (min(1.0, (done + 1) / ramp_steps) if ramp_steps > 0 else 1.0)
             if index == 0:
                 epoch_first_eps = eps
-            rate.assign(learning_rate_at(adversarial.schedule, learning_rate, done / total_steps))
+            optimizer.learning_rate = learning_rate_at(adversarial.schedule, learning_rate, done / total_steps)
             key = tf.constant(rng.integers(0, 2**31 - 1, size=2), tf.int32)
             loss, correct = train_step(tf.convert_to_tensor(images), tf.convert_to_tensor(labels),
                                        tf.constant(eps, tf.float32), key)
@@ -297,7 +301,7 @@ def train_adversarially(model: keras.Model, adversarial: AdversarialConfig, *, x
         seconds = time.perf_counter() - started
         row = {"loss": loss_sum / seen, "accuracy": correct_sum / seen, "val_accuracy": clean,
                "val_robust_accuracy": robust, "eps": eps, "eps_reached": float(epoch_first_eps >= adversarial.eps),
-               "learning_rate": float(rate.numpy()), "seconds": seconds}
+               "learning_rate": float(optimizer.learning_rate.numpy()), "seconds": seconds}
         for name, value in row.items():
             history[name].append(float(value))
         logger.info("epoch %d/%d: training ε %.3f, adversarial loss %.4f, accuracy on the training adversarials "

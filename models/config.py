@@ -10,7 +10,9 @@ from typing import Any, ClassVar
 
 from advsweep.assets.validate import Invalid, flag, integer, number, one_of
 
-MODEL_KINDS: tuple[str, ...] = ("vgg16", "small_cnn", "madry_cnn", "trades_cnn", "vgg16_scratch")
+MODEL_KINDS: tuple[str, ...] = ("vgg16", "small_cnn", "madry_cnn", "trades_cnn", "wong_cnn", "vgg16_scratch")
+# the MNIST CNNs trained end to end on 28×28 images: the VGG16 options do not apply, shift augmentation does
+CNN_KINDS: tuple[str, ...] = ("small_cnn", "madry_cnn", "trades_cnn", "wong_cnn")
 VGG16_KINDS: tuple[str, ...] = ("vgg16", "vgg16_scratch")
 ADVERSARIAL_METHODS: tuple[str, ...] = ("pgd", "fast", "trades")
 SCHEDULES: tuple[str, ...] = ("constant", "decay", "onecycle")
@@ -186,7 +188,7 @@ class ModelConfig:
     Attributes:
         kind: ``"vgg16"`` (frozen ImageNet base + trained head), ``"small_cnn"`` (the source tutorials' CNN, end to
             end), ``"madry_cnn"`` (Madry et al.'s MNIST CNN, end to end), ``"trades_cnn"`` (TRADES' SmallCNN, end to
-            end) or ``"vgg16_scratch"`` (the same VGG16
+            end), ``"wong_cnn"`` (Wong et al.'s fast-AT MNIST network, end to end) or ``"vgg16_scratch"`` (the same VGG16
             architecture from a random initialisation, every layer trained: source tutorial 004).
         input_size: VGG16 only: side of the square image fed to the base (32 to 224).
         resize: VGG16 only: ``"pad"`` or ``"bilinear"``.
@@ -288,12 +290,19 @@ class ModelConfig:
         values = self.to_dict()
         if values["adversarial"] is None:
             values.pop("adversarial")
+        elif values["adversarial"]["schedule"] != "constant":
+            # Before 2026-11-30 every schedule ran at its constant peak rate (Keras 3 copied the rate variable once):
+            # the models trained then keep their ids, and a schedule that is now applied gets new ones.
+            values["adversarial"]["schedule_applied"] = True
+        if values.get("adversarial", {}).get("method") == "fast":
+            # Before 2026-11-30 fast training clipped its random start to [0, 1] before the gradient; it no longer does
+            values["adversarial"]["start_unclipped"] = True
         if self.kind == "vgg16":
             values.pop("augment_shift")
         if self.kind == "vgg16_scratch":
             values.pop("augment_shift")
             values.pop("feature_scaling")
-        if self.kind in ("small_cnn", "madry_cnn", "trades_cnn"):
+        if self.kind in CNN_KINDS:
             for name in ("input_size", "resize", "cut", "head", "hidden_units", "dropout", "feature_scaling"):
                 values.pop(name)
         return values

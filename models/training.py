@@ -29,10 +29,11 @@ from advsweep.assets import Resolved, cache_dir, load_mnist, load_vgg16_weights
 from advsweep.assets.files import umask_mode, write_atomic
 from advsweep.models.adversarial import AdversarialResult, train_adversarially
 from advsweep.models.common import model_function
-from advsweep.models.config import ModelConfig
+from advsweep.models.config import CNN_KINDS, ModelConfig
 from advsweep.models.madry_cnn import build_madry_cnn
 from advsweep.models.small_cnn import build_small_cnn
 from advsweep.models.trades_cnn import build_trades_cnn
+from advsweep.models.wong_cnn import build_wong_cnn
 from advsweep.models.vgg16 import build_vgg16_classifier, feature_extractor
 
 # (history with an `epoch` column, file stem without suffix, title) → the files written
@@ -423,6 +424,8 @@ def build_model(config: ModelConfig, weights: dict[str, tuple[np.ndarray, np.nda
         return build_madry_cnn()
     if config.kind == "trades_cnn":
         return build_trades_cnn()
+    if config.kind == "wong_cnn":
+        return build_wong_cnn()
     if config.kind == "vgg16" and weights is None:
         raise ValueError("the frozen VGG16 needs the ImageNet weights (advsweep.assets.load_vgg16_weights)")
     scratch = config.kind == "vgg16_scratch"
@@ -437,7 +440,7 @@ def build_model(config: ModelConfig, weights: dict[str, tuple[np.ndarray, np.nda
 
 
 def _augment_shift(config: ModelConfig) -> int:
-    return config.augment_shift if config.kind in ("small_cnn", "madry_cnn", "trades_cnn") else 0
+    return config.augment_shift if config.kind in CNN_KINDS else 0
 
 
 def _train_adversarially(model: keras.Model, config: ModelConfig, split: Split, log_dir: Path,

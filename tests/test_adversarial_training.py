@@ -20,8 +20,8 @@ from advsweep.experiments.cli import main
 from advsweep.experiments.config import ConfigError, parse_config
 from advsweep.experiments.plots import training_curves
 from advsweep.experiments.sweep import run_sweep
-from advsweep.models import build_madry_cnn, build_trades_cnn
-from advsweep.models.adversarial import detect_collapse, learning_rate_at
+from advsweep.models import build_madry_cnn, build_trades_cnn, build_wong_cnn
+from advsweep.models.adversarial import detect_collapse, learning_rate_at, train_adversarially
 from advsweep.models.common import model_function
 from advsweep.models.config import AdversarialConfig, ModelConfig
 from advsweep.models.training import build_model, export_savedmodel, train_model
@@ -163,6 +163,38 @@ def test_learning_rate_schedules():
     assert learning_rate_at("onecycle", 1e-3, 1.0) == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize("schedule, rates", [("onecycle", [0.0, 1e-3 / 3 / 0.4, 1e-3 / 3 / 0.6]),
+                                             ("decay", [1e-3, 1e-3, 2e-3 / 3]), ("constant", [1e-3] * 3)])
+def test_the_learning_rate_schedule_reaches_the_optimizer(test_images, schedule, rates):
+    """The optimizer steps at the schedule's rate, read back from the optimizer (Keras 3 copies a rate variable
+    handed to `optimizer.learning_rate` once: every schedule ran at its peak until 2026-11-30). Three epochs of one
+    batch each step at progress 0, 1/3 and 2/3; a first step at rate 0 leaves the weights as they were, to the bit."""
+    x, y = test_images[0][:20], test_images[1][:20].astype(np.int64)
+    config = AdversarialConfig(method="fast", eps=0.1, schedule=schedule, eval_examples=10, collapse_drop=1.0,
+                               collapse_gap=1.0)
+    keras.utils.set_random_seed(0)
+    result = train_adversarially(build_wong_cnn(), config, x=x, y=y, x_val=x, y_val=y, epochs=3, batch_size=20,
+                                 learning_rate=1e-3, patience=5, seed=0)
+    assert result.history["learning_rate"] == pytest.approx(rates, rel=1e-6, abs=1e-12)  # float32 variable
+    model = build_wong_cnn()
+    before = [w.copy() for w in model.get_weights()]
+    train_adversarially(model, config, x=x, y=y, x_val=x, y_val=y, epochs=1, batch_size=20, learning_rate=1e-3,
+                        patience=5, seed=0)
+    unchanged = all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert unchanged == (rates[0] == 0.0)
+
+
+def test_a_scheduled_model_has_a_new_id_and_a_constant_rate_keeps_its_own():
+    """Models trained before the schedule reached the optimizer keep their ids only where what they ran is what
+    their config says (a constant rate)."""
+    constant = ModelConfig(kind="madry_cnn", adversarial={"method": "pgd", "eps": 0.3, "steps": 5, "ramp_epochs": 2})
+    assert "schedule_applied" not in constant.relevant()["adversarial"]
+    decay = ModelConfig(kind="madry_cnn", epochs=7, batch_size=100, augment_shift=0,
+                        adversarial={"method": "pgd", "eps": 0.3, "steps": 5, "ramp_epochs": 2, "schedule": "decay"})
+    assert decay.relevant()["adversarial"]["schedule_applied"] is True
+    assert decay.model_id != "madry_cnn-97079c6f3b"  # the README recipe's id while its decay was not applied
+
+
 # --------------------------------------------------------------------------------------------
 # refusals
 
@@ -276,6 +308,48 @@ def test_trades_cnn_is_the_papers_smallcnn_layer_by_layer(test_images):
     logits = model(x, training=False).numpy()
     assert np.array_equal(logits, model(x, training=False).numpy())  # inference: the dropout is the identity
     assert not np.allclose(logits, model(x, training=True).numpy(), atol=1e-3)  # training: it drops
+
+
+def test_wong_cnn_is_the_fast_at_codes_network_layer_by_layer(test_images):
+    """Wong et al.'s ``mnist_net`` written out in PyTorch as their fast-AT code defines it (padding 1, stride 2),
+    given our weights: every layer's output on real test images equals ours (Keras' flatten order mapped onto
+    PyTorch's), and our initialisation is PyTorch's default (uniform within ±1/√fan-in, weights and biases)."""
+    import torch
+    from torch import nn
+
+    model = build_wong_cnn()
+    assert model.count_params() == 166_406
+    for name, fan_in in (("conv1", 16), ("conv2", 256), ("dense", 1568), ("logits", 100)):
+        for weights in model.get_layer(name).weights:
+            assert 0.9 / np.sqrt(fan_in) < np.abs(weights.numpy()).max() <= 1 / np.sqrt(fan_in), name
+
+    theirs = nn.Sequential(nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
+                           nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                           nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10)).eval()
+    ours = {"conv1": 1, "conv2": 3, "dense": 6, "logits": 7}  # our layer → the module whose output it is
+    with torch.no_grad():
+        for name, index in ours.items():
+            kernel, bias = (w.numpy() for w in model.get_layer(name).weights)
+            if name.startswith("conv"):
+                kernel = kernel.transpose(3, 2, 0, 1)
+            elif name == "dense":  # rows of Keras' (h, w, c) flatten → columns of PyTorch's (c, h, w)
+                kernel = kernel.reshape(7, 7, 32, 100).transpose(3, 2, 0, 1).reshape(100, 1568)
+            else:
+                kernel = kernel.T
+            module = theirs[index - (0 if name == "logits" else 1)]
+            module.weight.copy_(torch.tensor(kernel))
+            module.bias.copy_(torch.tensor(bias))
+        x = test_images[0][:64]
+        inside = keras.Model(model.inputs, [model.get_layer(name).output for name in ours])
+        outputs = dict(zip(ours, (t.numpy() for t in inside(x))))
+        h = torch.tensor(x.transpose(0, 3, 1, 2).copy())
+        for index, module in enumerate(theirs):
+            h = module(h)
+            for name in (n for n, i in ours.items() if i == index):
+                got = h.numpy().transpose(0, 2, 3, 1) if h.ndim == 4 else h.numpy()
+                np.testing.assert_allclose(outputs[name], got, atol=1e-4, rtol=1e-4, err_msg=name)
+    assert outputs["conv1"].shape[1:] == (14, 14, 16) and outputs["conv2"].shape[1:] == (7, 7, 32)
+    assert np.ptp(outputs["logits"]) > 0.1  # a comparison of outputs that differ, so that it says something
 
 
 def test_model_ids_of_natural_models_are_unchanged_and_kinds_keep_their_options():

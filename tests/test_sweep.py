@@ -313,7 +313,7 @@ BAD_CONFIGS = [
     ("missing-model-file", lambda t: t.replace('name = "cnn"\npath = "', 'name = "cnn"\npath = "/nonexistent'),
      r"`models\[1\].path`: /nonexistent.* is neither a .keras file nor a folder with model.keras"),
     ("unknown-model-kind", lambda t: t.replace('name = "cnn"\npath =', 'name = "cnn"\ntrain = {kind = "resnet"}\n#'),
-     r"`models\[1\].train.kind`: must be one of 'vgg16', 'small_cnn', 'madry_cnn', 'trades_cnn', 'vgg16_scratch'. Received: 'resnet'"),
+     r"`models\[1\].train.kind`: must be one of 'vgg16', 'small_cnn', 'madry_cnn', 'trades_cnn', 'wong_cnn', 'vgg16_scratch'. Received: 'resnet'"),
     ("bad-implementation", lambda t: t.replace('name = "fgsm"', 'name = "fgsm"\nimplementations = ["cleverhans"]'),
      r"`attacks\[0\].implementations`: must be one of 'own', 'foolbox'"),
     ("missing-name", lambda t: t.replace('name = "tiny"', ""), r"config key `name`"),

@@ -21,7 +21,7 @@ from advsweep.experiments.config import ConfigError, parse_config
 from advsweep.experiments.plots import training_curves
 from advsweep.experiments.sweep import run_sweep
 from advsweep.models import build_madry_cnn, build_trades_cnn, build_wong_cnn
-from advsweep.models.adversarial import detect_collapse, learning_rate_at, train_adversarially
+from advsweep.models.adversarial import detect_collapse, fast_fgsm, learning_rate_at, train_adversarially
 from advsweep.models.common import model_function
 from advsweep.models.config import AdversarialConfig, ModelConfig
 from advsweep.models.training import build_model, export_savedmodel, train_model
@@ -310,25 +310,16 @@ def test_trades_cnn_is_the_papers_smallcnn_layer_by_layer(test_images):
     assert not np.allclose(logits, model(x, training=True).numpy(), atol=1e-3)  # training: it drops
 
 
-def test_wong_cnn_is_the_fast_at_codes_network_layer_by_layer(test_images):
-    """Wong et al.'s ``mnist_net`` written out in PyTorch as their fast-AT code defines it (padding 1, stride 2),
-    given our weights: every layer's output on real test images equals ours (Keras' flatten order mapped onto
-    PyTorch's), and our initialisation is PyTorch's default (uniform within ±1/√fan-in, weights and biases)."""
+def _wong_cnn_in_torch(model):
+    """Wong et al.'s ``mnist_net`` in PyTorch, as their code defines it, holding ``model``'s weights."""
     import torch
     from torch import nn
-
-    model = build_wong_cnn()
-    assert model.count_params() == 166_406
-    for name, fan_in in (("conv1", 16), ("conv2", 256), ("dense", 1568), ("logits", 100)):
-        for weights in model.get_layer(name).weights:
-            assert 0.9 / np.sqrt(fan_in) < np.abs(weights.numpy()).max() <= 1 / np.sqrt(fan_in), name
 
     theirs = nn.Sequential(nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
                            nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
                            nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10)).eval()
-    ours = {"conv1": 1, "conv2": 3, "dense": 6, "logits": 7}  # our layer → the module whose output it is
     with torch.no_grad():
-        for name, index in ours.items():
+        for name, index in {"conv1": 0, "conv2": 2, "dense": 5, "logits": 7}.items():
             kernel, bias = (w.numpy() for w in model.get_layer(name).weights)
             if name.startswith("conv"):
                 kernel = kernel.transpose(3, 2, 0, 1)
@@ -336,9 +327,64 @@ def test_wong_cnn_is_the_fast_at_codes_network_layer_by_layer(test_images):
                 kernel = kernel.reshape(7, 7, 32, 100).transpose(3, 2, 0, 1).reshape(100, 1568)
             else:
                 kernel = kernel.T
-            module = theirs[index - (0 if name == "logits" else 1)]
-            module.weight.copy_(torch.tensor(kernel))
-            module.bias.copy_(torch.tensor(bias))
+            theirs[index].weight.copy_(torch.tensor(kernel))
+            theirs[index].bias.copy_(torch.tensor(bias))
+    return theirs
+
+
+def test_fast_training_step_is_wongs_mnist_step(test_images):
+    """Our FGSM-from-a-random-start training step against Wong et al.'s MNIST code written out in PyTorch, from the
+    same uniform noise on the same network: the same adversarials. Their start is not clipped to [0, 1] before the
+    gradient; a step from the clipped start (their CIFAR-10 code's) differs on many pixels, so the comparison tells
+    the two apart (the harness clipped until 2026-11-30, and on MNIST that made their recipe collapse)."""
+    import torch
+    import torch.nn.functional as F
+
+    keras.utils.set_random_seed(3)
+    model = build_wong_cnn()
+    x, y = test_images[0][:64], test_images[1][:64].astype(np.int64)
+    eps, alpha, key = 0.3, 0.375, tf.constant([7, 11], tf.int32)
+    ours = fast_fgsm(lambda images: model(images, training=False), tf.constant(x), tf.constant(y), tf.constant(eps),
+                     step_size=1.25, noise=1.0, clip_noise=True, key=key).numpy()
+    noise = eps * tf.random.stateless_uniform(x.shape, key, -1.0, 1.0).numpy()
+
+    theirs_model = _wong_cnn_in_torch(model)
+
+    def wong(clip_start):  # fast_adversarial/MNIST/train_mnist.py, the FGSM branch (NCHW)
+        X, Y = torch.tensor(x.transpose(0, 3, 1, 2).copy()), torch.tensor(y)
+        delta = torch.tensor(noise.transpose(0, 3, 1, 2).copy())
+        if clip_start:
+            delta = torch.max(torch.min(1 - X, delta), 0 - X)
+        delta.requires_grad = True
+        F.cross_entropy(theirs_model(X + delta), Y).backward()
+        delta = torch.clamp(delta + alpha * torch.sign(delta.grad.detach()), -eps, eps)
+        delta = torch.max(torch.min(1 - X, delta), 0 - X)
+        return (X + delta).detach().numpy().transpose(0, 2, 3, 1)
+
+    differ = np.abs(ours - wong(clip_start=False)) > 1e-5
+    assert differ.mean() < 1e-3  # a gradient component at ±0 may round either way in two frameworks
+    assert (np.abs(ours - wong(clip_start=True)) > 1e-5).mean() > 0.05
+    assert np.abs(ours - x).max() <= eps + 1e-6 and ours.min() >= 0.0 and ours.max() <= 1.0
+
+
+def test_wong_cnn_is_the_fast_at_codes_network_layer_by_layer(test_images):
+    """Wong et al.'s ``mnist_net`` written out in PyTorch as their fast-AT code defines it (padding 1, stride 2),
+    given our weights: every layer's output on real test images equals ours (Keras' flatten order mapped onto
+    PyTorch's), and our initialisation is PyTorch's default (uniform within ±1/√fan-in, weights and biases)."""
+    import torch
+
+    keras.utils.set_random_seed(0)
+    model = build_wong_cnn()
+    assert model.count_params() == 166_406
+    for name, fan_in in (("conv1", 16), ("conv2", 256), ("dense", 1568), ("logits", 100)):
+        for weights in (w.numpy() for w in model.get_layer(name).weights):
+            assert np.abs(weights).max() <= 1 / np.sqrt(fan_in), name
+            if weights.size >= 100:  # the bound is reached: uniform on it, not narrower (0.9^100 ≈ 3e-5 by chance)
+                assert np.abs(weights).max() > 0.9 / np.sqrt(fan_in), name
+
+    theirs = _wong_cnn_in_torch(model)
+    ours = {"conv1": 1, "conv2": 3, "dense": 6, "logits": 7}  # our layer → the module whose output it is
+    with torch.no_grad():
         x = test_images[0][:64]
         inside = keras.Model(model.inputs, [model.get_layer(name).output for name in ours])
         outputs = dict(zip(ours, (t.numpy() for t in inside(x))))

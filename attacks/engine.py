@@ -162,6 +162,12 @@ class Programme:
             on an adversarial (PGD, as foolbox); otherwise every run's end point replaces the one before (AutoAttack).
         classes_with_label: the loss takes ``[label, target]`` per example (the targeted DLR loss, FAB's logit
             difference) rather than one class.
+        eot_draws: model calls per gradient, their input gradients averaged (Expectation over Transformation, for
+            a randomized model: AutoAttack's ``eot_iter``); the loss and logits are the last call's, as the authors'
+            APGD keeps them. 1: one call.
+        keep_latest: a budget's adversarial is the latest misclassified point of its runs, not the first (the
+            authors' APGD; for a randomized model, with ``early_stop`` off: a point misclassified by one draw near the
+            boundary is replaced by the deeper ones the run reaches later, which a fresh call is likelier to confirm).
     """
 
     stream: str
@@ -172,6 +178,8 @@ class Programme:
     any_budget: bool = False
     keep_first_end: bool = False
     classes_with_label: bool = False
+    eot_draws: int = 1
+    keep_latest: bool = False
 
 
 def schedule_of(programme: Programme, budgets: int) -> list[tuple[int | None, int, int]]:
@@ -295,13 +303,19 @@ class Engine:
         for kind, rows in parts:
             if len(rows):
                 e = active[rows]
-                got = evaluate(self.model, points[rows], self.classes[e], self.example_ids[e],
-                               self.plans[0 if kind == "gradient" else 1], self.step.loss if kind == "gradient"
-                               else None, self.gradient)
+                draws = self.programme.eot_draws if kind == "gradient" else 1
+                total = None
+                for _ in range(draws):
+                    got = evaluate(self.model, points[rows], self.classes[e], self.example_ids[e],
+                                   self.plans[0 if kind == "gradient" else 1], self.step.loss if kind == "gradient"
+                                   else None, self.gradient)
+                    if got.grad is not None:
+                        total = got.grad if total is None else total + got.grad
                 out.logits[rows] = got.logits
                 if got.grad is not None:
-                    out.loss[rows], out.grad[rows] = got.loss, got.grad  # type: ignore[index]
-                self.spent[kind] += len(rows)
+                    assert total is not None
+                    out.loss[rows], out.grad[rows] = got.loss, total / np.float32(draws)  # type: ignore[index]
+                self.spent[kind] += len(rows) * draws
         return out
 
     def keep(self, e: int, point: np.ndarray, logits: np.ndarray) -> None:
@@ -315,7 +329,8 @@ class Engine:
                                      & ~self.found[:, e])
         else:
             position = int(self.budget_of[e])
-            budgets = np.array([position]) if not self.found[position, e] else np.zeros(0, np.int64)
+            fresh = not self.found[position, e] or self.programme.keep_latest
+            budgets = np.array([position]) if fresh else np.zeros(0, np.int64)
         self.found[budgets, e] = True
         self.x_found[budgets, e], self.logits_found[budgets, e] = point, logits
 

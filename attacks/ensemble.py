@@ -1,4 +1,5 @@
-"""AutoAttack's standard ensemble (Croce & Hein, ICML 2020) as one attack: APGD-CE, APGD-T, FAB-T, Square.
+"""AutoAttack (Croce & Hein, ICML 2020) as one attack: its standard version (APGD-CE, APGD-T, FAB-T, Square) and its
+``rand`` version for randomized models (APGD-CE and APGD-DLR, each gradient averaged over 20 draws of the model).
 
 The attacks run in that order, each on the (example, ε) pairs the attacks before it left robust, each from the
 clean input; an example's result at ε is the first adversarial any of them found there. Over an ε grid the
@@ -11,6 +12,11 @@ AutoAttack would give at that ε alone, with every attack's per-example random s
 read: Square (no gradient) fooling examples the gradient attacks left robust is AutoAttack's sign of gradient
 masking, and the scale-invariant attacks (APGD-T's DLR loss, FAB-T) fooling many more examples than APGD-CE's
 cross-entropy is the sign of a saturated softmax (:func:`advsweep.attacks.checks.check_ensemble`).
+
+Every adversarial an attack finds is confirmed by a fresh call of the model on it, as the authors'
+``run_standard_evaluation`` does after each attack: it counts only if that call misclassifies it too. For a
+deterministic model the call repeats what the attack saw; for a randomized one (logits that change between two
+calls on one input) a lucky draw during the attack does not count as a broken example.
 """
 
 from __future__ import annotations
@@ -32,9 +38,9 @@ from advsweep.attacks.core import (
     target_ranks,
 )
 from advsweep.attacks.fab import fab_engine
-from advsweep.attacks.spec import ENSEMBLE
+from advsweep.attacks.spec import check_members
 from advsweep.attacks.square import square_engine
-from advsweep.defaults import ATTACK, AUTOATTACK
+from advsweep.defaults import ATTACK, AUTOATTACK, AUTOATTACK_VERSIONS
 
 
 def autoattack(
@@ -44,54 +50,64 @@ def autoattack(
     epsilons: Any,
     *,
     norm: str = ATTACK["norm"],
-    attacks: Sequence[str] = ENSEMBLE,
+    version: str = "standard",
+    attacks: Sequence[str] | None = None,
     settings: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int = ATTACK["seed"],
     example_ids: Any = None,
     gradient: str = ATTACK["gradient"],
 ) -> AttackResult:
-    """AutoAttack's standard version for every ε of a list.
+    """AutoAttack for every ε of a list.
 
     Args:
         model, x, labels, epsilons, norm, seed, example_ids, gradient: as
             :func:`advsweep.attacks.projected_gradient_descent`.
-        attacks: the attacks and their order, a subsequence of ``("apgd-ce", "apgd-t", "fab-t", "square")``
-            (AutoAttack's "custom" version); each with AutoAttack's standard settings
-            (:data:`advsweep.defaults.AUTOATTACK`).
-        settings: changes to those settings, ``{member: {parameter: value}}`` (e.g. ``{"square": {"queries":
-            1000}}`` for a quicker, weaker look); ``None``: AutoAttack's standard version.
+        version: ``"standard"`` (APGD-CE, APGD-T, FAB-T, Square) or ``"rand"`` (APGD-CE and APGD-DLR with 20 draws
+            per gradient, for a model whose logits change between two calls), with AutoAttack's settings for it
+            (:data:`advsweep.defaults.AUTOATTACK_VERSIONS`).
+        attacks: the attacks and their order, distinct names from ``("apgd-ce", "apgd-dlr", "apgd-t", "fab-t",
+            "square")`` (AutoAttack's "custom" version); ``None``: the version's.
+        settings: changes to the version's settings, ``{member: {parameter: value}}`` (e.g. ``{"square":
+            {"queries": 1000}}`` for a quicker, weaker look).
 
     Returns:
         The worst case over the attacks per (ε, example), with ``found_by`` naming the attack that fooled it
         (``""`` where none did; ``"clean"`` where the input is misclassified as it is).
     """
-    call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids,
-                        attacks=list(attacks), settings=settings or {}, gradient=gradient)
-    attacks, changes = tuple(call.params["attacks"]), call.params["settings"]
+    call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, version=version,
+                        settings=settings or {}, gradient=gradient)
+    preset = AUTOATTACK_VERSIONS[call.params["version"]]
+    attacks = tuple(check_members(list(preset["attacks"] if attacks is None else attacks)))
+    changes = {member: {**preset["settings"].get(member, {}), **call.params["settings"].get(member, {})}
+               for member in AUTOATTACK}
     x, labels, eps = call.x, call.labels, call.eps
     classes = classes_of(model, x)
     if "apgd-t" in attacks and classes < 4:
         raise Invalid("model", "a classifier of at least 4 classes for 'apgd-t' (the targeted DLR loss reads the "
                                "4th logit); leave 'apgd-t' out of `attacks`", classes)
     return ensemble_engine(model, x, labels, eps, norm=call.norm, attacks=attacks, seed=call.seed,
-                           example_ids=call.example_ids,
-                           gradient=gradient, classes=classes, settings=changes)
+                           example_ids=call.example_ids, gradient=gradient, classes=classes, settings=changes)
 
 
 def _engines(norm: str, seed: int, gradient: str, classes: int,
              settings: Mapping[str, Mapping[str, Any]]) -> dict[str, Callable[..., AttackResult]]:
     """Each attack of the ensemble with AutoAttack's standard settings (and ``settings``' changes), as
     ``(model, x, labels, eps, example_ids=, limit=) → AttackResult``."""
-    apgd, apgd_t, fab, square = ({**AUTOATTACK[name], **settings.get(name, {})} for name in ENSEMBLE)
+    apgd, apgd_dlr, apgd_t, fab, square = ({**AUTOATTACK[name], **settings.get(name, {})} for name in AUTOATTACK)
     ranks, fab_ranks = target_ranks(classes, apgd_t["target_classes"]), target_ranks(classes, fab["target_classes"])
     return {
         "apgd-ce": lambda model, x, labels, eps, **rows: apgd_engine(
             model, x, labels, eps, norm=norm, loss="ce", steps=apgd["steps"], restarts=apgd["restarts"],
-            rho=apgd["rho"], seed=seed, stream="apgd-ce", gradient=gradient, target_ranks=None, **rows),
+            rho=apgd["rho"], seed=seed, stream="apgd-ce", gradient=gradient, target_ranks=None,
+            eot_draws=apgd["eot_draws"], **rows),
+        "apgd-dlr": lambda model, x, labels, eps, **rows: apgd_engine(
+            model, x, labels, eps, norm=norm, loss="dlr", steps=apgd_dlr["steps"], restarts=apgd_dlr["restarts"],
+            rho=apgd_dlr["rho"], seed=seed, stream="apgd-dlr", gradient=gradient, target_ranks=None,
+            eot_draws=apgd_dlr["eot_draws"], **rows),
         "apgd-t": lambda model, x, labels, eps, **rows: apgd_engine(
             model, x, labels, eps, norm=norm, loss="dlr-targeted", steps=apgd_t["steps"],
             restarts=apgd_t["restarts"], rho=apgd_t["rho"], seed=seed, stream="apgd-t", gradient=gradient,
-            target_ranks=ranks, **rows),
+            target_ranks=ranks, eot_draws=apgd_t["eot_draws"], **rows),
         "fab-t": lambda model, x, labels, eps, **rows: fab_engine(
             model, x, labels, eps, norm=norm, steps=fab["steps"], target_ranks=fab_ranks, restarts=fab["restarts"],
             alpha_max=fab["alpha_max"], eta=fab["eta"], beta=fab["beta"], seed=seed, gradient=gradient, **rows),
@@ -108,6 +124,8 @@ def ensemble_engine(model: keras.Model, x: np.ndarray, labels: np.ndarray, eps: 
     engines = _engines(norm, seed, gradient, classes, settings)
     k_count, n = len(eps), len(x)
     order = np.argsort(eps, kind="stable")
+    rank = np.empty(k_count, np.int64)
+    rank[order] = np.arange(k_count)  # each ε's position in the ascending order
     started = time.perf_counter()
     clean_logits = predict_logits(model, x, example_ids=example_ids)
     clean_wrong = np.argmax(clean_logits, axis=-1) != labels
@@ -136,11 +154,18 @@ def ensemble_engine(model: keras.Model, x: np.ndarray, labels: np.ndarray, eps: 
             k = order[position]
             fooled[k] &= position < limit[active]
         newly_k, newly_i = np.nonzero(fooled)
+        new_logits = result.logits[newly_k, newly_i]
+        new_x = result.x_adv[newly_k, newly_i]
+        if len(newly_i):  # each adversarial confirmed by a fresh forward pass, counted with the member's
+            cost[name] = {**cost[name], "forward": cost[name].get("forward", 0) + len(newly_i)}
+            spent += len(newly_i)
+            newly_k, newly_i, new_x, new_logits = _confirmed(model, newly_k, newly_i, new_x, labels[active],
+                                                             example_ids[active], rank)
         columns = active[newly_i]
         found[newly_k, columns] = True
         found_by[newly_k, columns] = name
-        x_adv[newly_k, columns] = result.x_adv[newly_k, newly_i]
-        logits[newly_k, columns] = result.logits[newly_k, newly_i]
+        x_adv[newly_k, columns] = new_x
+        logits[newly_k, columns] = new_logits
         if first:  # the robust examples report the first attack's strongest point (APGD-CE: highest loss)
             keep = ~result.success
             rows_k, rows_i = np.nonzero(keep)
@@ -150,6 +175,27 @@ def ensemble_engine(model: keras.Model, x: np.ndarray, labels: np.ndarray, eps: 
     success = np.argmax(logits, axis=-1) != labels[None]
     return AttackResult(epsilons=eps, x_adv=x_adv, logits=logits, success=success, norm=norm,
                         found_by=np.where(success, found_by, "").astype(str), evaluations=spent, cost=cost)
+
+
+def _confirmed(model: keras.Model, k: np.ndarray, i: np.ndarray, x: np.ndarray, labels: np.ndarray,
+               example_ids: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The adversarials ``x`` (found at ε index ``k`` for example ``i``) that a fresh call of the model misclassifies
+    too, with that call's logits; an example confirmed at one ε counts, with that point, at every larger ε where the
+    attack fooled it (the point lies inside every larger ball), so that robust accuracy never rises with ε.
+    Returns ``(k, i, x, logits)`` of the adversarials kept."""
+    fresh = predict_logits(model, x, example_ids=example_ids[i])
+    held = np.argmax(fresh, axis=-1) != labels[i]
+    smallest = {}  # example → the row of its confirmed adversarial at the smallest ε
+    for row in np.flatnonzero(held):
+        if int(i[row]) not in smallest or rank[k[row]] < rank[k[smallest[int(i[row])]]]:
+            smallest[int(i[row])] = row
+    keep = held.copy()
+    x, fresh = x.copy(), fresh.copy()
+    for row in np.flatnonzero(~held):
+        first = smallest.get(int(i[row]))
+        if first is not None and rank[k[row]] > rank[k[first]]:
+            keep[row], x[row], fresh[row] = True, x[first], fresh[first]
+    return k[keep], i[keep], x[keep], fresh[keep]
 
 
 def fooled_from(found: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from advsweep.assets.validate import Invalid, flag, integer, number, one_of
-from advsweep.defaults import AUTOATTACK
+from advsweep.defaults import AUTOATTACK, AUTOATTACK_VERSIONS
 from advsweep.models.config import GRADIENT_PATHS, check_gradient_path
 
 NORMS: tuple[str, ...] = ("linf", "l2")
@@ -28,8 +28,10 @@ _COMMON = ("norm", "loss", "targets", "example_ids", "gradient")
 _ITERATIVE = ("steps", "rel_stepsize", "abs_stepsize", "early_stop")
 
 
-_APGD = ("norm", "example_ids", "gradient", "steps", "restarts", "rho", "seed")
-ENSEMBLE: tuple[str, ...] = tuple(AUTOATTACK)  # AutoAttack's standard attacks, in the order it runs them
+_APGD = ("norm", "example_ids", "gradient", "steps", "restarts", "rho", "seed", "eot_draws")
+ENSEMBLE: tuple[str, ...] = AUTOATTACK_VERSIONS["standard"]["attacks"]  # the standard attacks, in AutoAttack's order
+MEMBERS: tuple[str, ...] = tuple(AUTOATTACK)  # every attack an ensemble may run
+VERSIONS: tuple[str, ...] = tuple(AUTOATTACK_VERSIONS)
 
 # name → (foolbox adapter's attack name, or None where only the own implementation exists; fixed norm or None;
 # keyword hyper-parameters of the own function)
@@ -44,7 +46,7 @@ ATTACK_SPECS: dict[str, tuple[str | None, str | None, tuple[str, ...]]] = {
     "fab-t": (None, None, ("norm", "example_ids", "gradient", "steps", "target_classes", "restarts", "alpha_max",
                            "eta", "beta", "seed")),
     "square": (None, None, ("norm", "example_ids", "queries", "p_init", "restarts", "seed")),
-    "autoattack": (None, None, ("norm", "example_ids", "gradient", "attacks", "settings", "seed")),
+    "autoattack": (None, None, ("norm", "example_ids", "gradient", "version", "attacks", "settings", "seed")),
 }
 
 
@@ -54,10 +56,10 @@ def implementations_of(name: str) -> tuple[str, ...]:
 
 
 def check_members(value: Any) -> list[str]:
-    """The attacks of an ``autoattack`` ensemble: distinct names from :data:`ENSEMBLE`, in the order to run."""
+    """The attacks of an ``autoattack`` ensemble: distinct names from :data:`MEMBERS`, in the order to run."""
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value \
-            or any(v not in ENSEMBLE for v in value) or len(set(value)) != len(value):
-        raise Invalid("attacks", f"a list of distinct names from {list(ENSEMBLE)}, in the order to run them", value)
+            or any(v not in MEMBERS for v in value) or len(set(value)) != len(value):
+        raise Invalid("attacks", f"a list of distinct names from {list(MEMBERS)}, in the order to run them", value)
     return list(value)
 
 
@@ -121,11 +123,11 @@ def check_settings(value: Any) -> dict[str, dict[str, Any]]:
     """Changes to the ``autoattack`` members' standard settings, ``{member: {parameter: value}}`` (AutoAttack's
     "custom" version, e.g. ``{"square": {"queries": 1000}}``); each value checked as the member checks it."""
     if not isinstance(value, Mapping):
-        raise Invalid("settings", f"a table of {list(ENSEMBLE)} → {{parameter = value}}", value)
+        raise Invalid("settings", f"a table of {list(MEMBERS)} → {{parameter = value}}", value)
     checked: dict[str, dict[str, Any]] = {}
     for member, changes in value.items():
-        if member not in ENSEMBLE or not isinstance(changes, Mapping):
-            raise Invalid("settings", f"a table of {list(ENSEMBLE)} → {{parameter = value}}", {member: changes})
+        if member not in MEMBERS or not isinstance(changes, Mapping):
+            raise Invalid("settings", f"a table of {list(MEMBERS)} → {{parameter = value}}", {member: changes})
         for key, setting in changes.items():
             if key not in AUTOATTACK[member]:
                 raise Invalid(f"settings.{member}", f"parameters of {member}: {list(AUTOATTACK[member])}", key)
@@ -156,6 +158,9 @@ PARAMETER_CHECKS: dict[str, Callable[[Any], Any]] = {
     "alpha_max": lambda value: number("alpha_max", value, minimum=0.0, maximum=1.0),
     "eta": lambda value: number("eta", value, minimum=1.0),
     "beta": lambda value: number("beta", value, above=0.0, maximum=1.0),
+    "eot_draws": lambda value: integer("eot_draws", value, minimum=1, maximum=1000),
+    "version": lambda value: one_of("version", value, VERSIONS,
+                                    hint="'rand' for a model whose logits change between two calls"),
     "attacks": check_members,
     "settings": check_settings,
 }
@@ -201,8 +206,10 @@ __all__ = [
     "IMPLEMENTATIONS",
     "L1_NORMS",
     "LOSSES",
+    "MEMBERS",
     "NORMS",
     "PARAMETER_CHECKS",
+    "VERSIONS",
     "attack_parameters",
     "check_attack",
     "check_epsilons",

@@ -320,7 +320,10 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
         if implementation not in supported:
             raise _fail(f"{where}.implementations", f"attack {name!r} has only the own implementation (foolbox has "
                                                     f"none); use implementations = [\"own\"]")
-    label = values["label"] if values["label"] is not None else (name if name == "fgsm" else f"{name}-{norm}")
+    version = values.get("version")
+    default_label = name if name == "fgsm" else f"{name}-{version}-{norm}" if version not in (None, "standard") \
+        else f"{name}-{norm}"
+    label = values["label"] if values["label"] is not None else default_label
     label = _name(f"{where}.label", label)
     params = {p: values[p] for p in tunable if values[p] is not None}
     for key, value in params.items():  # the attacks' own checks, so that no unit fails on a value later

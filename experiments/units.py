@@ -23,7 +23,7 @@ import pandas as pd
 
 from advsweep.assets.files import sha256_file as file_sha256
 from advsweep.assets.files import write_atomic
-from advsweep.defaults import ATTACK, AUTOATTACK, ITERATIVE
+from advsweep.defaults import ATTACK, AUTOATTACK, AUTOATTACK_VERSIONS, ITERATIVE
 from advsweep.experiments.config import AttackSpec, ModelSpec, SweepConfig
 from advsweep.experiments.records import attack_records, clean_records, write_records
 
@@ -231,7 +231,9 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
         if result.cost is not None:  # where the time went (per member of an ensemble): the report's cost table
             output.extra["cost"] = {"members": result.cost}
         checks = [check_result_validity(result, x[part], label=f"{unit.attack.label}/{unit.implementation}")]
-        checks += check_ensemble(result, label=f"{unit.attack.label}/{unit.implementation}")
+        params = unit.attack.params
+        members = params.get("attacks") or AUTOATTACK_VERSIONS[params.get("version", "standard")]["attacks"]
+        checks += check_ensemble(result, label=f"{unit.attack.label}/{unit.implementation}", members=members)
         output.extra["checks"] = [c.to_dict() for c in checks]
         figure = config.figures
         in_grid = np.flatnonzero(np.arange(unit.start, unit.stop) < figure.grid_examples)

@@ -340,7 +340,11 @@ BAD_CONFIGS = [
     ("autoattack-by-foolbox", lambda t: _as_autoattack(t, 'implementations = ["foolbox"]'),
      r"`attacks\[1\].implementations`: attack 'autoattack' has only the own implementation"),
     ("autoattack-unknown-member", lambda t: _as_autoattack(t, 'attacks = ["apgd-ce", "cw"]'),
-     r"`attacks\[1\].attacks`: must be a list of distinct names from \['apgd-ce', 'apgd-t', 'fab-t', 'square'\]"),
+     r"`attacks\[1\].attacks`: must be a list of distinct names from \['apgd-ce', 'apgd-dlr', 'apgd-t', 'fab-t', "
+     r"'square'\]"),
+    ("autoattack-unknown-version", lambda t: _as_autoattack(t, 'version = "plus-plus"'),
+     r"`attacks\[1\].version`: must be one of 'standard', 'rand' \('rand' for a model whose logits change between "
+     r"two calls\). Received: 'plus-plus'"),
     ("autoattack-bad-setting", lambda t: _as_autoattack(t, "settings = { square = { queries = 0 } }"),
      r"`attacks\[1\].settings.square.queries`: must be an integer ≥ 1. Received: 0"),
     # a bad attack value in a config that would train a model: nothing is trained (results/ stays empty)

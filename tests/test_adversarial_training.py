@@ -285,19 +285,9 @@ def test_trades_cnn_is_the_papers_smallcnn_layer_by_layer(test_images):
                            nn.ReLU(), nn.Linear(200, 10)).eval()
     ours = {"conv1": 1, "conv2": 3, "pool1": 4, "conv3": 6, "conv4": 8, "pool2": 9, "dense1": 12, "dense2": 15,
             "logits": 16}  # our layer → the index of the module whose output it is (after its ReLU)
+    _copy_into_torch(model, theirs, {name: index - (0 if name == "logits" else 1) for name, index in ours.items()
+                                     if not name.startswith("pool")}, flattened=("dense1", (4, 4, 64)))
     with torch.no_grad():
-        for name, index in ours.items():
-            if name.startswith("pool"):
-                continue
-            kernel, bias = (w.numpy() for w in model.get_layer(name).weights)
-            if name.startswith("conv"):
-                kernel = kernel.transpose(3, 2, 0, 1)
-            elif name == "dense1":  # rows of Keras' (h, w, c) flatten → columns of PyTorch's (c, h, w)
-                kernel = kernel.reshape(4, 4, 64, 200).transpose(3, 2, 0, 1).reshape(200, 1024)
-            else:
-                kernel = kernel.T
-            theirs[index - (0 if name == "logits" else 1)].weight.copy_(torch.tensor(kernel))
-            theirs[index - (0 if name == "logits" else 1)].bias.copy_(torch.tensor(bias))
         x = test_images[0][:64]
         inside = keras.Model(model.inputs, [model.get_layer(name).output for name in ours])
         outputs = dict(zip(ours, (t.numpy() for t in inside(x, training=False))))
@@ -316,24 +306,32 @@ def test_trades_cnn_is_the_papers_smallcnn_layer_by_layer(test_images):
 
 def _wong_cnn_in_torch(model):
     """Wong et al.'s ``mnist_net`` in PyTorch, as their code defines it, holding ``model``'s weights."""
-    import torch
     from torch import nn
 
     theirs = nn.Sequential(nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
                            nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
                            nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10)).eval()
+    _copy_into_torch(model, theirs, {"conv1": 0, "conv2": 2, "dense": 5, "logits": 7}, flattened=("dense", (7, 7, 32)))
+    return theirs
+
+
+def _copy_into_torch(model, theirs, modules, *, flattened):
+    """Copy ``model``'s layers into the PyTorch modules ``theirs[modules[name]]``: convolution kernels to (out, in,
+    h, w), dense kernels transposed, and the first dense layer after the flatten (``flattened``: its name and the
+    (h, w, c) it flattens) with its rows moved from Keras' (h, w, c) order to PyTorch's (c, h, w)."""
+    import torch
+
     with torch.no_grad():
-        for name, index in {"conv1": 0, "conv2": 2, "dense": 5, "logits": 7}.items():
+        for name, index in modules.items():
             kernel, bias = (w.numpy() for w in model.get_layer(name).weights)
             if name.startswith("conv"):
                 kernel = kernel.transpose(3, 2, 0, 1)
-            elif name == "dense":  # rows of Keras' (h, w, c) flatten → columns of PyTorch's (c, h, w)
-                kernel = kernel.reshape(7, 7, 32, 100).transpose(3, 2, 0, 1).reshape(100, 1568)
+            elif name == flattened[0]:
+                kernel = kernel.reshape(*flattened[1], -1).transpose(3, 2, 0, 1).reshape(kernel.shape[1], -1)
             else:
                 kernel = kernel.T
             theirs[index].weight.copy_(torch.tensor(kernel))
             theirs[index].bias.copy_(torch.tensor(bias))
-    return theirs
 
 
 def test_fast_training_step_is_wongs_mnist_step(test_images):

@@ -185,13 +185,13 @@ def _confirmed(model: keras.Model, k: np.ndarray, i: np.ndarray, x: np.ndarray, 
     Returns ``(k, i, x, logits)`` of the adversarials kept."""
     fresh = predict_logits(model, x, example_ids=example_ids[i])
     held = np.argmax(fresh, axis=-1) != labels[i]
-    smallest = {}  # example → the row of its confirmed adversarial at the smallest ε
-    for row in np.flatnonzero(held):
+    smallest: dict[int, int] = {}  # example → the row of its confirmed adversarial at the smallest ε
+    for row in np.flatnonzero(held).tolist():
         if int(i[row]) not in smallest or rank[k[row]] < rank[k[smallest[int(i[row])]]]:
             smallest[int(i[row])] = row
     keep = held.copy()
     x, fresh = x.copy(), fresh.copy()
-    for row in np.flatnonzero(~held):
+    for row in np.flatnonzero(~held).tolist():
         first = smallest.get(int(i[row]))
         if first is not None and rank[k[row]] > rank[k[first]]:
             keep[row], x[row], fresh[row] = True, x[first], fresh[first]

@@ -24,6 +24,7 @@ from advsweep.attacks.core import (
     gradient_fn,
     predict_logits,
 )
+from advsweep.attacks.spec import ENSEMBLE
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ def check_curve_below_worst_case(epsilons: Sequence[float], curve: Sequence[floa
 
 
 def check_ensemble(result: AttackResult, *, label: str = "autoattack",
-                   members: Sequence[str] = ("apgd-ce", "apgd-t", "fab-t", "square")) -> list[Check]:
+                   members: Sequence[str] = ENSEMBLE) -> list[Check]:
     """What an ensemble's ``found_by`` says about the model's gradients, after AutoAttack's own checks.
 
     - Square needs no gradient; when it fools examples the gradient attacks left robust, the gradients mislead

@@ -38,7 +38,7 @@ from advsweep.attacks.core import (
     target_ranks,
 )
 from advsweep.attacks.fab import fab_engine
-from advsweep.attacks.spec import check_members
+from advsweep.attacks.spec import members_of
 from advsweep.attacks.square import square_engine
 from advsweep.defaults import ATTACK, AUTOATTACK, AUTOATTACK_VERSIONS
 
@@ -77,7 +77,7 @@ def autoattack(
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, version=version,
                         settings=settings or {}, gradient=gradient)
     preset = AUTOATTACK_VERSIONS[call.params["version"]]
-    attacks = tuple(check_members(list(preset["attacks"] if attacks is None else attacks)))
+    attacks = members_of(call.params["version"], attacks)
     changes = {member: {**preset["settings"].get(member, {}), **call.params["settings"].get(member, {})}
                for member in AUTOATTACK}
     x, labels, eps = call.x, call.labels, call.eps
@@ -93,21 +93,22 @@ def _engines(norm: str, seed: int, gradient: str, classes: int,
              settings: Mapping[str, Mapping[str, Any]]) -> dict[str, Callable[..., AttackResult]]:
     """Each attack of the ensemble with AutoAttack's standard settings (and ``settings``' changes), as
     ``(model, x, labels, eps, example_ids=, limit=) → AttackResult``."""
-    apgd, apgd_dlr, apgd_t, fab, square = ({**AUTOATTACK[name], **settings.get(name, {})} for name in AUTOATTACK)
-    ranks, fab_ranks = target_ranks(classes, apgd_t["target_classes"]), target_ranks(classes, fab["target_classes"])
+    merged = {name: {**AUTOATTACK[name], **settings.get(name, {})} for name in AUTOATTACK}
+    fab, square = merged["fab-t"], merged["square"]
+    fab_ranks = target_ranks(classes, fab["target_classes"])
+
+    def apgd(member: str, loss: str) -> Callable[..., AttackResult]:
+        options = merged[member]
+        ranks = target_ranks(classes, options["target_classes"]) if member == "apgd-t" else None
+        return lambda model, x, labels, eps, **rows: apgd_engine(
+            model, x, labels, eps, norm=norm, loss=loss, steps=options["steps"], restarts=options["restarts"],
+            rho=options["rho"], seed=seed, stream=member, gradient=gradient, target_ranks=ranks,
+            eot_draws=options["eot_draws"], **rows)
+
     return {
-        "apgd-ce": lambda model, x, labels, eps, **rows: apgd_engine(
-            model, x, labels, eps, norm=norm, loss="ce", steps=apgd["steps"], restarts=apgd["restarts"],
-            rho=apgd["rho"], seed=seed, stream="apgd-ce", gradient=gradient, target_ranks=None,
-            eot_draws=apgd["eot_draws"], **rows),
-        "apgd-dlr": lambda model, x, labels, eps, **rows: apgd_engine(
-            model, x, labels, eps, norm=norm, loss="dlr", steps=apgd_dlr["steps"], restarts=apgd_dlr["restarts"],
-            rho=apgd_dlr["rho"], seed=seed, stream="apgd-dlr", gradient=gradient, target_ranks=None,
-            eot_draws=apgd_dlr["eot_draws"], **rows),
-        "apgd-t": lambda model, x, labels, eps, **rows: apgd_engine(
-            model, x, labels, eps, norm=norm, loss="dlr-targeted", steps=apgd_t["steps"],
-            restarts=apgd_t["restarts"], rho=apgd_t["rho"], seed=seed, stream="apgd-t", gradient=gradient,
-            target_ranks=ranks, eot_draws=apgd_t["eot_draws"], **rows),
+        "apgd-ce": apgd("apgd-ce", "ce"),
+        "apgd-dlr": apgd("apgd-dlr", "dlr"),
+        "apgd-t": apgd("apgd-t", "dlr-targeted"),
         "fab-t": lambda model, x, labels, eps, **rows: fab_engine(
             model, x, labels, eps, norm=norm, steps=fab["steps"], target_ranks=fab_ranks, restarts=fab["restarts"],
             alpha_max=fab["alpha_max"], eta=fab["eta"], beta=fab["beta"], seed=seed, gradient=gradient, **rows),

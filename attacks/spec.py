@@ -63,6 +63,11 @@ def check_members(value: Any) -> list[str]:
     return list(value)
 
 
+def members_of(version: str, attacks: Any = None) -> tuple[str, ...]:
+    """The attacks an ``autoattack`` ensemble runs, in order: ``attacks`` where given (checked), else ``version``'s."""
+    return tuple(check_members(list(AUTOATTACK_VERSIONS[version]["attacks"] if attacks is None else attacks)))
+
+
 def check_norm(norm: Any, norms: tuple[str, ...] = NORMS) -> str:
     return one_of("norm", norm, norms, hint="strings, not np.inf")
 
@@ -217,6 +222,7 @@ __all__ = [
     "check_implementation",
     "check_loss",
     "check_members",
+    "members_of",
     "check_settings",
     "check_norm",
     "check_parameter",

@@ -23,7 +23,7 @@ import pandas as pd
 
 from advsweep.assets.files import sha256_file as file_sha256
 from advsweep.assets.files import write_atomic
-from advsweep.defaults import ATTACK, AUTOATTACK, AUTOATTACK_VERSIONS, ITERATIVE
+from advsweep.defaults import ATTACK, AUTOATTACK, ITERATIVE
 from advsweep.experiments.config import AttackSpec, ModelSpec, SweepConfig
 from advsweep.experiments.records import attack_records, clean_records, write_records
 
@@ -206,6 +206,7 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
         check_result_validity,
         check_unbounded,
     )
+    from advsweep.attacks.spec import members_of
 
     part = slice(unit.start, unit.stop)
     output = UnitOutput(key=unit.key, kind=unit.kind)
@@ -232,7 +233,7 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
             output.extra["cost"] = {"members": result.cost}
         checks = [check_result_validity(result, x[part], label=f"{unit.attack.label}/{unit.implementation}")]
         params = unit.attack.params
-        members = params.get("attacks") or AUTOATTACK_VERSIONS[params.get("version", "standard")]["attacks"]
+        members = members_of(params.get("version", "standard"), params.get("attacks"))
         checks += check_ensemble(result, label=f"{unit.attack.label}/{unit.implementation}", members=members)
         output.extra["checks"] = [c.to_dict() for c in checks]
         figure = config.figures

@@ -17,6 +17,13 @@ INPUT_SHAPE: tuple[int, int, int] = (28, 28, 1)
 NUM_CLASSES = 10
 
 
+def torch_default_init(fan_in: int) -> keras.initializers.Initializer:
+    """PyTorch's default for a convolution's or linear layer's weights and biases: uniform within ±1/√fan-in (a
+    convolution's fan-in is kernel area × input channels), for the architectures copied from PyTorch code."""
+    bound = 1.0 / float(np.sqrt(fan_in))
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
 def check_contract(model: keras.Model, input_shape: tuple[int, ...] = INPUT_SHAPE, classes: int = NUM_CLASSES) -> None:
     """Raise ``ValueError`` unless ``model`` maps float32 ``(N, *input_shape)`` to ``(N, classes)`` outputs."""
     model_input = _shape(model, "input_shape")

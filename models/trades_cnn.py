@@ -18,18 +18,10 @@ at 92.81% under AutoAttack at ε = 0.3.
 
 from __future__ import annotations
 
-import math
-
 import keras
 
 from advsweep.assets.validate import number
-from advsweep.models.common import INPUT_SHAPE, NUM_CLASSES
-
-
-def _torch_default(fan_in: int) -> keras.initializers.Initializer:
-    """PyTorch's default for a linear layer's weights and biases: uniform within ±1/√fan-in."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return keras.initializers.RandomUniform(-bound, bound)
+from advsweep.models.common import INPUT_SHAPE, NUM_CLASSES, torch_default_init
 
 
 def build_trades_cnn(*, dropout: float = 0.5) -> keras.Model:
@@ -52,11 +44,11 @@ def build_trades_cnn(*, dropout: float = 0.5) -> keras.Model:
         else:
             x = keras.layers.Conv2D(channels, 3, activation="relu", kernel_initializer=he_normal, name=name)(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(200, activation="relu", kernel_initializer=_torch_default(1024),
-                           bias_initializer=_torch_default(1024), name="dense1")(x)
+    x = keras.layers.Dense(200, activation="relu", kernel_initializer=torch_default_init(1024),
+                           bias_initializer=torch_default_init(1024), name="dense1")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    x = keras.layers.Dense(200, activation="relu", kernel_initializer=_torch_default(200),
-                           bias_initializer=_torch_default(200), name="dense2")(x)
+    x = keras.layers.Dense(200, activation="relu", kernel_initializer=torch_default_init(200),
+                           bias_initializer=torch_default_init(200), name="dense2")(x)
     logits = keras.layers.Dense(NUM_CLASSES, kernel_initializer="zeros", name="logits")(x)
     return keras.Model(inputs, logits, name="trades_cnn")
 

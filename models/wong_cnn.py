@@ -17,17 +17,9 @@ Reference: E. Wong, L. Rice and J. Z. Kolter, "Fast is better than free: revisit
 
 from __future__ import annotations
 
-import math
-
 import keras
 
-from advsweep.models.common import INPUT_SHAPE, NUM_CLASSES
-
-
-def _torch_default(fan_in: int) -> keras.initializers.Initializer:
-    """PyTorch's default for a convolution's or linear layer's weights and biases: uniform within ±1/√fan-in."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return keras.initializers.RandomUniform(-bound, bound)
+from advsweep.models.common import INPUT_SHAPE, NUM_CLASSES, torch_default_init
 
 
 def build_wong_cnn() -> keras.Model:
@@ -39,14 +31,14 @@ def build_wong_cnn() -> keras.Model:
     """
     inputs = keras.Input(shape=INPUT_SHAPE, name="image")
     x = keras.layers.Conv2D(16, 4, strides=2, padding="same", activation="relu",
-                            kernel_initializer=_torch_default(16), bias_initializer=_torch_default(16),
+                            kernel_initializer=torch_default_init(16), bias_initializer=torch_default_init(16),
                             name="conv1")(inputs)
     x = keras.layers.Conv2D(32, 4, strides=2, padding="same", activation="relu",
-                            kernel_initializer=_torch_default(256), bias_initializer=_torch_default(256),
+                            kernel_initializer=torch_default_init(256), bias_initializer=torch_default_init(256),
                             name="conv2")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(100, activation="relu", kernel_initializer=_torch_default(1568),
-                           bias_initializer=_torch_default(1568), name="dense")(x)
-    logits = keras.layers.Dense(NUM_CLASSES, kernel_initializer=_torch_default(100),
-                                bias_initializer=_torch_default(100), name="logits")(x)
+    x = keras.layers.Dense(100, activation="relu", kernel_initializer=torch_default_init(1568),
+                           bias_initializer=torch_default_init(1568), name="dense")(x)
+    logits = keras.layers.Dense(NUM_CLASSES, kernel_initializer=torch_default_init(100),
+                                bias_initializer=torch_default_init(100), name="logits")(x)
     return keras.Model(inputs, logits, name="wong_cnn")

@@ -21,6 +21,7 @@ from advsweep.attacks.core import (
     AttackResult,
     blocked_gradients,
     check_example_ids,
+    example_stream,
     gradient_fn,
     predict_logits,
 )
@@ -28,6 +29,10 @@ from advsweep.attacks.spec import ENSEMBLE
 
 logger = logging.getLogger(__name__)
 
+STABILITY_DRAWS = 100  # Pintor et al.'s γ: random perturbations per example
+STABILITY_RADIUS = 8 / 255  # and their size: each pixel moved uniformly within ± radius / 2
+STABILITY_THRESHOLD = 0.1  # an example whose loss moves by more than this, relatively, on average is unstable
+STABILITY_MAX_SHARE = 0.05  # the check fails where more than this share of the examples is unstable
 UNBOUNDED_EPS = 0.5
 UNBOUNDED_MAX_ACCURACY = 0.01
 ZERO_GRADIENT_MAX_FRACTION = 0.01
@@ -192,6 +197,66 @@ def check_deterministic(model: keras.Model, x: np.ndarray, *, example_ids: Any =
     )
 
 
+def loss_variation(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, seed: int, example_ids: Any = None,
+                   draws: int = STABILITY_DRAWS, radius: float = STABILITY_RADIUS) -> np.ndarray:
+    """``(N,)``: Pintor et al.'s unstable-predictions measure per example (``unstable_predictions_indicator`` of
+    their code): the loss's change under ``draws`` random perturbations of each pixel, uniform within ± radius / 2,
+    relative to the loss at the input (divided by 1 where that is 0), averaged over the draws and capped at 1. The
+    loss is the margin (best other logit minus the true one, what the harness's PGD ascends by default), where theirs
+    is the attack's: the relative change of a cross-entropy near 0 (a confident example) measures rounding more than
+    the model. The perturbed inputs are clipped to [0, 1], theirs are not. Each example draws its perturbations from
+    its own stream (keyed by the seed and its test-set index), so the measure does not depend on its chunk."""
+    ids = check_example_ids(example_ids, len(x))
+
+    def margin_loss(logits: np.ndarray) -> np.ndarray:
+        z = logits.astype(np.float64)
+        rows = np.arange(len(z))
+        others = z.copy()
+        others[rows, labels] = -np.inf
+        return others.max(axis=1) - z[rows, labels]
+
+    reference = margin_loss(predict_logits(model, x, example_ids=ids))
+    scale = np.where(reference == 0, 1.0, np.abs(reference))
+    streams = [example_stream(seed, int(i), "loss-variation", radius, 0) for i in ids]
+    total = np.zeros(len(x))
+    for _ in range(draws):
+        noise = np.stack([(rng.random(x.shape[1:], dtype=np.float32) - np.float32(0.5)) * np.float32(radius)
+                          for rng in streams]) if len(x) else np.zeros_like(x)
+        moved = margin_loss(predict_logits(model, np.clip(x + noise, 0.0, 1.0).astype(np.float32), example_ids=ids))
+        total += np.abs(reference - moved) / scale
+    return np.minimum(total / draws, 1.0)
+
+
+def check_loss_stability(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, seed: int,
+                         example_ids: Any = None, shown: int = 8) -> Check:
+    """Pintor et al.'s unstable predictions in their loss form (:func:`loss_variation`): an example whose loss moves
+    by more than 10% of itself, on average, under perturbations far smaller than any attack budget is one where a
+    gradient says little about the loss a step away (a randomized model; a defence whose loss is rough at that
+    scale). Their threshold of 0.1 flags an example; the check fails where more than 5% of the examples are
+    flagged (measured on 200 test images: 1 of the natural small CNN's, its margin near 0, where any relative
+    change is large; none of the PGD-trained Madry CNN's). A model that rounds its input to 0 or 1 is flat, not
+    rough, at this scale (3 of 64 flagged): the gradient check catches it."""
+    ids = check_example_ids(example_ids, len(x))
+    variation = loss_variation(model, x, labels, seed=seed, example_ids=ids)
+    flagged = variation > STABILITY_THRESHOLD
+    share = float(flagged.mean()) if len(x) else 0.0
+    passed = share <= STABILITY_MAX_SHARE
+    named = ", ".join(str(int(i)) for i in ids[flagged][:shown]) + (" …" if flagged.sum() > shown else "")
+    return Check(
+        name="loss is stable under small random noise",
+        passed=passed,
+        detail=f"{int(flagged.sum())} of {len(x)} examples change their margin loss by more than "
+               f"{STABILITY_THRESHOLD:g} of itself on average under {STABILITY_DRAWS} uniform perturbations of "
+               f"± {STABILITY_RADIUS / 2:.3g} per pixel (median {float(np.median(variation)) if len(x) else 0.0:.3g})"
+               + (f"; examples {named}" if flagged.any() else ""),
+        suggestion="" if passed else "the loss is erratic at the scale of one attack step (a randomized model or a "
+                                     "defence whose loss is rough at that scale): gradient attacks misjudge it; run "
+                                     "AutoAttack's rand "
+                                     "version for a randomized model, a gradient-free attack (Square) or BPDA for a "
+                                     "non-differentiable one",
+    )
+
+
 def check_gradients(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, example_ids: Any = None) -> Check:
     """Input gradients of the loss are not zero (a zero gradient hides examples from every gradient attack)."""
     ids = check_example_ids(example_ids, len(x))
@@ -225,6 +290,69 @@ def check_silent_success(found: Mapping[float, int], examples: int, *, label: st
                                          "step): report the any-iterate view (the harness's `any` rows), never the "
                                          "returned point alone",
         informational=True,
+    )
+
+
+INCOMPLETE_NOTE_SHARE = 0.05  # up to this share of the robust examples flagged, incomplete optimization is a note
+
+
+def check_incomplete_optimization(flagged: Mapping[float, Sequence[int]], robust: Mapping[float, int], *,
+                                  label: str = "", shown: int = 8) -> Check:
+    """Incomplete optimization (Pintor et al., "Indicators of Attack Failure", NeurIPS 2022): among the examples
+    an attack left robust at ε, those with a run whose loss was still rising when it ended (``loss_rise`` above
+    :data:`advsweep.attacks.engine.INCOMPLETE_THRESHOLD`: the best loss rose more than 5% of its range over the
+    run's last 10 evaluations, their definition). ``flagged``: per ε, those examples' test-set indices;
+    ``robust``: per ε, how many examples the attack left robust.
+
+    Pintor et al. flag one attack run on one sample; over an evaluation, a flagged example's robustness rests on a
+    run that had not converged. The check fails where more than :data:`INCOMPLETE_NOTE_SHARE` of an ε's robust
+    examples are flagged (an attack stopped too early: PGD-40 with a fixed step on an adversarially trained CNN
+    left 7 of 49 flagged, any attack of 10 steps or fewer flags every example whose loss rose at all), and is a
+    note below it (AutoAttack's standard ensemble left 2 of 45 flagged on the same model and images: a few late
+    risers of its many runs); either way the examples are named, for a rerun with more steps."""
+    counts = {float(e): len(v) for e, v in flagged.items()}
+    failing = {float(e): sorted(int(i) for i in v) for e, v in flagged.items() if len(v)}
+    share = {e: counts[e] / max(int(robust.get(e, 0)), 1) for e in failing}
+    named = "; ".join(f"ε {e:g}: {', '.join(map(str, v[:shown]))}{' …' if len(v) > shown else ''}"
+                      for e, v in failing.items())
+    return Check(
+        name=f"optimization complete{f' ({label})' if label else ''}",
+        passed=not failing,
+        detail=f"robust examples whose attack loss was still rising at the end of a run, per ε: "
+               f"{ {e: f'{counts[e]} of {int(robust.get(e, 0))}' for e in counts} }"
+               + (f" (examples {named})" if named else ""),
+        suggestion="" if not failing else "the attack stopped while its loss was still improving on these examples: "
+                                          "run more steps (or restarts) and see whether they stay robust",
+        informational=bool(failing) and all(v <= INCOMPLETE_NOTE_SHARE for v in share.values()),
+    )
+
+
+TRANSFER_NOTE_SHARE = 0.05  # up to this share of the surrogate's adversarials failing to transfer, a note
+
+
+def check_transfer(failed: Mapping[float, Sequence[int]], fooled: Mapping[float, int], *, label: str = "",
+                   shown: int = 8) -> Check:
+    """Transfer failure (Pintor et al., "Indicators of Attack Failure", NeurIPS 2022): adversarials found on a
+    surrogate that fool the surrogate but not the model they are evaluated on. ``failed``: per ε, the test-set
+    indices of those examples (correct on the model, fooled on the surrogate); ``fooled``: per ε, how many of the
+    surrogate's points fooled it. Where more than :data:`TRANSFER_NOTE_SHARE` of them fail to transfer, the check
+    fails: the transfer row's robust accuracy then measures the distance between the two models more than the
+    model's robustness; below, a note naming the examples."""
+    counts = {float(e): len(v) for e, v in failed.items()}
+    failing = {float(e): sorted(int(i) for i in v) for e, v in failed.items() if len(v)}
+    share = {e: counts[e] / max(int(fooled.get(e, 0)), 1) for e in failing}
+    named = "; ".join(f"ε {e:g}: {', '.join(map(str, v[:shown]))}{' …' if len(v) > shown else ''}"
+                      for e, v in failing.items())
+    return Check(
+        name=f"adversarials transfer from the surrogate{f' ({label})' if label else ''}",
+        passed=not failing,
+        detail=f"of the surrogate's adversarials (those that fool it), how many leave this model correct, per ε: "
+               f"{ {e: f'{counts[e]} of {int(fooled.get(e, 0))}' for e in counts} }"
+               + (f" (examples {named})" if named else ""),
+        suggestion="" if not failing else "the surrogate's adversarials do not fool this model: its transfer row "
+                                          "overstates its robustness; report a white-box attack on the model itself "
+                                          "(or the worst case), or choose a surrogate closer to it",
+        informational=bool(failing) and all(v <= TRANSFER_NOTE_SHARE for v in share.values()),
     )
 
 

@@ -80,6 +80,11 @@ class AttackResult:
             ensemble's ``"clean"`` pass): ``{"examples", "seconds", "forward", "gradient"}``, the examples it
             attacked, its wall time and its model evaluations without and with an input gradient (its own clean
             pass of those examples included); ``None`` where not measured.
+        loss_rise: ``(K, N)`` float32, for the attacks that ascend a loss on the engine (PGD, BIM, APGD, APGD-T and
+            an ensemble of them): Pintor et al.'s incomplete-optimization measure, the largest over the example's runs
+            at each ε (:class:`advsweep.attacks.engine.LossTrace`; above 0.05 a run ended with its loss still
+            rising); NaN where no run was made at that ε (fooled at a smaller one, or ε = 0); ``None`` where not
+            traced.
     """
 
     epsilons: np.ndarray
@@ -92,6 +97,7 @@ class AttackResult:
     found_by: np.ndarray | None = None
     evaluations: int | None = None
     cost: dict[str, dict[str, float]] | None = None
+    loss_rise: np.ndarray | None = None
 
     @property
     def robust_accuracy(self) -> np.ndarray:

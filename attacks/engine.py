@@ -12,6 +12,9 @@ evaluation to the next); the engine does everything else, the same way for every
 * **the bookkeeping.** Every point evaluated is checked: the first misclassified point found at a budget is the
   budget's adversarial (the *any-iterate* view), and a run's end point (:attr:`Step.end`) is the budget's
   *last-iterate* view; with early stop an example's run ends at its first adversarial;
+* **the loss trace.** For a step that ascends a loss (PGD, BIM, APGD, APGD-T; not FAB-T, whose loss only aims its
+  steps, nor Square), each run's losses are watched for Pintor et al.'s *incomplete optimization* (:class:`LossTrace`);
+  the result's ``loss_rise`` is the largest measure of the runs at each budget;
 * **the model calls.** All examples with a run in progress are evaluated together, in calls of the shapes the
   model's plan measured to give every row the same floats (:class:`Plan`: ``rows`` per call, and the smaller
   ``sizes`` for the last call of a round; zero rows where a call has fewer examples), so the floats an example sees
@@ -126,9 +129,12 @@ class Step:
     misclassified, and returns the next points and which runs ended (``(M, …)``, ``(M,)`` bool). ``end``: a run's
     end point and its logits, the budget's last-iterate view where it is not fooled. ``needs_gradient``: for a step
     that needs the gradient at some points only (FAB-T: a forward pass checks a new point, the gradient is taken
-    where the next step starts), which; ``None``: every point gets what ``loss`` says."""
+    where the next step starts), which; ``None``: every point gets what ``loss`` says. ``trace_sign``: +1 for a step
+    that ascends ``loss``, −1 for one that descends it (a targeted PGD), ``None`` for one whose loss is not what it
+    optimises (FAB-T): the engine's :class:`LossTrace` follows the loss the attack optimises."""
 
     loss: str | None = None
+    trace_sign: float | None = 1.0  # the loss the attack ascends is ``trace_sign · loss`` (None: not traced)
 
     def start(self, runs: Runs) -> np.ndarray:
         raise NotImplementedError
@@ -142,6 +148,41 @@ class Step:
 
     def needs_gradient(self, examples: np.ndarray) -> np.ndarray | None:
         return None
+
+
+INCOMPLETE_WINDOW = 10  # Pintor et al.'s last steps
+INCOMPLETE_THRESHOLD = 0.05  # and the rise over them that says the optimization had not converged
+
+
+class LossTrace:
+    """Pintor et al.'s *incomplete optimization* indicator (NeurIPS 2022, ``incomplete_optimization_indicator`` of
+    their code), per run, without keeping the run's losses: the loss rescaled to [0, 1] over the run (its smallest
+    and largest value), made monotone (the best so far), and its change over the run's last
+    :data:`INCOMPLETE_WINDOW` evaluations. Above :data:`INCOMPLETE_THRESHOLD` the run ended while its loss was still
+    improving: more steps might have found an adversarial. Their attacks minimise, the harness's ascend: the best so
+    far is the running maximum. A constant loss measures 0."""
+
+    def __init__(self, n: int):
+        self.low, self.high = np.full(n, np.inf, np.float32), np.full(n, -np.inf, np.float32)
+        self.best = np.zeros((n, INCOMPLETE_WINDOW), np.float32)  # the last best-so-far values, a ring
+        self.count = np.zeros(n, np.int64)
+
+    def reset(self, e: np.ndarray) -> None:
+        self.low[e], self.high[e], self.count[e] = np.inf, -np.inf, 0
+
+    def add(self, e: np.ndarray, loss: np.ndarray) -> None:
+        self.low[e], self.high[e] = np.minimum(self.low[e], loss), np.maximum(self.high[e], loss)
+        self.best[e, self.count[e] % INCOMPLETE_WINDOW] = self.high[e]
+        self.count[e] += 1
+
+    def rise(self, e: np.ndarray) -> np.ndarray:
+        """``(M,)``: each run's rise of the rescaled best loss over its last evaluations (NaN: no loss seen)."""
+        window = np.minimum(self.count[e], INCOMPLETE_WINDOW)
+        oldest = self.best[e, (self.count[e] - window) % INCOMPLETE_WINDOW]
+        span = self.high[e] - self.low[e]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rise = np.where(span > 0, (self.high[e] - oldest) / span, np.float32(0.0)).astype(np.float32)
+        return np.where(self.count[e] > 0, rise, np.float32(np.nan))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +268,9 @@ class Engine:
         self.x_now = np.zeros_like(x)
         self.classes = np.zeros((n, 2) if programme.classes_with_label else n, np.int64)
         self.spent = {"forward": 0, "gradient": 0}
+        self.traced = step.loss is not None and step.trace_sign is not None
+        self.trace = LossTrace(n)
+        self.loss_rise = np.full((k_count, n), np.nan, np.float32)  # by position: the largest rise of its runs
 
     def needed(self, example: int, run: int) -> bool:
         """Whether the run can change the result: its budget is positive and below the example's limit, and the
@@ -267,6 +311,7 @@ class Engine:
         rngs = [example_stream(self.seed, int(self.example_ids[k]), name, float(b), s)
                 for k, name, b, (_, _, s) in zip(e, streams, budgets, runs)]
         restarts = np.array([s for _, _, s in runs])
+        self.trace.reset(e)
         self.x_now[e] = self.step.start(Runs(e, self.x[e], self.labels[e], budgets, aim, restarts, rngs))
 
     def round(self) -> None:
@@ -277,6 +322,8 @@ class Engine:
         fooled = success_of(out.logits, self.labels[active], None if self.targets is None else self.targets[active])
         for j in np.flatnonzero(fooled):
             self.keep(int(active[j]), points[j], out.logits[j])
+        if self.traced and out.loss is not None:
+            self.trace.add(active, np.float32(self.step.trace_sign) * out.loss)
         moved, ended = self.step.step(active, points, out, fooled)
         if self.programme.early_stop or self.programme.any_budget:
             ended |= np.logical_or.accumulate(self.found, axis=0)[self.decisive[active], active]
@@ -285,6 +332,10 @@ class Engine:
             done = active[ended]
             end_x, end_logits = self.step.end(done, points[ended], Outputs(out.logits[ended]))
             success = success_of(end_logits, self.labels[done], None if self.targets is None else self.targets[done])
+            if self.traced:
+                at = self.budget_of[done] >= 0
+                rows, columns = self.budget_of[done][at], done[at]
+                self.loss_rise[rows, columns] = np.fmax(self.loss_rise[rows, columns], self.trace.rise(columns))
             for i, example in enumerate(done.tolist()):
                 position, restart = int(self.budget_of[example]), self.schedule[self.run_of[example]][2]
                 if position >= 0 and (not self.programme.keep_first_end or restart == 0 or success[i]):
@@ -341,16 +392,19 @@ class Engine:
         found, x_found, logits_found = np.zeros_like(self.found), np.empty_like(self.x_found), np.empty_like(
             self.logits_found)
         x_end, logits_end = np.empty_like(self.x_end), np.empty_like(self.logits_end)
+        loss_rise = np.empty_like(self.loss_rise)
         for position in range(len(self.order)):
             k = self.order[position]
             found[k, columns] = self.found[position]
+            loss_rise[k, columns] = self.loss_rise[position]
             x_found[k, columns], logits_found[k, columns] = self.x_found[position], self.logits_found[position]
             x_end[k, columns], logits_end[k, columns] = self.x_end[position], self.logits_end[position]
         x_adv, logits_adv = any_iterate_view(self.order, found, x_found, logits_found, x_end, logits_end)
         result = result_of(grid, x_adv, logits_adv, self.labels, self.targets, self.norm)
         last = None if self.programme.early_stop else result_of(grid, x_end, logits_end, self.labels, self.targets,
                                                                 self.norm)
-        return dataclasses.replace(result, last=last, evaluations=sum(self.spent.values()))
+        return dataclasses.replace(result, last=last, evaluations=sum(self.spent.values()),
+                                   loss_rise=loss_rise if self.traced else None)
 
 
 def run_engine(model: keras.Model, step: Step, programme: Programme, x: np.ndarray, labels: np.ndarray,

@@ -17,6 +17,10 @@ Every adversarial an attack finds is confirmed by a fresh call of the model on i
 ``run_standard_evaluation`` does after each attack: it counts only if that call misclassifies it too. For a
 deterministic model the call repeats what the attack saw; for a randomized one (logits that change between two
 calls on one input) a lucky draw during the attack does not count as a broken example.
+
+``result.loss_rise`` is, per (ε, example), the largest incomplete-optimization measure of the members that trace
+their loss (the APGD members: :class:`advsweep.attacks.engine.LossTrace`): for an example the ensemble leaves robust,
+whether any of their runs ended with its loss still rising.
 """
 
 from __future__ import annotations
@@ -138,6 +142,8 @@ def ensemble_engine(model: keras.Model, x: np.ndarray, labels: np.ndarray, eps: 
     x_adv = np.repeat(x[None], k_count, axis=0)
     logits = np.repeat(clean_logits[None], k_count, axis=0)
     first, spent = True, 0
+    loss_rise = np.full((k_count, n), np.nan, np.float32)  # the largest of the traced members' (module notes)
+    traced = False
     cost: dict[str, dict[str, float]] = {
         "clean": {"examples": n, "seconds": round(time.perf_counter() - started, 3), "forward": n, "gradient": 0}}
     for name in attacks:
@@ -149,6 +155,9 @@ def ensemble_engine(model: keras.Model, x: np.ndarray, labels: np.ndarray, eps: 
         result = engines[name](model, x[active], labels[active], eps, example_ids=example_ids[active],
                                limit=limit[active])
         spent += result.evaluations or 0
+        if result.loss_rise is not None:
+            loss_rise[:, active] = np.fmax(loss_rise[:, active], result.loss_rise)
+            traced = True
         cost[name] = next(iter((result.cost or {"": {}}).values()))
         fooled = result.success & ~found[:, active]
         for position in range(k_count):  # only the budgets below the attack's limit are its to decide
@@ -175,7 +184,8 @@ def ensemble_engine(model: keras.Model, x: np.ndarray, labels: np.ndarray, eps: 
             first = False
     success = np.argmax(logits, axis=-1) != labels[None]
     return AttackResult(epsilons=eps, x_adv=x_adv, logits=logits, success=success, norm=norm,
-                        found_by=np.where(success, found_by, "").astype(str), evaluations=spent, cost=cost)
+                        found_by=np.where(success, found_by, "").astype(str), evaluations=spent, cost=cost,
+                        loss_rise=loss_rise if traced else None)
 
 
 def _confirmed(model: keras.Model, k: np.ndarray, i: np.ndarray, x: np.ndarray, labels: np.ndarray,

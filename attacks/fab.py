@@ -245,6 +245,7 @@ class FabStep(Step):
     """
 
     loss = "logit-difference"
+    trace_sign = None  # the loss aims FAB's steps; FAB minimises the perturbation, not the loss
 
     def __init__(self, n: int, shape: tuple[int, ...], *, steps: int, alpha_max: float, eta: float, beta: float,
                  norm: str):

@@ -140,6 +140,7 @@ class PgdStep(Step):
                  random_start: bool, targeted: bool, norm: str):
         self.loss, self.steps, self.stepsize, self.random_start, self.norm = loss, steps, stepsize, random_start, norm
         self.direction = -1.0 if targeted else 1.0
+        self.trace_sign = self.direction  # a targeted run descends its loss
         self.x0 = np.zeros((n,) + shape, np.float32)
         self.eps, self.size = np.zeros(n, np.float32), np.zeros(n, np.float32)
         self.i = np.zeros(n, np.int64)

@@ -168,7 +168,7 @@ class Cluster:
                   (("config", config), ("x", inputs.x), ("labels", inputs.labels), ("examples", inputs.examples))}
         needed = {u.model for u in todo}
         model_refs = {}
-        for name in needed:
+        for name in needed | {u.surrogate for u in todo if u.surrogate is not None}:
             loaded = inputs.models[name]
             model_refs[name] = {"bytes": [ray.put(loaded.file.read_bytes())], "sha256": loaded.sha256,
                                 "spec": loaded.spec, "written_by_train": loaded.written_by_train}
@@ -182,7 +182,8 @@ class Cluster:
 
         def submit(unit: Unit, bounds: Any = None) -> None:
             ref = task.remote(unit, model_refs[unit.model], shared["config"], shared["x"], shared["labels"],
-                              shared["examples"], bounds, environment)
+                              shared["examples"], bounds, environment,
+                              None if unit.surrogate is None else model_refs[unit.surrogate])
             inflight[ref] = unit
 
         def release_minimal() -> None:
@@ -276,8 +277,10 @@ def _worker_model(model: dict[str, Any], data: Any) -> Any:
 
 
 def _unit_task(unit: Unit, model: dict[str, Any], config: Any, x: Any, labels: Any, examples: Any, bounds: Any,
-               environment: dict[str, Any]) -> tuple[UnitOutput, float, dict[str, Any]]:
-    """A Ray task: compute one unit from the object store's inputs; the driver writes what it returns."""
+               environment: dict[str, Any], surrogate: dict[str, Any] | None = None,
+               ) -> tuple[UnitOutput, float, dict[str, Any]]:
+    """A Ray task: compute one unit from the object store's inputs (a transfer attack's: with its surrogate model);
+    the driver writes what it returns."""
     _prepare_worker(environment)
     from advsweep.attacks.plan import use_plan
     from advsweep.experiments.units import compute_unit
@@ -285,7 +288,11 @@ def _unit_task(unit: Unit, model: dict[str, Any], config: Any, x: Any, labels: A
     started = time.perf_counter()
     classifier = _worker_model(model, config.data)
     use_plan(classifier, environment["plans"][unit.model])  # the model calls the run's id names, not this node's
-    output = compute_unit(config, unit, classifier, x, labels, examples, bounds)
+    crafter = None
+    if surrogate is not None:
+        crafter = _worker_model(surrogate, config.data)
+        use_plan(crafter, environment["plans"][unit.surrogate])
+    output = compute_unit(config, unit, classifier, x, labels, examples, bounds, crafter)
     seconds = time.perf_counter() - started
     import ray
 

@@ -70,17 +70,21 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
-    """One attack of the sweep, run by each of ``implementations`` over the ε grid of ``norm``."""
+    """One attack of the sweep, run by each of ``implementations`` over the ε grid of ``norm``. With a
+    ``surrogate`` (a model of the sweep) it is a transfer attack: its adversarials are found on the surrogate and
+    evaluated on every other model."""
 
     label: str
     name: str
     norm: str
     implementations: tuple[str, ...]
     params: Mapping[str, Any]
+    surrogate: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "name": self.name, "norm": self.norm,
-                "implementations": list(self.implementations), "params": dict(self.params)}
+                "implementations": list(self.implementations), "params": dict(self.params),
+                **({"surrogate": self.surrogate} if self.surrogate is not None else {})}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,7 +307,7 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
     supported = implementations_of(name)
     default_implementations = [i for i in ATTACK["implementations"] if i in supported]
     values = _take(table, "", {"name": name, "label": None, "norm": None, "implementations": default_implementations,
-                                **{p: None for p in tunable}}, where)
+                                "surrogate": None, **{p: None for p in tunable}}, where)
     fixed = ATTACK_SPECS[name][1]
     norm = values["norm"] if values["norm"] is not None else (fixed or "linf")
     norm = _choice(f"{where}.norm", norm, NORMS)
@@ -323,6 +327,9 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
     version = values.get("version")
     default_label = name if name == "fgsm" else f"{name}-{version}-{norm}" if version not in (None, "standard") \
         else f"{name}-{norm}"
+    surrogate = None if values["surrogate"] is None else _name(f"{where}.surrogate", values["surrogate"])
+    if surrogate is not None:
+        default_label += f"-from-{surrogate}"
     label = values["label"] if values["label"] is not None else default_label
     label = _name(f"{where}.label", label)
     params = {p: values[p] for p in tunable if values[p] is not None}
@@ -332,7 +339,7 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
         except Invalid as error:  # a nested setting names itself (`settings.square.queries`)
             raise ConfigError(error.under(f"{where}.{error.name if error.name.startswith(key) else key}")) from None
     return AttackSpec(label=label, name=name, norm=norm, implementations=tuple(dict.fromkeys(implementations)),
-                      params=params)
+                      params=params, surrogate=surrogate)
 
 
 def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
@@ -375,6 +382,15 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
         raise _fail("attacks", "must be a non-empty array of tables ([[attacks]])")
     attacks = tuple(_attack(i, table, epsilons) for i, table in enumerate(top["attacks"]))
     _unique("attacks", [a.label for a in attacks])
+    names = [m.name for m in models]
+    for i, attack in enumerate(attacks):
+        if attack.surrogate is not None and attack.surrogate not in names:
+            raise _fail(f"attacks[{i}].surrogate", f"names no model of this sweep. Received: {attack.surrogate!r}; "
+                                                   f"models: {', '.join(names)}")
+        if attack.surrogate is not None and len(names) < 2:
+            raise _fail(f"attacks[{i}].surrogate", "a transfer attack evaluates the surrogate's adversarials on the "
+                                                   "sweep's other models, and this sweep has no other: add the model "
+                                                   "to attack ([[models]]) or delete the key")
     chunk_size = _int("chunk_size", top["chunk_size"], minimum=1, maximum=MAX_CHUNK)
     return SweepConfig(
         name=name,

@@ -23,8 +23,16 @@ margin          float32 logit of the true class minus the largest other logit (>
 linf            float32 L∞ size of the perturbation ``x_adv − x``
 l2              float32 L2 size of the perturbation
 found_by        string  for an ensemble (``autoattack``), the member attack whose adversarial the row reports
-                        (``"clean"``: misclassified as it is); ``"-"`` for every other attack and where the
-                        example is robust
+                        (``"clean"``: misclassified as it is; ``"-"`` where the example is robust); for a
+                        transfer attack (one with a ``surrogate``), ``"surrogate"`` where the row's point
+                        fooled the surrogate it was found on, whether or not it fools this model (where it
+                        does not: Pintor et al.'s transfer failure); ``"-"`` for every other attack
+loss_rise       float32 for an example the attack left robust, Pintor et al.'s incomplete-optimization measure
+                        of the attack's runs at this ε (the largest over them): the rise of the best loss
+                        over a run's last 10 evaluations, as a fraction of the loss's range over the run;
+                        above 0.05 the run ended while its loss was still rising (more steps might have
+                        found an adversarial). NaN where the example is fooled, at ε = 0, for the clean pass,
+                        and for attacks whose loss is not traced (FGSM, FAB-T, Square, foolbox's)
 =============== ======= ===========================================================================
 
 Files are written under a temporary name and renamed into place, so a file that exists is whole.
@@ -34,7 +42,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,7 +64,9 @@ COLUMNS: dict[str, str] = {
     "linf": "float32",
     "l2": "float32",
     "found_by": "string",
+    "loss_rise": "float32",
 }
+ADDED = {"loss_rise": np.nan}  # columns added since records were first written: their value in older records
 CLEAN = "clean"
 
 
@@ -80,9 +89,10 @@ def logit_margin(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def attack_records(*, model: str, attack: str, implementation: str, iterate: str, norm: str, epsilons: Iterable[float],
                    examples: np.ndarray, labels: np.ndarray, x: np.ndarray, x_adv: np.ndarray,
-                   logits: np.ndarray, found_by: np.ndarray | None = None) -> pd.DataFrame:
+                   logits: np.ndarray, found_by: np.ndarray | None = None,
+                   loss_rise: np.ndarray | None = None) -> pd.DataFrame:
     """Records of one attack on a chunk: ``x (N, H, W, C)``, ``x_adv (K, N, H, W, C)``, ``logits (K, N, classes)``,
-    and an ensemble's ``found_by (K, N)``."""
+    an ensemble's ``found_by (K, N)`` and the attack's ``loss_rise (K, N)``."""
     eps = np.asarray(list(epsilons), dtype=np.float64)
     k, n = len(eps), len(examples)
     delta = (x_adv.astype(np.float64) - x[None].astype(np.float64)).reshape(k, n, -1)
@@ -104,6 +114,7 @@ def attack_records(*, model: str, attack: str, implementation: str, iterate: str
         "linf": np.abs(delta).max(axis=-1, initial=0.0).reshape(-1),
         "l2": np.sqrt((delta ** 2).sum(axis=-1)).reshape(-1),
         "found_by": "-" if found_by is None else np.where(found_by == "", "-", found_by).reshape(-1),
+        "loss_rise": np.nan if loss_rise is None else np.where(prediction == labels_kn, loss_rise, np.nan).reshape(-1),
     })  # fmt: skip
     return typed(frame)
 
@@ -116,6 +127,7 @@ def clean_records(*, model: str, examples: np.ndarray, labels: np.ndarray, logit
         "model": model, "attack": CLEAN, "implementation": "-", "iterate": "-", "norm": "-", "eps": zeros, "example": examples,
         "label": labels, "prediction": prediction, "correct": prediction == labels,
         "loss": cross_entropy(logits, labels), "margin": logit_margin(logits, labels), "linf": zeros, "l2": zeros, "found_by": "-",
+        "loss_rise": np.nan,
     }))  # fmt: skip
 
 
@@ -136,6 +148,7 @@ def write_records(frame: pd.DataFrame, path: Path) -> Path:
 def read_records(paths: Iterable[Path]) -> pd.DataFrame:
     """Concatenate record files into one typed frame."""
     frames = [pd.read_parquet(path) for path in paths]
+    frames = [frame.assign(**{c: v for c, v in ADDED.items() if c not in frame.columns}) for frame in frames]
     if not frames:
         return typed(pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in COLUMNS.items()}))
     return typed(pd.concat(frames, ignore_index=True))

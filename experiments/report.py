@@ -23,7 +23,9 @@ from advsweep.attacks.checks import (
     check_curve_below_worst_case,
     check_monotone,
     check_pgd_beats_fgsm,
+    check_incomplete_optimization,
     check_silent_success,
+    check_transfer,
 )
 from advsweep.experiments.plots import (
     plot_accuracy_vs_eps,
@@ -34,6 +36,7 @@ from advsweep.experiments.plots import (
 )
 from advsweep.assets.files import write_atomic
 from advsweep.experiments.paired import markdown as paired_markdown, paired_table, verdicts
+from advsweep.attacks.engine import INCOMPLETE_THRESHOLD
 from advsweep.experiments.records import CLEAN, read_records
 from advsweep.experiments.robustbench import write_entries
 from advsweep.experiments.summary import WORST_CASE, budget_table, curve_points, outcomes, summarize, write_tables
@@ -126,11 +129,49 @@ def silent_success_checks(records: pd.DataFrame, run: str, model: str) -> list[C
     return checks
 
 
+def incomplete_optimization_checks(records: pd.DataFrame, run: str, model: str) -> list[Check]:
+    """Incomplete optimization per attack whose any-iterate records carry the loss trace's measure (``loss_rise``:
+    PGD, BIM, APGD, APGD-T and AutoAttack's traced members, by the harness's engine), at each ε > 0."""
+    rows = records[(records["run"] == run) & (records["model"] == model) & (records["attack"] != CLEAN)
+                   & (records["iterate"] == "any") & (records["eps"] > 0)]
+    checks = []
+    for (attack, implementation, norm), cells in rows.groupby(["attack", "implementation", "norm"], sort=False):
+        if cells["loss_rise"].isna().all():
+            continue
+        robust = cells[cells["correct"].astype(bool)]
+        flagged = robust[robust["loss_rise"] > INCOMPLETE_THRESHOLD]
+        checks.append(check_incomplete_optimization(
+            {float(e): flagged.loc[flagged["eps"] == e, "example"].tolist() for e in sorted(cells["eps"].unique())},
+            {float(e): int(c) for e, c in robust.groupby("eps").size().items()},
+            label=f"{attack}/{implementation}, {norm}"))
+    return checks
+
+
+def transfer_checks(records: pd.DataFrame, run: str, model: str) -> list[Check]:
+    """Transfer failure per transfer attack (the cells whose records name the surrogate in ``found_by``), at each
+    ε > 0: the examples whose point fooled the surrogate and leaves this model correct."""
+    rows = records[(records["run"] == run) & (records["model"] == model) & (records["attack"] != CLEAN)
+                   & (records["eps"] > 0)]
+    checks = []
+    for (attack, implementation, norm), cells in rows.groupby(["attack", "implementation", "norm"], sort=False):
+        fooled = cells[cells["found_by"] == "surrogate"]
+        if fooled.empty:
+            continue
+        failed = fooled[fooled["correct"].astype(bool)]
+        checks.append(check_transfer(
+            {float(e): failed.loc[failed["eps"] == e, "example"].tolist() for e in sorted(cells["eps"].unique())},
+            {float(e): int(c) for e, c in fooled.groupby("eps").size().items()},
+            label=f"{attack}/{implementation}, {norm}"))
+    return checks
+
+
 def assemble_checks(summary: pd.DataFrame, done: list[dict[str, Any]], run: str, records: pd.DataFrame,
                     minimal: pd.DataFrame) -> list[dict[str, Any]]:
     """The attack layer's checks for one run: the model checks and adversarial validity recorded by the
     units; monotonicity and PGD ≥ FGSM computed from the summary; the robustness curve against the worst
-    case and silent success (an adversarial on the path that the returned point lost), from the records."""
+    case, silent success (an adversarial on the path that the returned point lost), incomplete optimization (a
+    robust example's attack loss still rising when its run ended) and transfer failure (a surrogate's adversarial
+    that does not fool the model), from the records."""
     checks: list[dict[str, Any]] = []
     models = list(dict.fromkeys(summary.loc[summary["run"] == run, "model"]))
     for model in models:
@@ -181,6 +222,9 @@ def assemble_checks(summary: pd.DataFrame, done: list[dict[str, Any]], run: str,
             checks += [{"run": run, "model": model, **c.to_dict()}
                        for c in curve_checks(records, minimal, run, model)]
         checks += [{"run": run, "model": model, **c.to_dict()} for c in silent_success_checks(records, run, model)]
+        checks += [{"run": run, "model": model, **c.to_dict()}
+                   for c in incomplete_optimization_checks(records, run, model)]
+        checks += [{"run": run, "model": model, **c.to_dict()} for c in transfer_checks(records, run, model)]
     return checks
 
 

@@ -266,8 +266,9 @@ def run_local(inputs: SweepInputs, todo: list[Unit], finish: Finish,
         started = time.perf_counter()
         bounds = (grid_upper_bounds(inputs.run_dir, unit.model, inputs.config.minimal.norm,
                                     inputs.examples[unit.start:unit.stop]) if unit.kind == "minimal" else None)
+        surrogate = inputs.models[unit.surrogate].model if unit.surrogate is not None else None
         output = compute_unit(inputs.config, unit, inputs.models[unit.model].model, inputs.x, inputs.labels,
-                              inputs.examples, bounds)
+                              inputs.examples, bounds, surrogate)
         finish(unit, output, time.perf_counter() - started, local_worker())
 
 

@@ -15,7 +15,7 @@ import importlib.util
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -26,6 +26,9 @@ from advsweep.assets.files import write_atomic
 from advsweep.defaults import ATTACK, AUTOATTACK, ITERATIVE
 from advsweep.experiments.config import AttackSpec, ModelSpec, SweepConfig
 from advsweep.experiments.records import attack_records, clean_records, write_records
+
+if TYPE_CHECKING:
+    from advsweep.attacks import AttackResult
 
 CHECK_EXAMPLES = 100  # examples of the per-model checks (the unbounded-attack check runs PGD-40 twice on them)
 
@@ -78,6 +81,7 @@ class Unit:
     implementation: str | None = None
     start: int = 0
     stop: int = 0
+    surrogate: str | None = None  # a transfer attack's surrogate model: the adversarials are found on it
 
     @property
     def done_path(self) -> str:
@@ -114,6 +118,8 @@ def plan(config: SweepConfig) -> list[Unit]:
             units.append(Unit(key=f"{spec.name}/clean/chunk-{start // config.chunk_size:04d}", kind="clean",
                               model=spec.name, cost=(stop - start) * 0.5, start=start, stop=stop))
         for attack in config.attacks:
+            if attack.surrogate == spec.name:  # a transfer attack is evaluated on the other models
+                continue
             grid = config.epsilons[attack.norm]
             per_eps = attack_cost(attack.name, attack.norm, attack.params)
             for implementation in attack.implementations:
@@ -121,13 +127,15 @@ def plan(config: SweepConfig) -> list[Unit]:
                     cost = (stop - start) * (per_eps * (len(grid) - 1) + 0.5 * len(grid))
                     units.append(Unit(key=f"{spec.name}/{attack.label}/{implementation}/chunk-{start // config.chunk_size:04d}",
                                       kind="attack", model=spec.name, cost=cost, attack=attack,
-                                      implementation=implementation, start=start, stop=stop))
+                                      implementation=implementation, start=start, stop=stop,
+                                      surrogate=attack.surrogate))
         if config.minimal.enabled:
             n = config.minimal.examples
             units.append(Unit(key=f"{spec.name}/minimal", kind="minimal", model=spec.name,
                               cost=n * config.minimal.steps * 8, start=0, stop=n))
         n_checks = min(config.examples, CHECK_EXAMPLES)
-        units.append(Unit(key=f"{spec.name}/checks", kind="checks", model=spec.name, cost=n_checks * 40, start=0,
+        # PGD-40 twice (the unbounded attack) and 100 forward passes (the loss's stability) per example
+        units.append(Unit(key=f"{spec.name}/checks", kind="checks", model=spec.name, cost=n_checks * 90, start=0,
                           stop=n_checks))
     return units
 
@@ -194,15 +202,18 @@ class UnitOutput:
 
 
 def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndarray, labels: np.ndarray,
-                 examples: np.ndarray, bounds: np.ndarray | None = None) -> UnitOutput:
-    """Compute one unit from its inputs alone (the model, the sweep's examples, and for the minimal-ε unit the grid
-    bounds of :func:`grid_upper_bounds`); nothing is read or written on disk."""
+                 examples: np.ndarray, bounds: np.ndarray | None = None,
+                 surrogate: keras.Model | None = None) -> UnitOutput:
+    """Compute one unit from its inputs alone (the model, the sweep's examples, for the minimal-ε unit the grid
+    bounds of :func:`grid_upper_bounds`, for a transfer attack's unit its surrogate model); nothing is read or
+    written on disk."""
     from advsweep.attacks import minimal_perturbation, predict_logits, run_attack
     from advsweep.attacks.checks import (
         check_deterministic,
         check_ensemble,
         check_gradients,
         check_logits,
+        check_loss_stability,
         check_result_validity,
         check_unbounded,
     )
@@ -219,8 +230,14 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
                                                      logits=logits)
     elif unit.kind == "attack":
         assert unit.attack is not None and unit.implementation is not None
-        result = run_attack(unit.attack.name, model, x[part], labels[part], list(config.epsilons[unit.attack.norm]),
-                            implementation=unit.implementation, example_ids=examples[part], **_attack_params(config, unit))
+        transfer = unit.attack.surrogate is not None
+        if transfer:
+            assert surrogate is not None, f"the transfer attack {unit.key} needs its surrogate model"
+        result = run_attack(unit.attack.name, surrogate if transfer else model, x[part], labels[part],
+                            list(config.epsilons[unit.attack.norm]), implementation=unit.implementation,
+                            example_ids=examples[part], **_attack_params(config, unit))
+        if transfer:
+            result = transferred(result, model, labels[part], examples[part])
         views = [("single" if unit.attack.name in SINGLE_STEP else "any", result)]
         if result.last is not None:
             views.append(("last", result.last))
@@ -228,13 +245,15 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
             [attack_records(model=unit.model, attack=unit.attack.label, implementation=unit.implementation,
                             iterate=iterate, norm=unit.attack.norm, epsilons=view.epsilons, examples=examples[part],
                             labels=labels[part], x=x[part], x_adv=view.x_adv, logits=view.logits,
-                            found_by=view.found_by) for iterate, view in views], ignore_index=True)
+                            found_by=view.found_by, loss_rise=result.loss_rise) for iterate, view in views],
+            ignore_index=True)
         if result.cost is not None:  # where the time went (per member of an ensemble): the report's cost table
             output.extra["cost"] = {"members": result.cost}
         checks = [check_result_validity(result, x[part], label=f"{unit.attack.label}/{unit.implementation}")]
         params = unit.attack.params
         members = members_of(params.get("version", "standard"), params.get("attacks"))
-        checks += check_ensemble(result, label=f"{unit.attack.label}/{unit.implementation}", members=members)
+        if not transfer:  # a transfer row's outcomes are the model's, its `found_by` the surrogate's
+            checks += check_ensemble(result, label=f"{unit.attack.label}/{unit.implementation}", members=members)
         output.extra["checks"] = [c.to_dict() for c in checks]
         figure = config.figures
         in_grid = np.flatnonzero(np.arange(unit.start, unit.stop) < figure.grid_examples)
@@ -258,12 +277,28 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
         checks = [check_logits(model, x[part]),
                   check_deterministic(model, x[part], example_ids=examples[part]),
                   check_gradients(model, x[part], labels[part], example_ids=examples[part]),
+                  check_loss_stability(model, x[part], labels[part], seed=config.seed, example_ids=examples[part]),
                   *check_unbounded(model, x[part], labels[part], seed=config.seed, example_ids=examples[part])]
         output.extra["checks"] = [c.to_dict() for c in checks]
         output.extra["examples"] = unit.stop - unit.start
     else:  # pragma: no cover - plan() makes only the kinds above
         raise AssertionError(unit.kind)
     return output
+
+
+def transferred(crafted: AttackResult, model: keras.Model, labels: np.ndarray, examples: np.ndarray) -> AttackResult:
+    """A transfer attack's result on ``model``: the adversarials found on the surrogate (``crafted``, its any-iterate
+    view: the first adversarial at each ε, or its strongest point where none was found), classified by ``model``.
+    ``found_by`` is ``"surrogate"`` where the point fooled the surrogate (the records keep it, and Pintor et al.'s
+    transfer failure, a point that fooled the surrogate and not the model, is read off them); no loss trace, no
+    last iterate: the model's own attack is not run."""
+    from advsweep.attacks import AttackResult, predict_logits
+
+    logits = np.stack([predict_logits(model, x_adv, example_ids=examples) for x_adv in crafted.x_adv])
+    return AttackResult(epsilons=crafted.epsilons, x_adv=crafted.x_adv, logits=logits,
+                        success=logits.argmax(axis=-1) != labels[None], norm=crafted.norm,
+                        found_by=np.where(crafted.success, "surrogate", ""), evaluations=crafted.evaluations,
+                        cost=crafted.cost)
 
 
 def write_unit(run_dir: Path, output: UnitOutput) -> dict[str, Any]:

@@ -156,6 +156,41 @@ grid_eps = [0.2]
 '''
 
 
+def _transfer_config(folders, **attack_extra) -> str:
+    """A two-model sweep (VGG16, small CNN) of PGD-5 on the first 20 examples; ``attack_extra`` adds keys to the
+    attack table (``surrogate="cnn"``: a transfer attack)."""
+    extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in attack_extra.items())
+    return f'''
+name = "transfer"
+seed = 0
+chunk_size = 10
+[examples]
+count = 20
+selection = "first"
+[[models]]
+name = "vgg16"
+path = "{folders['vgg16']}"
+[[models]]
+name = "cnn"
+path = "{folders['cnn']}"
+[epsilons]
+linf = [0.0, 0.1, 0.2]
+[[attacks]]
+name = "pgd"
+steps = 5
+rel_stepsize = 0.3
+implementations = ["own"]
+{extra}[minimal]
+enabled = false
+'''
+
+
+@pytest.fixture(scope="session")
+def transfer_config_text():
+    """The two-model transfer sweep's config text for given model folders."""
+    return _transfer_config
+
+
 @pytest.fixture(scope="session")
 def tiny_config_text():
     """The tiny sweep's config text for given model folders (bad-config tests mutate it)."""

@@ -118,6 +118,21 @@ def test_ray_gives_byte_identical_records_and_summary(finished_run, sweep_config
     assert [s["executor"] for s in manifest["sessions"]][-1] == "ray"
 
 
+@pytest.mark.slow
+def test_ray_runs_a_transfer_attack_with_its_surrogate_byte_identically(model_folders, transfer_config_text,
+                                                                        ray_cluster, tmp_path):
+    """A transfer attack's unit needs two models (the surrogate finds the adversarials, the model classifies them):
+    on Ray each task gets both, and the records are the in-process run's to the byte."""
+    path = tmp_path / "transfer.toml"
+    path.write_text(transfer_config_text(model_folders, surrogate="cnn"))
+    config = load_config(path)
+    local = run_sweep(config, tmp_path / "local")
+    on_ray = run_sweep(_on_ray(config, ray_cluster), tmp_path / "ray")
+    assert local.name == on_ray.name
+    _assert_same_run(on_ray, local)
+    assert any("from-cnn" in name for name in _files(local))
+
+
 def test_run_settings_do_not_change_the_run_id(sweep_config):
     text = Path(sweep_config).read_text()
     import tomllib

@@ -84,14 +84,15 @@ l2 = [0.0, 1.0, 2.0]
 name = "fgsm"
 [[attacks]]
 name = "pgd"
-steps = 10
-rel_stepsize = 0.25
+steps = 40
+rel_stepsize = 0.0625
 loss = "margin"
 [[attacks]]
 name = "pgd"
 norm = "l2"
-steps = 10
-rel_stepsize = 0.25
+steps = 40
+rel_stepsize = 0.0625
+loss = "margin"
 implementations = ["own"]
 [minimal]
 examples = 30

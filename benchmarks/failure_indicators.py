@@ -1,0 +1,68 @@
+"""Two of Pintor et al.'s indicators of attack failure on a trained model, on the first test images.
+
+1. Unstable predictions, loss form (:func:`advsweep.attacks.checks.loss_variation`): per example, the margin loss's
+   relative change under 100 uniform perturbations of ± 4/255 per pixel; how many exceed 0.1.
+2. Incomplete optimization: how many of the examples an attack leaves robust end a run with the attack's loss still
+   rising (``AttackResult.loss_rise`` above 0.05), for PGD of few and of enough steps and for AutoAttack's standard
+   ensemble, on the same examples.
+
+    python benchmarks/failure_indicators.py results/models/small_cnn-2f0f82e300 --eps 0.05,0.1 --examples 100
+    python benchmarks/failure_indicators.py results/models/madry_cnn-97079c6f3b --eps 0.3 --examples 100
+
+Prints each as a Markdown table (count flagged, and the median, 90th and 99th percentile of the measure), with the
+CPU it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+from advsweep.assets import load_dataset  # noqa: E402
+from advsweep.attacks import run_attack  # noqa: E402
+from advsweep.attacks.checks import STABILITY_THRESHOLD, loss_variation  # noqa: E402
+from advsweep.attacks.engine import INCOMPLETE_THRESHOLD  # noqa: E402
+from advsweep.attacks.plan import cpu_name  # noqa: E402
+from advsweep.models.training import load_trained  # noqa: E402
+
+ATTACKS = {
+    "PGD-5 (margin, step ε/20)": ("pgd", {"steps": 5, "rel_stepsize": 0.05, "loss": "margin"}),
+    "PGD-40 (margin, step ε/16)": ("pgd", {"steps": 40, "rel_stepsize": 0.0625, "loss": "margin"}),
+    "AutoAttack (standard)": ("autoattack", {}),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir", help="a folder written by `advsweep train`")
+    parser.add_argument("--eps", default="0.1", help="L∞ budgets, comma-separated (default 0.1)")
+    parser.add_argument("--examples", type=int, default=100, help="the first N test images (default 100)")
+    args = parser.parse_args(argv)
+    model = load_trained(args.model_dir)[0]
+    eps = [float(e) for e in args.eps.split(",")]
+    data = load_dataset("mnist")
+    x, y = data.test_images(np.arange(args.examples)), data.test_labels[: args.examples]
+    print(f"{args.model_dir}, first {args.examples} test images, {cpu_name()}, {os.cpu_count()} cores\n")
+    variation = loss_variation(model, x, y, seed=0, example_ids=np.arange(len(x)))
+    print("| unstable predictions (loss form) | examples | flagged (> 0.1) | median | 90% | 99% |\n|---|---|---|---|---|---|")
+    print(f"| margin loss, 100 draws of ± 4/255 | {len(x)} | {int((variation > STABILITY_THRESHOLD).sum())} | "
+          + " | ".join(f"{q:.3f}" for q in np.quantile(variation, [0.5, 0.9, 0.99])) + " |\n", flush=True)
+    print("| attack | ε | robust | loss still rising (> 0.05) | median | 90% | 99% |\n|---|---|---|---|---|---|---|")
+    for label, (name, params) in ATTACKS.items():
+        result = run_attack(name, model, x, y, eps, **params)
+        assert result.loss_rise is not None
+        for k, e in enumerate(eps):
+            rise = result.loss_rise[k][~result.success[k]]
+            quantiles = np.nanquantile(rise, [0.5, 0.9, 0.99]) if len(rise) else [np.nan] * 3
+            print(f"| {label} | {e:g} | {len(rise)} | {int((rise > INCOMPLETE_THRESHOLD).sum())} | "
+                  + " | ".join(f"{q:.3f}" for q in quantiles) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

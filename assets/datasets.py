@@ -48,9 +48,13 @@ class DatasetInfo:
     bounds: tuple[float, float] = (0.0, 1.0)
 
     def eps_limit(self, norm: str) -> float:
-        """The largest meaningful ε: the diameter of the input box (L∞: its width; L2: width · √dimensions)."""
+        """The largest meaningful ε: the diameter of the input box (L∞: its width; L2: width · √dimensions; L1:
+        width · dimensions)."""
         width = self.bounds[1] - self.bounds[0]
-        return width if norm == "linf" else width * float(np.sqrt(np.prod(self.input_shape)))
+        if norm == "linf":
+            return width
+        dimensions = float(np.prod(self.input_shape))
+        return width * (dimensions if norm == "l1" else float(np.sqrt(dimensions)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "input_shape": list(self.input_shape), "classes": self.classes,

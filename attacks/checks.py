@@ -65,7 +65,8 @@ class Check:
 def check_result_validity(result: AttackResult, x: np.ndarray, *, label: str = "") -> Check:
     """No adversarial input leaves [0, 1] or its ε-ball, and none contains NaN."""
     delta = (result.x_adv - x[None]).reshape(len(result.epsilons), len(x), -1)
-    sizes = np.abs(delta).max(axis=2) if result.norm == "linf" else np.linalg.norm(delta, axis=2)
+    sizes = (np.abs(delta).max(axis=2) if result.norm == "linf" else np.abs(delta).sum(axis=2) if result.norm == "l1"
+             else np.linalg.norm(delta, axis=2))
     excess = float(np.max(sizes - result.epsilons[:, None], initial=-np.inf)) if delta.size else 0.0
     nan = bool(np.isnan(result.x_adv).any())
     low, high = (float(result.x_adv.min()), float(result.x_adv.max())) if result.x_adv.size else (0.0, 1.0)

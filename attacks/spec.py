@@ -21,6 +21,9 @@ from advsweep.models.config import GRADIENT_PATHS, check_gradient_path
 
 NORMS: tuple[str, ...] = ("linf", "l2")
 L1_NORMS: tuple[str, ...] = ("linf", "l2", "l1")  # the attacks that also take the L1 threat model: APGD, APGD-T
+L1_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "apgd-t")  # the attacks of a sweep that take it
+NORM_LABELS: dict[str, str] = {"linf": "L∞", "l2": "L2", "l1": "L1"}  # as tables and figures name the norms
+NORM_LATEX: dict[str, str] = {"linf": r"\ell_\infty", "l2": r"\ell_2", "l1": r"\ell_1"}
 LOSSES: tuple[str, ...] = ("ce", "margin")
 IMPLEMENTATIONS: tuple[str, ...] = ("own", "foolbox")
 
@@ -66,6 +69,11 @@ def check_members(value: Any) -> list[str]:
 def members_of(version: str, attacks: Any = None) -> tuple[str, ...]:
     """The attacks an ``autoattack`` ensemble runs, in order: ``attacks`` where given (checked), else ``version``'s."""
     return tuple(check_members(list(AUTOATTACK_VERSIONS[version]["attacks"] if attacks is None else attacks)))
+
+
+def norms_of(name: str) -> tuple[str, ...]:
+    """The threat models attack ``name`` takes: L∞ and L2, and for APGD's attacks (:data:`L1_ATTACKS`) L1 too."""
+    return L1_NORMS if name in L1_ATTACKS else NORMS
 
 
 def check_norm(norm: Any, norms: tuple[str, ...] = NORMS) -> str:
@@ -209,7 +217,10 @@ __all__ = [
     "ENSEMBLE",
     "GRADIENT_PATHS",
     "IMPLEMENTATIONS",
+    "L1_ATTACKS",
     "L1_NORMS",
+    "NORM_LABELS",
+    "NORM_LATEX",
     "LOSSES",
     "MEMBERS",
     "NORMS",
@@ -223,6 +234,7 @@ __all__ = [
     "check_loss",
     "check_members",
     "members_of",
+    "norms_of",
     "check_settings",
     "check_norm",
     "check_parameter",

@@ -25,12 +25,15 @@ from advsweep.attacks.spec import (
     ATTACK_SPECS,
     GRADIENT_PATHS,
     IMPLEMENTATIONS,
+    L1_ATTACKS,
+    L1_NORMS,
     LOSSES,
     NORMS,
     attack_parameters,
     check_epsilons,
     check_parameter,
     implementations_of,
+    norms_of,
 )
 from advsweep.defaults import ATTACK, MINIMAL, RUN, SWEEP
 from advsweep.models.config import ModelConfig
@@ -310,7 +313,10 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
                                 "surrogate": None, **{p: None for p in tunable}}, where)
     fixed = ATTACK_SPECS[name][1]
     norm = values["norm"] if values["norm"] is not None else (fixed or "linf")
-    norm = _choice(f"{where}.norm", norm, NORMS)
+    norm = _choice(f"{where}.norm", norm, L1_NORMS)
+    if norm not in norms_of(name):
+        raise _fail(f"{where}.norm", f"attack {name!r} takes {' and '.join(norms_of(name))}; the L1 threat model is "
+                                     f"taken by {', '.join(L1_ATTACKS)} (APGD with the L1-ball ∩ box projection)")
     if fixed is not None and norm != fixed:
         raise _fail(f"{where}.norm", f"attack {name!r} is {fixed} only; use 'fgm' with norm = \"{norm}\"")
     if norm not in epsilons:
@@ -369,7 +375,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
     except Invalid as error:
         raise ConfigError(error.under("dataset")) from None
     count, selection, selection_seed = _examples(top["examples"], data)
-    epsilons_raw = _take(top["epsilons"], "epsilons", {norm: None for norm in NORMS}, "epsilons")
+    epsilons_raw = _take(top["epsilons"], "epsilons", {norm: None for norm in L1_NORMS}, "epsilons")
     epsilons = {norm: _grid(f"epsilons.{norm}", grid, norm, data) for norm, grid in epsilons_raw.items()
                 if grid is not None}
     if not epsilons:
@@ -453,6 +459,8 @@ def _minimal(table: Any, count: int, data: DatasetInfo) -> MinimalSpec:
     values = _take(table, "minimal", {**{k: v for k, v in MINIMAL.items() if not isinstance(v, dict)},
                                       "tolerance": None, "eps_max": None}, "minimal")
     _flag("minimal.enabled", values["enabled"])
+    if values["norm"] == "l1":
+        raise _fail("minimal.norm", "the minimal-ε search runs PGD, which has no L1 step: use \"linf\" or \"l2\"")
     norm = _choice("minimal.norm", values["norm"], NORMS)
     for key in ("tolerance", "eps_max"):
         if values[key] is not None:

@@ -24,6 +24,7 @@ import math
 
 import pandas as pd
 
+from advsweep.attacks.spec import NORM_LABELS
 from advsweep.experiments.summary import GROUP, Z_95, WORST_CASE, wilson_interval
 
 LEVEL = 0.05  # the verdicts' family-wise error
@@ -122,7 +123,7 @@ def verdicts(table: pd.DataFrame) -> list[str]:
         what = "the worst case over attacks" if row["attack"] == WORST_CASE else \
             f"{row['attack']} ({row['implementation']}, {row['iterate']}-iterate)"
         lines.append(f"{_who(row, first)} is more robust than {_who(row, second)} under {what} at "
-                     f"{'L∞' if row['norm'] == 'linf' else 'L2'} ε = {row['eps']:g}: "
+                     f"{NORM_LABELS[row['norm']]} ε = {row['eps']:g}: "
                      f"+{100 * sign * row['difference']:.1f} points [{100 * low:.1f}, {100 * high:.1f}] on "
                      f"{row['examples']} examples ({row[f'only_{first}']} against {row[f'only_{second}']} "
                      f"discordant; McNemar p = {row['p_value']:.2g}, Holm {row['p_holm']:.2g})")

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from advsweep.assets.files import write_atomic  # noqa: E402
+from advsweep.attacks.spec import NORM_LABELS  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
 OKABE_ITO: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -150,10 +151,10 @@ def plot_accuracy_vs_eps(summary: pd.DataFrame, stem: Path) -> list[Path]:
                     axis.fill_between(line["eps"], line["ci_low"], line["ci_high"], color=style["color"],
                                       alpha=0.12, linewidth=0)
                 axis.set_ylim(-0.02, 1.02)
-                axis.set_xlabel(f"ε ({'L∞' if norm == 'linf' else 'L2'}, pixel scale [0, 1])")
+                axis.set_xlabel(f"ε ({NORM_LABELS[norm]}, pixel scale [0, 1])")
                 if column == 0:
                     axis.set_ylabel("robust accuracy")
-                axis.set_title(f"{model}, {'L∞' if norm == 'linf' else 'L2'}")
+                axis.set_title(f"{model}, {NORM_LABELS[norm]}")
                 if panel.empty:
                     axis.set_visible(False)
         handles, labels = [], []
@@ -184,9 +185,9 @@ def plot_robustness_curve(curve: pd.DataFrame, stem: Path) -> list[Path]:
                 axis.step(line["eps"], line["robust_accuracy"], where="post", color=OKABE_ITO[index % 7],
                           label=f"{label} (n = {int(line['examples'].iloc[0])})")
             axis.set_ylim(-0.02, 1.02)
-            axis.set_xlabel(f"ε ({'L∞' if norm == 'linf' else 'L2'}, pixel scale [0, 1])")
+            axis.set_xlabel(f"ε ({NORM_LABELS[norm]}, pixel scale [0, 1])")
             axis.set_ylabel("accuracy at minimal ε")
-            axis.set_title(f"robustness curve, {'L∞' if norm == 'linf' else 'L2'}")
+            axis.set_title(f"robustness curve, {NORM_LABELS[norm]}")
             axis.legend(frameon=False)
         figure.tight_layout()
         return save_figure(figure, stem)

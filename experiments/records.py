@@ -12,7 +12,7 @@ iterate         string  which point of the attack the row reports: ``"any"``: th
                         all the points the attack evaluated inside the ε-ball (own and foolbox alike, the
                         same bookkeeping); ``"last"``: the point the attack returns, as foolbox does;
                         ``"single"``: one-step attacks (FGSM), whose only point is both; ``"-"`` clean
-norm            string  ``"linf"`` or ``"l2"``: the threat model ε is measured in
+norm            string  ``"linf"``, ``"l2"`` or ``"l1"``: the threat model ε is measured in
 eps             float64 the budget, in pixel units on [0, 1]
 example         int64   index into the sweep's test set (``dataset`` in the run's config)
 label           int16   true class
@@ -22,6 +22,7 @@ loss            float32 cross-entropy of the logits at the adversarial input
 margin          float32 logit of the true class minus the largest other logit (> 0: correct)
 linf            float32 L∞ size of the perturbation ``x_adv − x``
 l2              float32 L2 size of the perturbation
+l1              float32 L1 size of the perturbation
 found_by        string  for an ensemble (``autoattack``), the member attack whose adversarial the row reports
                         (``"clean"``: misclassified as it is; ``"-"`` where the example is robust); for a
                         transfer attack (one with a ``surrogate``), ``"surrogate"`` where the row's point
@@ -63,10 +64,11 @@ COLUMNS: dict[str, str] = {
     "margin": "float32",
     "linf": "float32",
     "l2": "float32",
+    "l1": "float32",
     "found_by": "string",
     "loss_rise": "float32",
 }
-ADDED = {"loss_rise": np.nan}  # columns added since records were first written: their value in older records
+ADDED = {"loss_rise": np.nan, "l1": np.nan}  # columns added since records were first written: their value in older records
 CLEAN = "clean"
 
 
@@ -113,6 +115,7 @@ def attack_records(*, model: str, attack: str, implementation: str, iterate: str
         "margin": logit_margin(logits, labels_kn).reshape(-1),
         "linf": np.abs(delta).max(axis=-1, initial=0.0).reshape(-1),
         "l2": np.sqrt((delta ** 2).sum(axis=-1)).reshape(-1),
+        "l1": np.abs(delta).sum(axis=-1).reshape(-1),
         "found_by": "-" if found_by is None else np.where(found_by == "", "-", found_by).reshape(-1),
         "loss_rise": np.nan if loss_rise is None else np.where(prediction == labels_kn, loss_rise, np.nan).reshape(-1),
     })  # fmt: skip
@@ -126,7 +129,8 @@ def clean_records(*, model: str, examples: np.ndarray, labels: np.ndarray, logit
     return typed(pd.DataFrame({
         "model": model, "attack": CLEAN, "implementation": "-", "iterate": "-", "norm": "-", "eps": zeros, "example": examples,
         "label": labels, "prediction": prediction, "correct": prediction == labels,
-        "loss": cross_entropy(logits, labels), "margin": logit_margin(logits, labels), "linf": zeros, "l2": zeros, "found_by": "-",
+        "loss": cross_entropy(logits, labels), "margin": logit_margin(logits, labels), "linf": zeros, "l2": zeros,
+        "l1": zeros, "found_by": "-",
         "loss_rise": np.nan,
     }))  # fmt: skip
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from advsweep.assets.files import write_atomic
+from advsweep.attacks.spec import NORM_LABELS, NORM_LATEX
 from advsweep.experiments.records import CLEAN
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -51,6 +52,12 @@ def _with_clean(records: pd.DataFrame) -> pd.DataFrame:
     return joined
 
 
+def size_in_norm(records: pd.DataFrame) -> np.ndarray:
+    """Each record's perturbation size in its own norm (its ``linf``, ``l2`` or ``l1`` column)."""
+    return np.select([records["norm"] == "linf", records["norm"] == "l2"], [records["linf"], records["l2"]],
+                     records["l1"])
+
+
 def _worst_case(joined: pd.DataFrame) -> pd.DataFrame:
     """Per (run, model, norm, ε): an example is robust only if it is classified correctly when clean and every
     attack and implementation failed on it (AutoAttack's rule)."""
@@ -59,7 +66,7 @@ def _worst_case(joined: pd.DataFrame) -> pd.DataFrame:
                         cells=("correct", "size")).reset_index()
     worst["correct"] &= worst["clean_correct"]  # a misclassified clean input is not robust (AutoAttack)
     # the attack that sets each example's outcome: its smallest perturbation among the successful ones
-    sizes = joined.assign(size=np.where(joined["norm"] == "linf", joined["linf"], joined["l2"]))
+    sizes = joined.assign(size=size_in_norm(joined))
     broken = sizes[~sizes["correct"]].groupby(["run", "model", "norm", "eps", "example"])["size"].min()
     worst = worst.merge(broken.rename("size").reset_index(), on=["run", "model", "norm", "eps", "example"], how="left")
     worst["attack"], worst["implementation"], worst["iterate"] = WORST_CASE, ALL_IMPLEMENTATIONS, "any"
@@ -71,7 +78,7 @@ def outcomes(records: pd.DataFrame) -> pd.DataFrame:
     attacks): ``correct`` (robust there), ``clean_correct`` and the perturbation's ``size`` in the row's norm. The
     summary counts these; paired comparisons (:mod:`advsweep.experiments.paired`) match them example by example."""
     joined = _with_clean(records)
-    joined = joined.assign(size=np.where(joined["norm"] == "linf", joined["linf"], joined["l2"]))
+    joined = joined.assign(size=size_in_norm(joined))
     return pd.concat([joined, _worst_case(joined)], ignore_index=True)
 
 
@@ -143,7 +150,7 @@ def markdown(summary: pd.DataFrame) -> str:
     multi_run = summary["run"].nunique() > 1
     out = []
     for norm, grid in _grids(summary).items():
-        out.append(f"**{'L∞' if norm == 'linf' else 'L2'}**: robust accuracy in % [95% Wilson interval], "
+        out.append(f"**{NORM_LABELS[norm]}**: robust accuracy in % [95% Wilson interval], "
                    f"n = {', '.join(map(str, sorted(set(summary.loc[summary['norm'] == norm, 'examples']))))} "
                    "examples per cell\n")
         head = (["run"] if multi_run else []) + ["model", "attack", "implementation", "iterate"] + [
@@ -183,7 +190,7 @@ def latex(summary: pd.DataFrame) -> str:
     out = ["% robust accuracy (%) with 95% Wilson interval; made by advsweep from per-example records",
            "% needs \\usepackage{booktabs,makecell}"]
     for norm, grid in _grids(summary).items():
-        symbol = r"\ell_\infty" if norm == "linf" else r"\ell_2"
+        symbol = NORM_LATEX[norm]
         lead = (["Run"] if multi_run else []) + ["Model", "Attack", "Impl.", "Iterate"]
         out.append(r"\begin{tabular}{" + "l" * len(lead) + "r" * len(grid) + "}")
         out.append(r"\toprule")

@@ -347,11 +347,65 @@ BAD_CONFIGS = [
      r"two calls\). Received: 'plus-plus'"),
     ("autoattack-bad-setting", lambda t: _as_autoattack(t, "settings = { square = { queries = 0 } }"),
      r"`attacks\[1\].settings.square.queries`: must be an integer ≥ 1. Received: 0"),
+    # the L1 threat model is APGD's alone: PGD, the ensemble and the minimal-ε search (PGD) refuse it by name
+    ("pgd-l1", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [0.1, 0.2]\nl1 = [5.0]").replace(
+        "rel_stepsize = 0.3", 'rel_stepsize = 0.3\nnorm = "l1"'),
+     r"`attacks\[1\].norm`: attack 'pgd' takes linf and l2; the L1 threat model is taken by apgd-ce, apgd-dlr, apgd-t"),
+    ("autoattack-l1", lambda t: _as_autoattack(t.replace("linf = [0.1, 0.2]", "linf = [0.1, 0.2]\nl1 = [5.0]"),
+                                               'norm = "l1"'),
+     r"`attacks\[1\].norm`: attack 'autoattack' takes linf and l2"),
+    ("minimal-l1", lambda t: t.replace("[minimal]", '[minimal]\nnorm = "l1"'),
+     r"`minimal.norm`: the minimal-ε search runs PGD, which has no L1 step"),
+    ("l1-eps-out-of-range", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [0.1, 0.2]\nl1 = [800.0]"),
+     r"`epsilons.l1`: .*784"),
     # a bad attack value in a config that would train a model: nothing is trained (results/ stays empty)
     ("bad-value-with-training", lambda t: t.replace(
         'name = "cnn"\npath =', 'name = "cnn"\ntrain = {kind = "small_cnn", epochs = 1, train_examples = 500}\n#'
     ).replace("steps = 5\n", "steps = 0\n", 1), r"`attacks\[1\].steps`"),
 ]
+
+
+def test_an_l1_sweep_runs_apgd_on_the_l1_ball(model_folders, tmp_path):
+    """APGD-CE and APGD-T at L1 ε = 5 and 10 on the small CNN: every record's L1 size is within its ε (and its L∞
+    size may be far above any L∞ budget: the L1 ball is not the L∞ one), the summary and figures name L1, and the
+    adversarials' validity check passes."""
+    config = tmp_path / "l1.toml"
+    config.write_text(f'''
+name = "l1"
+chunk_size = 10
+[examples]
+count = 20
+selection = "first"
+[[models]]
+name = "cnn"
+path = "{model_folders['cnn']}"
+[epsilons]
+l1 = [0.0, 5.0, 10.0]
+[[attacks]]
+name = "apgd-ce"
+norm = "l1"
+steps = 20
+[[attacks]]
+name = "apgd-t"
+norm = "l1"
+steps = 20
+target_classes = 2
+[minimal]
+enabled = false
+''')
+    run = run_sweep(load_config(config), tmp_path / "results")
+    records = pd.concat(pd.read_parquet(p) for p in (run / "records" / "cnn").glob("*.parquet"))
+    attacked = records[records["attack"] != "clean"]
+    assert set(attacked["norm"]) == {"l1"} and set(attacked["attack"]) == {"apgd-ce-l1", "apgd-t-l1"}
+    assert (attacked["l1"] <= attacked["eps"] * (1 + 1e-5) + 1e-4).all()
+    assert attacked.loc[attacked["eps"] == 10.0, "linf"].max() > 0.3  # sparse: a few pixels moved far
+    summary = pd.read_csv(run / "summary.csv")
+    worst = summary[summary["attack"] == "worst case"].set_index("eps")["robust_accuracy"]
+    assert worst.loc[0.0] > worst.loc[10.0]
+    assert "**L1**" in (run / "summary.md").read_text()
+    checks = json.loads((run / "checks.json").read_text())
+    validity = [c for c in checks if c["name"].startswith("valid adversarials")]
+    assert validity and all(c["passed"] for c in validity), validity
 
 
 @pytest.mark.parametrize("mutate,message", [(m, msg) for _, m, msg in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])

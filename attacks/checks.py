@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 STABILITY_DRAWS = 100  # Pintor et al.'s γ: random perturbations per example
 STABILITY_RADIUS = 8 / 255  # and their size: each pixel moved uniformly within ± radius / 2
 STABILITY_THRESHOLD = 0.1  # an example whose loss moves by more than this, relatively, on average is unstable
-STABILITY_MAX_SHARE = 0.05  # the check fails where more than this share of the examples is unstable
+STABILITY_MAX_SHARE = 0.5  # the check fails where more than this share of the examples is unstable, else a note
 UNBOUNDED_EPS = 0.5
 UNBOUNDED_MAX_ACCURACY = 0.01
 ZERO_GRADIENT_MAX_FRACTION = 0.01
@@ -233,15 +233,18 @@ def check_loss_stability(model: keras.Model, x: np.ndarray, labels: np.ndarray, 
     """Pintor et al.'s unstable predictions in their loss form (:func:`loss_variation`): an example whose loss moves
     by more than 10% of itself, on average, under perturbations far smaller than any attack budget is one where a
     gradient says little about the loss a step away (a randomized model; a defence whose loss is rough at that
-    scale). Their threshold of 0.1 flags an example; the check fails where more than 5% of the examples are
-    flagged (measured on 200 test images: 1 of the natural small CNN's, its margin near 0, where any relative
-    change is large; none of the PGD-trained Madry CNN's). A model that rounds its input to 0 or 1 is flat, not
-    rough, at this scale (3 of 64 flagged): the gradient check catches it."""
+    scale). Their threshold of 0.1 flags an example. The share of flagged examples does not separate a rough
+    deterministic model from a mildly randomized one (first 100 test images, ``benchmarks/failure_indicators.py``:
+    the natural small CNN and the PGD-trained Madry CNN 0, the frozen VGG16 8, the small CNN behind Gaussian input
+    noise of σ = 0.05 11 and of σ = 0.2 93), so the check fails only where more than half the examples are
+    flagged and is a note where some are; the exact check (:func:`check_deterministic`) is the one that decides
+    whether a model is randomized. A model that rounds its input to 0 or 1 is flat, not rough, at this scale (3
+    of 64 flagged): the gradient check catches it."""
     ids = check_example_ids(example_ids, len(x))
     variation = loss_variation(model, x, labels, seed=seed, example_ids=ids)
     flagged = variation > STABILITY_THRESHOLD
     share = float(flagged.mean()) if len(x) else 0.0
-    passed = share <= STABILITY_MAX_SHARE
+    passed = not flagged.any()
     named = ", ".join(str(int(i)) for i in ids[flagged][:shown]) + (" …" if flagged.sum() > shown else "")
     return Check(
         name="loss is stable under small random noise",
@@ -250,7 +253,8 @@ def check_loss_stability(model: keras.Model, x: np.ndarray, labels: np.ndarray, 
                f"{STABILITY_THRESHOLD:g} of itself on average under {STABILITY_DRAWS} uniform perturbations of "
                f"± {STABILITY_RADIUS / 2:.3g} per pixel (median {float(np.median(variation)) if len(x) else 0.0:.3g})"
                + (f"; examples {named}" if flagged.any() else ""),
-        suggestion="" if passed else "the loss is erratic at the scale of one attack step (a randomized model or a "
+        informational=bool(flagged.any()) and share <= STABILITY_MAX_SHARE,
+        suggestion="" if not flagged.any() else "the loss is erratic at the scale of one attack step (a randomized model or a "
                                      "defence whose loss is rough at that scale): gradient attacks misjudge it; run "
                                      "AutoAttack's rand "
                                      "version for a randomized model, a gradient-free attack (Square) or BPDA for a "
@@ -308,9 +312,10 @@ def check_incomplete_optimization(flagged: Mapping[float, Sequence[int]], robust
     Pintor et al. flag one attack run on one sample; over an evaluation, a flagged example's robustness rests on a
     run that had not converged. The check fails where more than :data:`INCOMPLETE_NOTE_SHARE` of an ε's robust
     examples are flagged (an attack stopped too early: PGD-40 with a fixed step on an adversarially trained CNN
-    left 7 of 49 flagged, any attack of 10 steps or fewer flags every example whose loss rose at all), and is a
-    note below it (AutoAttack's standard ensemble left 2 of 45 flagged on the same model and images: a few late
-    risers of its many runs); either way the examples are named, for a rerun with more steps."""
+    left 21 of 95 flagged on the first 100 test images, any attack of 10 steps or fewer flags every example whose
+    loss rose at all), and is a note below it (AutoAttack's standard ensemble left 4 of 89 flagged on the same model
+    and images: a few late risers of its many runs); either way the examples are named, for a rerun with more
+    steps."""
     counts = {float(e): len(v) for e, v in flagged.items()}
     failing = {float(e): sorted(int(i) for i in v) for e, v in flagged.items() if len(v)}
     share = {e: counts[e] / max(int(robust.get(e, 0)), 1) for e in failing}

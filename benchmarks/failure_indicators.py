@@ -8,6 +8,11 @@
 
     python benchmarks/failure_indicators.py results/models/small_cnn-2f0f82e300 --eps 0.05,0.1 --examples 100
     python benchmarks/failure_indicators.py results/models/madry_cnn-97079c6f3b --eps 0.3 --examples 100
+    python benchmarks/failure_indicators.py results/models/vgg16-ce6e9f40c7 --parts stability
+    python benchmarks/failure_indicators.py results/models/small_cnn-2f0f82e300 --parts stability --noise 0.05
+
+``--noise SIGMA`` puts the model behind a layer that adds fresh Gaussian noise of that σ to its input at every call
+(a randomized model); ``--parts stability`` or ``--parts optimization`` runs one of the two.
 
 Prints each as a Markdown table (count flagged, and the median, 90th and 99th percentile of the measure), with the
 CPU it ran on.
@@ -18,9 +23,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
@@ -29,6 +37,7 @@ from advsweep.attacks.checks import STABILITY_THRESHOLD, loss_variation  # noqa:
 from advsweep.attacks.engine import INCOMPLETE_THRESHOLD  # noqa: E402
 from advsweep.attacks.plan import cpu_name  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
+from autoattack_rand import NoisyInput  # noqa: E402
 
 ATTACKS = {
     "PGD-5 (margin, step ε/20)": ("pgd", {"steps": 5, "rel_stepsize": 0.05, "loss": "margin"}),
@@ -42,16 +51,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_dir", help="a folder written by `advsweep train`")
     parser.add_argument("--eps", default="0.1", help="L∞ budgets, comma-separated (default 0.1)")
     parser.add_argument("--examples", type=int, default=100, help="the first N test images (default 100)")
+    parser.add_argument("--parts", default="stability,optimization", help="stability, optimization or both")
+    parser.add_argument("--noise", type=float, default=0.0, help="σ of Gaussian input noise at every call (0: none)")
     args = parser.parse_args(argv)
     model = load_trained(args.model_dir)[0]
+    if args.noise > 0:
+        inputs = keras.Input(model.input_shape[1:])
+        model = keras.Model(inputs, model(NoisyInput(args.noise)(inputs)))
     eps = [float(e) for e in args.eps.split(",")]
     data = load_dataset("mnist")
     x, y = data.test_images(np.arange(args.examples)), data.test_labels[: args.examples]
-    print(f"{args.model_dir}, first {args.examples} test images, {cpu_name()}, {os.cpu_count()} cores\n")
+    print(f"{args.model_dir}{f' behind input noise σ = {args.noise:g}' if args.noise else ''}, first "
+          f"{args.examples} test images, {cpu_name()}, {os.cpu_count()} cores\n")
+    parts = args.parts.split(",")
+    if "stability" in parts:
+        stability(model, x, y)
+    if "optimization" in parts:
+        optimization(model, x, y, eps)
+    return 0
+
+
+def stability(model: keras.Model, x: np.ndarray, y: np.ndarray) -> None:
     variation = loss_variation(model, x, y, seed=0, example_ids=np.arange(len(x)))
     print("| unstable predictions (loss form) | examples | flagged (> 0.1) | median | 90% | 99% |\n|---|---|---|---|---|---|")
     print(f"| margin loss, 100 draws of ± 4/255 | {len(x)} | {int((variation > STABILITY_THRESHOLD).sum())} | "
           + " | ".join(f"{q:.3f}" for q in np.quantile(variation, [0.5, 0.9, 0.99])) + " |\n", flush=True)
+
+
+def optimization(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: list[float]) -> None:
     print("| attack | ε | robust | loss still rising (> 0.05) | median | 90% | 99% |\n|---|---|---|---|---|---|---|")
     for label, (name, params) in ATTACKS.items():
         result = run_attack(name, model, x, y, eps, **params)
@@ -61,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
             quantiles = np.nanquantile(rise, [0.5, 0.9, 0.99]) if len(rise) else [np.nan] * 3
             print(f"| {label} | {e:g} | {len(rise)} | {int((rise > INCOMPLETE_THRESHOLD).sum())} | "
                   + " | ".join(f"{q:.3f}" for q in quantiles) + " |", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -156,9 +156,10 @@ grid_eps = [0.2]
 '''
 
 
-def _transfer_config(folders, **attack_extra) -> str:
-    """A two-model sweep (VGG16, small CNN) of PGD-5 on the first 20 examples; ``attack_extra`` adds keys to the
-    attack table (``surrogate="cnn"``: a transfer attack)."""
+def _transfer_config(folders, copy: bool = False, **attack_extra) -> str:
+    """A two-model sweep (VGG16, small CNN; with ``copy`` a third, the small CNN again as "cnn_copy") of PGD-5 on
+    the first 20 examples; ``attack_extra`` adds keys to the attack table (``surrogate="cnn"``: a transfer attack)."""
+    copied = f'[[models]]\nname = "cnn_copy"\npath = "{folders["cnn"]}"\n' if copy else ""
     extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in attack_extra.items())
     return f'''
 name = "transfer"
@@ -173,7 +174,7 @@ path = "{folders['vgg16']}"
 [[models]]
 name = "cnn"
 path = "{folders['cnn']}"
-[epsilons]
+{copied}[epsilons]
 linf = [0.0, 0.1, 0.2]
 [[attacks]]
 name = "pgd"

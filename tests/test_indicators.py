@@ -156,12 +156,15 @@ def test_a_transfer_attack_evaluates_the_surrogates_adversarials_and_reports_tra
     where those points fooled the CNN, no unit runs the transfer on the surrogate itself, and the transfer-failure
     check counts the points that fooled the CNN and leave the VGG16 correct, from the records."""
     config = tmp_path / "transfer.toml"
-    config.write_text(transfer_config_text(model_folders, surrogate="cnn"))
+    config.write_text(transfer_config_text(model_folders, copy=True, surrogate="cnn"))
     run = run_sweep(load_config(config), tmp_path / "results")
     records = load_run(run)[0]
     label = "pgd-linf-from-cnn"
-    assert set(records.loc[records["attack"] == label, "model"]) == {"vgg16"}
-    rows = records[records["attack"] == label].sort_values(["eps", "example"])
+    assert set(records.loc[records["attack"] == label, "model"]) == {"vgg16", "cnn_copy"}
+    copy = {c["model"]: c for c in json.loads((run / "checks.json").read_text())
+            if c["name"].startswith("adversarials transfer from the surrogate")}["cnn_copy"]
+    assert copy["passed"], copy["detail"]  # the same weights: every adversarial of the surrogate transfers
+    rows = records[(records["attack"] == label) & (records["model"] == "vgg16")].sort_values(["eps", "example"])
     x, y = test_images[0][:20], test_images[1][:20]
     direct = run_attack("pgd", small_cnn, x, y, [0.0, 0.1, 0.2], steps=5, rel_stepsize=0.3, seed=0,
                         example_ids=np.arange(20))
@@ -171,14 +174,13 @@ def test_a_transfer_attack_evaluates_the_surrogates_adversarials_and_reports_tra
         on_vgg16 = predict_logits(vgg16_model, direct.x_adv[k], example_ids=np.arange(20)).argmax(-1)
         np.testing.assert_array_equal(cell["prediction"].to_numpy(), on_vgg16)
     checks = [c for c in json.loads((run / "checks.json").read_text())
-              if c["name"].startswith("adversarials transfer from the surrogate")]
-    assert [c["model"] for c in checks] == ["vgg16"]
+              if c["name"].startswith("adversarials transfer from the surrogate") and c["model"] == "vgg16"]
     positive = rows[rows["eps"] > 0]
     failed = positive[(positive["found_by"] == "surrogate") & positive["correct"]]
     for eps, cell in positive.groupby("eps"):
         count = int(((cell["found_by"] == "surrogate") & cell["correct"]).sum())
         assert f"{float(eps)}: '{count} of {int((cell['found_by'] == 'surrogate').sum())}'" in checks[0]["detail"]
-    assert checks[0]["passed"] == failed.empty
+    assert not failed.empty and not checks[0]["passed"]  # measured: some of the CNN's adversarials leave the VGG16 correct
 
 
 def test_a_transfer_attack_names_a_model_of_the_sweep(model_folders, tmp_path, transfer_config_text):

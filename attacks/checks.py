@@ -316,21 +316,11 @@ def check_incomplete_optimization(flagged: Mapping[float, Sequence[int]], robust
     loss rose at all), and is a note below it (AutoAttack's standard ensemble left 4 of 89 flagged on the same model
     and images: a few late risers of its many runs); either way the examples are named, for a rerun with more
     steps."""
-    counts = {float(e): len(v) for e, v in flagged.items()}
-    failing = {float(e): sorted(int(i) for i in v) for e, v in flagged.items() if len(v)}
-    share = {e: counts[e] / max(int(robust.get(e, 0)), 1) for e in failing}
-    named = "; ".join(f"ε {e:g}: {', '.join(map(str, v[:shown]))}{' …' if len(v) > shown else ''}"
-                      for e, v in failing.items())
-    return Check(
-        name=f"optimization complete{f' ({label})' if label else ''}",
-        passed=not failing,
-        detail=f"robust examples whose attack loss was still rising at the end of a run, per ε: "
-               f"{ {e: f'{counts[e]} of {int(robust.get(e, 0))}' for e in counts} }"
-               + (f" (examples {named})" if named else ""),
-        suggestion="" if not failing else "the attack stopped while its loss was still improving on these examples: "
-                                          "run more steps (or restarts) and see whether they stay robust",
-        informational=bool(failing) and all(v <= INCOMPLETE_NOTE_SHARE for v in share.values()),
-    )
+    return _flagged_check(
+        f"optimization complete{f' ({label})' if label else ''}", flagged, robust, note_share=INCOMPLETE_NOTE_SHARE,
+        shown=shown, measured="robust examples whose attack loss was still rising at the end of a run",
+        suggestion="the attack stopped while its loss was still improving on these examples: run more steps (or "
+                   "restarts) and see whether they stay robust")
 
 
 TRANSFER_NOTE_SHARE = 0.05  # up to this share of the surrogate's adversarials failing to transfer, a note
@@ -344,21 +334,32 @@ def check_transfer(failed: Mapping[float, Sequence[int]], fooled: Mapping[float,
     surrogate's points fooled it. Where more than :data:`TRANSFER_NOTE_SHARE` of them fail to transfer, the check
     fails: the transfer row's robust accuracy then measures the distance between the two models more than the
     model's robustness; below, a note naming the examples."""
-    counts = {float(e): len(v) for e, v in failed.items()}
-    failing = {float(e): sorted(int(i) for i in v) for e, v in failed.items() if len(v)}
-    share = {e: counts[e] / max(int(fooled.get(e, 0)), 1) for e in failing}
+    return _flagged_check(
+        f"adversarials transfer from the surrogate{f' ({label})' if label else ''}", failed, fooled,
+        note_share=TRANSFER_NOTE_SHARE, shown=shown,
+        measured="of the surrogate's adversarials (those that fool it), how many leave this model correct",
+        suggestion="the surrogate's adversarials do not fool this model: its transfer row overstates its "
+                   "robustness; report a white-box attack on the model itself (or the worst case), or choose a "
+                   "surrogate closer to it")
+
+
+def _flagged_check(name: str, flagged: Mapping[float, Sequence[int]], of: Mapping[float, int], *, note_share: float,
+                   shown: int, measured: str, suggestion: str) -> Check:
+    """A check over examples flagged per ε (their test-set indices) out of ``of`` per ε: passed where none is
+    flagged, a note where at most ``note_share`` of an ε's are, a failure above; the detail counts them per ε and
+    names the first ``shown`` of each."""
+    counts = {float(e): len(v) for e, v in flagged.items()}
+    failing = {float(e): sorted(int(i) for i in v) for e, v in flagged.items() if len(v)}
+    share = {e: counts[e] / max(int(of.get(e, 0)), 1) for e in failing}
     named = "; ".join(f"ε {e:g}: {', '.join(map(str, v[:shown]))}{' …' if len(v) > shown else ''}"
                       for e, v in failing.items())
     return Check(
-        name=f"adversarials transfer from the surrogate{f' ({label})' if label else ''}",
+        name=name,
         passed=not failing,
-        detail=f"of the surrogate's adversarials (those that fool it), how many leave this model correct, per ε: "
-               f"{ {e: f'{counts[e]} of {int(fooled.get(e, 0))}' for e in counts} }"
+        detail=f"{measured}, per ε: { {e: f'{counts[e]} of {int(of.get(e, 0))}' for e in counts} }"
                + (f" (examples {named})" if named else ""),
-        suggestion="" if not failing else "the surrogate's adversarials do not fool this model: its transfer row "
-                                          "overstates its robustness; report a white-box attack on the model itself "
-                                          "(or the worst case), or choose a surrogate closer to it",
-        informational=bool(failing) and all(v <= TRANSFER_NOTE_SHARE for v in share.values()),
+        suggestion=suggestion if failing else "",
+        informational=bool(failing) and all(v <= note_share for v in share.values()),
     )
 
 

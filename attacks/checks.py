@@ -254,11 +254,10 @@ def check_loss_stability(model: keras.Model, x: np.ndarray, labels: np.ndarray, 
                f"± {STABILITY_RADIUS / 2:.3g} per pixel (median {float(np.median(variation)) if len(x) else 0.0:.3g})"
                + (f"; examples {named}" if flagged.any() else ""),
         informational=bool(flagged.any()) and share <= STABILITY_MAX_SHARE,
-        suggestion="" if not flagged.any() else "the loss is erratic at the scale of one attack step (a randomized model or a "
-                                     "defence whose loss is rough at that scale): gradient attacks misjudge it; run "
-                                     "AutoAttack's rand "
-                                     "version for a randomized model, a gradient-free attack (Square) or BPDA for a "
-                                     "non-differentiable one",
+        suggestion="" if not flagged.any() else (
+            "the loss is erratic at the scale of one attack step (a randomized model or a defence whose loss is rough "
+            "at that scale): gradient attacks misjudge it; run AutoAttack's rand version for a randomized model, a "
+            "gradient-free attack (Square) or BPDA for a non-differentiable one"),
     )
 
 

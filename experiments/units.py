@@ -30,7 +30,9 @@ from advsweep.experiments.records import attack_records, clean_records, write_re
 if TYPE_CHECKING:
     from advsweep.attacks import AttackResult
 
-CHECK_EXAMPLES = 100  # examples of the per-model checks (the unbounded-attack check runs PGD-40 twice on them)
+# examples of the per-model checks (PGD-40 twice for the unbounded attack, 100 forward passes each for the loss's
+# stability)
+CHECK_EXAMPLES = 100
 
 
 @dataclasses.dataclass

@@ -124,6 +124,17 @@ def model_folders(tmp_path_factory, small_cnn, vgg16_model):
     return {"vgg16": _save(vgg16_model, "vgg16", root / "vgg16"), "cnn": _save(small_cnn, "small_cnn", root / "cnn")}
 
 
+def _models(folders: dict[str, Path]) -> str:
+    """The two test models' tables: the VGG16 and the small CNN, from their folders."""
+    return f'''[[models]]
+name = "vgg16"
+path = "{folders['vgg16']}"
+[[models]]
+name = "cnn"
+path = "{folders['cnn']}"
+'''
+
+
 def _config_text(folders: dict[str, Path], name: str = "tiny") -> str:
     return f'''
 name = "{name}"
@@ -132,13 +143,7 @@ chunk_size = 20
 [examples]
 count = 20
 selection = "balanced"
-[[models]]
-name = "vgg16"
-path = "{folders['vgg16']}"
-[[models]]
-name = "cnn"
-path = "{folders['cnn']}"
-[epsilons]
+{_models(folders)}[epsilons]
 linf = [0.1, 0.2]
 [[attacks]]
 name = "fgsm"
@@ -168,13 +173,7 @@ chunk_size = 10
 [examples]
 count = 20
 selection = "first"
-[[models]]
-name = "vgg16"
-path = "{folders['vgg16']}"
-[[models]]
-name = "cnn"
-path = "{folders['cnn']}"
-{copied}[epsilons]
+{_models(folders)}{copied}[epsilons]
 linf = [0.0, 0.1, 0.2]
 [[attacks]]
 name = "pgd"

@@ -138,12 +138,10 @@ def incomplete_optimization_checks(records: pd.DataFrame, run: str, model: str) 
     for (attack, implementation, norm), cells in rows.groupby(["attack", "implementation", "norm"], sort=False):
         if cells["loss_rise"].isna().all():
             continue
-        robust = cells[cells["correct"].astype(bool)]
-        flagged = robust[robust["loss_rise"] > INCOMPLETE_THRESHOLD]
-        checks.append(check_incomplete_optimization(
-            {float(e): flagged.loc[flagged["eps"] == e, "example"].tolist() for e in sorted(cells["eps"].unique())},
-            {float(e): int(c) for e, c in robust.groupby("eps").size().items()},
-            label=f"{attack}/{implementation}, {norm}"))
+        robust = cells["correct"].astype(bool)
+        rising = cells["loss_rise"] > INCOMPLETE_THRESHOLD
+        checks.append(check_incomplete_optimization(*_flagged_per_eps(cells, robust, rising),
+                                                    label=f"{attack}/{implementation}, {norm}"))
     return checks
 
 
@@ -154,15 +152,20 @@ def transfer_checks(records: pd.DataFrame, run: str, model: str) -> list[Check]:
                    & (records["eps"] > 0)]
     checks = []
     for (attack, implementation, norm), cells in rows.groupby(["attack", "implementation", "norm"], sort=False):
-        fooled = cells[cells["found_by"] == "surrogate"]
-        if fooled.empty:
+        fooled = cells["found_by"] == "surrogate"
+        if not fooled.any():
             continue
-        failed = fooled[fooled["correct"].astype(bool)]
-        checks.append(check_transfer(
-            {float(e): failed.loc[failed["eps"] == e, "example"].tolist() for e in sorted(cells["eps"].unique())},
-            {float(e): int(c) for e, c in fooled.groupby("eps").size().items()},
-            label=f"{attack}/{implementation}, {norm}"))
+        checks.append(check_transfer(*_flagged_per_eps(cells, fooled, cells["correct"].astype(bool)),
+                                     label=f"{attack}/{implementation}, {norm}"))
     return checks
+
+
+def _flagged_per_eps(cells: pd.DataFrame, among: pd.Series, flag: pd.Series) -> tuple[dict[float, list[int]],
+                                                                                     dict[float, int]]:
+    """Per ε of ``cells``: the examples ``among`` the rows that ``flag`` marks, and how many rows are ``among``."""
+    flagged = cells[among & flag]
+    return ({float(e): flagged.loc[flagged["eps"] == e, "example"].tolist() for e in sorted(cells["eps"].unique())},
+            {float(e): int(n) for e, n in cells[among].groupby("eps").size().items()})
 
 
 def assemble_checks(summary: pd.DataFrame, done: list[dict[str, Any]], run: str, records: pd.DataFrame,

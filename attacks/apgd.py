@@ -18,11 +18,15 @@ its random start from its own stream (:func:`advsweep.attacks.core.example_strea
 L1 (``norm="l1"``) is a different algorithm on the same engine (:class:`ApgdL1Step`; "Mind the box: l1-APGD for
 sparse adversarial attacks on image classifiers", Croce & Hein, ICML 2021): sparse steps along the signs of the
 gradient's largest coordinates, projected onto the L1 ball ∩ [0, 1] (:mod:`advsweep.attacks.l1`), no momentum, and
-an adaptive sparsity and step size at checkpoints every 4% of the steps.
+an adaptive sparsity and step size at checkpoints every 4% of the steps. With ``large_radii`` (the authors'
+``use_largereps``, on in AutoAttack's L1 version) a run spends 30% of its steps in the ball of radius 3ε, 30% in
+2ε and the rest in ε, each stage starting from the previous one's best point projected onto its ball; only the
+last stage's points count as adversarials at ε.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -60,6 +64,7 @@ def auto_pgd(
     example_ids: Any = None,
     gradient: str = ATTACK["gradient"],
     eot_draws: int = APGD_CE["eot_draws"],
+    large_radii: bool = APGD_CE["large_radii"],
 ) -> AttackResult:
     """APGD (untargeted) for every ε of a list; AutoAttack's APGD-CE is ``loss="ce"``, 100 steps, one run.
 
@@ -73,6 +78,8 @@ def auto_pgd(
             raised the loss.
         eot_draws: model calls per gradient, averaged (Expectation over Transformation, for a randomized model;
             AutoAttack's ``rand`` version takes 20); each costs a gradient evaluation.
+        large_radii: L1 only: each run's steps in balls of 3ε, 2ε and ε (30%, 30%, 40%; the authors'
+            ``use_largereps``, AutoAttack's L1 version).
 
     Returns:
         The any-iterate view: an example is fooled at ε if any point evaluated at that ε (or a smaller one of
@@ -80,7 +87,8 @@ def auto_pgd(
     """
     loss = one_of("loss", loss, APGD_LOSSES, hint="APGD's losses; 'dlr' is scale-invariant")
     return _checked_run(model, x, labels, epsilons, norm=norm, loss=loss, steps=steps, restarts=restarts, rho=rho,
-                        seed=seed, example_ids=example_ids, gradient=gradient, target_ranks=None, eot_draws=eot_draws)
+                        seed=seed, example_ids=example_ids, gradient=gradient, target_ranks=None, eot_draws=eot_draws,
+                        large_radii=large_radii)
 
 
 def auto_pgd_targeted(
@@ -98,6 +106,7 @@ def auto_pgd_targeted(
     example_ids: Any = None,
     gradient: str = ATTACK["gradient"],
     eot_draws: int = APGD_T["eot_draws"],
+    large_radii: bool = APGD_T["large_radii"],
 ) -> AttackResult:
     """APGD-T: APGD on the targeted DLR loss, towards each of the ``target_classes`` classes with the highest clean
     logits after the top one (fewer when the model has fewer classes), on the examples still robust.
@@ -114,17 +123,23 @@ def auto_pgd_targeted(
     ranks = target_ranks(classes or 10, target_classes)
     return _checked_run(model, x, labels, epsilons, norm=norm, loss="dlr-targeted", steps=steps, restarts=restarts,
                         rho=rho, seed=seed, example_ids=example_ids, gradient=gradient, target_ranks=ranks,
-                        eot_draws=eot_draws)
+                        eot_draws=eot_draws, large_radii=large_radii)
 
 
 def _checked_run(model: keras.Model, x: Any, labels: Any, epsilons: Any, *, norm: str, loss: str, steps: int,
                  restarts: int, rho: float, seed: int, example_ids: Any, gradient: str,
-                 target_ranks: list[int] | None, eot_draws: int) -> AttackResult:
+                 target_ranks: list[int] | None, eot_draws: int, large_radii: bool) -> AttackResult:
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, steps=steps,
                         restarts=restarts, rho=rho, gradient=gradient, eot_draws=eot_draws, norms=L1_NORMS)
+    if large_radii and call.norm != "l1":
+        raise Invalid("large_radii", "False for the L∞ and L2 threat models (it is l1-APGD's schedule of radii)",
+                      large_radii, hint="set norm='l1' or leave large_radii out")
+    if large_radii and steps < 3:
+        raise Invalid("steps", "at least 3 with large_radii (one per radius)", steps)
     stream = "apgd-t" if target_ranks is not None else f"apgd-{loss}"
     return apgd_engine(model, call.x, call.labels, call.eps, norm=call.norm, loss=loss, seed=call.seed,
-                       example_ids=call.example_ids, stream=stream, target_ranks=target_ranks, **call.params)
+                       example_ids=call.example_ids, stream=stream, target_ranks=target_ranks,
+                       large_radii=bool(large_radii), **call.params)
 
 
 def checkpoints(steps: int) -> tuple[int, int, int]:
@@ -279,7 +294,7 @@ class ApgdL1Step(Step):
     it (``autopgd_base.py``, ``norm='L1'``). For one run, with η the step size, d the input's dimensions::
 
         x = start; evaluate loss and ∇ at x; x_best = x; η = ε; k = max(⌊0.04·N⌋, 1); s = 0.2 (the step's
-        sparsity: the fraction of coordinates it moves); s₀ = d
+        sparsity: the fraction of coordinates it moves); s₀ = d (from a given start x: s₀ = ‖x − x₀‖₀, s = s₀/d/1.5)
         for i in 0 … N−1:
             g = ∇ on its ⌈s·d⌉ largest coordinates (|∇| ≥ the (1 − s)·d-th smallest), 0 elsewhere
             x = x₀ + P(x + η · sign(g) / ‖sign(g)‖₁ − x₀)          P: onto the L1 ball ∩ [0, 1]
@@ -289,13 +304,22 @@ class ApgdL1Step(Step):
                 η ← clip(η, ε/10, ε); s₀ ← s₁
 
     A run ends after N iterations (the engine ends it earlier, at its first misclassified point); its end point is
-    x_best.
+    x_best. With ``large_radii`` (the authors' ``decr_eps_pgd``) this runs three times, with radius 3ε, 2ε and ε
+    in place of ε and ⌈0.3·N⌉, ⌈0.3·N⌉ and the rest of the N steps, each from the previous stage's x_best
+    projected onto the smaller ball (the first from the random start in the ball of 3ε).
     """
 
-    def __init__(self, n: int, shape: tuple[int, ...], classes: int, *, loss: str, steps: int):
-        self.loss, self.steps = loss, steps
-        self.gap = max(int(0.04 * steps), 1)
+    def __init__(self, n: int, shape: tuple[int, ...], classes: int, *, loss: str, steps: int,
+                 large_radii: bool = False):
+        self.loss, self.large_radii = loss, large_radii
+        if large_radii:
+            first = math.ceil(0.3 * steps)
+            self.stages = [(3.0, first), (2.0, first), (1.0, steps - 2 * first)]  # (radius / ε, steps)
+        else:
+            self.stages = [(1.0, steps)]
         self.dims = int(np.prod(shape))
+        self.stage = np.zeros(n, np.int64)
+        self.radius = np.zeros(n, np.float32)
         self.x0, self.x_best, self.grad, self.grad_best = (np.zeros((n,) + shape, np.float32) for _ in range(4))
         self.logits_best = np.zeros((n, classes), np.float32)
         self.eps, self.eta, self.loss_best, self.sparsity, self.nonzero_before = (
@@ -304,19 +328,29 @@ class ApgdL1Step(Step):
 
     def start(self, runs: Runs) -> np.ndarray:
         e = runs.examples
-        self.x0[e], self.eps[e], self.i[e] = runs.x0, runs.eps, -1
-        return np.stack([start_point(x0, float(eps), "l1", rng)
+        factor = self.stages[0][0]
+        self.x0[e], self.eps[e], self.i[e], self.stage[e] = runs.x0, runs.eps, -1, 0
+        self.radius[e] = np.float32(factor) * runs.eps.astype(np.float32)
+        return np.stack([start_point(x0, factor * float(eps), "l1", rng)
                          for x0, eps, rng in zip(runs.x0, runs.eps, runs.rngs)])
+
+    def outside(self, e: np.ndarray) -> np.ndarray:
+        """The points of a stage at a radius above ε."""
+        return self.stage[e] < len(self.stages) - 1
 
     def step(self, e: np.ndarray, x: np.ndarray, out: Outputs, fooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert out.loss is not None and out.grad is not None
         i = self.i[e]
-        new = i < 0
+        new = i < 0  # a stage's start point: its state begins here
         s, j = e[new], np.flatnonzero(new)
         self.x_best[s], self.grad_best[s], self.grad[s] = x[j], out.grad[j], out.grad[j]
         self.logits_best[s], self.loss_best[s] = out.logits[j], out.loss[j]
-        self.eta[s], self.sparsity[s], self.nonzero_before[s], self.since_check[s] = \
-            self.eps[s], 0.2, self.dims, 0
+        self.eta[s], self.since_check[s] = self.radius[s], 0
+        if self.large_radii:  # the authors' start from a given point: the step as sparse as the point, over 1.5
+            nonzero = np.count_nonzero((x[j] - self.x0[s]).reshape(len(s), self.dims), axis=1).astype(np.float32)
+            self.sparsity[s], self.nonzero_before[s] = nonzero / np.float32(self.dims) / np.float32(1.5), nonzero
+        else:
+            self.sparsity[s], self.nonzero_before[s] = 0.2, self.dims
         s, j = e[~new], np.flatnonzero(~new)
         self.grad[s] = out.grad[j]
         better = out.loss[j] > self.loss_best[s]
@@ -324,18 +358,33 @@ class ApgdL1Step(Step):
         self.x_best[b], self.grad_best[b], self.logits_best[b], self.loss_best[b] = x[jb], out.grad[jb], out.logits[jb], out.loss[jb]
         self.since_check[s] += 1
         current = x.copy()
-        check = np.flatnonzero(~new)[self.since_check[s] == self.gap]
+        gap = np.array([max(int(0.04 * n), 1) for _, n in self.stages])[self.stage[s]]
+        check = np.flatnonzero(~new)[self.since_check[s] == gap]
         if len(check):  # the checkpoint: sparsity and step size from how sparse the best point is
             k = e[check]
             nonzero = np.count_nonzero((self.x_best[k] - self.x0[k]).reshape(len(k), -1), axis=1).astype(np.float32)
             reset = nonzero / self.nonzero_before[k] < np.float32(0.95)
             self.sparsity[k] = nonzero / np.float32(self.dims) / np.float32(1.5)
-            self.eta[k] = np.where(reset, self.eps[k], self.eta[k] / np.float32(1.5))
-            self.eta[k] = np.clip(self.eta[k], self.eps[k] / np.float32(10.0), self.eps[k])
+            self.eta[k] = np.where(reset, self.radius[k], self.eta[k] / np.float32(1.5))
+            self.eta[k] = np.clip(self.eta[k], self.radius[k] / np.float32(10.0), self.radius[k])
             self.nonzero_before[k], self.since_check[k] = nonzero, 0
             current[check[reset]], self.grad[k[reset]] = self.x_best[k[reset]], self.grad_best[k[reset]]
         self.i[e] = i + 1
-        return self.sparse_steps(e, current), self.i[e] >= self.steps
+        moved = self.sparse_steps(e, current)
+        stage_steps = np.array([n for _, n in self.stages])[self.stage[e]]
+        over = self.i[e] >= stage_steps
+        last = self.stage[e] == len(self.stages) - 1
+        following = np.flatnonzero(over & ~last)
+        if len(following):  # the next stage starts from this one's best point, projected onto its smaller ball
+            k = e[following]
+            self.stage[k] += 1
+            self.radius[k] = np.array([f for f, _ in self.stages], np.float32)[self.stage[k]] * self.eps[k]
+            x0 = self.x0[k].reshape(len(k), self.dims)
+            best = self.x_best[k].reshape(len(k), self.dims)
+            moved[following] = np.clip(x0 + l1_box_projection(x0, best - x0, self.radius[k]), 0.0, 1.0).reshape(
+                (len(k),) + x.shape[1:])
+            self.i[k] = -1
+        return moved, over & last
 
     def sparse_steps(self, e: np.ndarray, x: np.ndarray) -> np.ndarray:
         """The sparse sign step from ``x`` of each run, projected onto its L1 ball ∩ [0, 1]."""
@@ -348,7 +397,7 @@ class ApgdL1Step(Step):
         direction = signs / (np.abs(signs).sum(axis=1, keepdims=True) + np.float32(1e-10))
         proposal = x.reshape(len(e), -1) + self.eta[e][:, None] * direction - self.x0[e].reshape(len(e), -1)
         x0 = self.x0[e].reshape(len(e), -1)
-        moved = x0 + l1_box_projection(x0, proposal, self.eps[e])
+        moved = x0 + l1_box_projection(x0, proposal, self.radius[e])
         return moved.reshape(x.shape).astype(np.float32)
 
     def end(self, e: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]:
@@ -373,6 +422,7 @@ def apgd_engine(
     target_ranks: list[int] | None,
     limit: np.ndarray | None = None,
     eot_draws: int = 1,
+    large_radii: bool = False,
 ) -> AttackResult:
     """APGD (APGD-T with ``target_ranks``) on validated inputs over an ε grid ``(K,)``: :class:`ApgdStep` run by the
     engine (:func:`advsweep.attacks.engine.run_engine`), which gives each example its programme: for each ε
@@ -381,7 +431,8 @@ def apgd_engine(
     calls averaged per gradient (:class:`advsweep.attacks.engine.Programme`); with more than one, every run takes all
     its steps and a budget keeps its latest adversarial iterate, as the authors' APGD (for a randomized model the
     first misclassified draw is often a lucky one that a fresh call does not repeat)."""
-    step: Step = (ApgdL1Step(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps) if norm == "l1"
+    step: Step = (ApgdL1Step(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps,
+                             large_radii=large_radii) if norm == "l1"
                   else ApgdStep(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps, rho=rho, norm=norm))
     randomized = eot_draws > 1  # the authors' bookkeeping: every step runs, the latest adversarial iterate is kept
     programme = Programme(stream=stream, restarts=restarts, target_ranks=target_ranks,

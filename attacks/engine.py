@@ -47,6 +47,14 @@ from advsweep.attacks.core import (
 from advsweep.attacks.plan import Plan, plan_of
 
 
+def distance_of(delta: np.ndarray, norm: str) -> np.float32:
+    """The size of one perturbation in ``norm`` (float32, as the budgets it is compared with)."""
+    flat = np.abs(delta.ravel())
+    if norm == "linf":
+        return np.float32(flat.max())
+    return np.float32(flat.sum() if norm == "l1" else np.sqrt(np.sum(flat * flat)))
+
+
 def calls(example_ids: np.ndarray, plan: Plan) -> list[np.ndarray]:
     """The model calls of one round over ``example_ids`` ``(M,)``: each an array of positions into ``example_ids``,
     as long as the call's rows, −1 for an idle row. A free plan packs the examples into calls of ``plan.rows`` and a
@@ -131,7 +139,9 @@ class Step:
     that needs the gradient at some points only (FAB-T: a forward pass checks a new point, the gradient is taken
     where the next step starts), which; ``None``: every point gets what ``loss`` says. ``trace_sign``: +1 for a step
     that ascends ``loss``, −1 for one that descends it (a targeted PGD), ``None`` for one whose loss is not what it
-    optimises (FAB-T): the engine's :class:`LossTrace` follows the loss the attack optimises."""
+    optimises (FAB-T): the engine's :class:`LossTrace` follows the loss the attack optimises. ``outside``: for a
+    step whose points may lie outside their run's budget for a while (l1-APGD's first stages at 3ε and 2ε), which
+    do; a misclassified point there is no adversarial at the budget."""
 
     loss: str | None = None
     trace_sign: float | None = 1.0  # the loss the attack ascends is ``trace_sign · loss`` (None: not traced)
@@ -147,6 +157,9 @@ class Step:
         raise NotImplementedError
 
     def needs_gradient(self, examples: np.ndarray) -> np.ndarray | None:
+        return None
+
+    def outside(self, examples: np.ndarray) -> np.ndarray | None:
         return None
 
 
@@ -320,6 +333,9 @@ class Engine:
         points = self.x_now[active]
         out = self.evaluate(active, points)
         fooled = success_of(out.logits, self.labels[active], None if self.targets is None else self.targets[active])
+        outside = self.step.outside(active)
+        if outside is not None:
+            fooled &= ~outside
         for j in np.flatnonzero(fooled):
             self.keep(int(active[j]), points[j], out.logits[j])
         if self.traced and out.loss is not None:
@@ -373,9 +389,7 @@ class Engine:
         """A misclassified point is the adversarial of its run's budget, if the budget has none yet; for FAB-T
         (``any_budget``), of every budget whose ball holds it (``‖point − x‖ ≤ ε``)."""
         if self.programme.any_budget:
-            delta = (point - self.x[e]).ravel()
-            linf = self.norm == "linf"
-            distance = np.float32(np.abs(delta).max() if linf else np.sqrt(np.sum(delta * delta)))
+            distance = distance_of(point - self.x[e], self.norm)
             budgets = np.flatnonzero((distance <= self.eps_sorted[:, e]) & (self.eps_sorted[:, e] > 0)
                                      & ~self.found[:, e])
         else:

@@ -1,5 +1,7 @@
 """AutoAttack (Croce & Hein, ICML 2020) as one attack: its standard version (APGD-CE, APGD-T, FAB-T, Square) and its
-``rand`` version for randomized models (APGD-CE and APGD-DLR, each gradient averaged over 20 draws of the model).
+``rand`` version for randomized models (APGD-CE and APGD-DLR, each gradient averaged over 20 draws of the model);
+L∞, L2, and L1 with the L1 version's settings ("Mind the box", Croce & Hein, ICML 2021: l1-APGD-CE with 5 restarts
+and l1-APGD-T with 5 targets, both through the radii 3ε, 2ε, ε; FAB-T and Square in L1).
 
 The attacks run in that order, each on the (example, ε) pairs the attacks before it left robust, each from the
 clean input; an example's result at ε is the first adversarial any of them found there. Over an ε grid the
@@ -42,7 +44,7 @@ from advsweep.attacks.core import (
     target_ranks,
 )
 from advsweep.attacks.fab import fab_engine
-from advsweep.attacks.spec import members_of
+from advsweep.attacks.spec import L1_NORMS, members_of
 from advsweep.attacks.square import square_engine
 from advsweep.defaults import ATTACK, AUTOATTACK, AUTOATTACK_VERSIONS
 
@@ -79,11 +81,9 @@ def autoattack(
         (``""`` where none did; ``"clean"`` where the input is misclassified as it is).
     """
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, version=version,
-                        settings=settings or {}, gradient=gradient)
-    preset = AUTOATTACK_VERSIONS[call.params["version"]]
+                        settings=settings or {}, gradient=gradient, norms=L1_NORMS)
+    changes = version_settings(call.params["version"], call.norm, call.params["settings"])
     attacks = members_of(call.params["version"], attacks)
-    changes = {member: {**preset["settings"].get(member, {}), **call.params["settings"].get(member, {})}
-               for member in AUTOATTACK}
     x, labels, eps = call.x, call.labels, call.eps
     classes = classes_of(model, x)
     if "apgd-t" in attacks and classes < 4:
@@ -91,6 +91,21 @@ def autoattack(
                                "4th logit); leave 'apgd-t' out of `attacks`", classes)
     return ensemble_engine(model, x, labels, eps, norm=call.norm, attacks=attacks, seed=call.seed,
                            example_ids=call.example_ids, gradient=gradient, classes=classes, settings=changes)
+
+
+def version_settings(version: str, norm: str, settings: Mapping[str, Mapping[str, Any]]
+                     ) -> dict[str, dict[str, Any]]:
+    """Each member's changes to :data:`AUTOATTACK`'s settings: the version's, its threat model's (``by_norm``: the
+    L1 version's), then ``settings``'; ``large_radii`` is refused outside L1."""
+    preset = AUTOATTACK_VERSIONS[version]
+    by_norm = preset.get("by_norm", {}).get(norm, {})
+    changes = {member: {**preset["settings"].get(member, {}), **by_norm.get(member, {}), **settings.get(member, {})}
+               for member in AUTOATTACK}
+    for member, values in changes.items():
+        if values.get("large_radii") and norm != "l1":
+            raise Invalid(f"settings.{member}.large_radii", "False outside the L1 threat model (it is l1-APGD's "
+                          "schedule of radii)", True, hint="set norm='l1' or leave large_radii out")
+    return changes
 
 
 def _engines(norm: str, seed: int, gradient: str, classes: int,
@@ -107,7 +122,7 @@ def _engines(norm: str, seed: int, gradient: str, classes: int,
         return lambda model, x, labels, eps, **rows: apgd_engine(
             model, x, labels, eps, norm=norm, loss=loss, steps=options["steps"], restarts=options["restarts"],
             rho=options["rho"], seed=seed, stream=member, gradient=gradient, target_ranks=ranks,
-            eot_draws=options["eot_draws"], **rows)
+            eot_draws=options["eot_draws"], large_radii=options["large_radii"], **rows)
 
     return {
         "apgd-ce": apgd("apgd-ce", "ce"),

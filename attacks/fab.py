@@ -1,4 +1,4 @@
-"""FAB-T, the targeted Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), L∞ and L2: a minimum-norm attack.
+"""FAB-T, the targeted Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), L∞, L2 and L1: a minimum-norm attack.
 
 FAB-T linearises the decision boundary between the label y and a target class t at the current point (the
 hyperplane where ``z_t − z_y`` crosses 0, from its value and gradient) and moves towards the closest point of
@@ -32,6 +32,7 @@ import numpy as np
 from advsweep.assets.validate import Invalid
 from advsweep.attacks.core import AttackResult, checked_call, classes_of, target_ranks
 from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
+from advsweep.attacks.spec import L1_NORMS
 from advsweep.defaults import ATTACK, FAB
 
 
@@ -70,7 +71,7 @@ def fab_targeted(
     """
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, steps=steps,
                         target_classes=target_classes, restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta,
-                        gradient=gradient)
+                        gradient=gradient, norms=L1_NORMS)
     classes = classes_of(model, call.x)
     if classes < 2:
         raise Invalid("model", "a classifier of at least 2 classes", classes)
@@ -193,8 +194,51 @@ def projection_l2(points: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarra
     return (d * (np.abs(w) > 1e-8)).astype(np.float32)
 
 
+def projection_l1(points: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(M, D)`` moves ``d`` of least L1 norm taking each point ``t`` onto its hyperplane ``w·(t + d) = b`` with
+    ``t + d`` in [0, 1] (as far as the box allows): the coordinates are moved to their bounds in the order of
+    ``1 / |w_i|`` (the cheapest change of ``w·t`` per unit of L1 first) until the next one would cross the
+    hyperplane, which then moves just onto it; a point that cannot reach the hyperplane moves every coordinate
+    to the bound on the hyperplane's side."""
+    t, w, b = points.astype(np.float32), w.astype(np.float32).copy(), b.astype(np.float32)
+    m, dims = t.shape
+    c = _sum(w * t) - b
+    side = np.where(c >= 0, 1.0, -1.0).astype(np.float32)
+    w *= side[:, None]
+    c *= side
+    with np.errstate(divide="ignore"):
+        r = np.minimum(np.abs(np.float32(1.0) / w), np.float32(1e12))
+    indr = np.argsort(r, axis=1, kind="stable")
+    indr_rev = np.argsort(indr, axis=1, kind="stable")
+    d = (-t + (w < 0)) * (w != 0)
+    ds = np.take_along_axis(np.minimum(-w * t, w * (1 - t)), indr, 1)
+    s = _cumsum(np.concatenate((c[:, None], ds), 1))
+    c2 = s[:, -1] < 0
+    lb = np.zeros(c2.sum(), np.float32)
+    ub = np.full(c2.sum(), s.shape[1], np.float32)
+    s_, inner = s[c2], np.arange(c2.sum())
+    for _ in range(math.ceil(math.log2(dims))):
+        middle = np.floor((lb + ub) / 2)
+        above = s_[inner, middle.astype(np.int64)] > 0
+        lb = np.where(above, middle, lb)
+        ub = np.where(above, ub, middle)
+    lbi = lb.astype(np.int64)
+    if c2.any():
+        rows = np.flatnonzero(c2)
+        at = indr[rows, lbi]  # the coordinate that stops on the hyperplane
+        alpha = -s[rows, lbi] / w[rows, at]
+        d[rows] = d[rows] * (indr_rev[rows] < lbi[:, None])  # the coordinates before it go to their bounds
+        d[rows, at] = alpha
+    return (d * (np.abs(w) > 1e-8)).astype(np.float32)
+
+
+PROJECTIONS = {"linf": projection_linf, "l2": projection_l2, "l1": projection_l1}
+
+
 def _norms(v: np.ndarray, norm: str) -> np.ndarray:
     flat = v.reshape(len(v), -1)
+    if norm == "l1":
+        return np.abs(flat).sum(axis=1)
     return np.abs(flat).max(axis=1) if norm == "linf" else np.sqrt((flat * flat).sum(axis=1))
 
 
@@ -206,8 +250,7 @@ def fab_step(x1: np.ndarray, x0: np.ndarray, values: np.ndarray, grads: np.ndarr
     m = len(x1)
     w = grads.reshape(m, -1)
     b = -values.astype(np.float32) + _sum(w * x1.reshape(m, -1))
-    project = projection_linf if norm == "linf" else projection_l2
-    moves = project(np.concatenate((x1.reshape(m, -1), x0.reshape(m, -1)), 0), np.concatenate((w, w), 0),
+    moves = PROJECTIONS[norm](np.concatenate((x1.reshape(m, -1), x0.reshape(m, -1)), 0), np.concatenate((w, w), 0),
                     np.concatenate((b, b), 0))
     sizes = np.maximum(_norms(moves, norm), np.float32(1e-8))
     alpha = np.minimum(np.maximum(sizes[:m] / (sizes[:m] + sizes[m:]), 0.0), alpha_max).astype(np.float32)
@@ -218,14 +261,14 @@ def fab_step(x1: np.ndarray, x0: np.ndarray, values: np.ndarray, grads: np.ndarr
 
 
 def fab_start(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -> np.ndarray:
-    """A restart's random start: ``x + (ε/2) · t / ‖t‖`` (L∞: t uniform in [−1, 1]; L2: t standard normal),
-    clipped to [0, 1]."""
+    """A restart's random start: ``x + (ε/2) · t / ‖t‖`` (L∞: t uniform in [−1, 1]; L2 and L1: t standard normal,
+    divided by its L2 or L1 norm), clipped to [0, 1]."""
     if norm == "linf":
         t = rng.uniform(-1.0, 1.0, size=x0.shape).astype(np.float32)
         size = np.abs(t).max()
     else:
         t = rng.standard_normal(size=x0.shape).astype(np.float32)
-        size = np.sqrt(np.sum(t * t))
+        size = np.abs(t).sum() if norm == "l1" else np.sqrt(np.sum(t * t))
     return np.clip(x0 + np.float32(eps) * t / size * np.float32(0.5), 0.0, 1.0).astype(np.float32)
 
 

@@ -20,8 +20,8 @@ from advsweep.defaults import AUTOATTACK, AUTOATTACK_VERSIONS
 from advsweep.models.config import GRADIENT_PATHS, check_gradient_path
 
 NORMS: tuple[str, ...] = ("linf", "l2")
-L1_NORMS: tuple[str, ...] = ("linf", "l2", "l1")  # the attacks that also take the L1 threat model: APGD, APGD-T
-L1_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "apgd-t")  # the attacks of a sweep that take it
+L1_NORMS: tuple[str, ...] = ("linf", "l2", "l1")  # for the attacks that also take the L1 threat model
+L1_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack")  # those of a sweep
 NORM_LABELS: dict[str, str] = {"linf": "L∞", "l2": "L2", "l1": "L1"}  # as tables and figures name the norms
 NORM_LATEX: dict[str, str] = {"linf": r"\ell_\infty", "l2": r"\ell_2", "l1": r"\ell_1"}
 LOSSES: tuple[str, ...] = ("ce", "margin")
@@ -31,7 +31,7 @@ _COMMON = ("norm", "loss", "targets", "example_ids", "gradient")
 _ITERATIVE = ("steps", "rel_stepsize", "abs_stepsize", "early_stop")
 
 
-_APGD = ("norm", "example_ids", "gradient", "steps", "restarts", "rho", "seed", "eot_draws")
+_APGD = ("norm", "example_ids", "gradient", "steps", "restarts", "rho", "seed", "eot_draws", "large_radii")
 ENSEMBLE: tuple[str, ...] = AUTOATTACK_VERSIONS["standard"]["attacks"]  # the standard attacks, in AutoAttack's order
 MEMBERS: tuple[str, ...] = tuple(AUTOATTACK)  # every attack an ensemble may run
 VERSIONS: tuple[str, ...] = tuple(AUTOATTACK_VERSIONS)
@@ -72,7 +72,8 @@ def members_of(version: str, attacks: Any = None) -> tuple[str, ...]:
 
 
 def norms_of(name: str) -> tuple[str, ...]:
-    """The threat models attack ``name`` takes: L∞ and L2, and for APGD's attacks (:data:`L1_ATTACKS`) L1 too."""
+    """The threat models attack ``name`` takes: L∞ and L2, and for AutoAttack's attacks (:data:`L1_ATTACKS`) L1
+    too."""
     return L1_NORMS if name in L1_ATTACKS else NORMS
 
 
@@ -172,6 +173,7 @@ PARAMETER_CHECKS: dict[str, Callable[[Any], Any]] = {
     "eta": lambda value: number("eta", value, minimum=1.0),
     "beta": lambda value: number("beta", value, above=0.0, maximum=1.0),
     "eot_draws": lambda value: integer("eot_draws", value, minimum=1, maximum=1000),
+    "large_radii": lambda value: check_flag("large_radii", value),
     "version": lambda value: one_of("version", value, VERSIONS,
                                     hint="'rand' for a model whose logits change between two calls"),
     "attacks": check_members,

@@ -1,8 +1,10 @@
-"""Square Attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020), L∞ and L2: a score-based random search
+"""Square Attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020), L∞, L2 and L1: a score-based random search
 that needs no gradient, only the logits.
 
 Each query changes the current best perturbation inside one random square window (L∞: set the window to ±ε,
-one sign per channel; L2: move mass into one window and out of another, keeping the norm at ε) and keeps the
+one sign per channel; L2: move mass into one window and out of another, keeping the norm at ε; L1, AutoAttack's L1
+version from "Mind the box" (Croce & Hein, ICML 2021): the same move with L1 profiles and norms, then projected onto
+the L1 ball ∩ [0, 1], :mod:`advsweep.attacks.l1`) and keeps the
 change when the margin loss ``z_y − max_{j≠y} z_j`` falls or the point is misclassified. The side of the window
 shrinks with the query count (AutoAttack's schedule for ``p``, starting at ``p_init = 0.8``). Because it never
 reads a gradient, it is AutoAttack's check on gradient masking: when Square fools examples that the white-box
@@ -27,6 +29,8 @@ import numpy as np
 
 from advsweep.attacks.core import AttackResult, checked_call, classes_of
 from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
+from advsweep.attacks.l1 import l1_box_projection
+from advsweep.attacks.spec import L1_NORMS
 from advsweep.defaults import ATTACK, SQUARE
 
 
@@ -55,7 +59,7 @@ def square_attack(
         The any-iterate view: ``x_adv`` is the first misclassified point, else the point of lowest margin.
     """
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, queries=queries,
-                        p_init=p_init, restarts=restarts)
+                        p_init=p_init, restarts=restarts, norms=L1_NORMS)
     return square_engine(model, call.x, call.labels, call.eps, norm=call.norm, seed=call.seed,
                          example_ids=call.example_ids, **call.params)
 
@@ -72,7 +76,7 @@ def p_schedule(i: int, p_init: float) -> float:
 
 def window_side(i: int, p_init: float, shape: tuple[int, ...], norm: str) -> int:
     """The side of query ``i``'s square on images of ``shape`` (H, W, C): ``round(√(p · H·W))``, at least 1 (L∞)
-    or at least 3 and odd (L2)."""
+    or at least 3 and odd (L2, L1)."""
     h, w, _ = shape
     side = int(round(math.sqrt(p_schedule(i, p_init) * h * w)))
     if norm == "linf":
@@ -90,31 +94,42 @@ def _signs(rng: np.random.Generator, size: Any) -> np.ndarray:
     return np.where(rng.random(size) * 2.0 - 1.0 >= 0.0, 1.0, -1.0).astype(np.float32)
 
 
-def rectangle_profile(rows: int, cols: int) -> np.ndarray:
-    """The authors' ``eta_rectangles``: nested rectangles around the centre, each adding ``1 / (k + 1)²``,
-    normalised to unit L2 norm."""
+def _unit(delta: np.ndarray, norm: str) -> np.ndarray:
+    return delta / (np.sum(np.abs(delta)) if norm == "l1" else np.sqrt(np.sum(delta ** 2)))
+
+
+def rectangle_profile(rows: int, cols: int, norm: str = "l2") -> np.ndarray:
+    """The authors' ``eta_rectangles``: nested rectangles around the centre, each adding ``1 / (k + 1)²`` (L2) or
+    ``1 / (k + 1)⁴`` (L1), normalised to unit norm."""
     delta = np.zeros((rows, cols), np.float64)
     r_c, c_c = rows // 2 + 1, cols // 2 + 1
     top, left = r_c - 1, c_c - 1
+    power = 4 if norm == "l1" else 2
     for k in range(max(r_c, c_c)):
-        delta[max(top, 0): min(top + 2 * k + 1, rows), max(left, 0): min(left + 2 * k + 1, cols)] += 1.0 / (k + 1) ** 2
+        delta[max(top, 0): min(top + 2 * k + 1, rows), max(left, 0): min(left + 2 * k + 1, cols)] += 1.0 / (k + 1) ** power
         top, left = top - 1, left - 1
-    return delta / np.sqrt(np.sum(delta ** 2))
+    return _unit(delta, norm)
 
 
-def half_profile(side: int) -> np.ndarray:
+def half_profile(side: int, norm: str = "l2") -> np.ndarray:
     """The authors' ``eta`` before its random transposition: the upper half of the window positive, the lower half
-    negative (nested rectangles), unit L2 norm, float64."""
+    negative (nested rectangles), unit norm, float64."""
     delta = np.zeros((side, side), np.float64)
-    delta[: side // 2] = rectangle_profile(side // 2, side)
-    delta[side // 2:] = -rectangle_profile(side - side // 2, side)
-    return delta / np.sqrt(np.sum(delta ** 2))
+    delta[: side // 2] = rectangle_profile(side // 2, side, norm)
+    delta[side // 2:] = -rectangle_profile(side - side // 2, side, norm)
+    return _unit(delta, norm)
 
 
-def window_profile(side: int, rng: np.random.Generator) -> np.ndarray:
+def window_profile(side: int, rng: np.random.Generator, norm: str = "l2") -> np.ndarray:
     """The authors' ``eta``: :func:`half_profile`, transposed with probability ½."""
-    delta = half_profile(side)
+    delta = half_profile(side, norm)
     return (delta.T if rng.random() > 0.5 else delta).astype(np.float32)
+
+
+def _l1_point(x0: np.ndarray, delta: np.ndarray, eps: np.ndarray | float) -> np.ndarray:
+    """``x₀ + δ`` projected onto the L1 ball of radius ``ε (1 − 10⁻⁶)`` ∩ [0, 1] (the authors' margin), rows at once."""
+    moved = l1_box_projection(x0, delta, np.asarray(eps, np.float64) * (1.0 - 1e-6))
+    return np.clip(x0 + moved, 0.0, 1.0).astype(np.float32)
 
 
 def _l2(v: np.ndarray) -> np.float32:
@@ -122,8 +137,9 @@ def _l2(v: np.ndarray) -> np.float32:
 
 
 def initial_point(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -> np.ndarray:
-    """L∞: vertical stripes, each column of each channel at ±ε; L2: a 5 × 5 grid of windows of side ⌊H/5⌋,
-    each a signed :func:`window_profile`, scaled to norm ε. Clipped to [0, 1]."""
+    """L∞: vertical stripes, each column of each channel at ±ε; L2 and L1: a 5 × 5 grid of windows of side ⌊H/5⌋,
+    each a signed :func:`window_profile`, scaled to norm ε (L1: projected onto the ball ∩ box). Clipped to
+    [0, 1]."""
     h, w, c = x0.shape
     e = np.float32(eps)
     if norm == "linf":
@@ -133,15 +149,18 @@ def initial_point(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generato
     first = (h - side * 5) // 2
     for top in range(first, first + side * (h // side), side):
         for left in range(first, first + side * (w // side), side):
-            delta[top: top + side, left: left + side] += window_profile(side, rng)[..., None] * _signs(rng, (1, 1, c))
+            delta[top: top + side, left: left + side] += (window_profile(side, rng, norm)[..., None]
+                                                          * _signs(rng, (1, 1, c)))
+    if norm == "l1":
+        return _l1_point(x0[None], delta[None], eps)[0]
     return np.clip(x0 + delta / (_l2(delta) + np.float32(1e-12)) * e, 0.0, 1.0).astype(np.float32)
 
 
 def proposal(x0: np.ndarray, x_best: np.ndarray, eps: float, norm: str, i: int, p_init: float,
              rng: np.random.Generator) -> np.ndarray:
     """Query ``i``'s candidate for one example, from its current best point: the authors' update, one example at a
-    time, as it reads in their code. The engine draws whole blocks with :func:`linf_proposals` and
-    :func:`l2_proposals`, which ``tests/test_autoattack.py`` holds to this, to the bit."""
+    time, as it reads in their code. The engine draws whole blocks with :func:`linf_proposals`,
+    :func:`l2_proposals` and :func:`l1_proposals`, which ``tests/test_autoattack.py`` holds to this, to the bit."""
     h, w, c = x0.shape
     e = np.float32(eps)
     side = window_side(i, p_init, x0.shape, norm)
@@ -150,6 +169,8 @@ def proposal(x0: np.ndarray, x_best: np.ndarray, eps: float, norm: str, i: int, 
         candidate = x_best.copy()
         candidate[top: top + side, left: left + side] += np.float32(2.0) * e * _signs(rng, (1, 1, c))
         return np.clip(np.minimum(np.maximum(candidate, x0 - e), x0 + e), 0.0, 1.0).astype(np.float32)
+    if norm == "l1":
+        return _l1_proposal(x0, x_best, eps, side, top, left, rng)
     delta = x_best - x0
     window = (slice(top, top + side), slice(left, left + side))
     norms_window_1 = np.sqrt(np.sum(delta[window] ** 2, axis=(0, 1), keepdims=True))  # per channel
@@ -167,6 +188,33 @@ def proposal(x0: np.ndarray, x_best: np.ndarray, eps: float, norm: str, i: int, 
     delta[window2] = 0.0
     delta[window] = new
     return np.clip(x0 + delta / (_l2(delta) + np.float32(1e-12)) * e, 0.0, 1.0).astype(np.float32)
+
+
+def _l1_proposal(x0: np.ndarray, x_best: np.ndarray, eps: float, side: int, top: int, left: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """:func:`proposal`'s L1 update (the authors' ``norm == 'L1'`` branch): the first window takes a fresh signed
+    L1 profile plus its old content, rescaled per channel to the budget left over plus the L1 mass of both windows
+    (times the channels, as the authors write it), the second window is emptied, and the result is projected onto
+    the L1 ball ∩ [0, 1]."""
+    (h, w, c), e = x0.shape, np.float32(eps)
+    delta = x_best - x0
+    window = (slice(top, top + side), slice(left, left + side))
+    norms_window_1 = np.sum(np.abs(delta[window]), axis=(0, 1), keepdims=True)  # per channel
+    top2, left2 = _corner(rng, h, side), _corner(rng, w, side)
+    window2 = (slice(top2, top2 + side), slice(left2, left2 + side))
+    mask = np.zeros((h, w, 1), np.float32)
+    mask[window] = 1.0
+    mask[window2] = 1.0
+    norm_image = np.sum(np.abs(delta))
+    norm_windows = np.sum(np.abs(delta * mask), axis=(0, 1), keepdims=True)  # per channel
+    new = window_profile(side, rng, "l1")[..., None] * _signs(rng, (1, 1, c))
+    new = new + delta[window] / (np.float32(1e-12) + norms_window_1)
+    scale = (np.maximum(e - norm_image, 0.0) / c + norm_windows) * c
+    new = new / (np.float32(1e-12) + np.sum(np.abs(new), axis=(0, 1), keepdims=True)) * scale
+    delta = delta.copy()
+    delta[window2] = 0.0
+    delta[window] = new
+    return _l1_point(x0[None], delta[None], eps)[0]
 
 
 def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -241,6 +289,41 @@ def l2_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndar
     return out
 
 
+def l1_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndarray, p_init: float,
+                 rngs: list[np.random.Generator]) -> np.ndarray:
+    """:func:`proposal` (L1) of M examples at once, at their own query counts ``i``, as :func:`l2_proposals` draws
+    them (window, second window, transposition, signs), with :func:`_l1_proposal`'s update."""
+    m, shape = len(x0), x0.shape[1:]
+    (h, w, c), out = shape, np.empty_like(x0)
+    draws = np.stack([rng.random(5 + c) for rng in rngs]) if m else np.zeros((0, 5 + c))
+    sides = np.array([window_side(int(q), p_init, shape, "l1") for q in i])
+    for side in np.unique(sides).tolist():
+        g = np.flatnonzero(sides == side)
+        u, e = draws[g], eps[g].astype(np.float32).reshape(-1, 1, 1, 1)
+        top, left = ((h - side) * u[:, 0]).astype(np.int64), ((w - side) * u[:, 1]).astype(np.int64)
+        second = _window(((h - side) * u[:, 2]).astype(np.int64), ((w - side) * u[:, 3]).astype(np.int64), side, shape)
+        delta = x_best[g] - x0[g]
+        at = (np.arange(len(g))[:, None, None], (top[:, None] + np.arange(side))[:, :, None],
+              (left[:, None] + np.arange(side))[:, None, :])
+        inside = delta[at]  # (G, side, side, C): the first window's content
+        both = (_window(top, left, side, shape) | second).astype(np.float32)
+        profile = half_profile(side, "l1")
+        flipped = np.where((u[:, 4] > 0.5)[:, None, None], profile.T.astype(np.float32), profile.astype(np.float32))
+        signs = np.where(u[:, 5:] * 2.0 - 1.0 >= 0.0, 1.0, -1.0).astype(np.float32).reshape(-1, 1, 1, c)
+        new = flipped[..., None] * signs + inside / (np.float32(1e-12) + np.sum(np.abs(inside), axis=(1, 2),
+                                                                                keepdims=True))
+        norm_image = np.sum(np.abs(delta), axis=(1, 2, 3), keepdims=True)
+        scale = (np.maximum(e - norm_image, 0.0) / c + np.sum(np.abs(delta * both), axis=(1, 2), keepdims=True)) * c
+        new = new / (np.float32(1e-12) + np.sum(np.abs(new), axis=(1, 2), keepdims=True)) * scale
+        delta = np.where(second, np.float32(0.0), delta)
+        delta[at] = new
+        out[g] = _l1_point(x0[g], delta, eps[g])
+    return out
+
+
+PROPOSALS = {"linf": linf_proposals, "l2": l2_proposals, "l1": l1_proposals}
+
+
 class SquareStep(Step):
     """Square Attack's random search over a block of examples, each in its own run: evaluate the initial point, then
     up to ``queries`` candidates, each changing the best point found so far inside one random window; a candidate
@@ -273,8 +356,7 @@ class SquareStep(Step):
         self.x_best[kept], self.logits_best[kept], self.margin_best[kept] = x[keep], out.logits[keep], margin[keep]
         self.query[e] = i + 1
         rngs = [self.rngs[k] for k in e]
-        proposals = linf_proposals if self.norm == "linf" else l2_proposals
-        candidates = proposals(self.x0[e], self.x_best[e], self.eps[e], i + 1, self.p_init, rngs)  # type: ignore[arg-type]
+        candidates = PROPOSALS[self.norm](self.x0[e], self.x_best[e], self.eps[e], i + 1, self.p_init, rngs)  # type: ignore[arg-type]
         return candidates, i + 1 >= self.queries
 
     def end(self, e: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ counted in its module (rows of forward passes with and without a gradient).
     python benchmarks/autoattack_original.py results/models/small_cnn-<id> --examples 300 --eps 0.1
     python benchmarks/autoattack_original.py results/models/madry_cnn-<id> --examples 300 --eps 0.3
     python benchmarks/autoattack_original.py results/models/vgg16-<id> --examples 100 --eps 0.02 --reduced
+    python benchmarks/autoattack_original.py results/models/small_cnn-<id> --examples 300 --eps 5 --norm l1
 
 Needs the test extra (``torch==2.13.0``, ``pyautoattack==0.2.0``). Prints one Markdown table row per run, with the
 CPU it ran on.
@@ -153,19 +154,28 @@ def torch_port(model: keras.Model) -> torch.nn.Sequential:
     return torch.nn.Sequential(*modules).eval()
 
 
+THREAT_MODELS = {"linf": "Linf", "l2": "L2", "l1": "L1"}  # our names → the original's
+
+
+def size(delta: np.ndarray, norm: str) -> np.ndarray:
+    """Each row's perturbation size in ``norm``."""
+    flat = np.abs(delta.reshape(len(delta), -1)).astype(np.float64)
+    return flat.max(1) if norm == "linf" else flat.sum(1) if norm == "l1" else np.sqrt((flat ** 2).sum(1))
+
+
 def original_autoattack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, reduced: bool,
-                        batch_size: int, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+                        batch_size: int, seed: int, norm: str = "linf") -> tuple[torch.Tensor, dict[str, float]]:
     """The original ensemble's adversarials, and the time after each member (cumulative seconds)."""
     from pyautoattack import AutoAttack
 
     if reduced:
-        adversary = AutoAttack(module, norm="Linf", eps=eps, version="custom", seed=seed,
+        adversary = AutoAttack(module, norm=THREAT_MODELS[norm], eps=eps, version="custom", seed=seed,
                                attacks=["apgd-ce", "apgd-t", "fab-t", "square"])
         adversary.apgd.n_restarts = adversary.apgd_targeted.n_restarts = adversary.fab.n_restarts = 1
         adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = 3
         adversary.square.n_queries = 1000
     else:
-        adversary = AutoAttack(module, norm="Linf", eps=eps, version="standard", seed=seed)
+        adversary = AutoAttack(module, norm=THREAT_MODELS[norm], eps=eps, version="standard", seed=seed)
     times: dict[str, float] = {}
 
     class Members(logging.Handler):
@@ -198,11 +208,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path, help="a folder written by `advsweep train` (small CNN or Madry CNN)")
     parser.add_argument("--examples", type=int, default=300, help="the first N test images (default 300)")
-    parser.add_argument("--eps", type=float, required=True, help="L∞ budget")
-    parser.add_argument("--reduced", action="store_true", help="3 targets and 1000 Square queries on both sides")
+    parser.add_argument("--eps", type=float, required=True, help="the budget, in --norm")
+    parser.add_argument("--norm", choices=tuple(THREAT_MODELS), default="linf",
+                        help="the threat model (default linf; l1: AutoAttack's L1 version on both sides)")
+    parser.add_argument("--reduced", action="store_true",
+                        help="3 targets and 1000 Square queries on both sides (L∞ and L2 only)")
     parser.add_argument("--batch-size", type=int, default=500, help="the original's batch (default 500)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.reduced and args.norm == "l1":
+        parser.error("--reduced is for L∞ and L2: the L1 version's settings differ (5 restarts, 5 targets, radii)")
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = load_trained(args.model_dir)[0] if args.model_dir.is_dir() else keras.saving.load_model(args.model_dir)
@@ -220,9 +235,10 @@ def main() -> None:
 
     started = time.perf_counter()
     x_adv, members = original_autoattack(module, images, labels, args.eps, reduced=args.reduced,
-                                         batch_size=args.batch_size, seed=args.seed)
+                                         batch_size=args.batch_size, seed=args.seed, norm=args.norm)
     original_seconds = time.perf_counter() - started
-    assert float((x_adv - images).abs().max()) <= args.eps + 1e-5, "the original left the ε-ball"
+    assert size((x_adv - images).numpy(), args.norm).max() <= args.eps * (1 + 1e-5) + 1e-5, \
+        "the original left the ε-ball"
     with torch.no_grad():
         theirs = (module.module(x_adv).argmax(1) == labels).numpy()
 
@@ -230,7 +246,8 @@ def main() -> None:
     plan = plan_of(model)  # measured once per machine and cached: not part of either side's time
     plan_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    result = autoattack(model, x, y, [args.eps], settings=REDUCED if args.reduced else None, example_ids=indices)
+    result = autoattack(model, x, y, [args.eps], norm=args.norm, settings=REDUCED if args.reduced else None,
+                        example_ids=indices)
     own_seconds = time.perf_counter() - started
     ours = ~result.success[0]
 
@@ -241,7 +258,7 @@ def main() -> None:
     forward = sum(c["forward"] for c in cost.values())
     gradient = sum(c["gradient"] for c in cost.values())
     bound = forward / best_forward + gradient / best_gradient
-    print(f"{args.model_dir.name}, first {n} test images, L∞ ε = {args.eps:g}, "
+    print(f"{args.model_dir.name}, first {n} test images, {THREAT_MODELS[args.norm]} ε = {args.eps:g}, "
           f"{'reduced (3 targets, 1000 queries)' if args.reduced else 'standard'} version; CPU: {cpu_name()}; "
           f"torch {torch.__version__}, TensorFlow {tf.__version__}, Keras {keras.__version__}; "
           f"port's largest logit difference {gap:.1e} (relative to the largest logit)")

@@ -316,7 +316,7 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
     norm = _choice(f"{where}.norm", norm, L1_NORMS)
     if norm not in norms_of(name):
         raise _fail(f"{where}.norm", f"attack {name!r} takes {' and '.join(norms_of(name))}; the L1 threat model is "
-                                     f"taken by {', '.join(L1_ATTACKS)} (APGD with the L1-ball ∩ box projection)")
+                                     f"taken by {', '.join(L1_ATTACKS)} (with the L1-ball ∩ box projection)")
     if fixed is not None and norm != fixed:
         raise _fail(f"{where}.norm", f"attack {name!r} is {fixed} only; use 'fgm' with norm = \"{norm}\"")
     if norm not in epsilons:
@@ -344,6 +344,11 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
             check_parameter(name, key, value)
         except Invalid as error:  # a nested setting names itself (`settings.square.queries`)
             raise ConfigError(error.under(f"{where}.{error.name if error.name.startswith(key) else key}")) from None
+    radii = ["large_radii"] if params.get("large_radii") else []
+    radii += [f"settings.{m}.large_radii" for m, v in (params.get("settings") or {}).items() if v.get("large_radii")]
+    if norm != "l1" and radii:
+        raise _fail(f"{where}.{radii[0]}", "is l1-APGD's schedule of radii (3ε, 2ε, ε): it needs norm = \"l1\"; "
+                                           "delete the key or set the norm")
     return AttackSpec(label=label, name=name, norm=norm, implementations=tuple(dict.fromkeys(implementations)),
                       params=params, surrogate=surrogate)
 

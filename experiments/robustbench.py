@@ -2,7 +2,7 @@
 
 RobustBench's leaderboards are built from one JSON file per model (``model_info/<dataset>/<threat model>/<name>.json``
 in its repository) with fixed fields. A run writes the fields that apply, from its per-example records and manifest
-alone, under ``robustbench/<dataset>/<Linf|L2>/<model>.json`` (``<model>_eps<ε>.json`` when AutoAttack ran at
+alone, under ``robustbench/<dataset>/<Linf|L2|L1>/<model>.json`` (``<model>_eps<ε>.json`` when AutoAttack ran at
 several ε): ``dataset``, ``threat_model``, ``eps``, ``clean_acc`` and ``autoattack_acc`` (in %, as strings with two
 decimals, as RobustBench writes them), ``additional_data`` (true for the frozen VGG16, pre-trained on ImageNet),
 ``number_forward_passes`` (per prediction: 1, the harness' models are deterministic), ``architecture``; and the
@@ -23,7 +23,7 @@ import pandas as pd
 
 from advsweep.assets.files import write_atomic
 
-THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
+THREAT_MODELS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 PRETRAINED_KINDS = ("vgg16",)  # model kinds built on weights trained on other data (ImageNet)
 
 
@@ -67,8 +67,9 @@ def entries(summary: pd.DataFrame, manifest: dict[str, Any], config: dict[str, A
                 "number_forward_passes": 1,
                 "n_examples": int(row["examples"]),
                 "autoattack_acc_ci95": [_percent(row["ci_low"]), _percent(row["ci_high"])],
-                "autoattack_version": "custom" if {"settings", "members"} & set(labels[row["attack"]]["params"])
-                else "standard",  # AutoAttack's own word for an ensemble with changed members or settings
+                "autoattack_version": "custom" if {"settings", "attacks"} & set(labels[row["attack"]]["params"])
+                else labels[row["attack"]]["params"].get("version", "standard"),  # "custom": AutoAttack's own word
+                # for an ensemble with changed members or settings
                 "autoattack_settings": labels[row["attack"]]["params"],
                 "clean_acc_on": "the full test set" if info.get("clean_test_accuracy") is not None
                 else f"the {int(row['examples'])} examples attacked",

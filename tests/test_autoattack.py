@@ -13,7 +13,7 @@ import pytest
 from advsweep.attacks import autoattack, run_attack  # the function, not a module of that name
 from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted
 from advsweep.attacks.checks import check_ensemble
-from advsweep.attacks.fab import fab_targeted, projection_l2, projection_linf
+from advsweep.attacks.fab import fab_targeted, projection_l1, projection_l2, projection_linf
 from advsweep.attacks.square import p_schedule, rectangle_profile, square_attack, window_side
 
 
@@ -37,25 +37,60 @@ def test_square_l2_window_profile_hand_computed():
     assert np.sum(profile ** 2) == pytest.approx(1.0) and profile.argmax() in (2, 7)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_square_block_proposals_are_the_per_example_update_to_the_bit(norm):
     """The engine draws Square's candidates for a whole block at once; each must be the authors' update of that
     example alone (`proposal`) from the same stream, at every window size of the schedule."""
-    from advsweep.attacks.square import l2_proposals, linf_proposals, proposal
+    from advsweep.attacks.square import PROPOSALS, proposal
 
     rng = np.random.default_rng(0)
     x0 = rng.random((8, 28, 28, 1)).astype(np.float32)
-    eps = np.full(8, 0.1 if norm == "linf" else 1.5)
+    eps = np.full(8, {"linf": 0.1, "l2": 1.5, "l1": 8.0}[norm])
     noise = rng.normal(0, 0.05, x0.shape).astype(np.float32)
     x_best = np.clip(np.clip(x0 + noise, x0 - 0.1, x0 + 0.1) if norm == "linf" else x0 + noise, 0, 1)
     queries = np.array([1, 5, 12, 60, 300, 1200, 4999, 12])  # every side of the schedule, two examples sharing one
-    block = (linf_proposals if norm == "linf" else l2_proposals)(
-        x0, x_best, eps, queries, 0.8, [np.random.default_rng(k) for k in range(8)])
+    block = PROPOSALS[norm](x0, x_best, eps, queries, 0.8, [np.random.default_rng(k) for k in range(8)])
     alone = np.stack([proposal(x0[k], x_best[k], float(eps[k]), norm, int(queries[k]), 0.8, np.random.default_rng(k))
                       for k in range(8)])
     np.testing.assert_array_equal(block, alone)
     assert (block != x_best).any(axis=(1, 2, 3)).all()  # each candidate moved
 
+
+def test_square_l1_follows_the_authors_from_the_same_draws(small_cnn, test_images, monkeypatch, benchmark_module):
+    """Square's L1 version against the authors' (``pyautoattack``'s ``SquareAttack``, ``norm='L1'``), like with
+    like: one example at a time, the authors' ``torch.rand`` fed from the same stream our example draws from (their
+    windows, transposition and signs come in the order ours do), on the same Keras model. After 60 queries the best
+    points must agree, up to the projection's float rounding (theirs float32, ours float64)."""
+    import torch
+    from pyautoattack.square import SquareAttack
+
+    import advsweep.attacks.engine as engine
+    from advsweep.attacks.square import square_attack
+
+    eps, queries = 3.0, 60
+    module = benchmark_module("autoattack_reference").KerasModule(small_cnn).eval()
+    compared = 0
+    for i in range(6):
+        x, y = test_images[0][i:i + 1], test_images[1][i:i + 1]
+        monkeypatch.setattr(engine, "example_stream", lambda *args: np.random.default_rng(100 + i))
+        ours = square_attack(small_cnn, x, y, [eps], norm="l1", queries=queries)
+        feed = np.random.default_rng(100 + i)
+        with monkeypatch.context() as patched:
+            patched.setattr(torch, "rand", lambda shape, *a, **k: torch.tensor(
+                feed.random(int(np.prod(shape))), dtype=torch.float32).reshape(list(shape)))
+            attack = SquareAttack(module, p_init=0.8, n_queries=queries, eps=eps, norm="L1", n_restarts=1, seed=0,
+                                  verbose=False, device="cpu", resc_schedule=False)
+            image = torch.tensor(x.transpose(0, 3, 1, 2).copy())
+            attack.init_hyperparam(image)
+            with torch.no_grad():
+                _, theirs = attack.attack_single_run(image, torch.tensor(y))
+        theirs = theirs.numpy().transpose(0, 2, 3, 1)
+        assert np.abs(theirs - x).sum() <= eps * (1 + 1e-5) and np.abs(ours.x_adv[0] - x).sum() <= eps * (1 + 1e-5)
+        if not ours.success[0, 0]:
+            np.testing.assert_allclose(ours.x_adv[0], theirs, atol=1e-5)
+            assert np.abs(theirs - x).sum() > 0.5 * eps  # a perturbation of the budget's size, not the input
+            compared += 1
+    assert compared >= 3
 
 def test_fab_projections_match_the_authors_code():
     import torch  # the test extra's reference: torchattacks' copy of the authors' projections
@@ -72,6 +107,28 @@ def test_fab_projections_match_the_authors_code():
             expected = theirs(torch.tensor(t), torch.tensor(w), torch.tensor(b)).numpy()
             np.testing.assert_allclose(ours(t, w, b), expected, atol=2e-6)
 
+
+
+def test_fab_l1_projection_matches_the_authors_code():
+    """FAB's L1 projection against the authors' (``pyautoattack``'s ``projection_l1``): points that reach their
+    hyperplane (one coordinate stops on it, the cheaper ones go to their bounds) and points that cannot (every
+    coordinate to its bound), with a zero weight and MNIST's black background."""
+    import torch
+    from pyautoattack.fab_projections import projection_l1 as reference
+
+    rng = np.random.default_rng(0)
+    reached = 0
+    for scale in (0.3, 3.0, 300.0):
+        t = rng.random((6, 784)).astype(np.float32)
+        t[:, :300] = 0.0
+        w = rng.standard_normal((6, 784)).astype(np.float32)
+        w[:, 5] = 0.0
+        b = (scale * rng.standard_normal(6)).astype(np.float32)
+        expected = reference(torch.tensor(t), torch.tensor(w), torch.tensor(b)).numpy()
+        ours = projection_l1(t, w, b)
+        np.testing.assert_allclose(ours, expected, atol=2e-6)
+        reached += int(np.isclose((w * (t + ours)).sum(axis=1), b, atol=1e-3).sum())
+    assert 0 < reached < 18  # both kinds of rows were tested
 
 def test_fab_projection_moves_a_point_just_short_of_its_hyperplane_as_the_authors_code_does():
     """Where FAB's iterates converge, a point lies a few 1e-4 short of its linearised boundary while w·x sums 784
@@ -193,22 +250,23 @@ def test_autoattack_is_the_worst_case_of_its_members(small_cnn, test_images):
         result.evaluations
 
 
-def test_fab_t_follows_the_original_from_the_same_start(small_cnn, test_images, benchmark_module):
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+def test_fab_t_follows_the_original_from_the_same_start(small_cnn, test_images, benchmark_module, norm):
     """Like with like against the original AutoAttack's FAB-T (``pyautoattack``, the authors' code): its first run of
     each target starts at the input, so both sides start from the same point and only the algorithm decides. The
     original runs one example at a time on the same Keras model, each call computed in a zero-padded block of the
     plan's rows with the example in its row, as ours computes it (gradients in the gradient plan's rows, the check
     of a new point in the forward plan's); targets 2 and 3 in turn, on the examples still robust. The examples
-    fooled within ε must be the same."""
+    fooled within ε must be the same (L∞, and L1 with the L1 projection)."""
     import torch
     from pyautoattack.fab_pt import FABAttack_PT
 
     from advsweep.attacks.plan import plan_of
 
     x, y = test_images[0][:24], test_images[1][:24]
-    eps, steps, targets = 0.08, 25, 2
+    eps, steps, targets = {"linf": 0.08, "l1": 4.0}[norm], 25, 2
     plan = plan_of(small_cnn)
-    ours = fab_targeted(small_cnn, x, y, [eps], steps=steps, target_classes=targets)
+    ours = fab_targeted(small_cnn, x, y, [eps], norm=norm, steps=steps, target_classes=targets)
 
     class InRow(benchmark_module("autoattack_reference").KerasModule):
         row, rows = 0, plan.forward.rows
@@ -231,7 +289,7 @@ def test_fab_t_follows_the_original_from_the_same_start(small_cnn, test_images, 
             return block
 
     bridge = InRow(small_cnn).eval()
-    original = FABAttack_PT(bridge, norm="Linf", n_restarts=1, n_iter=steps, eps=eps, alpha_max=0.1, eta=1.05,
+    original = FABAttack_PT(bridge, norm={"linf": "Linf", "l1": "L1"}[norm], n_restarts=1, n_iter=steps, eps=eps, alpha_max=0.1, eta=1.05,
                             beta=0.9, n_target_classes=targets)
     fooled = np.zeros(len(x), dtype=bool)
     for i in range(len(x)):
@@ -242,7 +300,8 @@ def test_fab_t_follows_the_original_from_the_same_start(small_cnn, test_images, 
             adv = original.attack_single_run(image, label, use_rand_start=False, is_targeted=True)
             with torch.no_grad():
                 wrong = bool(bridge(adv).argmax(1)[0] != label[0])
-            fooled[i] = wrong and float((adv - image).abs().max()) <= eps
+            size = (adv - image).abs().max() if norm == "linf" else (adv - image).abs().sum()
+            fooled[i] = wrong and float(size) <= eps
             if fooled[i]:
                 break
     assert 4 <= fooled.sum() <= 20, "ε should leave the outcome open on these examples"

@@ -46,15 +46,17 @@ def test_l1_projection_is_the_closest_point(test_images):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("targeted", [False, True], ids=["apgd-ce", "apgd-t"])
+@pytest.mark.parametrize("targeted,large_radii", [(False, False), (True, False), (False, True)],
+                         ids=["apgd-ce", "apgd-t", "apgd-ce-large-radii"])
 def test_l1_apgd_follows_the_authors_from_the_same_random_starts(small_cnn, test_images, monkeypatch, targeted,
-                                                                 benchmark_module):
+                                                                 large_radii, benchmark_module):
     """Like with like against the authors' l1-APGD (``pyautoattack``, ``norm='L1'``): each example run alone,
     seeded, as its ``perturb`` does (one ``torch.randn`` start per run; APGD-T: targets 2, 3, … until one fools);
     ours starts every run from the point the reference drew and otherwise runs its own engine. The sparse steps,
     the projection and the adaptive sparsity then decide: the same examples must be fooled, up to one whose path
     parts on the float rounding of the projection (theirs sums in float32, ours in float64), and ours never fools
-    fewer."""
+    fewer. With ``large_radii`` (the authors' ``use_largereps``, AutoAttack's L1 version) the run's stages at 3ε,
+    2ε and ε start from the same draw (projected onto the ball of 3ε)."""
     import torch
     from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
@@ -81,7 +83,7 @@ def test_l1_apgd_follows_the_authors_from_the_same_random_starts(small_cnn, test
     if targeted:
         ours = apgd.auto_pgd_targeted(small_cnn, x, y, [eps], norm="l1", steps=steps, target_classes=targets)
     else:
-        ours = apgd.auto_pgd(small_cnn, x, y, [eps], norm="l1", steps=steps)
+        ours = apgd.auto_pgd(small_cnn, x, y, [eps], norm="l1", steps=steps, large_radii=large_radii)
 
     module = benchmark_module("autoattack_reference").KerasModule(small_cnn).eval()
     if targeted:
@@ -89,7 +91,7 @@ def test_l1_apgd_follows_the_authors_from_the_same_random_starts(small_cnn, test
                                      n_target_classes=targets)
     else:
         attack = APGDAttack(module, norm="L1", eps=eps, n_iter=steps, n_restarts=1, seed=seed, loss="ce",
-                            device="cpu")
+                            device="cpu", use_largereps=large_radii)
     fooled = np.zeros(len(x), dtype=bool)
     for i in range(len(x)):  # perturb seeds itself (torch.manual_seed(seed)) and draws one start per run
         image, label = torch.tensor(x[i:i + 1].transpose(0, 3, 1, 2).copy()), torch.tensor(y[i:i + 1])

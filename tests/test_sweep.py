@@ -347,13 +347,15 @@ BAD_CONFIGS = [
      r"two calls\). Received: 'plus-plus'"),
     ("autoattack-bad-setting", lambda t: _as_autoattack(t, "settings = { square = { queries = 0 } }"),
      r"`attacks\[1\].settings.square.queries`: must be an integer ≥ 1. Received: 0"),
-    # the L1 threat model is APGD's alone: PGD, the ensemble and the minimal-ε search (PGD) refuse it by name
+    # the L1 threat model is AutoAttack's: PGD and the minimal-ε search (PGD) refuse it by name, and l1-APGD's
+    # schedule of radii is refused outside it
     ("pgd-l1", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [0.1, 0.2]\nl1 = [5.0]").replace(
         "rel_stepsize = 0.3", 'rel_stepsize = 0.3\nnorm = "l1"'),
-     r"`attacks\[1\].norm`: attack 'pgd' takes linf and l2; the L1 threat model is taken by apgd-ce, apgd-dlr, apgd-t"),
-    ("autoattack-l1", lambda t: _as_autoattack(t.replace("linf = [0.1, 0.2]", "linf = [0.1, 0.2]\nl1 = [5.0]"),
-                                               'norm = "l1"'),
-     r"`attacks\[1\].norm`: attack 'autoattack' takes linf and l2"),
+     r"`attacks\[1\].norm`: attack 'pgd' takes linf and l2; the L1 threat model is taken by apgd-ce, apgd-dlr, "
+     r"apgd-t, fab-t, square, autoattack"),
+    ("large-radii-linf", lambda t: _as_autoattack(t, "settings = { apgd-ce = { large_radii = true } }"),
+     r"`attacks\[1\].settings.apgd-ce.large_radii`: is l1-APGD's schedule of radii \(3ε, 2ε, ε\): it needs "
+     r"norm = \"l1\""),
     ("minimal-l1", lambda t: t.replace("[minimal]", '[minimal]\nnorm = "l1"'),
      r"`minimal.norm`: the minimal-ε search runs PGD, which has no L1 step"),
     ("l1-eps-out-of-range", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [0.1, 0.2]\nl1 = [800.0]"),
@@ -365,10 +367,11 @@ BAD_CONFIGS = [
 ]
 
 
-def test_an_l1_sweep_runs_apgd_on_the_l1_ball(model_folders, tmp_path):
-    """APGD-CE and APGD-T at L1 ε = 5 and 10 on the small CNN: every record's L1 size is within its ε (and its L∞
-    size may be far above any L∞ budget: the L1 ball is not the L∞ one), the summary and figures name L1, and the
-    adversarials' validity check passes."""
+def test_an_l1_sweep_runs_apgd_and_autoattack_on_the_l1_ball(model_folders, tmp_path):
+    """APGD-CE and AutoAttack's L1 version (shortened) at L1 ε = 5 and 10 on the small CNN: every record's L1 size
+    is within its ε (and its L∞ size may be far above any L∞ budget: the L1 ball is not the L∞ one), the ensemble is
+    at least as strong as its APGD-CE alone, the summary and figures name L1, and the adversarials' validity check
+    passes."""
     config = tmp_path / "l1.toml"
     config.write_text(f'''
 name = "l1"
@@ -386,23 +389,27 @@ name = "apgd-ce"
 norm = "l1"
 steps = 20
 [[attacks]]
-name = "apgd-t"
+name = "autoattack"
 norm = "l1"
-steps = 20
-target_classes = 2
+settings = {{ apgd-ce = {{ steps = 20 }}, apgd-t = {{ steps = 20, target_classes = 2 }}, fab-t = {{ steps = 10, target_classes = 2 }}, square = {{ queries = 100 }} }}
 [minimal]
 enabled = false
 ''')
     run = run_sweep(load_config(config), tmp_path / "results")
     records = pd.concat(pd.read_parquet(p) for p in (run / "records" / "cnn").glob("*.parquet"))
     attacked = records[records["attack"] != "clean"]
-    assert set(attacked["norm"]) == {"l1"} and set(attacked["attack"]) == {"apgd-ce-l1", "apgd-t-l1"}
+    assert set(attacked["norm"]) == {"l1"} and set(attacked["attack"]) == {"apgd-ce-l1", "autoattack-l1"}
+    robust = attacked[attacked["eps"] > 0].groupby(["attack", "eps"])["correct"].mean().unstack("attack")
+    assert (robust["autoattack-l1"] <= robust["apgd-ce-l1"]).all(), robust  # 5 restarts through 3ε, 2ε, ε
+    assert {"apgd-ce"} <= set(attacked.loc[attacked["attack"] == "autoattack-l1", "found_by"])
     assert (attacked["l1"] <= attacked["eps"] * (1 + 1e-5) + 1e-4).all()
     assert attacked.loc[attacked["eps"] == 10.0, "linf"].max() > 0.3  # sparse: a few pixels moved far
     summary = pd.read_csv(run / "summary.csv")
     worst = summary[summary["attack"] == "worst case"].set_index("eps")["robust_accuracy"]
     assert worst.loc[0.0] > worst.loc[10.0]
     assert "**L1**" in (run / "summary.md").read_text()
+    entries = sorted((run / "robustbench" / "mnist" / "L1").glob("cnn_eps*.json"))
+    assert [json.loads(e.read_text())["threat_model"] for e in entries] == ["L1", "L1"]
     checks = json.loads((run / "checks.json").read_text())
     validity = [c for c in checks if c["name"].startswith("valid adversarials")]
     assert validity and all(c["passed"] for c in validity), validity

@@ -70,8 +70,8 @@ MINIMAL: Final[dict[str, Any]] = {
     "examples": 100,
     "steps": 20,
     "loss": "margin",
-    "eps_max": {"linf": 0.5, "l2": 6.0},
-    "tolerance": {"linf": 1.0 / 255.0, "l2": 0.02},
+    "eps_max": {"linf": 0.5, "l2": 6.0, "l1": 40.0},
+    "tolerance": {"linf": 1.0 / 255.0, "l2": 0.02, "l1": 0.1},
 }
 
 # A sweep, and the one-model sweep behind ``advsweep evaluate``.

@@ -423,6 +423,7 @@ def apgd_engine(
     limit: np.ndarray | None = None,
     eot_draws: int = 1,
     large_radii: bool = False,
+    budgets: np.ndarray | None = None,
 ) -> AttackResult:
     """APGD (APGD-T with ``target_ranks``) on validated inputs over an ε grid ``(K,)``: :class:`ApgdStep` run by the
     engine (:func:`advsweep.attacks.engine.run_engine`), which gives each example its programme: for each ε
@@ -430,7 +431,8 @@ def apgd_engine(
     ensemble's cascade) ends an example's programme at that position of the ascending ε order; ``eot_draws``: model
     calls averaged per gradient (:class:`advsweep.attacks.engine.Programme`); with more than one, every run takes all
     its steps and a budget keeps its latest adversarial iterate, as the authors' APGD (for a randomized model the
-    first misclassified draw is often a lucky one that a fresh call does not repeat)."""
+    first misclassified draw is often a lucky one that a fresh call does not repeat). ``budgets`` ``(K, N)``: each
+    example's own budgets in place of the grid's (the minimal-ε search's bisection; ``eps`` then only labels them)."""
     step: Step = (ApgdL1Step(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps,
                              large_radii=large_radii) if norm == "l1"
                   else ApgdStep(len(x), x.shape[1:], classes_of(model, x), loss=loss, steps=steps, rho=rho, norm=norm))
@@ -438,5 +440,5 @@ def apgd_engine(
     programme = Programme(stream=stream, restarts=restarts, target_ranks=target_ranks,
                           classes_with_label=target_ranks is not None, eot_draws=eot_draws,
                           early_stop=not randomized, keep_latest=randomized)
-    return run_engine(model, step, programme, x, labels, grid_budgets(eps, len(x)), seed=seed, example_ids=example_ids,
-                      grid=eps, norm=norm, gradient=gradient, limit=limit)
+    return run_engine(model, step, programme, x, labels, grid_budgets(eps, len(x)) if budgets is None else budgets,
+                      seed=seed, example_ids=example_ids, grid=eps, norm=norm, gradient=gradient, limit=limit)

@@ -42,6 +42,7 @@ from advsweep.attacks.core import (
     result_of,
     success_of,
 )
+from advsweep.attacks.spec import L1_NORMS
 from advsweep.defaults import ATTACK, ITERATIVE
 
 logger = logging.getLogger(__name__)
@@ -269,22 +270,24 @@ def fmn_minimal_norms(
 ) -> np.ndarray:
     """Per-example perturbation size of foolbox's Fast Minimum-Norm attack (Pintor et al. 2021).
 
-    The reference for :func:`advsweep.attacks.minimal_perturbation`: float64 ``(N,)``, the L∞ or L2 size of
+    The reference for :func:`advsweep.attacks.minimal_perturbation`: float64 ``(N,)``, the L∞, L2 or L1 size of
     FMN's adversarial, 0 where the clean input is misclassified, ``inf`` where FMN fails.
     """
     check_model(model)
-    norm = check_norm(norm)
+    norm = check_norm(norm, L1_NORMS)
     steps = check_positive_int("steps", steps)
     batch_size = check_positive_int("batch_size", batch_size)
     x, labels, _ = check_inputs(x, labels, model=model)
     fmodel = foolbox_model(model, gradient)
-    attack = fb.attacks.LInfFMNAttack(steps=steps) if norm == "linf" else fb.attacks.L2FMNAttack(steps=steps)
+    attack = {"linf": fb.attacks.LInfFMNAttack, "l2": fb.attacks.L2FMNAttack, "l1": fb.attacks.L1FMNAttack}[norm](
+        steps=steps)
     sizes = np.full(len(x), np.inf)
     for part in (slice(i, min(i + batch_size, len(x))) for i in range(0, len(x), batch_size)):
         _, clipped, success = attack(fmodel, tf.constant(x[part]), fb.criteria.Misclassification(
             tf.constant(labels[part])), epsilons=None)
         delta = (clipped.numpy() - x[part]).reshape(part.stop - part.start, -1)
-        size = np.abs(delta).max(axis=1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+        size = {"linf": lambda: np.abs(delta).max(axis=1), "l1": lambda: np.abs(delta).sum(axis=1),
+                "l2": lambda: np.linalg.norm(delta, axis=1)}[norm]()
         ok = np.asarray(success.numpy(), dtype=bool)
         sizes[part][ok] = size[ok]
     return sizes

@@ -1,6 +1,7 @@
 """Minimal-perturbation mode: each example's smallest successful ε, hence a whole robustness curve.
 
-Bisection over a per-example ε with PGD (early stop on, the margin loss by default): an example's interval
+Bisection over a per-example ε with PGD (early stop on, the margin loss by default; in L1, which PGD has no step
+for, l1-APGD with the DLR loss, scale-invariant as the margin is, or cross-entropy): an example's interval
 [lo, hi] always has the attack failing at lo (or lo = 0) and an adversarial known at hi (found by the
 search, or proved by another attack: ``upper_bounds``), and it halves until hi − lo ≤ tolerance.
 foolbox's Fast Minimum-Norm attack (Pintor et al., NeurIPS 2021) is the reference
@@ -24,7 +25,9 @@ from advsweep.attacks.core import (
     predict_logits,
     success_of,
 )
+from advsweep.attacks.apgd import apgd_engine
 from advsweep.attacks.pgd import pgd_engine
+from advsweep.attacks.spec import L1_NORMS
 from advsweep.defaults import ATTACK, MINIMAL
 
 
@@ -82,9 +85,10 @@ def minimal_perturbation(
         model: logits model.
         x: clean images ``(N, 28, 28, 1)`` in [0, 1].
         labels: true classes ``(N,)``.
-        norm: ``"linf"`` or ``"l2"``.
-        eps_max: upper end of the search (default 0.5 for L∞, 6.0 for L2).
-        tolerance: final interval width (default 1/255 ≈ 0.0039 for L∞, 0.02 for L2).
+        norm: ``"linf"``, ``"l2"`` or ``"l1"`` (each round then runs l1-APGD, ``steps`` steps, one run; ``loss``
+            "margin" takes APGD's DLR loss, "ce" cross-entropy).
+        eps_max: upper end of the search (default 0.5 for L∞, 6.0 for L2, 40 for L1).
+        tolerance: final interval width (default 1/255 ≈ 0.0039 for L∞, 0.02 for L2, 0.1 for L1).
         steps: PGD steps per bisection round (default 20, as in sweeps: :data:`advsweep.defaults.MINIMAL`).
         rel_stepsize: PGD step as a fraction of ε (default 2.5 / steps, Madry et al.'s rule, so that
             the steps can travel 2.5 ε: the minimum sits on the ball's boundary).
@@ -107,7 +111,7 @@ def minimal_perturbation(
         attack's).
     """
     check_model(model)
-    norm = check_norm(norm)
+    norm = check_norm(norm, L1_NORMS)
     eps_max = MINIMAL["eps_max"][norm] if eps_max is None else eps_max
     tolerance = MINIMAL["tolerance"][norm] if tolerance is None else tolerance
     shape = np.shape(x)[1:]
@@ -116,7 +120,7 @@ def minimal_perturbation(
             raise ValueError(f"`{name}` must be a number in (0, {upper:g}]. Received: {name}={value!r}")
     steps = check_positive_int("steps", steps)
     call = checked_call(model, x, labels, [eps_max], norm=norm, seed=seed, example_ids=example_ids, loss=loss,
-                        random_start=random_start, gradient=gradient,
+                        random_start=random_start, gradient=gradient, norms=L1_NORMS,
                         rel_stepsize=2.5 / steps if rel_stepsize is None else rel_stepsize)
     x, labels, ids, seed = call.x, call.labels, call.example_ids, call.seed
     loss, random_start, rel, gradient = (call.params[k] for k in ("loss", "random_start", "rel_stepsize", "gradient"))
@@ -127,6 +131,12 @@ def minimal_perturbation(
                          f"Received: shape={bounds.shape}")
 
     def attack(index: np.ndarray, eps: np.ndarray, round_: int) -> tuple[np.ndarray, np.ndarray]:
+        if norm == "l1":
+            result = apgd_engine(model, x[index], labels[index], np.zeros(1), budgets=eps[None, :], norm=norm,
+                                 loss="dlr" if loss == "margin" else loss, steps=steps, restarts=1, rho=0.75, seed=seed,
+                                 example_ids=ids[index], stream=f"minimal-{round_}", gradient=gradient,
+                                 target_ranks=None)
+            return result.x_adv[0], result.success[0]
         result = pgd_engine(model, x[index], labels[index], None, eps[None, :], norm=norm, steps=steps, loss=loss,
                             random_start=random_start, restarts=1, early_stop=True, seed=seed,
                             example_ids=ids[index], attack=f"minimal-{round_}", grid=np.zeros(1),

@@ -28,7 +28,6 @@ from advsweep.attacks.spec import (
     L1_ATTACKS,
     L1_NORMS,
     LOSSES,
-    NORMS,
     attack_parameters,
     check_epsilons,
     check_parameter,
@@ -92,8 +91,8 @@ class AttackSpec:
 
 @dataclasses.dataclass(frozen=True)
 class MinimalSpec:
-    """The minimal-perturbation mode (bisection over ε with PGD) behind the robustness curve. Each example's
-    search starts from the smallest grid ε at which any attack of the sweep fooled it."""
+    """The minimal-perturbation mode (bisection over ε with PGD; l1-APGD in L1) behind the robustness curve. Each
+    example's search starts from the smallest grid ε at which any attack of the sweep fooled it."""
 
     enabled: bool = MINIMAL["enabled"]
     norm: str = MINIMAL["norm"]
@@ -464,9 +463,7 @@ def _minimal(table: Any, count: int, data: DatasetInfo) -> MinimalSpec:
     values = _take(table, "minimal", {**{k: v for k, v in MINIMAL.items() if not isinstance(v, dict)},
                                       "tolerance": None, "eps_max": None}, "minimal")
     _flag("minimal.enabled", values["enabled"])
-    if values["norm"] == "l1":
-        raise _fail("minimal.norm", "the minimal-ε search runs PGD, which has no L1 step: use \"linf\" or \"l2\"")
-    norm = _choice("minimal.norm", values["norm"], NORMS)
+    norm = _choice("minimal.norm", values["norm"], L1_NORMS)
     for key in ("tolerance", "eps_max"):
         if values[key] is not None:
             try:

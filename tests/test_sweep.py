@@ -347,8 +347,8 @@ BAD_CONFIGS = [
      r"two calls\). Received: 'plus-plus'"),
     ("autoattack-bad-setting", lambda t: _as_autoattack(t, "settings = { square = { queries = 0 } }"),
      r"`attacks\[1\].settings.square.queries`: must be an integer ≥ 1. Received: 0"),
-    # the L1 threat model is AutoAttack's: PGD and the minimal-ε search (PGD) refuse it by name, and l1-APGD's
-    # schedule of radii is refused outside it
+    # the L1 threat model is AutoAttack's: PGD refuses it by name, and l1-APGD's schedule of radii is refused
+    # outside it
     ("pgd-l1", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [0.1, 0.2]\nl1 = [5.0]").replace(
         "rel_stepsize = 0.3", 'rel_stepsize = 0.3\nnorm = "l1"'),
      r"`attacks\[1\].norm`: attack 'pgd' takes linf and l2; the L1 threat model is taken by apgd-ce, apgd-dlr, "
@@ -356,8 +356,6 @@ BAD_CONFIGS = [
     ("large-radii-linf", lambda t: _as_autoattack(t, "settings = { apgd-ce = { large_radii = true } }"),
      r"`attacks\[1\].settings.apgd-ce.large_radii`: is l1-APGD's schedule of radii \(3ε, 2ε, ε\): it needs "
      r"norm = \"l1\""),
-    ("minimal-l1", lambda t: t.replace("[minimal]", '[minimal]\nnorm = "l1"'),
-     r"`minimal.norm`: the minimal-ε search runs PGD, which has no L1 step"),
     ("l1-eps-out-of-range", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [0.1, 0.2]\nl1 = [800.0]"),
      r"`epsilons.l1`: .*784"),
     # a bad attack value in a config that would train a model: nothing is trained (results/ stays empty)
@@ -393,7 +391,9 @@ name = "autoattack"
 norm = "l1"
 settings = {{ apgd-ce = {{ steps = 20 }}, apgd-t = {{ steps = 20, target_classes = 2 }}, fab-t = {{ steps = 10, target_classes = 2 }}, square = {{ queries = 100 }} }}
 [minimal]
-enabled = false
+norm = "l1"
+examples = 10
+steps = 10
 ''')
     run = run_sweep(load_config(config), tmp_path / "results")
     records = pd.concat(pd.read_parquet(p) for p in (run / "records" / "cnn").glob("*.parquet"))
@@ -413,6 +413,8 @@ enabled = false
     checks = json.loads((run / "checks.json").read_text())
     validity = [c for c in checks if c["name"].startswith("valid adversarials")]
     assert validity and all(c["passed"] for c in validity), validity
+    curve = [c for c in checks if c["name"].startswith("robustness curve")]  # the L1 bisection (l1-APGD)
+    assert curve and all(c["passed"] for c in curve), curve
 
 
 @pytest.mark.parametrize("mutate,message", [(m, msg) for _, m, msg in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])

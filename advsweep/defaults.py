@@ -41,23 +41,29 @@ AUTOATTACK: Final[dict[str, dict[str, Any]]] = {
     "apgd-dlr": {"steps": 100, "restarts": 1, "rho": 0.75, "eot_draws": 1, "large_radii": False},
     "apgd-t": {"steps": 100, "target_classes": 9, "restarts": 1, "rho": 0.75, "eot_draws": 1, "large_radii": False},
     "fab-t": {"steps": 100, "target_classes": 9, "restarts": 1, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},
+    "fab": {"steps": 100, "restarts": 5, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},  # untargeted: the plus version
     "square": {"queries": 5000, "p_init": 0.8, "restarts": 1},
 }
 # AutoAttack's versions: the members in the order they run, and the changes to the settings above. ``rand`` is for
 # a randomized model (logits that change between two calls on one input): APGD-CE and APGD-DLR, each gradient
-# averaged over 20 draws of the model (Expectation over Transformation), one run each. ``by_norm``: a threat model's
+# averaged over 20 draws of the model (Expectation over Transformation), one run each. ``plus``: the authors' plus
+# version (APGD-CE and APGD-DLR with 5 restarts, untargeted FAB with 5, Square, then APGD-T and FAB-T with 9 targets,
+# one run each). ``by_norm``: a threat model's
 # further changes (the standard version's L1 settings, as the authors' ``_set_version``: APGD-CE with 5 restarts and
 # APGD-T with 5 targets, both through the radii 3ε, 2ε, ε).
 AUTOATTACK_VERSIONS: Final[dict[str, dict[str, Any]]] = {
     "standard": {"attacks": ("apgd-ce", "apgd-t", "fab-t", "square"), "settings": {},
                  "by_norm": {"l1": {"apgd-ce": {"restarts": 5, "large_radii": True},
                                     "apgd-t": {"target_classes": 5, "large_radii": True}}}},
+    "plus": {"attacks": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+             "settings": {"apgd-ce": {"restarts": 5}, "apgd-dlr": {"restarts": 5}}},
     "rand": {"attacks": ("apgd-ce", "apgd-dlr"),
              "settings": {"apgd-ce": {"eot_draws": 20}, "apgd-dlr": {"eot_draws": 20}}},
 }
 APGD_CE: Final[dict[str, Any]] = AUTOATTACK["apgd-ce"]  # APGD alone (untargeted, CE or DLR)
 APGD_T: Final[dict[str, Any]] = AUTOATTACK["apgd-t"]
 FAB: Final[dict[str, Any]] = AUTOATTACK["fab-t"]
+FAB_UNTARGETED: Final[dict[str, Any]] = AUTOATTACK["fab"]
 SQUARE: Final[dict[str, Any]] = AUTOATTACK["square"]
 
 # The minimal-perturbation bisection behind the robustness curve. The margin loss cannot saturate (cross-

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the names as mypy and editors see them
     from advsweep.attacks.ensemble import autoattack
     from advsweep.attacks.checks import Check
     from advsweep.attacks.core import AttackResult, predict_logits
-    from advsweep.attacks.fab import fab_targeted
+    from advsweep.attacks.fab import fab_targeted, fab_untargeted
     from advsweep.attacks.fgm import fast_gradient_method
     from advsweep.attacks.foolbox_adapter import fmn_minimal_norms, foolbox_attack
     from advsweep.attacks.minimal import MinimalResult, minimal_perturbation, robustness_curve
@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "auto_pgd_targeted": "advsweep.attacks.apgd",
     "autoattack": "advsweep.attacks.ensemble",
     "fab_targeted": "advsweep.attacks.fab",
+    "fab_untargeted": "advsweep.attacks.fab",
     "square_attack": "advsweep.attacks.square",
     "basic_iterative_method": "advsweep.attacks.pgd",
     "fast_gradient_method": "advsweep.attacks.fgm",

@@ -395,7 +395,8 @@ def check_ensemble(result: AttackResult, *, label: str = "autoattack",
     - APGD-T's DLR loss and FAB-T are invariant to the logits' scale, APGD-CE's cross-entropy is not: when the
       former fool more examples than APGD-CE did, the softmax saturates (cross-entropy gradients vanish), and
       every cross-entropy attack of the run (PGD, FGSM with ``loss = "ce"``) overstates robustness. A note: the
-      ensemble's own number does not depend on it. APGD-DLR (the ``rand`` version) counts with the scale-invariant.
+      ensemble's own number does not depend on it. APGD-DLR (the ``rand`` and ``plus`` versions) and untargeted FAB
+      (``plus``) count with the scale-invariant.
 
     ``members``: the attacks the ensemble ran; the Square check needs Square among them.
     """
@@ -404,7 +405,7 @@ def check_ensemble(result: AttackResult, *, label: str = "autoattack",
     by = np.asarray(result.found_by)
     eps = [f"{e:g}" for e in result.epsilons]
     per_eps = {name: [int(c) for c in (by == name).sum(axis=1)]
-               for name in ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")}
+               for name in ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "fab", "square")}
     n = by.shape[1]
     square = sum(per_eps["square"])
     checks = [] if "square" not in members else [Check(
@@ -416,14 +417,14 @@ def check_ensemble(result: AttackResult, *, label: str = "autoattack",
     )]
     if (by == "apgd-ce").any() or (by == "").any():
         ce = per_eps["apgd-ce"]
-        scale_free = [a + d + f for a, d, f in zip(per_eps["apgd-t"], per_eps["apgd-dlr"], per_eps["fab-t"],
-                                                   strict=True)]
+        scale_free = [sum(counts) for counts in zip(per_eps["apgd-t"], per_eps["apgd-dlr"], per_eps["fab-t"],
+                                                    per_eps["fab"], strict=True)]
         passed = all(s <= c for s, c in zip(scale_free, ce, strict=True))
         checks.append(Check(
             name=f"cross-entropy gradients carry the attack ({label})",
             passed=passed,
-            detail=f"fooled first by APGD-CE per ε {eps}: {ce}; then by the scale-invariant APGD-DLR, APGD-T and FAB-T: "
-                   f"{scale_free} (of {n})",
+            detail=f"fooled first by APGD-CE per ε {eps}: {ce}; then by the scale-invariant APGD-DLR, APGD-T, FAB-T "
+                   f"and FAB: {scale_free} (of {n})",
             suggestion="" if passed else "APGD-CE's cross-entropy missed what the scale-invariant losses found: the "
                                          "softmax saturates (large logits) and cross-entropy gradients vanish; "
                                          "cross-entropy attacks (PGD, FGSM) overstate this model's robustness",

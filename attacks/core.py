@@ -265,11 +265,14 @@ def loss_gradient_fn(model: keras.Model, loss: str, gradient: str = "auto") -> L
     ``gradient="fast"`` differentiates :func:`advsweep.models.fast_gradient.fast_forward`
     (backward passes of the frozen VGG16 base built from forward ops, equal up to float rounding);
     ``"plain"`` differentiates the Keras model as it is; ``"auto"``: the one the model's plan measured faster
-    (:func:`resolved_gradient`).
+    (:func:`resolved_gradient`). ``loss="closest-boundary-<norm>"`` is untargeted FAB's (:func:`closest_boundary`):
+    the gradients of every class's logit, one backward pass each.
     """
     gradient = resolved_gradient(model, gradient)
     per_model = _LOSS_GRADIENT_FNS.setdefault(model, {})
     key = f"{loss}/{gradient}"
+    if key not in per_model and loss.startswith(CLOSEST_BOUNDARY):
+        per_model[key] = closest_boundary_fn(model, loss[len(CLOSEST_BOUNDARY):], gradient)
     if key not in per_model:
         forward = model_function(model, gradient)
 
@@ -288,6 +291,46 @@ def loss_gradient_fn(model: keras.Model, loss: str, gradient: str = "auto") -> L
                              tf.TensorSpec((None, 2) if loss in PAIRED_LOSSES else (None,), tf.int64))
         per_model[key] = lambda x, classes: compiled(x, tf.cast(classes, tf.int64))
     return per_model[key]
+
+
+CLOSEST_BOUNDARY = "closest-boundary-"  # untargeted FAB's "loss", followed by the norm its distances are in
+
+
+def closest_boundary(logits: tf.Tensor, jacobian: tf.Tensor, labels: tf.Tensor, norm: str
+                     ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Untargeted FAB's choice (the authors' ``get_diff_logits_grads_batch`` and the distances after it): for each
+    row, the class k ≠ y whose linearised boundary ``z_k − z_y = 0`` is closest in ``norm`` (distance ``|z_k − z_y|
+    / ‖∇(z_k − z_y)‖_*``, the dual norm: L1 for L∞, L2 for L2, L∞ for L1), and that difference and its gradient.
+    ``logits`` ``(M, C)``, ``jacobian`` ``(M, C, …)`` each logit's input gradient."""
+    rows = tf.range(tf.shape(logits)[0])
+    at_label = tf.stack([rows, tf.cast(labels, tf.int32)], axis=1)
+    values = logits - tf.gather_nd(logits, at_label)[:, None]
+    slopes = jacobian - tf.gather_nd(jacobian, at_label)[:, None]
+    values = tf.where(tf.one_hot(labels, tf.shape(logits)[1]) > 0, tf.constant(1e10, logits.dtype), values)
+    flat = tf.reshape(slopes, tf.concat([tf.shape(slopes)[:2], [-1]], 0))
+    dual = {"linf": lambda: tf.reduce_sum(tf.abs(flat), -1), "l2": lambda: tf.sqrt(tf.reduce_sum(flat * flat, -1)),
+            "l1": lambda: tf.reduce_max(tf.abs(flat), -1)}[norm]()
+    closest = tf.argmin(tf.abs(values) / (1e-12 + dual), axis=1, output_type=tf.int32)
+    chosen = tf.stack([rows, closest], axis=1)
+    return tf.gather_nd(values, chosen), tf.gather_nd(slopes, chosen)
+
+
+def closest_boundary_fn(model: keras.Model, norm: str, gradient: str) -> LossGradientFn:
+    """``(x, labels) → (logits, z_k − z_y, ∇(z_k − z_y))`` at the closest linearised boundary
+    (:func:`closest_boundary`), compiled: one forward pass and a backward pass per class."""
+    forward = model_function(model, gradient)
+
+    def value_and_jacobian(x: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            logits = forward(x)
+            columns = [logits[:, k] for k in range(int(logits.shape[-1]))]
+        grads = [tape.gradient(column, x) for column in columns]
+        jacobian = tf.stack([tf.zeros_like(x) if g is None else g for g in grads], axis=1)
+        return (logits, *closest_boundary(logits, jacobian, labels, norm))
+
+    compiled = one_graph(value_and_jacobian, model, tf.TensorSpec((None,), tf.int64))
+    return lambda x, labels: compiled(x, tf.cast(labels, tf.int64))
 
 
 def one_graph(function: Callable[..., Any], model: keras.Model, *more: tf.TensorSpec) -> Callable[..., Any]:

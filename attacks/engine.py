@@ -141,9 +141,11 @@ class Step:
     that ascends ``loss``, −1 for one that descends it (a targeted PGD), ``None`` for one whose loss is not what it
     optimises (FAB-T): the engine's :class:`LossTrace` follows the loss the attack optimises. ``outside``: for a
     step whose points may lie outside their run's budget for a while (l1-APGD's first stages at 3ε and 2ε), which
-    do; a misclassified point there is no adversarial at the budget."""
+    do; a misclassified point there is no adversarial at the budget. ``gradients``: backward passes per gradient
+    evaluation (untargeted FAB's: one per class), what the cost counts."""
 
     loss: str | None = None
+    gradients: int = 1
     trace_sign: float | None = 1.0  # the loss the attack ascends is ``trace_sign · loss`` (None: not traced)
 
     def start(self, runs: Runs) -> np.ndarray:
@@ -382,7 +384,7 @@ class Engine:
                 if got.grad is not None:
                     assert total is not None
                     out.loss[rows], out.grad[rows] = got.loss, total / np.float32(draws)  # type: ignore[index]
-                self.spent[kind] += len(rows) * draws
+                self.spent[kind] += len(rows) * draws * (self.step.gradients if kind == "gradient" else 1)
         return out
 
     def keep(self, e: int, point: np.ndarray, logits: np.ndarray) -> None:

@@ -1,5 +1,7 @@
-"""AutoAttack (Croce & Hein, ICML 2020) as one attack: its standard version (APGD-CE, APGD-T, FAB-T, Square) and its
-``rand`` version for randomized models (APGD-CE and APGD-DLR, each gradient averaged over 20 draws of the model);
+"""AutoAttack (Croce & Hein, ICML 2020) as one attack: its standard version (APGD-CE, APGD-T, FAB-T, Square), its
+``plus`` version (APGD-CE and APGD-DLR with 5 restarts, untargeted FAB with 5, Square, APGD-T and FAB-T with 9
+targets) and its ``rand`` version for randomized models (APGD-CE and APGD-DLR, each gradient averaged over 20 draws
+of the model);
 L∞, L2, and L1 with the L1 version's settings ("Mind the box", Croce & Hein, ICML 2021: l1-APGD-CE with 5 restarts
 and l1-APGD-T with 5 targets, both through the radii 3ε, 2ε, ε; FAB-T and Square in L1).
 
@@ -68,11 +70,12 @@ def autoattack(
     Args:
         model, x, labels, epsilons, norm, seed, example_ids, gradient: as
             :func:`advsweep.attacks.projected_gradient_descent`.
-        version: ``"standard"`` (APGD-CE, APGD-T, FAB-T, Square) or ``"rand"`` (APGD-CE and APGD-DLR with 20 draws
-            per gradient, for a model whose logits change between two calls), with AutoAttack's settings for it
+        version: ``"standard"`` (APGD-CE, APGD-T, FAB-T, Square), ``"plus"`` (more restarts, APGD-DLR and untargeted
+            FAB besides) or ``"rand"`` (APGD-CE and APGD-DLR with 20 draws per gradient, for a model whose logits
+            change between two calls), with AutoAttack's settings for it
             (:data:`advsweep.defaults.AUTOATTACK_VERSIONS`).
         attacks: the attacks and their order, distinct names from ``("apgd-ce", "apgd-dlr", "apgd-t", "fab-t",
-            "square")`` (AutoAttack's "custom" version); ``None``: the version's.
+            "fab", "square")`` (AutoAttack's "custom" version); ``None``: the version's.
         settings: changes to the version's settings, ``{member: {parameter: value}}`` (e.g. ``{"square":
             {"queries": 1000}}`` for a quicker, weaker look).
 
@@ -113,7 +116,7 @@ def _engines(norm: str, seed: int, gradient: str, classes: int,
     """Each attack of the ensemble with AutoAttack's standard settings (and ``settings``' changes), as
     ``(model, x, labels, eps, example_ids=, limit=) → AttackResult``."""
     merged = {name: {**AUTOATTACK[name], **settings.get(name, {})} for name in AUTOATTACK}
-    fab, square = merged["fab-t"], merged["square"]
+    fab, untargeted, square = merged["fab-t"], merged["fab"], merged["square"]
     fab_ranks = target_ranks(classes, fab["target_classes"])
 
     def apgd(member: str, loss: str) -> Callable[..., AttackResult]:
@@ -131,6 +134,10 @@ def _engines(norm: str, seed: int, gradient: str, classes: int,
         "fab-t": lambda model, x, labels, eps, **rows: fab_engine(
             model, x, labels, eps, norm=norm, steps=fab["steps"], target_ranks=fab_ranks, restarts=fab["restarts"],
             alpha_max=fab["alpha_max"], eta=fab["eta"], beta=fab["beta"], seed=seed, gradient=gradient, **rows),
+        "fab": lambda model, x, labels, eps, **rows: fab_engine(
+            model, x, labels, eps, norm=norm, steps=untargeted["steps"], target_ranks=None,
+            restarts=untargeted["restarts"], alpha_max=untargeted["alpha_max"], eta=untargeted["eta"],
+            beta=untargeted["beta"], seed=seed, gradient=gradient, **rows),
         "square": lambda model, x, labels, eps, **rows: square_engine(
             model, x, labels, eps, norm=norm, queries=square["queries"], p_init=square["p_init"],
             restarts=square["restarts"], seed=seed, **rows),

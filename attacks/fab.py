@@ -12,6 +12,11 @@ grid at once.
 The targets are the classes with the 2nd … (n+1)-th highest clean logits (AutoAttack: 9). The first run of each
 target starts at the input; further runs (``restarts``) start at a random point at distance ε/2, one per ε.
 
+FAB, untargeted (:func:`fab_untargeted`, AutoAttack's ``plus`` version), takes at every step the boundary of the
+class whose linearisation is closest instead of one target's: ``min_k |z_k − z_y| / ‖∇(z_k − z_y)‖_*`` (the dual
+norm), from the gradients of every logit (one backward pass per class, :func:`advsweep.attacks.core.closest_boundary`);
+the step is the same. AutoAttack's plus version runs it with 5 restarts.
+
 References: F. Croce, M. Hein, "Minimally distorted adversarial examples with a fast adaptive boundary attack",
 ICML 2020; the authors' code in AutoAttack (``autoattack/fab_base.py``, ``fab_projections.py``), which this
 follows step by step with AutoAttack's settings (100 steps, ``alpha_max = 0.1``, ``eta = 1.05``, ``beta = 0.9``,
@@ -30,10 +35,38 @@ import keras
 import numpy as np
 
 from advsweep.assets.validate import Invalid
-from advsweep.attacks.core import AttackResult, checked_call, classes_of, target_ranks
+from advsweep.attacks.core import CLOSEST_BOUNDARY, AttackResult, checked_call, classes_of, target_ranks
 from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
 from advsweep.attacks.spec import L1_NORMS
-from advsweep.defaults import ATTACK, FAB
+from advsweep.defaults import ATTACK, FAB, FAB_UNTARGETED
+
+
+def fab_untargeted(
+    model: keras.Model,
+    x: Any,
+    labels: Any,
+    epsilons: Any,
+    *,
+    norm: str = ATTACK["norm"],
+    steps: int = FAB_UNTARGETED["steps"],
+    restarts: int = FAB_UNTARGETED["restarts"],
+    alpha_max: float = FAB_UNTARGETED["alpha_max"],
+    eta: float = FAB_UNTARGETED["eta"],
+    beta: float = FAB_UNTARGETED["beta"],
+    seed: int = ATTACK["seed"],
+    example_ids: Any = None,
+    gradient: str = ATTACK["gradient"],
+) -> AttackResult:
+    """Untargeted FAB for every ε of a list: each step towards the closest linearised boundary of any class.
+    Arguments as :func:`fab_targeted` (no targets); AutoAttack's setting: 100 steps, 5 runs (the first from the
+    input). Each step costs one backward pass per class and a forward pass."""
+    call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, steps=steps,
+                        restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta, gradient=gradient,
+                        norms=L1_NORMS)
+    if classes_of(model, call.x) < 2:
+        raise Invalid("model", "a classifier of at least 2 classes", classes_of(model, call.x))
+    return fab_engine(model, call.x, call.labels, call.eps, norm=call.norm, target_ranks=None, seed=call.seed,
+                      example_ids=call.example_ids, **call.params)
 
 
 def fab_targeted(
@@ -287,12 +320,14 @@ class FabStep(Step):
     input.
     """
 
-    loss = "logit-difference"
     trace_sign = None  # the loss aims FAB's steps; FAB minimises the perturbation, not the loss
 
     def __init__(self, n: int, shape: tuple[int, ...], *, steps: int, alpha_max: float, eta: float, beta: float,
-                 norm: str):
+                 norm: str, classes: int | None = None):
         self.steps, self.alpha_max, self.eta, self.beta, self.norm = steps, alpha_max, eta, beta, norm
+        # targeted: z_t − z_y for the run's target; untargeted (``classes`` given): the closest boundary of any class
+        self.loss = "logit-difference" if classes is None else f"{CLOSEST_BOUNDARY}{norm}"
+        self.gradients = 1 if classes is None else classes
         self.x0 = np.zeros((n,) + shape, np.float32)
         self.i, self.checking = np.zeros(n, np.int64), np.zeros(n, dtype=bool)
 
@@ -331,7 +366,7 @@ def fab_engine(
     *,
     norm: str,
     steps: int,
-    target_ranks: list[int],
+    target_ranks: list[int] | None,
     restarts: int,
     alpha_max: float,
     eta: float,
@@ -341,12 +376,14 @@ def fab_engine(
     gradient: str,
     limit: np.ndarray | None = None,
 ) -> AttackResult:
-    """FAB-T on validated inputs over an ε grid ``(K,)``: :class:`FabStep` run by the engine
-    (:func:`advsweep.attacks.engine.run_engine`). An example's programme, target by target: one run from the input,
-    which decides every ε below ``limit`` at once, then for each further restart one run per ε still undecided, from
-    a random start at ε/2; it ends once every ε is decided."""
-    step = FabStep(len(x), x.shape[1:], steps=steps, alpha_max=alpha_max, eta=eta, beta=beta, norm=norm)
-    programme = Programme(stream="fab-t", restarts=restarts, target_ranks=target_ranks, any_budget=True,
-                          classes_with_label=True)
+    """FAB-T (untargeted FAB with ``target_ranks=None``) on validated inputs over an ε grid ``(K,)``: :class:`FabStep`
+    run by the engine (:func:`advsweep.attacks.engine.run_engine`). An example's programme, target by target: one
+    run from the input, which decides every ε below ``limit`` at once, then for each further restart one run per ε
+    still undecided, from a random start at ε/2; it ends once every ε is decided."""
+    targeted = target_ranks is not None
+    step = FabStep(len(x), x.shape[1:], steps=steps, alpha_max=alpha_max, eta=eta, beta=beta, norm=norm,
+                   classes=None if targeted else classes_of(model, x))
+    programme = Programme(stream="fab-t" if targeted else "fab", restarts=restarts, target_ranks=target_ranks,
+                          any_budget=True, classes_with_label=targeted)
     return run_engine(model, step, programme, x, labels, grid_budgets(eps, len(x)), seed=seed, example_ids=example_ids,
                       grid=eps, norm=norm, gradient=gradient, limit=limit)

@@ -12,7 +12,7 @@ import keras
 from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted
 from advsweep.attacks.ensemble import autoattack
 from advsweep.attacks.core import AttackResult
-from advsweep.attacks.fab import fab_targeted
+from advsweep.attacks.fab import fab_targeted, fab_untargeted
 from advsweep.attacks.fgm import fast_gradient_method
 from advsweep.attacks.foolbox_adapter import foolbox_attack
 from advsweep.attacks.pgd import basic_iterative_method, projected_gradient_descent
@@ -38,6 +38,7 @@ _FUNCTIONS: dict[str, Callable[..., AttackResult]] = {
     "apgd-dlr": functools.partial(auto_pgd, loss="dlr"),
     "apgd-t": auto_pgd_targeted,
     "fab-t": fab_targeted,
+    "fab": fab_untargeted,
     "square": square_attack,
     "autoattack": autoattack,
 }
@@ -61,8 +62,9 @@ def run_attack(
 
     Args:
         name: the attack; ``"fgsm"`` is the L∞ fast gradient method, ``"fgm"`` takes ``norm``; ``"pgd"``,
-            ``"bim"``; AutoAttack's ``"apgd-ce"``, ``"apgd-dlr"``, ``"apgd-t"``, ``"fab-t"``, ``"square"`` and
-            their standard ensemble ``"autoattack"`` (own implementation only: foolbox has none of them).
+            ``"bim"``; AutoAttack's ``"apgd-ce"``, ``"apgd-dlr"``, ``"apgd-t"``, ``"fab-t"``, ``"fab"``
+            (untargeted), ``"square"`` and their ensemble ``"autoattack"`` (own implementation only: foolbox has none
+            of them).
         model, x, labels, epsilons: as :func:`advsweep.attacks.projected_gradient_descent`.
         implementation: ``"own"`` (this package's attacks) or ``"foolbox"``.
         **params: the attack's hyper-parameters (see :func:`attack_parameters`).

@@ -21,7 +21,7 @@ from advsweep.models.config import GRADIENT_PATHS, check_gradient_path
 
 NORMS: tuple[str, ...] = ("linf", "l2")
 L1_NORMS: tuple[str, ...] = ("linf", "l2", "l1")  # for the attacks that also take the L1 threat model
-L1_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack")  # those of a sweep
+L1_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "fab", "square", "autoattack")  # of a sweep
 NORM_LABELS: dict[str, str] = {"linf": "L∞", "l2": "L2", "l1": "L1"}  # as tables and figures name the norms
 NORM_LATEX: dict[str, str] = {"linf": r"\ell_\infty", "l2": r"\ell_2", "l1": r"\ell_1"}
 LOSSES: tuple[str, ...] = ("ce", "margin")
@@ -48,6 +48,7 @@ ATTACK_SPECS: dict[str, tuple[str | None, str | None, tuple[str, ...]]] = {
     "apgd-t": (None, None, _APGD + ("target_classes",)),
     "fab-t": (None, None, ("norm", "example_ids", "gradient", "steps", "target_classes", "restarts", "alpha_max",
                            "eta", "beta", "seed")),
+    "fab": (None, None, ("norm", "example_ids", "gradient", "steps", "restarts", "alpha_max", "eta", "beta", "seed")),
     "square": (None, None, ("norm", "example_ids", "queries", "p_init", "restarts", "seed")),
     "autoattack": (None, None, ("norm", "example_ids", "gradient", "version", "attacks", "settings", "seed")),
 }

@@ -194,7 +194,7 @@ def test_bad_arguments_raise_value_error_naming_them(small_cnn, test_images, ove
 
 def test_unknown_attack_lists_the_known_ones(small_cnn, test_images):
     with pytest.raises(ValueError, match=r"unknown attack 'cw'; known attacks: \['apgd-ce', 'apgd-dlr', 'apgd-t', "
-                                         r"'autoattack', 'bim', 'fab-t', 'fgm', 'fgsm', 'pgd', 'square'\]"):
+                                         r"'autoattack', 'bim', 'fab', 'fab-t', 'fgm', 'fgsm', 'pgd', 'square'\]"):
         run_attack("cw", small_cnn, test_images[0][:2], test_images[1][:2], [0.1])
 
 

@@ -13,7 +13,7 @@ import pytest
 from advsweep.attacks import autoattack, run_attack  # the function, not a module of that name
 from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted
 from advsweep.attacks.checks import check_ensemble
-from advsweep.attacks.fab import fab_targeted, projection_l1, projection_l2, projection_linf
+from advsweep.attacks.fab import fab_targeted, fab_untargeted, projection_l1, projection_l2, projection_linf
 from advsweep.attacks.square import p_schedule, rectangle_profile, square_attack, window_side
 
 
@@ -250,14 +250,42 @@ def test_autoattack_is_the_worst_case_of_its_members(small_cnn, test_images):
         result.evaluations
 
 
-@pytest.mark.parametrize("norm", ["linf", "l1"])
-def test_fab_t_follows_the_original_from_the_same_start(small_cnn, test_images, benchmark_module, norm):
+def test_plus_version_runs_the_authors_six_attacks_and_breaks_whatever_standard_breaks(small_cnn, test_images):
+    """AutoAttack's plus version: APGD-CE and APGD-DLR with more restarts, untargeted FAB, Square, APGD-T, FAB-T, in
+    the authors' order. Every member draws per example from the streams the standard version's same member draws
+    from (APGD-CE's first restart included), so an example standard fools, plus fools too; untargeted FAB's
+    gradient evaluations count one backward pass per class."""
+    x, y = test_images[0][:24], test_images[1][:24]
+    grid = [0.05, 0.1]
+    quick = {"apgd-ce": {"steps": 10, "restarts": 2}, "apgd-dlr": {"steps": 10, "restarts": 2},
+             "fab": {"steps": 10, "restarts": 2}, "apgd-t": {"steps": 10, "target_classes": 2},
+             "fab-t": {"steps": 10, "target_classes": 2}, "square": {"queries": 50}}
+    plus = autoattack(small_cnn, x, y, grid, version="plus", settings=quick)
+    standard = autoattack(small_cnn, x, y, grid, settings={**quick, "apgd-ce": {"steps": 10}})
+    assert list(plus.cost) == ["clean", "apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+    assert np.all(plus.success >= standard.success)
+    assert (plus.robust_accuracy < 1).all() and (plus.robust_accuracy > 0).any()
+    assert set(np.unique(plus.found_by)) <= {"", "clean", *plus.cost}
+    fab = plus.cost["fab"]
+    assert fab["gradient"] > 0 and fab["gradient"] % 10 == 0  # ten classes: ten backward passes per step
+    with pytest.raises(ValueError, match="version"):
+        autoattack(small_cnn, x, y, grid, version="plus-plus")
+
+@pytest.mark.parametrize("norm,targeted", [
+    pytest.param("linf", True, id="fab-t-linf"),
+    pytest.param("l1", True, id="fab-t-l1", marks=pytest.mark.slow),  # 50 s: the original's L1 projection
+    pytest.param("linf", False, id="fab-linf", marks=pytest.mark.slow),  # 2 min: ten backward passes a step
+])
+def test_fab_follows_the_original_from_the_same_start(small_cnn, test_images, benchmark_module, norm, targeted):
     """Like with like against the original AutoAttack's FAB-T (``pyautoattack``, the authors' code): its first run of
     each target starts at the input, so both sides start from the same point and only the algorithm decides. The
     original runs one example at a time on the same Keras model, each call computed in a zero-padded block of the
     plan's rows with the example in its row, as ours computes it (gradients in the gradient plan's rows, the check
     of a new point in the forward plan's); targets 2 and 3 in turn, on the examples still robust. The examples
-    fooled within ε must be the same (L∞, and L1 with the L1 projection)."""
+    fooled within ε must be the same (L∞, and L1 with the L1 projection). Untargeted FAB (the plus version's): one
+    run from the input, each step towards the closest boundary of any class, the original's gradients of every
+    logit taken by one backward pass per class as ours; the same examples fooled, up to one whose path parts on the
+    float rounding of those gradients."""
     import torch
     from pyautoattack.fab_pt import FABAttack_PT
 
@@ -266,7 +294,8 @@ def test_fab_t_follows_the_original_from_the_same_start(small_cnn, test_images, 
     x, y = test_images[0][:24], test_images[1][:24]
     eps, steps, targets = {"linf": 0.08, "l1": 4.0}[norm], 25, 2
     plan = plan_of(small_cnn)
-    ours = fab_targeted(small_cnn, x, y, [eps], norm=norm, steps=steps, target_classes=targets)
+    ours = (fab_targeted(small_cnn, x, y, [eps], norm=norm, steps=steps, target_classes=targets) if targeted
+            else fab_untargeted(small_cnn, x, y, [eps], norm=norm, steps=steps, restarts=1))
 
     class InRow(benchmark_module("autoattack_reference").KerasModule):
         row, rows = 0, plan.forward.rows
@@ -295,9 +324,9 @@ def test_fab_t_follows_the_original_from_the_same_start(small_cnn, test_images, 
     for i in range(len(x)):
         bridge.row = i
         image, label = torch.tensor(x[i:i + 1].transpose(0, 3, 1, 2).copy()), torch.tensor(y[i:i + 1])
-        for rank in range(2, targets + 2):
+        for rank in range(2, targets + 2) if targeted else [None]:
             original.target_class = rank
-            adv = original.attack_single_run(image, label, use_rand_start=False, is_targeted=True)
+            adv = original.attack_single_run(image, label, use_rand_start=False, is_targeted=targeted)
             with torch.no_grad():
                 wrong = bool(bridge(adv).argmax(1)[0] != label[0])
             size = (adv - image).abs().max() if norm == "linf" else (adv - image).abs().sum()
@@ -305,7 +334,10 @@ def test_fab_t_follows_the_original_from_the_same_start(small_cnn, test_images, 
             if fooled[i]:
                 break
     assert 4 <= fooled.sum() <= 20, "ε should leave the outcome open on these examples"
-    np.testing.assert_array_equal(ours.success[0], fooled)
+    if targeted:
+        np.testing.assert_array_equal(ours.success[0], fooled)
+    else:
+        assert (ours.success[0] != fooled).sum() <= 1, (ours.success[0].astype(int), fooled.astype(int))
 
 
 def test_eot_draws_on_a_deterministic_model_change_nothing_but_the_cost(small_cnn, test_images):

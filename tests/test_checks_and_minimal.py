@@ -149,7 +149,7 @@ def test_minimal_perturbation_rejects_bad_arguments(small_cnn, test_images):
     with pytest.raises(ValueError, match="tolerance"):
         minimal_perturbation(small_cnn, x, y, eps_max=0.3, tolerance=0.5)
     with pytest.raises(ValueError, match="norm"):
-        minimal_perturbation(small_cnn, x, y, norm="l1")
+        minimal_perturbation(small_cnn, x, y, norm="l0")
 
 
 def _curve_check(result, grid, worst_case, examples):

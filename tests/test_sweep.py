@@ -304,7 +304,7 @@ BAD_CONFIGS = [
     ("unknown-top-key", lambda t: "nmae = 3\n" + t, r"unknown config key\(s\) `nmae`; allowed: .*examples"),
     ("unknown-attack", lambda t: t.replace('name = "pgd"', 'name = "cw"'),
      r"`attacks\[1\].name`: unknown attack 'cw'; known attacks: apgd-ce, apgd-dlr, apgd-t, autoattack, bim, "
-     r"fab-t, fgm, fgsm, pgd, square"),
+     r"fab, fab-t, fgm, fgsm, pgd, square"),
     ("unknown-attack-parameter", lambda t: t.replace("steps = 5\n", "stpes = 5\n", 1),
      r"unknown config key\(s\) `attacks\[1\].stpes`; allowed in `attacks\[1\]`: .*steps"),
     ("eps-out-of-range", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [0.1, 1.5]"),
@@ -341,9 +341,10 @@ BAD_CONFIGS = [
      r"`attacks\[1\].implementations`: attack 'autoattack' has only the own implementation"),
     ("autoattack-unknown-member", lambda t: _as_autoattack(t, 'attacks = ["apgd-ce", "cw"]'),
      r"`attacks\[1\].attacks`: must be a list of distinct names from \['apgd-ce', 'apgd-dlr', 'apgd-t', 'fab-t', "
-     r"'square'\]"),
+     r"'fab', 'square'\]"),
     ("autoattack-unknown-version", lambda t: _as_autoattack(t, 'version = "plus-plus"'),
-     r"`attacks\[1\].version`: must be one of 'standard', 'rand' \('rand' for a model whose logits change between "
+     r"`attacks\[1\].version`: must be one of 'standard', 'plus', 'rand' \('rand' for a model whose logits change "
+     r"between "
      r"two calls\). Received: 'plus-plus'"),
     ("autoattack-bad-setting", lambda t: _as_autoattack(t, "settings = { square = { queries = 0 } }"),
      r"`attacks\[1\].settings.square.queries`: must be an integer ≥ 1. Received: 0"),
@@ -352,7 +353,7 @@ BAD_CONFIGS = [
     ("pgd-l1", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [0.1, 0.2]\nl1 = [5.0]").replace(
         "rel_stepsize = 0.3", 'rel_stepsize = 0.3\nnorm = "l1"'),
      r"`attacks\[1\].norm`: attack 'pgd' takes linf and l2; the L1 threat model is taken by apgd-ce, apgd-dlr, "
-     r"apgd-t, fab-t, square, autoattack"),
+     r"apgd-t, fab-t, fab, square, autoattack"),
     ("large-radii-linf", lambda t: _as_autoattack(t, "settings = { apgd-ce = { large_radii = true } }"),
      r"`attacks\[1\].settings.apgd-ce.large_radii`: is l1-APGD's schedule of radii \(3ε, 2ε, ε\): it needs "
      r"norm = \"l1\""),

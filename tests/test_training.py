@@ -139,7 +139,7 @@ def test_cli_evaluate_is_a_one_model_sweep(trained_twice, capsys):
 
 
 @pytest.mark.parametrize("arguments,match", [
-    (["--attacks", "cw"], "--attacks takes names from apgd-ce, apgd-dlr, apgd-t, autoattack, bim, fab-t, fgm, fgsm, pgd, square"),
+    (["--attacks", "cw"], "--attacks takes names from apgd-ce, apgd-dlr, apgd-t, autoattack, bim, fab, fab-t, fgm, fgsm, pgd, square"),
     (["--implementations", "cleverhans"], "--implementations"),
     (["--eps", "0.1,x"], "--eps takes comma-separated numbers"),
     (["--eps", "2"], r"--eps: .*\[0, 1\]"),

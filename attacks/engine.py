@@ -213,7 +213,8 @@ class Programme:
             classified as the target, and the gradient is of the loss towards it.
         early_stop: an example's run (and programme) ends at its first adversarial.
         any_budget: a misclassified point counts at every budget whose ball holds it (FAB-T, a minimum-norm
-            attack: one run answers every ε of the grid; its restarts run one per ε still undecided).
+            attack: one run answers every ε of the grid; its restarts run one per ε still undecided). Its runs
+            have no end point: a FAB iterate may lie anywhere, so a budget's last-iterate view stays the input.
         keep_first_end: a budget's last-iterate view is its first run's end point unless a later restart ends
             on an adversarial (PGD, as foolbox); otherwise every run's end point replaces the one before (AutoAttack).
         classes_with_label: the loss takes ``[label, target]`` per example (the targeted DLR loss, FAB's logit
@@ -356,7 +357,8 @@ class Engine:
                 self.loss_rise[rows, columns] = np.fmax(self.loss_rise[rows, columns], self.trace.rise(columns))
             for i, example in enumerate(done.tolist()):
                 position, restart = int(self.budget_of[example]), self.schedule[self.run_of[example]][2]
-                if position >= 0 and (not self.programme.keep_first_end or restart == 0 or success[i]):
+                if position >= 0 and not self.programme.any_budget and (
+                        not self.programme.keep_first_end or restart == 0 or success[i]):  # FAB's ends: no point
                     self.x_end[position, example], self.logits_end[position, example] = end_x[i], end_logits[i]
             self.start(done.tolist())
 

@@ -250,6 +250,22 @@ def test_autoattack_is_the_worst_case_of_its_members(small_cnn, test_images):
         result.evaluations
 
 
+@pytest.mark.parametrize("targeted", [True, False], ids=["fab-t", "fab"])
+def test_fab_restarts_keep_their_adversarials_inside_the_ball(small_cnn, test_images, targeted):
+    """FAB's restarts start at random points of the ball and walk wherever the boundary is: only a misclassified
+    point inside a budget's ball counts there, and a run's last point, which may lie outside every ball, is never
+    returned (found with the plus version's 5 restarts of untargeted FAB, whose end points counted as adversarials
+    at 0.14 for ε = 0.1)."""
+    x, y = test_images[0][:16], test_images[1][:16]
+    grid = [0.05, 0.1]
+    attack = fab_targeted if targeted else fab_untargeted
+    result = attack(small_cnn, x, y, grid, steps=20, restarts=3, **({"target_classes": 2} if targeted else {}))
+    sizes = np.abs(result.x_adv - x[None]).reshape(len(grid), len(x), -1).max(-1)
+    assert np.all(sizes <= np.array(grid)[:, None] + 1e-6), sizes
+    predictions = np.argmax(small_cnn(result.x_adv.reshape((-1,) + x.shape[1:])).numpy(), -1).reshape(len(grid), -1)
+    np.testing.assert_array_equal(result.success, predictions != y[None])
+    assert 0 < result.success[1].sum() < len(x)
+
 def test_plus_version_runs_the_authors_six_attacks_and_breaks_whatever_standard_breaks(small_cnn, test_images):
     """AutoAttack's plus version: APGD-CE and APGD-DLR with more restarts, untargeted FAB, Square, APGD-T, FAB-T, in
     the authors' order. Every member draws per example from the streams the standard version's same member draws
@@ -264,6 +280,8 @@ def test_plus_version_runs_the_authors_six_attacks_and_breaks_whatever_standard_
     standard = autoattack(small_cnn, x, y, grid, settings={**quick, "apgd-ce": {"steps": 10}})
     assert list(plus.cost) == ["clean", "apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
     assert np.all(plus.success >= standard.success)
+    sizes = np.abs(plus.x_adv - x[None]).reshape(len(grid), len(x), -1).max(-1)
+    assert np.all(sizes <= np.array(grid)[:, None] + 1e-6), "an adversarial outside its ball"
     assert (plus.robust_accuracy < 1).all() and (plus.robust_accuracy > 0).any()
     assert set(np.unique(plus.found_by)) <= {"", "clean", *plus.cost}
     fab = plus.cost["fab"]

@@ -254,6 +254,7 @@ def main() -> None:
                         settings=REDUCED if args.reduced else None, example_ids=indices)
     own_seconds = time.perf_counter() - started
     ours = ~result.success[0]
+    assert size(result.x_adv[0] - x, args.norm).max() <= args.eps * (1 + 1e-5) + 1e-5, "advsweep left the ε-ball"
 
     n = args.examples
     best_forward = max(plan.measured["forward"].values())

@@ -21,6 +21,7 @@ which others share its batch.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -159,8 +160,8 @@ def initial_point(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generato
 def proposal(x0: np.ndarray, x_best: np.ndarray, eps: float, norm: str, i: int, p_init: float,
              rng: np.random.Generator) -> np.ndarray:
     """Query ``i``'s candidate for one example, from its current best point: the authors' update, one example at a
-    time, as it reads in their code. The engine draws whole blocks with :func:`linf_proposals`,
-    :func:`l2_proposals` and :func:`l1_proposals`, which ``tests/test_autoattack.py`` holds to this, to the bit."""
+    time, as it reads in their code. The engine draws whole blocks with :func:`linf_proposals` and
+    :func:`window_proposals` (L2, L1), which ``tests/test_autoattack.py`` holds to this, to the bit."""
     h, w, c = x0.shape
     e = np.float32(eps)
     side = window_side(i, p_init, x0.shape, norm)
@@ -257,15 +258,15 @@ def _window(top: np.ndarray, left: np.ndarray, side: int, shape: tuple[int, ...]
     return (rows[:, :, None] & cols[:, None, :])[..., None]
 
 
-def l2_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndarray, p_init: float,
-                 rngs: list[np.random.Generator]) -> np.ndarray:
-    """:func:`proposal` (L2) of M examples at once, at their own query counts ``i``: the examples whose windows have
-    the same side are computed together; each example draws from its own stream in :func:`proposal`'s order
-    (window, second window, transposition, signs)."""
+def window_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndarray, p_init: float,
+                     rngs: list[np.random.Generator], norm: str) -> np.ndarray:
+    """:func:`proposal` (L2 or L1) of M examples at once, at their own query counts ``i``: the examples whose windows
+    have the same side are computed together; each example draws from its own stream in :func:`proposal`'s order
+    (window, second window, transposition, signs). L1 takes :func:`_l1_proposal`'s update."""
     m, shape = len(x0), x0.shape[1:]
     (h, w, c), out = shape, np.empty_like(x0)
     draws = np.stack([rng.random(5 + c) for rng in rngs]) if m else np.zeros((0, 5 + c))
-    sides = np.array([window_side(int(q), p_init, shape, "l2") for q in i])
+    sides = np.array([window_side(int(q), p_init, shape, norm) for q in i])
     for side in np.unique(sides).tolist():
         g = np.flatnonzero(sides == side)
         u, e = draws[g], eps[g].astype(np.float32).reshape(-1, 1, 1, 1)
@@ -276,52 +277,29 @@ def l2_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndar
               (left[:, None] + np.arange(side))[:, None, :])
         inside = delta[at]  # (G, side, side, C): the first window's content
         both = (_window(top, left, side, shape) | second).astype(np.float32)
-        profile = half_profile(side)
+        profile = half_profile(side, norm)
         flipped = np.where((u[:, 4] > 0.5)[:, None, None], profile.T.astype(np.float32), profile.astype(np.float32))
         signs = np.where(u[:, 5:] * 2.0 - 1.0 >= 0.0, 1.0, -1.0).astype(np.float32).reshape(-1, 1, 1, c)
-        new = flipped[..., None] * signs + inside / (np.float32(1e-12) + np.sqrt(np.sum(inside ** 2, axis=(1, 2),
-                                                                                         keepdims=True)))
-        scale = np.sqrt(np.maximum(e * e - _norms(delta) ** 2, 0.0) / c + _norms(delta * both) ** 2)
-        new = new / (np.float32(1e-12) + np.sqrt(np.sum(new ** 2, axis=(1, 2), keepdims=True))) * scale
+        if norm == "l2":
+            new = flipped[..., None] * signs + inside / (np.float32(1e-12) + np.sqrt(np.sum(inside ** 2, axis=(1, 2),
+                                                                                             keepdims=True)))
+            scale = np.sqrt(np.maximum(e * e - _norms(delta) ** 2, 0.0) / c + _norms(delta * both) ** 2)
+            new = new / (np.float32(1e-12) + np.sqrt(np.sum(new ** 2, axis=(1, 2), keepdims=True))) * scale
+        else:
+            new = flipped[..., None] * signs + inside / (np.float32(1e-12) + np.sum(np.abs(inside), axis=(1, 2),
+                                                                                    keepdims=True))
+            norm_image = np.sum(np.abs(delta), axis=(1, 2, 3), keepdims=True)
+            scale = (np.maximum(e - norm_image, 0.0) / c + np.sum(np.abs(delta * both), axis=(1, 2), keepdims=True)) * c
+            new = new / (np.float32(1e-12) + np.sum(np.abs(new), axis=(1, 2), keepdims=True)) * scale
         delta = np.where(second, np.float32(0.0), delta)
         delta[at] = new
-        out[g] = np.clip(x0[g] + delta / (_norms(delta) + np.float32(1e-12)) * e, 0.0, 1.0)
+        out[g] = (np.clip(x0[g] + delta / (_norms(delta) + np.float32(1e-12)) * e, 0.0, 1.0) if norm == "l2"
+                  else _l1_point(x0[g], delta, eps[g]))
     return out
 
 
-def l1_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndarray, p_init: float,
-                 rngs: list[np.random.Generator]) -> np.ndarray:
-    """:func:`proposal` (L1) of M examples at once, at their own query counts ``i``, as :func:`l2_proposals` draws
-    them (window, second window, transposition, signs), with :func:`_l1_proposal`'s update."""
-    m, shape = len(x0), x0.shape[1:]
-    (h, w, c), out = shape, np.empty_like(x0)
-    draws = np.stack([rng.random(5 + c) for rng in rngs]) if m else np.zeros((0, 5 + c))
-    sides = np.array([window_side(int(q), p_init, shape, "l1") for q in i])
-    for side in np.unique(sides).tolist():
-        g = np.flatnonzero(sides == side)
-        u, e = draws[g], eps[g].astype(np.float32).reshape(-1, 1, 1, 1)
-        top, left = ((h - side) * u[:, 0]).astype(np.int64), ((w - side) * u[:, 1]).astype(np.int64)
-        second = _window(((h - side) * u[:, 2]).astype(np.int64), ((w - side) * u[:, 3]).astype(np.int64), side, shape)
-        delta = x_best[g] - x0[g]
-        at = (np.arange(len(g))[:, None, None], (top[:, None] + np.arange(side))[:, :, None],
-              (left[:, None] + np.arange(side))[:, None, :])
-        inside = delta[at]  # (G, side, side, C): the first window's content
-        both = (_window(top, left, side, shape) | second).astype(np.float32)
-        profile = half_profile(side, "l1")
-        flipped = np.where((u[:, 4] > 0.5)[:, None, None], profile.T.astype(np.float32), profile.astype(np.float32))
-        signs = np.where(u[:, 5:] * 2.0 - 1.0 >= 0.0, 1.0, -1.0).astype(np.float32).reshape(-1, 1, 1, c)
-        new = flipped[..., None] * signs + inside / (np.float32(1e-12) + np.sum(np.abs(inside), axis=(1, 2),
-                                                                                keepdims=True))
-        norm_image = np.sum(np.abs(delta), axis=(1, 2, 3), keepdims=True)
-        scale = (np.maximum(e - norm_image, 0.0) / c + np.sum(np.abs(delta * both), axis=(1, 2), keepdims=True)) * c
-        new = new / (np.float32(1e-12) + np.sum(np.abs(new), axis=(1, 2), keepdims=True)) * scale
-        delta = np.where(second, np.float32(0.0), delta)
-        delta[at] = new
-        out[g] = _l1_point(x0[g], delta, eps[g])
-    return out
-
-
-PROPOSALS = {"linf": linf_proposals, "l2": l2_proposals, "l1": l1_proposals}
+PROPOSALS = {"linf": linf_proposals, "l2": functools.partial(window_proposals, norm="l2"),
+             "l1": functools.partial(window_proposals, norm="l1")}
 
 
 class SquareStep(Step):

@@ -279,8 +279,9 @@ def fmn_minimal_norms(
     batch_size = check_positive_int("batch_size", batch_size)
     x, labels, _ = check_inputs(x, labels, model=model)
     fmodel = foolbox_model(model, gradient)
-    attack = {"linf": fb.attacks.LInfFMNAttack, "l2": fb.attacks.L2FMNAttack, "l1": fb.attacks.L1FMNAttack}[norm](
-        steps=steps)
+    kinds: dict[str, Any] = {"linf": fb.attacks.LInfFMNAttack, "l2": fb.attacks.L2FMNAttack,
+                             "l1": fb.attacks.L1FMNAttack}
+    attack = kinds[norm](steps=steps)
     sizes = np.full(len(x), np.inf)
     for part in (slice(i, min(i + batch_size, len(x))) for i in range(0, len(x), batch_size)):
         _, clipped, success = attack(fmodel, tf.constant(x[part]), fb.criteria.Misclassification(

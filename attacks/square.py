@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -298,8 +299,9 @@ def window_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.
     return out
 
 
-PROPOSALS = {"linf": linf_proposals, "l2": functools.partial(window_proposals, norm="l2"),
-             "l1": functools.partial(window_proposals, norm="l1")}
+Proposals = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, list[np.random.Generator]], np.ndarray]
+PROPOSALS: dict[str, Proposals] = {"linf": linf_proposals, "l2": functools.partial(window_proposals, norm="l2"),
+                                   "l1": functools.partial(window_proposals, norm="l1")}
 
 
 class SquareStep(Step):

@@ -86,6 +86,7 @@ def _assert_same_run(run_dir: Path, reference: Path) -> None:
 # the same records
 
 
+@pytest.mark.slow  # 2.5 min with the cluster's start: end to end, run by CI's slow pass
 def test_ray_gives_byte_identical_records_and_summary(finished_run, sweep_config, ray_cluster, tmp_path):
     """Half the units of the in-process run are deleted (ledger entry and files); Ray redoes them into the same
     run folder (the executor is not part of the run id), and every record and table is the same to the byte."""

@@ -238,6 +238,7 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
 # nothing lost
 
 
+@pytest.mark.slow  # 70 s: end to end (a sweep killed and resumed), run by CI's slow pass
 def test_interrupted_sweep_resumes_to_the_same_summary(finished_run, sweep_config, tmp_path):
     config = load_config(sweep_config)
     finished: list[str] = []

@@ -317,6 +317,9 @@ class ApgdL1Step(Step):
             self.stages = [(3.0, first), (2.0, first), (1.0, steps - 2 * first)]  # (radius / ε, steps)
         else:
             self.stages = [(1.0, steps)]
+        self.factors = np.array([f for f, _ in self.stages], np.float32)  # per stage: radius / ε,
+        self.stage_steps = np.array([n for _, n in self.stages])  # its steps,
+        self.gaps = np.maximum((0.04 * self.stage_steps).astype(np.int64), 1)  # its checkpoints' spacing
         self.dims = int(np.prod(shape))
         self.stage = np.zeros(n, np.int64)
         self.radius = np.zeros(n, np.float32)
@@ -328,9 +331,9 @@ class ApgdL1Step(Step):
 
     def start(self, runs: Runs) -> np.ndarray:
         e = runs.examples
-        factor = self.stages[0][0]
+        factor = float(self.factors[0])
         self.x0[e], self.eps[e], self.i[e], self.stage[e] = runs.x0, runs.eps, -1, 0
-        self.radius[e] = np.float32(factor) * runs.eps.astype(np.float32)
+        self.radius[e] = self.factors[0] * runs.eps.astype(np.float32)
         return np.stack([start_point(x0, factor * float(eps), "l1", rng)
                          for x0, eps, rng in zip(runs.x0, runs.eps, runs.rngs)])
 
@@ -358,8 +361,7 @@ class ApgdL1Step(Step):
         self.x_best[b], self.grad_best[b], self.logits_best[b], self.loss_best[b] = x[jb], out.grad[jb], out.logits[jb], out.loss[jb]
         self.since_check[s] += 1
         current = x.copy()
-        gap = np.array([max(int(0.04 * n), 1) for _, n in self.stages])[self.stage[s]]
-        check = np.flatnonzero(~new)[self.since_check[s] == gap]
+        check = np.flatnonzero(~new)[self.since_check[s] == self.gaps[self.stage[s]]]
         if len(check):  # the checkpoint: sparsity and step size from how sparse the best point is
             k = e[check]
             nonzero = np.count_nonzero((self.x_best[k] - self.x0[k]).reshape(len(k), -1), axis=1).astype(np.float32)
@@ -371,14 +373,13 @@ class ApgdL1Step(Step):
             current[check[reset]], self.grad[k[reset]] = self.x_best[k[reset]], self.grad_best[k[reset]]
         self.i[e] = i + 1
         moved = self.sparse_steps(e, current)
-        stage_steps = np.array([n for _, n in self.stages])[self.stage[e]]
-        over = self.i[e] >= stage_steps
+        over = self.i[e] >= self.stage_steps[self.stage[e]]
         last = self.stage[e] == len(self.stages) - 1
         following = np.flatnonzero(over & ~last)
         if len(following):  # the next stage starts from this one's best point, projected onto its smaller ball
             k = e[following]
             self.stage[k] += 1
-            self.radius[k] = np.array([f for f, _ in self.stages], np.float32)[self.stage[k]] * self.eps[k]
+            self.radius[k] = self.factors[self.stage[k]] * self.eps[k]
             x0 = self.x0[k].reshape(len(k), self.dims)
             best = self.x_best[k].reshape(len(k), self.dims)
             moved[following] = np.clip(x0 + l1_box_projection(x0, best - x0, self.radius[k]), 0.0, 1.0).reshape(

@@ -63,8 +63,9 @@ def fab_untargeted(
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, steps=steps,
                         restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta, gradient=gradient,
                         norms=L1_NORMS)
-    if classes_of(model, call.x) < 2:
-        raise Invalid("model", "a classifier of at least 2 classes", classes_of(model, call.x))
+    classes = classes_of(model, call.x)
+    if classes < 2:
+        raise Invalid("model", "a classifier of at least 2 classes", classes)
     return fab_engine(model, call.x, call.labels, call.eps, norm=call.norm, target_ranks=None, seed=call.seed,
                       example_ids=call.example_ids, **call.params)
 

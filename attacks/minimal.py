@@ -28,7 +28,7 @@ from advsweep.attacks.core import (
 from advsweep.attacks.apgd import apgd_engine
 from advsweep.attacks.pgd import pgd_engine
 from advsweep.attacks.spec import L1_NORMS
-from advsweep.defaults import ATTACK, MINIMAL
+from advsweep.defaults import APGD_CE, ATTACK, MINIMAL
 
 
 @dataclasses.dataclass
@@ -133,7 +133,8 @@ def minimal_perturbation(
     def attack(index: np.ndarray, eps: np.ndarray, round_: int) -> tuple[np.ndarray, np.ndarray]:
         if norm == "l1":
             result = apgd_engine(model, x[index], labels[index], np.zeros(1), budgets=eps[None, :], norm=norm,
-                                 loss="dlr" if loss == "margin" else loss, steps=steps, restarts=1, rho=0.75, seed=seed,
+                                 loss="dlr" if loss == "margin" else loss, steps=steps, restarts=1,
+                                 rho=APGD_CE["rho"], seed=seed,
                                  example_ids=ids[index], stream=f"minimal-{round_}", gradient=gradient,
                                  target_ranks=None)
             return result.x_adv[0], result.success[0]

@@ -47,12 +47,13 @@ from advsweep.attacks.core import (
 from advsweep.attacks.plan import Plan, plan_of
 
 
-def distance_of(delta: np.ndarray, norm: str) -> np.float32:
-    """The size of one perturbation in ``norm`` (float32, as the budgets it is compared with)."""
-    flat = np.abs(delta.ravel())
+def sizes_of(deltas: np.ndarray, norm: str) -> np.ndarray:
+    """Each row's size in ``norm`` of float32 perturbations ``(M, …)``, in float32 (as the budgets it is compared
+    with, and as FAB's step weighs its moves)."""
+    flat = np.abs(deltas.reshape(len(deltas), -1))
     if norm == "linf":
-        return np.float32(flat.max())
-    return np.float32(flat.sum() if norm == "l1" else np.sqrt(np.sum(flat * flat)))
+        return flat.max(axis=1)
+    return flat.sum(axis=1) if norm == "l1" else np.sqrt((flat * flat).sum(axis=1))
 
 
 def calls(example_ids: np.ndarray, plan: Plan) -> list[np.ndarray]:
@@ -393,7 +394,7 @@ class Engine:
         """A misclassified point is the adversarial of its run's budget, if the budget has none yet; for FAB-T
         (``any_budget``), of every budget whose ball holds it (``‖point − x‖ ≤ ε``)."""
         if self.programme.any_budget:
-            distance = distance_of(point - self.x[e], self.norm)
+            distance = sizes_of((point - self.x[e])[None], self.norm)[0]
             budgets = np.flatnonzero((distance <= self.eps_sorted[:, e]) & (self.eps_sorted[:, e] > 0)
                                      & ~self.found[:, e])
         else:

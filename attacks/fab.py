@@ -36,7 +36,7 @@ import numpy as np
 
 from advsweep.assets.validate import Invalid
 from advsweep.attacks.core import CLOSEST_BOUNDARY, AttackResult, checked_call, classes_of, target_ranks
-from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
+from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine, sizes_of
 from advsweep.attacks.spec import L1_NORMS
 from advsweep.defaults import ATTACK, FAB, FAB_UNTARGETED
 
@@ -269,13 +269,6 @@ def projection_l1(points: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarra
 PROJECTIONS = {"linf": projection_linf, "l2": projection_l2, "l1": projection_l1}
 
 
-def _norms(v: np.ndarray, norm: str) -> np.ndarray:
-    flat = v.reshape(len(v), -1)
-    if norm == "l1":
-        return np.abs(flat).sum(axis=1)
-    return np.abs(flat).max(axis=1) if norm == "linf" else np.sqrt((flat * flat).sum(axis=1))
-
-
 def fab_step(x1: np.ndarray, x0: np.ndarray, values: np.ndarray, grads: np.ndarray, norm: str, alpha_max: float,
              eta: float) -> np.ndarray:
     """One FAB step of each of M examples from ``x1`` (inputs ``x0``), given ``z_t − z_y`` (``values``, ``(M,)``) and
@@ -286,7 +279,7 @@ def fab_step(x1: np.ndarray, x0: np.ndarray, values: np.ndarray, grads: np.ndarr
     b = -values.astype(np.float32) + _sum(w * x1.reshape(m, -1))
     moves = PROJECTIONS[norm](np.concatenate((x1.reshape(m, -1), x0.reshape(m, -1)), 0), np.concatenate((w, w), 0),
                     np.concatenate((b, b), 0))
-    sizes = np.maximum(_norms(moves, norm), np.float32(1e-8))
+    sizes = np.maximum(sizes_of(moves, norm), np.float32(1e-8))
     alpha = np.minimum(np.maximum(sizes[:m] / (sizes[:m] + sizes[m:]), 0.0), alpha_max).astype(np.float32)
     alpha = alpha.reshape((m,) + (1,) * (x1.ndim - 1))
     e = np.float32(eta)

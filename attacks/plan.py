@@ -17,7 +17,9 @@ VGG16 base the custom backward passes, whose speed against the tape depends on t
 round** is cheapest (:func:`round_cost`): a round evaluates however many examples are busy, from one (the last robust
 example of an attack) to hundreds, in calls of ``rows`` and a last call of the smallest of ``sizes`` that holds the
 rest, whose idle rows cost as much as busy ones. Large calls are cheaper per row, small calls waste less; the rule
-weighs both, every number of busy examples from 1 to 256 counted alike.
+weighs both, per busy example, every number of busy examples from 1 to 256 counted alike, with the cost of a call
+fitted to all the measured sizes (a fixed cost per call and a cost per row: :func:`call_seconds`), not read off
+one size's noisy timing.
 
 It also checks whether a row's result depends on its position in the call (the rows of one call permuted): where it
 does not, the engine packs the busy examples into as few calls as possible (``free``); where it does, an example
@@ -47,8 +49,10 @@ import tensorflow as tf
 from advsweep.assets.resolver import cache_dir
 
 CANDIDATE_ROWS = (1, 8, 16, 32, 64, 128, 256)
-LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256)  # sizes tried for `sizes`
-FORMAT = 2  # of a cached plan (part of its key): 2 added `sizes`
+# sizes tried for `sizes`: every size to 16, then steps of 4 to 64, of 8 to 128 and of 16 to 256, so that a round's
+# last call holds at most a few idle rows (with steps of 16 around 50 busy examples, 50 took a call of 64: 28% idle)
+LADDER = (tuple(range(1, 17)) + tuple(range(20, 65, 4)) + tuple(range(72, 129, 8)) + tuple(range(144, 257, 16)))
+FORMAT = 3  # of a cached plan (part of its key): 2 added `sizes`, 3 the denser LADDER and the fitted round cost
 BUSY = np.arange(1, 257)  # the numbers of busy examples a round is costed at (round_cost)
 SECONDS_PER_SIZE = 0.25  # timing per candidate and evaluation kind (after one warm-up call)
 
@@ -275,16 +279,30 @@ def same_rows(call: Any, largest: int) -> tuple[int, ...]:
     return tuple(same)
 
 
+def call_seconds(rates: dict[int, float]) -> tuple[float, float]:
+    """``(overhead, per_row)``: a call of ``s`` rows taking ``overhead + per_row · s`` seconds, fitted to the measured
+    rates (least squares on the relative error, each size alike). Each rate is a fraction of a second of calls on a
+    shared machine and varies by a few tens of percent from one measurement to the next; a heavy model's rate is
+    nearly the same at every size, so that reading the noise of single sizes picked its plan by chance (the VGG16's
+    gradient calls: 180 rows/s measured at 16 rows, 130 at 32, 150 at 64). Two parameters fitted to all sizes keep
+    what the sizes say together: the fixed cost a call pays and the cost of a row."""
+    sizes = np.array(sorted(rates), dtype=np.float64)
+    seconds = sizes / np.array([rates[int(s)] for s in sizes])
+    (overhead, per_row), *_ = np.linalg.lstsq(np.stack([1.0 / seconds, sizes / seconds], axis=1),
+                                              np.ones_like(sizes), rcond=None)
+    return max(float(overhead), 0.0), max(float(per_row), 1e-12)
+
+
 def round_cost(plan: Plan, rates: dict[int, float]) -> float:
-    """The mean seconds of a round in ``plan``'s calls, over 1 … 256 busy examples: ``⌊busy / rows⌋`` calls of
-    ``rows`` rows and, for the rest, one call of the smallest of ``sizes`` that holds them, each call of ``s`` rows
-    taking ``s / rate(s)`` (rates between the measured sizes interpolated)."""
-    measured = np.array(sorted(rates))
-    speed = np.interp(np.array(plan.sizes), measured, [rates[r] for r in measured])
-    seconds = {size: size / rate for size, rate in zip(plan.sizes, speed)}
+    """The mean seconds per busy example of a round in ``plan``'s calls, over 1 … 256 busy examples alike:
+    ``⌊busy / rows⌋`` calls of ``rows`` rows and, for the rest, one call of the smallest of ``sizes`` that holds
+    them, each call of ``s`` rows taking :func:`call_seconds`'s ``overhead + per_row · s``. Per busy example, so
+    that the idle rows of a round of 50 (an attack's later stages on a hundred examples) weigh as much as those of a
+    round of 250."""
+    overhead, per_row = call_seconds(rates)
     rest = BUSY % plan.rows
-    last = np.array([seconds[plan.size_for(int(r))] if r else 0.0 for r in rest])
-    return float(np.mean(BUSY // plan.rows * seconds[plan.rows] + last))
+    last = np.array([overhead + per_row * plan.size_for(int(r)) if r else 0.0 for r in rest])
+    return float(np.mean((BUSY // plan.rows * (overhead + per_row * plan.rows) + last) / BUSY))
 
 
 def position_free(call: Any, rows: int) -> bool:

@@ -138,8 +138,8 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
         ours = apgd.auto_pgd(small_cnn, x, y, [eps], steps=steps)
 
     class InRow(benchmark_module("autoattack_reference").KerasModule):
-        """The bridge, computing each call in a zero-padded block of the plan's rows with the example in its row, as
-        ours does: TensorFlow's kernels round differently at other batch shapes (a gradient component near zero then
+        """The bridge, computing each call in a zero-padded block of one of the plan's call sizes with the example in
+        a row, as ours does: TensorFlow's kernels round differently at other batch shapes (a gradient component near zero then
         changes sign and the two trajectories part after a few steps, though both run the same algorithm)."""
         row = 0
 
@@ -156,7 +156,7 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
             block[self.row] = images[0]
             return block
 
-    rows = plan_of(small_cnn).gradient.rows
+    rows = plan_of(small_cnn).gradient.size_for(1)  # the plan's smallest call: its rows are a full call's (test_plan.py)
     bridge = InRow(small_cnn).eval()
     if targeted:
         attack = torchattacks.APGDT(bridge, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, rho=0.75,

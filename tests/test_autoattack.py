@@ -297,8 +297,8 @@ def test_plus_version_runs_the_authors_six_attacks_and_breaks_whatever_standard_
 def test_fab_follows_the_original_from_the_same_start(small_cnn, test_images, benchmark_module, norm, targeted):
     """Like with like against the original AutoAttack's FAB-T (``pyautoattack``, the authors' code): its first run of
     each target starts at the input, so both sides start from the same point and only the algorithm decides. The
-    original runs one example at a time on the same Keras model, each call computed in a zero-padded block of the
-    plan's rows with the example in its row, as ours computes it (gradients in the gradient plan's rows, the check
+    original runs one example at a time on the same Keras model, each call computed in a zero-padded block of one of
+    the plan's call sizes with the example in its row, as ours computes it (gradients in the gradient plan's rows, the check
     of a new point in the forward plan's); targets 2 and 3 in turn, on the examples still robust. The examples
     fooled within ε must be the same (L∞, and L1 with the L1 projection). Untargeted FAB (the plus version's): one
     run from the input, each step towards the closest boundary of any class, the original's gradients of every
@@ -316,10 +316,13 @@ def test_fab_follows_the_original_from_the_same_start(small_cnn, test_images, be
             else fab_untargeted(small_cnn, x, y, [eps], norm=norm, steps=steps, restarts=1))
 
     class InRow(benchmark_module("autoattack_reference").KerasModule):
-        row, rows = 0, plan.forward.rows
+        # a gradient's logits in the gradient plan's smallest call, a check's in the forward plan's: every size of a
+        # plan gives a row the floats of a full call (test_plan.py), and the smallest costs the least
+        row, rows = 0, plan.forward.size_for(1)
 
-        def forward(self, images):  # a gradient's logits in the gradient plan's rows, a check's in the forward's
-            self.rows = plan.gradient.rows if images.requires_grad and torch.is_grad_enabled() else plan.forward.rows
+        def forward(self, images):
+            self.rows = (plan.gradient.size_for(1) if images.requires_grad and torch.is_grad_enabled()
+                         else plan.forward.size_for(1))
             return super().forward(images)
 
         def logits(self, images):

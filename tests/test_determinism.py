@@ -80,13 +80,13 @@ def test_sweep_records_are_byte_identical_across_chunk_sizes(small_cnn, tmp_path
     (folder / "config.json").write_text(json.dumps(ModelConfig(kind="small_cnn").to_dict()))
     (folder / "metrics.json").write_text(json.dumps({"model_id": "small_cnn-fixture", "assets": {}}))
     frames = []
-    for chunk in (40, 200):
+    for chunk in (20, 100):
         path = tmp_path / f"chunk{chunk}.toml"
         path.write_text(f'''
 name = "chunks"
 chunk_size = {chunk}
 [examples]
-count = 200
+count = 100
 [[models]]
 name = "cnn"
 path = "{folder}"
@@ -113,4 +113,4 @@ steps = 5
         summary.to_csv(tmp_path / f"summary{chunk}.csv", index=False)
     pd.testing.assert_frame_equal(frames[0], frames[2], check_exact=True)
     pd.testing.assert_frame_equal(frames[1], frames[3], check_exact=True)
-    assert (tmp_path / "summary40.csv").read_bytes() == (tmp_path / "summary200.csv").read_bytes()
+    assert (tmp_path / "summary20.csv").read_bytes() == (tmp_path / "summary100.csv").read_bytes()

@@ -17,6 +17,7 @@ from advsweep.attacks.plan import (
     ModelPlan,
     Plan,
     best_plan,
+    call_seconds,
     plan_key,
     plan_of,
     round_cost,
@@ -56,6 +57,26 @@ def test_the_sizes_are_those_whose_rows_equal_the_largest_calls_and_the_rule_tak
     assert round_cost(plan, rates) == min(round_cost(p, rates) for p in others)
     # the last call's size matters: 33 busy in calls of 32 with a call of 10 for the last one, not of 32
     assert round_cost(Plan(rows=32, free=True, sizes=(10, 32)), rates) < round_cost(Plan(rows=32, free=True), rates)
+
+
+def test_the_rule_reads_the_sizes_together_not_one_sizes_noise():
+    """The frozen VGG16's gradient rates as measured here on 2026-12-01 (rows per second at each candidate size; a
+    heavy model's rate is nearly flat, and these differ by ±20% between neighbouring sizes from timing noise): read
+    size by size, 16 rows looked fastest and every round of 50 busy examples (APGD-T's on the hundred the quick
+    sweep attacks) took four calls of 16, 14 rows idle; the fitted cost of a call takes a plan whose round of 50 is
+    one call of 52."""
+    rates = {1: 57.0, 8: 125.9, 16: 179.9, 32: 129.7, 64: 150.2, 128: 141.0, 256: 162.2}
+    overhead, per_row = call_seconds(rates)
+    assert 0 <= overhead < 0.05 and 0.004 < per_row < 0.009  # about 6 ms a row, a few ms a call
+    exact = {s: s / (0.002 + 0.001 * s) for s in (1, 8, 16, 32, 64)}
+    np.testing.assert_allclose(call_seconds(exact), (0.002, 0.001), rtol=1e-9)
+
+    def call(rows: np.ndarray) -> np.ndarray:  # the VGG16's gradient rows: the same bits from 16 rows up
+        return np.asarray(rows, dtype=np.float64)[:, None] * (1.0 if len(rows) >= 16 else 1.0 + 1e-9)
+
+    plan = best_plan(call, rates)
+    shapes = [len(c) for c in calls(np.arange(50), plan)]
+    assert sum(shapes) <= 52 and len(shapes) == 1, (plan, shapes)
 
 
 def test_a_plan_is_measured_once_and_read_back_from_the_cache(small_cnn):

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from advsweep.attacks.core import (
+    Call,
     check_model,
     check_norm,
     check_positive_int,
@@ -122,13 +123,23 @@ def minimal_perturbation(
     call = checked_call(model, x, labels, [eps_max], norm=norm, seed=seed, example_ids=example_ids, loss=loss,
                         random_start=random_start, gradient=gradient, norms=L1_NORMS,
                         rel_stepsize=2.5 / steps if rel_stepsize is None else rel_stepsize)
-    x, labels, ids, seed = call.x, call.labels, call.example_ids, call.seed
-    loss, random_start, rel, gradient = (call.params[k] for k in ("loss", "random_start", "rel_stepsize", "gradient"))
-    n = len(x)
+    n = len(call.x)
     bounds = np.full(n, np.inf) if upper_bounds is None else np.asarray(upper_bounds, dtype=np.float64)
     if bounds.shape != (n,) or np.isnan(bounds).any() or (bounds < 0).any():
         raise ValueError(f"`upper_bounds` must be {n} non-negative budgets (inf where none is known). "
                          f"Received: shape={bounds.shape}")
+    attack = _round_attack(model, call, norm, steps)
+    clean_wrong = success_of(predict_logits(model, call.x, example_ids=call.example_ids), call.labels, None)
+    found_eps, x_adv = _bisect(attack, call.x, clean_wrong, np.minimum(float(eps_max), bounds),
+                               known=np.isfinite(bounds) & (bounds <= eps_max) & ~clean_wrong, tolerance=tolerance)
+    return MinimalResult(eps=found_eps, x_adv=x_adv, norm=norm, eps_max=float(eps_max), tolerance=float(tolerance))
+
+
+def _round_attack(model: keras.Model, call: Call, norm: str, steps: int) -> Any:
+    """``attack(index, eps, round_) -> (x_adv, success)``: one bisection round on the examples ``index``, each at its
+    own ε: PGD with early stop (l1-APGD in L1), its random starts drawn from the round's own stream."""
+    x, labels, ids, seed = call.x, call.labels, call.example_ids, call.seed
+    loss, random_start, rel, gradient = (call.params[k] for k in ("loss", "random_start", "rel_stepsize", "gradient"))
 
     def attack(index: np.ndarray, eps: np.ndarray, round_: int) -> tuple[np.ndarray, np.ndarray]:
         if norm == "l1":
@@ -144,13 +155,20 @@ def minimal_perturbation(
                             rel_stepsize=rel, gradient=gradient)
         return result.x_adv[0], result.success[0]
 
+    return attack
+
+
+def _bisect(attack: Any, x: np.ndarray, clean_wrong: np.ndarray, hi: np.ndarray, known: np.ndarray,
+            tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """The search (module notes): ``(minimal ε, adversarial)`` per example. ``hi``: each example's upper end,
+    ``known``: where an adversarial at ``hi`` is proved already (another attack's); round 0 asks whether there is an
+    adversarial at ``hi`` at all for the others, each later round halves every open interval."""
+    n = len(x)
     found_eps = np.full(n, np.inf)
     x_adv = x.copy()
-    clean_wrong = success_of(predict_logits(model, x, example_ids=ids), labels, None)
     found_eps[clean_wrong] = 0.0
     lo = np.zeros(n)
-    hi = np.minimum(float(eps_max), bounds)
-    known = np.isfinite(bounds) & (bounds <= eps_max) & ~clean_wrong  # an adversarial at hi is proved already
+    hi = hi.copy()
     found_eps[known] = hi[known]
     todo = np.flatnonzero(~clean_wrong & ~known)
     if len(todo):  # is there an adversarial at eps_max at all?
@@ -170,4 +188,4 @@ def minimal_perturbation(
         found_eps[todo[ok]] = mid[ok]
         todo = todo[(hi[todo] - lo[todo]) > tolerance]
         round_ += 1
-    return MinimalResult(eps=found_eps, x_adv=x_adv, norm=norm, eps_max=float(eps_max), tolerance=float(tolerance))
+    return found_eps, x_adv

@@ -71,12 +71,18 @@ def test_the_rule_reads_the_sizes_together_not_one_sizes_noise():
     exact = {s: s / (0.002 + 0.001 * s) for s in (1, 8, 16, 32, 64)}
     np.testing.assert_allclose(call_seconds(exact), (0.002, 0.001), rtol=1e-9)
 
+    made = []
+
     def call(rows: np.ndarray) -> np.ndarray:  # the VGG16's gradient rows: the same bits from 16 rows up
+        made.append(len(rows))
         return np.asarray(rows, dtype=np.float64)[:, None] * (1.0 if len(rows) >= 16 else 1.0 + 1e-9)
 
     plan = best_plan(call, rates)
     shapes = [len(c) for c in calls(np.arange(50), plan)]
     assert sum(shapes) <= 52 and len(shapes) == 1, (plan, shapes)
+    assert set(LADDER) & set(range(16, plan.rows + 1)) <= set(plan.sizes)
+    # the sizes above the plan's rows are not checked: one call of 256 rows (the reference), none of 144 … 240
+    assert plan.rows < 256 and made.count(256) == 1 and not set(made) & set(range(plan.rows + 1, 256)), made
 
 
 def test_a_plan_is_measured_once_and_read_back_from_the_cache(small_cnn):

@@ -44,6 +44,9 @@ def test_second_head_reuses_the_feature_cache(capsys, models_dir):
 
 
 @pytest.mark.slow
-def test_small_cnn_reaches_99_percent(capsys, models_dir):
-    _, metrics = _train(capsys, models_dir, "--model", "small_cnn")
+def test_small_cnn_reaches_99_percent_within_six_epochs(capsys, models_dir):
+    """The default recipe on all of MNIST, cut at 6 epochs: the default's 30 (best epoch 16 of 21, 99.37%:
+    docs/models.md) took 5 min of CI's slow pass; its first six epochs passed 99% here on 2026-12-06 (Intel Xeon,
+    AVX-512, 2 cores; 2 min)."""
+    _, metrics = _train(capsys, models_dir, "--model", "small_cnn", "--epochs", "6")
     assert metrics["clean_test_accuracy"] >= 0.990, metrics["clean_test_accuracy"]

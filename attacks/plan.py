@@ -338,8 +338,8 @@ def round_cost(plan: Plan, rates: dict[int, float]) -> float:
     and the last rounds hold a few, on an adversarially trained one nearly every round holds every example. Rounds
     of every size alike sit between the two. Averaging per busy example over the sizes instead (each size's seconds
     per example counted alike) weighs a round of one example as much as one of 256 and took 16-row calls for Madry
-    et al.'s CNN, whose calls give the same floats only from 128 rows up: its APGD-T rounds of 270 examples then
-    took 17 calls (measured 2026-12-06: APGD-T 174 s against the original's 114 s)."""
+    et al.'s CNN, whose calls give the same floats only from 104 or 128 rows up (two measurements): its APGD-T
+    rounds of 270 examples then took 17 calls (measured 2026-12-06: APGD-T 174 s against the original's 114 s)."""
     overhead, per_row = call_seconds(rates)
     rest = BUSY % plan.rows
     last = np.array([overhead + per_row * plan.size_for(int(r)) if r else 0.0 for r in rest])

@@ -58,17 +58,17 @@ def sizes_of(deltas: np.ndarray, norm: str) -> np.ndarray:
 
 def calls(example_ids: np.ndarray, plan: Plan) -> list[np.ndarray]:
     """The model calls of one round over ``example_ids`` ``(M,)``: each an array of positions into ``example_ids``,
-    as long as the call's rows, −1 for an idle row. A free plan packs the examples into calls of ``plan.rows`` and a
-    last call of the smallest of ``plan.sizes`` that holds the rest; otherwise every call has ``plan.rows`` rows and
-    an example sits in row ``example_id % rows``."""
+    as long as the call's rows, −1 for an idle row. A free plan packs the examples in order into calls of the sizes
+    :meth:`Plan.packing` gives; otherwise every call has ``plan.rows`` rows and an example sits in row
+    ``example_id % rows``."""
     m, rows = len(example_ids), plan.rows
     if plan.free:
-        full, rest = divmod(m, rows)
-        parts = list(np.arange(full * rows).reshape(full, rows))
-        if rest:
-            last = np.full(plan.size_for(rest), -1, dtype=np.int64)
-            last[:rest] = np.arange(full * rows, m)
-            parts.append(last)
+        parts, start = [], 0
+        for size in plan.packing(m):
+            part = np.full(size, -1, dtype=np.int64)
+            part[:min(size, m - start)] = np.arange(start, min(start + size, m))
+            parts.append(part)
+            start += size
         return parts
     slots = example_ids % rows
     order = np.argsort(slots, kind="stable")

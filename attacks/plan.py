@@ -34,6 +34,7 @@ point alone, never on the others of its chunk nor on how many are busy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import platform
@@ -52,8 +53,8 @@ CANDIDATE_ROWS = (1, 8, 16, 32, 64, 128, 256)
 # sizes tried for `sizes`: every size to 16, then steps of 4 to 64, of 8 to 128 and of 16 to 256, so that a round's
 # last call holds at most a few idle rows (with steps of 16 around 50 busy examples, 50 took a call of 64: 28% idle)
 LADDER = (tuple(range(1, 17)) + tuple(range(20, 65, 4)) + tuple(range(72, 129, 8)) + tuple(range(144, 257, 16)))
-FORMAT = 4  # of a cached plan (part of its key): 2 added `sizes`, 3 the denser LADDER and the fitted round cost,
-# 4 the round cost over rounds of every size alike
+FORMAT = 5  # of a cached plan (part of its key): 2 added `sizes`, 3 the denser LADDER and the fitted round cost,
+# 4 the round cost over rounds of every size alike, 5 the last two calls of a round sized as a pair (packing)
 BUSY = np.arange(1, 257)  # the numbers of busy examples a round is costed at (round_cost)
 SECONDS_PER_SIZE = 0.25  # timing per candidate and evaluation kind (after one warm-up call)
 
@@ -75,6 +76,10 @@ class Plan:
     def size_for(self, busy: int) -> int:
         """The rows of a call that holds ``busy`` (at most ``rows``) examples."""
         return next(s for s in self.sizes if s >= busy)
+
+    def packing(self, busy: int) -> tuple[int, ...]:
+        """The rows of each call of a round of ``busy`` examples in a free plan (:func:`packing`)."""
+        return packing(self.sizes, busy)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "free": self.free, "sizes": list(self.sizes)}
@@ -103,6 +108,25 @@ class ModelPlan:
 
         return cls(gradient=plan(value["gradient"]), forward=plan(value["forward"]),
                    gradient_path=value["gradient_path"], measured=value.get("measured", {}))
+
+
+@functools.lru_cache(maxsize=4096)
+def packing(sizes: tuple[int, ...], busy: int) -> tuple[int, ...]:
+    """The call sizes of a round of ``busy`` examples, each of ``sizes`` (ascending, the plan's rows last): as few
+    calls as ``rows`` allows, full calls of ``rows`` but for the last two, and those two the pair of sizes with the
+    fewest rows that holds the rest (the larger first). Where the small sizes do not give a row the floats of a full
+    call (Madry et al.'s CNN: the same only from 104 rows up), a round of 270 in calls of 256 is 144 + 128 rows, not
+    256 + 104: a round's idle rows cost as much as its busy ones."""
+    rows = sizes[-1]
+    if busy <= 0:
+        return ()
+    full = max(-(-busy // rows) - 2, 0)
+    rest = busy - full * rows
+    if rest <= rows:
+        return (rows,) * full + (next(s for s in sizes if s >= rest),)
+    pairs = [(a, next(s for s in sizes if s >= rest - a)) for a in sizes if 2 * a >= rest]
+    a, b = min(((a, b) for a, b in pairs if b <= a), key=lambda pair: (pair[0] + pair[1], -pair[0]))
+    return (rows,) * full + (a, b)
 
 
 UNMEASURED = ModelPlan(gradient=Plan(rows=256), forward=Plan(rows=256), gradient_path="plain")  # a device this process cannot time
@@ -330,9 +354,8 @@ def call_seconds(rates: dict[int, float]) -> tuple[float, float]:
 
 def round_cost(plan: Plan, rates: dict[int, float]) -> float:
     """Seconds per busy example of an attack whose rounds hold 1 … 256 busy examples equally often, in ``plan``'s
-    calls: ``⌊busy / rows⌋`` calls of ``rows`` rows and, for the rest, one call of the smallest of ``sizes`` that
-    holds them, each call of ``s`` rows taking :func:`call_seconds`'s ``overhead + per_row · s``; the rounds' total
-    time over their total busy examples.
+    calls (:func:`packing`), each call of ``s`` rows taking :func:`call_seconds`'s ``overhead + per_row · s``; the
+    rounds' total time over their total busy examples.
 
     The rounds an attack makes depend on the model: on a natural one most examples are fooled in the first steps
     and the last rounds hold a few, on an adversarially trained one nearly every round holds every example. Rounds
@@ -341,9 +364,8 @@ def round_cost(plan: Plan, rates: dict[int, float]) -> float:
     et al.'s CNN, whose calls give the same floats only from 104 or 128 rows up (two measurements): its APGD-T
     rounds of 270 examples then took 17 calls (measured 2026-12-06: APGD-T 174 s against the original's 114 s)."""
     overhead, per_row = call_seconds(rates)
-    rest = BUSY % plan.rows
-    last = np.array([overhead + per_row * plan.size_for(int(r)) if r else 0.0 for r in rest])
-    return float(np.sum(BUSY // plan.rows * (overhead + per_row * plan.rows) + last) / np.sum(BUSY))
+    shapes = [plan.packing(int(busy)) for busy in BUSY]
+    return float(sum(len(s) * overhead + per_row * sum(s) for s in shapes) / np.sum(BUSY))
 
 
 def position_free(call: Any, rows: int) -> bool:

@@ -34,6 +34,13 @@ def test_a_free_plan_packs_a_round_and_ends_it_with_the_smallest_size_that_fits(
     assert [len(c) for c in shapes] == [16, 16, 8]  # 37 busy: two full calls, the last 5 in a call of 8
     assert np.array_equal(np.concatenate(shapes)[np.concatenate(shapes) >= 0], np.arange(37))
     assert [len(c) for c in calls(np.arange(3), plan)] == [4]
+    # where only large calls give a row a full call's floats (Madry et al.'s CNN: from 104 rows up), a round just
+    # above a full call ends in a pair of calls that hold it with the fewest rows, not a full call and a call of 104
+    sparse = Plan(rows=256, free=True, sizes=tuple(s for s in LADDER if s >= 104))
+    for busy, rows in [(270, 272), (257, 264), (300, 304), (530, 536), (100, 104), (512, 512)]:
+        shapes = calls(np.arange(busy), sparse)
+        assert sum(len(c) for c in shapes) == rows and len(shapes) == -(-busy // 256), (busy, shapes)
+        assert np.array_equal(np.sort(np.concatenate(shapes)[np.concatenate(shapes) >= 0]), np.arange(busy))
     # a plan whose rows depend on their position keeps one size, each example in row example_id % rows
     by_row = Plan(rows=8, free=False, sizes=(4,))
     assert by_row.sizes == (8,)
@@ -97,7 +104,8 @@ def test_a_model_whose_small_calls_differ_gets_calls_that_hold_an_adversarially_
         return np.asarray(rows, dtype=np.float64)[:, None] * (1.0 if len(rows) >= 128 else 1.0 + 1e-9)
 
     plan = best_plan(call, rates)
-    assert len(calls(np.arange(270), plan)) <= 3, plan
+    shapes = [len(c) for c in calls(np.arange(270), plan)]
+    assert len(shapes) <= 2 and sum(shapes) <= 280, (plan, shapes)
 
 
 def test_a_plan_is_measured_once_and_read_back_from_the_cache(small_cnn):

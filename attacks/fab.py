@@ -310,14 +310,8 @@ class FabStep(Step):
             if x is misclassified (a forward pass; the engine keeps x for every ε whose ball holds it):
                 x = x₀ + β (x − x₀)
 
-    The check of a new point and the gradient the next step takes there are one evaluation of the same point: where
-    the check is not fooled, the next step starts from that point, so a gradient call checks it (its logits) and
-    gives the step its gradient at once; where it is fooled, the step starts from the pulled point, and a
-    gradient at the checked point would be wasted. So a point is checked by a gradient call unless the run's last
-    check was fooled (then by a forward pass, as the authors'), and for the last step's check. A step then costs
-    one gradient where the runs stay on their side of the boundary (on an adversarially trained model nearly
-    all), and a gradient and a forward pass, as the authors', where they cross it. The points and decisions are the
-    authors' either way. Runs have no end point: an example FAB-T does not fool keeps its input.
+    So a step costs a gradient and a forward pass. Runs have no end point: an example FAB-T does not fool keeps its
+    input.
     """
 
     trace_sign = None  # the loss aims FAB's steps; FAB minimises the perturbation, not the loss
@@ -330,35 +324,29 @@ class FabStep(Step):
         self.gradients = 1 if classes is None else classes
         self.x0 = np.zeros((n,) + shape, np.float32)
         self.i, self.checking = np.zeros(n, np.int64), np.zeros(n, dtype=bool)
-        self.crossed = np.zeros(n, dtype=bool)  # the run's last check was fooled
 
     def start(self, runs: Runs) -> np.ndarray:
         e = runs.examples
-        self.x0[e], self.i[e], self.checking[e], self.crossed[e] = runs.x0, 0, False, False
+        self.x0[e], self.i[e], self.checking[e] = runs.x0, 0, False
         return np.stack([x0 if restart == 0 else fab_start(x0, float(eps), self.norm, rng)
                          for x0, eps, restart, rng in zip(runs.x0, runs.eps, runs.restarts, runs.rngs)])
 
     def needs_gradient(self, e: np.ndarray) -> np.ndarray:
-        """A step starts where a gradient is taken; a new point's check takes one too (for the step from it) unless
-        the run's last check was fooled or it is the last step's (then a forward pass)."""
-        return ~self.checking[e] | ~(self.crossed[e] | (self.i[e] >= self.steps))
+        """A step's new point is checked by a forward pass; every other point is where a step starts."""
+        return ~self.checking[e]
 
     def step(self, e: np.ndarray, x: np.ndarray, out: Outputs, fooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        moved, checked, gradient = x.copy(), self.checking[e], self.needs_gradient(e)
+        moved = x.copy()
+        checked, stepping = self.checking[e], ~self.checking[e]
         pull = checked & fooled
         moved[pull] = self.x0[e[pull]] + (x[pull] - self.x0[e[pull]]) * np.float32(self.beta)
-        ended = checked & (self.i[e] >= self.steps)
-        self.crossed[e[checked]] = fooled[checked]
-        # a step from every point whose gradient is at hand: a step's start, or a new point checked and not fooled
-        # (checked by a forward pass, it takes its gradient in the next round)
-        stepping = gradient & ~pull & ~ended
         if stepping.any():
             assert out.loss is not None and out.grad is not None
             moved[stepping] = fab_step(x[stepping], self.x0[e[stepping]], out.loss[stepping], out.grad[stepping],
                                        self.norm, self.alpha_max, self.eta)
         self.i[e] += stepping
         self.checking[e] = stepping
-        return moved, ended
+        return moved, checked & (self.i[e] >= self.steps)
 
     def end(self, e: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]:
         return x, out.logits

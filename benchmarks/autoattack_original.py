@@ -164,20 +164,33 @@ def size(delta: np.ndarray, norm: str) -> np.ndarray:
     return flat.max(1) if norm == "linf" else flat.sum(1) if norm == "l1" else np.sqrt((flat ** 2).sum(1))
 
 
+STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version's members, in order
+
+
+def original_adversary(module: torch.nn.Module, eps: float, *, norm: str, seed: int, version: str = "standard",
+                       attacks: tuple[str, ...] | None = None, reduced: bool = False) -> Any:
+    """The original's ``AutoAttack`` with ``version``'s settings, or with ``attacks`` (of :data:`STANDARD`) alone
+    with the standard version's settings (one restart each; 9 targets and 5000 Square queries, or with ``reduced``
+    3 targets and 1000 queries)."""
+    from pyautoattack import AutoAttack
+
+    if attacks is None:
+        return AutoAttack(module, norm=THREAT_MODELS[norm], eps=eps, version=version, seed=seed)
+    adversary = AutoAttack(module, norm=THREAT_MODELS[norm], eps=eps, version="custom", seed=seed,
+                           attacks=list(attacks))
+    adversary.apgd.n_restarts = adversary.apgd_targeted.n_restarts = adversary.fab.n_restarts = 1
+    targets, queries = (3, 1000) if reduced else (9, 5000)
+    adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = targets
+    adversary.square.n_queries = queries
+    return adversary
+
+
 def original_autoattack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, reduced: bool,
                         batch_size: int, seed: int, norm: str = "linf", version: str = "standard"
                         ) -> tuple[torch.Tensor, dict[str, float]]:
     """The original ensemble's adversarials, and the time after each member (cumulative seconds)."""
-    from pyautoattack import AutoAttack
-
-    if reduced:
-        adversary = AutoAttack(module, norm=THREAT_MODELS[norm], eps=eps, version="custom", seed=seed,
-                               attacks=["apgd-ce", "apgd-t", "fab-t", "square"])
-        adversary.apgd.n_restarts = adversary.apgd_targeted.n_restarts = adversary.fab.n_restarts = 1
-        adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = 3
-        adversary.square.n_queries = 1000
-    else:
-        adversary = AutoAttack(module, norm=THREAT_MODELS[norm], eps=eps, version=version, seed=seed)
+    adversary = original_adversary(module, eps, norm=norm, seed=seed, version=version,
+                                   attacks=STANDARD if reduced else None, reduced=reduced)
     times: dict[str, float] = {}
 
     class Members(logging.Handler):

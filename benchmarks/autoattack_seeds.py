@@ -26,25 +26,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from autoattack_original import REDUCED, THREAT_MODELS, cpu_name, torch_port  # noqa: E402
+from autoattack_original import REDUCED, STANDARD, THREAT_MODELS, cpu_name, original_adversary, torch_port  # noqa: E402,E501
 
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
 
-MEMBERS = ("apgd-ce", "apgd-t", "fab-t", "square")
+MEMBERS = STANDARD
 
 
 def original_member(module: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, member: str, eps: float,
                     norm: str, seed: int, reduced: bool) -> np.ndarray:
     """Which examples the original's ``member`` alone fools, with the standard version's settings (or reduced)."""
-    from pyautoattack import AutoAttack
-
-    adversary = AutoAttack(module, norm=THREAT_MODELS[norm], eps=eps, version="custom", seed=seed, attacks=[member])
-    adversary.apgd.n_restarts = adversary.apgd_targeted.n_restarts = adversary.fab.n_restarts = 1
-    targets, queries = (3, 1000) if reduced else (9, 5000)
-    adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = targets
-    adversary.square.n_queries = queries
+    adversary = original_adversary(module, eps, norm=norm, seed=seed, attacks=(member,), reduced=reduced)
     x_adv = adversary.run_standard_evaluation(images, labels, batch_size=500)[0]
     with torch.no_grad():
         return (module(x_adv).argmax(1) != labels).numpy()

@@ -115,8 +115,8 @@ def packing(sizes: tuple[int, ...], busy: int) -> tuple[int, ...]:
     """The call sizes of a round of ``busy`` examples, each of ``sizes`` (ascending, the plan's rows last): as few
     calls as ``rows`` allows, full calls of ``rows`` but for the last two, and those two the pair of sizes with the
     fewest rows that holds the rest (the larger first). Where the small sizes do not give a row the floats of a full
-    call (Madry et al.'s CNN: the same only from 104 rows up), a round of 270 in calls of 256 is 144 + 128 rows, not
-    256 + 104: a round's idle rows cost as much as its busy ones."""
+    call (Madry et al.'s CNN: the same only from 104 rows up), a round of 270 in calls of 256 is 160 + 112 rows (of the
+    pairs of 272, the one whose larger call is largest), not 256 + 104: a round's idle rows cost as much as its busy ones."""
     rows = sizes[-1]
     if busy <= 0:
         return ()
@@ -194,24 +194,13 @@ def cpu_name() -> str:
 def measure_plan(model: keras.Model) -> ModelPlan:
     """Time the model's gradient calls (on each gradient path it has) and forward calls at each candidate size and
     pick the plans (module notes); the gradient path is the faster one over all sizes (:func:`faster_path`)."""
-    from advsweep.attacks.core import logits_fn, loss_gradient_fn
     from advsweep.models.common import has_fast_gradient
 
-    shape = tuple(int(d) for d in model.input_shape[1:])
-    rng = np.random.default_rng(0)
-    x = rng.random((max(CANDIDATE_ROWS),) + shape, dtype=np.float32)
     classes = int(model.output_shape[-1])
-    y = rng.integers(0, classes, max(CANDIDATE_ROWS))
-    forward_call = logits_fn(model)
-
-    def gradient_call(path: str, loss: str) -> Any:  # logits, loss and input gradient, each row one line
-        function = loss_gradient_fn(model, loss, path)
-        return lambda rows: np.concatenate([t.numpy().reshape(len(rows), -1) for t in
-                                            function(tf.constant(x[rows]), tf.constant(y[rows]))], axis=1)
-
+    forward_call, gradient_call = probe_calls(model)
     calls = {f"gradient-{path}": gradient_call(path, "ce") for path in (("plain", "fast") if has_fast_gradient(model)
                                                                          else ("plain",))}
-    calls["forward"] = lambda rows: forward_call(tf.constant(x[rows])).numpy()
+    calls["forward"] = forward_call
     measured = {kind: measure_rates(call) for kind, call in calls.items()}
     path = faster_path({k.split("-")[1]: rates for k, rates in measured.items() if k != "forward"})
     # the rows' floats are compared through the DLR loss: on random images a model's logits are often extreme, the
@@ -222,6 +211,26 @@ def measure_plan(model: keras.Model) -> ModelPlan:
     return ModelPlan(gradient=plans["gradient"], forward=plans["forward"], gradient_path=path,
                      measured={kind: {str(r): round(rate, 1) for r, rate in rates.items()}
                                for kind, rates in measured.items()})
+
+
+def probe_calls(model: keras.Model) -> tuple[Any, Any]:
+    """The calls a plan is measured with, on fixed random images of the model's input shape (and random labels):
+    ``forward(indices)``, the logits of those images; ``gradient(path, loss)``, a call ``(indices) ->`` the logits,
+    the loss and its input gradient on ``path``, each row one line."""
+    from advsweep.attacks.core import logits_fn, loss_gradient_fn
+
+    shape = tuple(int(d) for d in model.input_shape[1:])
+    rng = np.random.default_rng(0)
+    x = rng.random((max(CANDIDATE_ROWS),) + shape, dtype=np.float32)
+    y = rng.integers(0, int(model.output_shape[-1]), max(CANDIDATE_ROWS))
+    logits = logits_fn(model)
+
+    def gradient(path: str, loss: str) -> Any:
+        function = loss_gradient_fn(model, loss, path)
+        return lambda rows: np.concatenate([t.numpy().reshape(len(rows), -1) for t in
+                                            function(tf.constant(x[rows]), tf.constant(y[rows]))], axis=1)
+
+    return (lambda rows: logits(tf.constant(x[rows])).numpy()), gradient
 
 
 def faster_path(rates: dict[str, dict[int, float]]) -> str:

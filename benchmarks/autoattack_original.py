@@ -211,18 +211,12 @@ def peak_rates(model: keras.Model, path: str, repeats: int = 5) -> tuple[float, 
     """The highest rates (rows per second) of the model's forward calls and of its input-gradient calls on ``path``
     over the plan's candidate call sizes, each size timed ``repeats`` times: a plan's own measurement times each
     size once for a quarter of a second, and on a shared machine one such timing can read a quarter below what
-    the calls reach over minutes (Madry et al.'s CNN, 2026-12-06: 2,500 gradients/s in a plan's measurement, 3,000 to
-    3,500 in repeated ones), which would make the bound too lenient."""
-    from advsweep.attacks.core import logits_fn, loss_gradient_fn
-    from advsweep.attacks.plan import CANDIDATE_ROWS, measure_rates
+    the calls reach over minutes (Madry et al.'s CNN, 2026-12-06: 2,535 gradients/s in a plan's measurement, 3,107
+    and 3,671 in this function's, in two runs), which would make the bound too lenient."""
+    from advsweep.attacks.plan import measure_rates, probe_calls
 
-    shape = tuple(int(d) for d in model.input_shape[1:])
-    rng = np.random.default_rng(0)
-    x = rng.random((max(CANDIDATE_ROWS),) + shape, dtype=np.float32)
-    y = rng.integers(0, int(model.output_shape[-1]), max(CANDIDATE_ROWS))
-    forward, gradient = logits_fn(model), loss_gradient_fn(model, "ce", path)
-    calls = (lambda rows: forward(tf.constant(x[rows])).numpy(),
-             lambda rows: [t.numpy() for t in gradient(tf.constant(x[rows]), tf.constant(y[rows]))])
+    forward, gradient = probe_calls(model)
+    calls = (forward, gradient(path, "ce"))
     best = [max(max(measure_rates(call).values()) for _ in range(repeats)) for call in calls]
     return best[0], best[1]
 

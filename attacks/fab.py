@@ -133,6 +133,18 @@ def _cumsum(v: np.ndarray) -> np.ndarray:
     return np.cumsum(v, axis=1, dtype=np.float64).astype(np.float32)
 
 
+def stable_argsort(v: np.ndarray) -> np.ndarray:
+    """``np.argsort(v, axis=1, kind="stable")`` of float32 ``(M, D)`` without NaN, as one sort of distinct 64-bit keys:
+    each value's bits mapped to an unsigned integer in the order of the values (−0 taken as +0, as the comparison
+    does), above its position, which breaks ties as the stable sort does. NumPy sorts 64-bit integers with its
+    vectorised quicksort, several times faster than its stable sort of float32, which was the largest part of a FAB
+    step (measured on 540 rows of MNIST: 17 of 40 ms)."""
+    bits = (v.astype(np.float32) + np.float32(0.0)).view(np.uint32)
+    ordered = bits ^ np.where(bits >> np.uint32(31), np.uint32(0xFFFFFFFF), np.uint32(0x80000000))
+    keys = (ordered.astype(np.uint64) << np.uint64(32)) | np.arange(v.shape[1], dtype=np.uint64)
+    return (np.sort(keys, axis=1) & np.uint64(0xFFFFFFFF)).astype(np.intp)
+
+
 def projection_linf(points: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(M, D)`` moves ``d`` of least L∞ norm taking each point ``t`` onto its hyperplane ``w·(t + d) = b`` with
     ``t + d`` in [0, 1] (as far as the box allows)."""
@@ -145,7 +157,7 @@ def projection_linf(points: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndar
     a = (w < 0).astype(np.float32)
     d = (a - t) * (w != 0)
     p = a - t * (2 * a - 1)
-    indp = np.argsort(p, axis=1, kind="stable")
+    indp = stable_argsort(p)
     b = b - _sum(w * t)
     b0 = _sum(w * d)
     indp2 = indp[:, ::-1]
@@ -192,7 +204,7 @@ def projection_l2(points: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarra
         r = np.clip(np.maximum(t / w, (t - 1) / w), -1e12, 1e12).astype(np.float32)
     r[np.abs(w) < 1e-8] = 1e12
     r[r == -1e12] *= -1
-    indr = np.argsort(r, axis=1, kind="stable")
+    indr = stable_argsort(r)
     rs = np.take_along_axis(r, indr, 1)
     rs2 = np.pad(rs[:, 1:], ((0, 0), (0, 1)))
     rs[rs == 1e12] = 0
@@ -242,8 +254,9 @@ def projection_l1(points: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarra
     c *= side
     with np.errstate(divide="ignore"):
         r = np.minimum(np.abs(np.float32(1.0) / w), np.float32(1e12))
-    indr = np.argsort(r, axis=1, kind="stable")
-    indr_rev = np.argsort(indr, axis=1, kind="stable")
+    indr = stable_argsort(r)
+    indr_rev = np.empty_like(indr)  # each coordinate's place in that order
+    np.put_along_axis(indr_rev, indr, np.arange(dims)[None], axis=1)
     d = (-t + (w < 0)) * (w != 0)
     ds = np.take_along_axis(np.minimum(-w * t, w * (1 - t)), indr, 1)
     s = _cumsum(np.concatenate((c[:, None], ds), 1))
@@ -269,6 +282,19 @@ def projection_l1(points: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarra
 PROJECTIONS = {"linf": projection_linf, "l2": projection_l2, "l1": projection_l1}
 
 
+PROJECTION_ROWS = 64  # rows per projection call: their temporaries then stay small enough for the C allocator to
+# reuse, where those of a whole block (hundreds of rows) are mapped afresh, page by page, at every call (MNIST, 540
+# rows: 8,000 page faults and 32–42 ms a call at once; 0 and 17 ms in calls of 64 rows)
+
+
+def projected(norm: str, points: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:data:`PROJECTIONS` ``[norm]`` of ``(M, D)`` points, in calls of :data:`PROJECTION_ROWS` rows (each row's move
+    depends on its row alone)."""
+    project, rows = PROJECTIONS[norm], PROJECTION_ROWS
+    return np.concatenate([project(points[i: i + rows], w[i: i + rows], b[i: i + rows])
+                           for i in range(0, len(points), rows)] or [np.zeros_like(points)])
+
+
 def fab_step(x1: np.ndarray, x0: np.ndarray, values: np.ndarray, grads: np.ndarray, norm: str, alpha_max: float,
              eta: float) -> np.ndarray:
     """One FAB step of each of M examples from ``x1`` (inputs ``x0``), given ``z_t − z_y`` (``values``, ``(M,)``) and
@@ -277,13 +303,12 @@ def fab_step(x1: np.ndarray, x0: np.ndarray, values: np.ndarray, grads: np.ndarr
     m = len(x1)
     w = grads.reshape(m, -1)
     b = -values.astype(np.float32) + _sum(w * x1.reshape(m, -1))
-    moves = PROJECTIONS[norm](np.concatenate((x1.reshape(m, -1), x0.reshape(m, -1)), 0), np.concatenate((w, w), 0),
-                    np.concatenate((b, b), 0))
-    sizes = np.maximum(sizes_of(moves, norm), np.float32(1e-8))
-    alpha = np.minimum(np.maximum(sizes[:m] / (sizes[:m] + sizes[m:]), 0.0), alpha_max).astype(np.float32)
+    d1, d2 = projected(norm, x1.reshape(m, -1), w, b), projected(norm, x0.reshape(m, -1), w, b)
+    size1, size2 = (np.maximum(sizes_of(d, norm), np.float32(1e-8)) for d in (d1, d2))
+    alpha = np.minimum(np.maximum(size1 / (size1 + size2), 0.0), alpha_max).astype(np.float32)
     alpha = alpha.reshape((m,) + (1,) * (x1.ndim - 1))
     e = np.float32(eta)
-    d1, d2 = moves[:m].reshape(x1.shape), moves[m:].reshape(x1.shape)
+    d1, d2 = d1.reshape(x1.shape), d2.reshape(x1.shape)
     return np.clip((x1 + e * d1) * (1 - alpha) + (x0 + e * d2) * alpha, 0.0, 1.0).astype(np.float32)
 
 

@@ -13,7 +13,15 @@ import pytest
 from advsweep.attacks import autoattack, run_attack  # the function, not a module of that name
 from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted
 from advsweep.attacks.checks import check_ensemble
-from advsweep.attacks.fab import fab_targeted, fab_untargeted, projection_l1, projection_l2, projection_linf
+from advsweep.attacks.fab import (
+    fab_targeted,
+    fab_untargeted,
+    projected,
+    projection_l1,
+    projection_l2,
+    projection_linf,
+    stable_argsort,
+)
 from advsweep.attacks.plan import UNMEASURED, use_plan
 from advsweep.attacks.square import p_schedule, rectangle_profile, square_attack, window_side
 
@@ -108,6 +116,35 @@ def test_fab_projections_match_the_authors_code():
             expected = theirs(torch.tensor(t), torch.tensor(w), torch.tensor(b)).numpy()
             np.testing.assert_allclose(ours(t, w, b), expected, atol=2e-6)
 
+
+
+def test_fab_projections_of_many_rows_match_the_authors_code_block_by_block():
+    """A FAB step projects its rows in calls of 64: 150 rows (three calls, the last short) against the authors'
+    projections of all 150 at once."""
+    import torch
+    from torchattacks.attacks import fab as reference
+
+    rng = np.random.default_rng(3)
+    t = rng.random((150, 784)).astype(np.float32)
+    t[:, :300] = 0.0
+    w = rng.standard_normal((150, 784)).astype(np.float32)
+    b = (3.0 * rng.standard_normal(150)).astype(np.float32)
+    for norm, theirs in (("linf", reference.projection_linf), ("l2", reference.projection_l2)):
+        expected = theirs(torch.tensor(t), torch.tensor(w), torch.tensor(b)).numpy()
+        np.testing.assert_allclose(projected(norm, t, w, b), expected, atol=2e-6)
+
+
+def test_stable_argsort_orders_as_numpys_stable_sort():
+    """The projections' sort: ties (MNIST's black background) in order of position, −0 level with +0, negative
+    values, the projections' 10¹² caps."""
+    rng = np.random.default_rng(4)
+    v = np.round(rng.standard_normal((40, 784)), 1).astype(np.float32)
+    v[:, :300] = 0.0
+    v[:, 300:310] = -0.0
+    v[:, 310:320] = 1e12
+    v[:, 320:330] = -1e12
+    v[::2] = rng.permutation(v[::2], axis=1)
+    np.testing.assert_array_equal(stable_argsort(v), np.argsort(v, axis=1, kind="stable"))
 
 
 def test_fab_l1_projection_matches_the_authors_code():

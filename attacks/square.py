@@ -231,19 +231,23 @@ def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def linf_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndarray, p_init: float,
                    rngs: list[np.random.Generator]) -> np.ndarray:
     """:func:`proposal` (L∞) of M examples at once ``(M, H, W, C)``, at their own query counts ``i`` ``(M,)``: each
-    example's window and signs come from its own stream, in :func:`proposal`'s order (top, left, signs)."""
+    example's window and signs come from its own stream, in :func:`proposal`'s order (top, left, signs). Only the
+    windows are computed: a best point lies in its ball and the box, which :func:`proposal`'s clipping leaves as it
+    is outside the window (after the first hundreds of queries a window is a few pixels of the image)."""
     m, (h, w, c) = len(x0), x0.shape[1:]
     draws = np.stack([rng.random(2 + c) for rng in rngs]) if m else np.zeros((0, 2 + c))
-    side = np.array([window_side(int(q), p_init, (h, w, c), "linf") for q in np.unique(i)])[
+    sides = np.array([window_side(int(q), p_init, (h, w, c), "linf") for q in np.unique(i)])[
         np.searchsorted(np.unique(i), i)]
-    top, left = ((h - side) * draws[:, 0]).astype(np.int64), ((w - side) * draws[:, 1]).astype(np.int64)
-    inside_rows = (np.arange(h) >= top[:, None]) & (np.arange(h) < (top + side)[:, None])
-    inside_cols = (np.arange(w) >= left[:, None]) & (np.arange(w) < (left + side)[:, None])
-    window = (inside_rows[:, :, None] & inside_cols[:, None, :])[..., None]
-    e = eps.astype(np.float32).reshape(m, 1, 1, 1)
-    signs = np.where(draws[:, 2:] * 2.0 - 1.0 >= 0.0, 1.0, -1.0).astype(np.float32).reshape(m, 1, 1, c)
-    candidate = np.where(window, x_best + np.float32(2.0) * e * signs, x_best)
-    return np.clip(np.minimum(np.maximum(candidate, x0 - e), x0 + e), 0.0, 1.0).astype(np.float32)
+    signs = np.where(draws[:, 2:] * 2.0 - 1.0 >= 0.0, 1.0, -1.0).astype(np.float32)
+    candidates = x_best.copy()
+    for side in np.unique(sides).tolist():
+        g = np.flatnonzero(sides == side)
+        top, left = ((h - side) * draws[g, 0]).astype(np.int64), ((w - side) * draws[g, 1]).astype(np.int64)
+        at = (g[:, None, None], (top[:, None] + np.arange(side))[:, :, None], (left[:, None] + np.arange(side))[:, None, :])
+        e = eps[g].astype(np.float32).reshape(-1, 1, 1, 1)
+        moved, centre = x_best[at] + np.float32(2.0) * e * signs[g].reshape(-1, 1, 1, c), x0[at]
+        candidates[at] = np.clip(np.minimum(np.maximum(moved, centre - e), centre + e), 0.0, 1.0)
+    return candidates
 
 
 def _norms(v: np.ndarray) -> np.ndarray:

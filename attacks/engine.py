@@ -340,8 +340,7 @@ class Engine:
         outside = self.step.outside(active)
         if outside is not None:
             fooled &= ~outside
-        for j in np.flatnonzero(fooled):
-            self.keep(int(active[j]), points[j], out.logits[j])
+        self.keep(active[fooled], points[fooled], out.logits[fooled])
         if self.traced and out.loss is not None:
             self.trace.add(active, np.float32(self.step.trace_sign) * out.loss)
         moved, ended = self.step.step(active, points, out, fooled)
@@ -390,19 +389,22 @@ class Engine:
                 self.spent[kind] += len(rows) * draws * (self.step.gradients if kind == "gradient" else 1)
         return out
 
-    def keep(self, e: int, point: np.ndarray, logits: np.ndarray) -> None:
-        """A misclassified point is the adversarial of its run's budget, if the budget has none yet; for FAB-T
-        (``any_budget``), of every budget whose ball holds it (``‖point − x‖ ≤ ε``)."""
+    def keep(self, e: np.ndarray, points: np.ndarray, logits: np.ndarray) -> None:
+        """Misclassified points (of distinct examples ``e`` ``(F,)``) are the adversarials of their runs' budgets,
+        where a budget has none yet; for FAB-T (``any_budget``), of every budget whose ball holds the point
+        (``‖point − x‖ ≤ ε``)."""
+        if not len(e):
+            return
         if self.programme.any_budget:
-            distance = sizes_of((point - self.x[e])[None], self.norm)[0]
-            budgets = np.flatnonzero((distance <= self.eps_sorted[:, e]) & (self.eps_sorted[:, e] > 0)
-                                     & ~self.found[:, e])
+            distance = sizes_of(points - self.x[e], self.norm)
+            holds = (distance <= self.eps_sorted[:, e]) & (self.eps_sorted[:, e] > 0) & ~self.found[:, e]  # (K, F)
         else:
-            position = int(self.budget_of[e])
-            fresh = not self.found[position, e] or self.programme.keep_latest
-            budgets = np.array([position]) if fresh else np.zeros(0, np.int64)
-        self.found[budgets, e] = True
-        self.x_found[budgets, e], self.logits_found[budgets, e] = point, logits
+            holds = np.zeros(self.found[:, e].shape, dtype=bool)
+            position, j = self.budget_of[e], np.arange(len(e))
+            holds[position, j] = ~self.found[position, e] | self.programme.keep_latest
+        budgets, j = np.nonzero(holds)
+        self.found[budgets, e[j]] = True
+        self.x_found[budgets, e[j]], self.logits_found[budgets, e[j]] = points[j], logits[j]
 
     def result(self, grid: np.ndarray) -> AttackResult:
         """The any-iterate view (and without early stop the last-iterate view as ``.last``), back in the caller's

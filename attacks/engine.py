@@ -399,7 +399,7 @@ class Engine:
             distance = sizes_of(points - self.x[e], self.norm)
             holds = (distance <= self.eps_sorted[:, e]) & (self.eps_sorted[:, e] > 0) & ~self.found[:, e]  # (K, F)
         else:
-            holds = np.zeros(self.found[:, e].shape, dtype=bool)
+            holds = np.zeros((len(self.found), len(e)), dtype=bool)
             position, j = self.budget_of[e], np.arange(len(e))
             holds[position, j] = ~self.found[position, e] | self.programme.keep_latest
         budgets, j = np.nonzero(holds)

@@ -228,6 +228,12 @@ def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return own - others.max(axis=-1)
 
 
+def _window_index(rows: np.ndarray, top: np.ndarray, left: np.ndarray, side: int) -> tuple[np.ndarray, ...]:
+    """The index of each row's square window (``array[at]`` is ``(G, side, side, C)``): ``rows`` ``(G,)`` of the
+    array, their windows' first rows ``top`` and columns ``left``."""
+    return (rows[:, None, None], (top[:, None] + np.arange(side))[:, :, None], (left[:, None] + np.arange(side))[:, None, :])
+
+
 def linf_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndarray, p_init: float,
                    rngs: list[np.random.Generator]) -> np.ndarray:
     """:func:`proposal` (L∞) of M examples at once ``(M, H, W, C)``, at their own query counts ``i`` ``(M,)``: each
@@ -243,7 +249,7 @@ def linf_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.nd
     for side in np.unique(sides).tolist():
         g = np.flatnonzero(sides == side)
         top, left = ((h - side) * draws[g, 0]).astype(np.int64), ((w - side) * draws[g, 1]).astype(np.int64)
-        at = (g[:, None, None], (top[:, None] + np.arange(side))[:, :, None], (left[:, None] + np.arange(side))[:, None, :])
+        at = _window_index(g, top, left, side)
         e = eps[g].astype(np.float32).reshape(-1, 1, 1, 1)
         moved, centre = x_best[at] + np.float32(2.0) * e * signs[g].reshape(-1, 1, 1, c), x0[at]
         candidates[at] = np.clip(np.minimum(np.maximum(moved, centre - e), centre + e), 0.0, 1.0)
@@ -278,8 +284,7 @@ def window_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.
         top, left = ((h - side) * u[:, 0]).astype(np.int64), ((w - side) * u[:, 1]).astype(np.int64)
         second = _window(((h - side) * u[:, 2]).astype(np.int64), ((w - side) * u[:, 3]).astype(np.int64), side, shape)
         delta = x_best[g] - x0[g]
-        at = (np.arange(len(g))[:, None, None], (top[:, None] + np.arange(side))[:, :, None],
-              (left[:, None] + np.arange(side))[:, None, :])
+        at = _window_index(np.arange(len(g)), top, left, side)
         inside = delta[at]  # (G, side, side, C): the first window's content
         both = (_window(top, left, side, shape) | second).astype(np.float32)
         profile = half_profile(side, norm)

@@ -32,9 +32,6 @@ from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
 
-MEMBERS = STANDARD
-
-
 def original_member(module: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, member: str, eps: float,
                     norm: str, seed: int, reduced: bool) -> np.ndarray:
     """Which examples the original's ``member`` alone fools, with the standard version's settings (or reduced)."""
@@ -50,13 +47,13 @@ def main() -> None:
     parser.add_argument("--indices", required=True, help="test indices, comma-separated (one: attacked alone)")
     parser.add_argument("--eps", type=float, required=True)
     parser.add_argument("--norm", choices=("linf", "l2"), default="linf")
-    parser.add_argument("--members", default=",".join(MEMBERS), help=f"comma-separated, of {', '.join(MEMBERS)}")
+    parser.add_argument("--members", default=",".join(STANDARD), help=f"comma-separated, of {', '.join(STANDARD)}")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 … N−1 on each side (default 3)")
     parser.add_argument("--reduced", action="store_true", help="3 targets and 1000 Square queries on both sides")
     args = parser.parse_args()
     members = args.members.split(",")
-    if not set(members) <= set(MEMBERS):
-        parser.error(f"--members: {sorted(set(members) - set(MEMBERS))} are not members of the standard version")
+    if not set(members) <= set(STANDARD):
+        parser.error(f"--members: {sorted(set(members) - set(STANDARD))} are not members of the standard version")
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = load_trained(args.model_dir)[0] if args.model_dir.is_dir() else keras.saving.load_model(args.model_dir)

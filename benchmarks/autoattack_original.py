@@ -29,6 +29,7 @@ CPU it ran on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -233,6 +234,54 @@ def cpu_name() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
+@dataclasses.dataclass
+class Side:
+    """One timed run of one side: its seconds, which examples it left robust, and (the original) the seconds of its
+    members and the rows its module evaluated, or (advsweep) its result, the bound and the rates it was measured at."""
+
+    seconds: float
+    robust: np.ndarray
+    members: dict[str, float] = dataclasses.field(default_factory=dict)
+    forward_rows: int = 0
+    gradient_rows: int = 0
+    result: Any = None
+    bound: float = 0.0
+    rates: tuple[float, float] = (0.0, 0.0)
+
+
+def run_original(module: Counted, images: torch.Tensor, labels: torch.Tensor, args: argparse.Namespace) -> Side:
+    """The original AutoAttack, timed, with the rows its module evaluated and each member's seconds."""
+    module.forward_rows = module.gradient_rows = 0
+    started = time.perf_counter()
+    x_adv, times = original_autoattack(module, images, labels, args.eps, reduced=args.reduced,
+                                       batch_size=args.batch_size, seed=args.seed, norm=args.norm,
+                                       version=args.version)
+    seconds = time.perf_counter() - started
+    assert size((x_adv - images).numpy(), args.norm).max() <= args.eps * (1 + 1e-5) + 1e-5, \
+        "the original left the ε-ball"
+    with torch.no_grad():
+        robust = (module.module(x_adv).argmax(1) == labels).numpy()
+    members, previous = {}, 0.0
+    for name, cumulative in times.items():
+        members[name], previous = cumulative - previous, cumulative
+    return Side(seconds, robust, members, module.forward_rows, module.gradient_rows)
+
+
+def run_advsweep(model: keras.Model, x: np.ndarray, y: np.ndarray, indices: np.ndarray, args: argparse.Namespace,
+                 path: str) -> Side:
+    """The harness's ``autoattack``, timed, and its model-call bound at the best rates measured just before it."""
+    best_forward, best_gradient = peak_rates(model, path)
+    started = time.perf_counter()
+    result = autoattack(model, x, y, [args.eps], norm=args.norm, version=args.version,
+                        settings=REDUCED if args.reduced else None, example_ids=indices)
+    seconds = time.perf_counter() - started
+    assert size(result.x_adv[0] - x, args.norm).max() <= args.eps * (1 + 1e-5) + 1e-5, "advsweep left the ε-ball"
+    cost = result.cost or {}
+    bound = (sum(c["forward"] for c in cost.values()) / best_forward
+             + sum(c["gradient"] for c in cost.values()) / best_gradient)
+    return Side(seconds, ~result.success[0], result=result, bound=bound, rates=(best_gradient, best_forward))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path, help="a folder written by `advsweep train` (small CNN or Madry CNN)")
@@ -246,9 +295,13 @@ def main() -> None:
                         help="3 targets and 1000 Square queries on both sides (L∞ and L2 only)")
     parser.add_argument("--batch-size", type=int, default=500, help="the original's batch (default 500)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="pairs of runs, the first side alternating (default 1); the medians are reported")
     args = parser.parse_args()
     if args.reduced and (args.norm == "l1" or args.version != "standard"):
         parser.error("--reduced is for the standard version in L∞ and L2 (the L1 and plus settings differ)")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, not {args.repeats}")
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = load_trained(args.model_dir)[0] if args.model_dir.is_dir() else keras.saving.load_model(args.model_dir)
@@ -264,36 +317,49 @@ def main() -> None:
     if gap > 1e-4:
         raise SystemExit(f"the PyTorch port's logits differ from Keras' by {gap:.2e}: the port is wrong")
 
-    started = time.perf_counter()
-    x_adv, members = original_autoattack(module, images, labels, args.eps, reduced=args.reduced,
-                                         batch_size=args.batch_size, seed=args.seed, norm=args.norm,
-                                         version=args.version)
-    original_seconds = time.perf_counter() - started
-    assert size((x_adv - images).numpy(), args.norm).max() <= args.eps * (1 + 1e-5) + 1e-5, \
-        "the original left the ε-ball"
-    with torch.no_grad():
-        theirs = (module.module(x_adv).argmax(1) == labels).numpy()
-
-    started = time.perf_counter()
-    plan = plan_of(model)  # measured once per machine and cached: not part of either side's time
-    plan_seconds = time.perf_counter() - started
-    best_forward, best_gradient = peak_rates(model, plan.gradient_path)
-    started = time.perf_counter()
-    result = autoattack(model, x, y, [args.eps], norm=args.norm, version=args.version,
-                        settings=REDUCED if args.reduced else None, example_ids=indices)
-    own_seconds = time.perf_counter() - started
-    ours = ~result.success[0]
-    assert size(result.x_adv[0] - x, args.norm).max() <= args.eps * (1 + 1e-5) + 1e-5, "advsweep left the ε-ball"
+    plan = None
+    pairs: list[tuple[Side, Side]] = []
+    for pair in range(args.repeats):  # the first side alternates: a machine that drifts favours neither
+        sides: dict[str, Side] = {}
+        for name in ("original", "advsweep") if pair % 2 == 0 else ("advsweep", "original"):
+            if name == "original":
+                sides[name] = run_original(module, images, labels, args)
+            else:
+                if plan is None:  # measured once per machine and cached: not part of either side's time
+                    started = time.perf_counter()
+                    plan = plan_of(model)
+                    plan_seconds = time.perf_counter() - started
+                sides[name] = run_advsweep(model, x, y, indices, args, plan.gradient_path)
+        pairs.append((sides["original"], sides["advsweep"]))
+    assert plan is not None
 
     n = args.examples
+    theirs, ours = pairs[0][0].robust, pairs[0][1].robust
+    result = pairs[0][1].result
     cost = result.cost or {}
     forward = sum(c["forward"] for c in cost.values())
     gradient = sum(c["gradient"] for c in cost.values())
-    bound = forward / best_forward + gradient / best_gradient
+    same = all(np.array_equal(o.robust, theirs) and np.array_equal(a.robust, ours) for o, a in pairs)
+    original_seconds = float(np.median([o.seconds for o, _ in pairs]))
+    own_seconds = float(np.median([a.seconds for _, a in pairs]))
+    ratio = float(np.median([o.seconds / a.seconds for o, a in pairs]))
+    fraction = float(np.median([a.bound / a.seconds for _, a in pairs]))
+    bound = float(np.median([a.bound for _, a in pairs]))
     print(f"{args.model_dir.name}, first {n} test images, {THREAT_MODELS[args.norm]} ε = {args.eps:g}, "
           f"{'reduced (3 targets, 1000 queries)' if args.reduced else args.version} version; CPU: {cpu_name()}; "
           f"torch {torch.__version__}, TensorFlow {tf.__version__}, Keras {keras.__version__}; "
           f"port's largest logit difference {gap:.1e} (relative to the largest logit)")
+    if args.repeats > 1:
+        print(f"\n{args.repeats} pairs of runs, the first side alternating; the row below: the median seconds of each "
+              "side, the median of the pairs' ratios and of their bound fractions. Robust examples "
+              + ("the same in every run of each side" if same else "NOT the same in every run: see the pairs"))
+        print("\n| pair | first | original s | advsweep s | original / advsweep | model-call bound (fraction) | "
+              "robust % (original / advsweep) |")
+        print("|---|---|---|---|---|---|---|")
+        for i, (o, a) in enumerate(pairs):
+            print(f"| {i + 1} | {'original' if i % 2 == 0 else 'advsweep'} | {o.seconds:.0f} | {a.seconds:.0f} | "
+                  f"{o.seconds / a.seconds:.2f}× | {a.bound:.0f} s ({a.bound / a.seconds:.2f}) | "
+                  f"{100 * o.robust.mean():.2f} / {100 * a.robust.mean():.2f} |")
     print("\n| model | n | ε | original robust % | advsweep robust % | robust here, fooled there / fooled here, robust "
           "there | original s | advsweep s | original / advsweep time | original evaluations per example "
           "(forward + gradient) | advsweep evaluations per example (forward + gradient) | model-call bound "
@@ -301,27 +367,25 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.model_dir.name} | {n} | {args.eps:g} | {100 * theirs.mean():.2f} | {100 * ours.mean():.2f} | "
           f"{int((ours & ~theirs).sum())} / {int((~ours & theirs).sum())} | {original_seconds:.0f} | "
-          f"{own_seconds:.0f} | **{original_seconds / own_seconds:.2f}×** | "
-          f"{module.forward_rows / n:.0f} + {module.gradient_rows / n:.0f} | "
-          f"{forward / n:.0f} + {gradient / n:.0f} | {bound:.0f} s ({bound / own_seconds:.2f}) |")
-    previous, theirs_by_member = 0.0, {}
-    for name, seconds in members.items():
-        theirs_by_member[name], previous = seconds - previous, seconds
+          f"{own_seconds:.0f} | **{ratio:.2f}×** | "
+          f"{pairs[0][0].forward_rows / n:.0f} + {pairs[0][0].gradient_rows / n:.0f} | "
+          f"{forward / n:.0f} + {gradient / n:.0f} | {bound:.0f} s ({fraction:.2f}) |")
     print("\n| member | original s | advsweep s | advsweep evaluations per example attacked (forward + gradient) |")
     print("|---|---|---|---|")
     for name, c in cost.items():
-        print(f"| {name} | {theirs_by_member.get(name, float('nan')):.0f} | {c['seconds']:.0f} | "
+        each = [(o.members.get(name, float("nan")), (a.result.cost or {})[name]["seconds"]) for o, a in pairs]
+        print(f"| {name} | {' / '.join(f'{t:.0f}' for t, _ in each)} | {' / '.join(f'{t:.0f}' for _, t in each)} | "
               f"{c['forward'] / max(c['examples'], 1):.0f} + {c['gradient'] / max(c['examples'], 1):.0f} |")
+    best_gradient, best_forward = pairs[-1][1].rates
     print(f"\nplan of model calls here: gradient {plan.gradient.rows} rows ({plan.gradient_path}, "
           f"{'free' if plan.gradient.free else 'by row'}), forward {plan.forward.rows} rows "
-          f"({'free' if plan.forward.free else 'by row'}); best rates (five timings of each size) "
-          f"{best_gradient:.0f} gradients/s, {best_forward:.0f} forward/s; call sizes gradient "
+          f"({'free' if plan.forward.free else 'by row'}); best rates (five timings of each size, before the last "
+          f"run) {best_gradient:.0f} gradients/s, {best_forward:.0f} forward/s; call sizes gradient "
           f"{list(plan.gradient.sizes)}, forward {list(plan.forward.sizes)}; {plan_seconds:.0f} s to measure or read the plan (before the timing)")
     print(f"test indices robust here and fooled there: {indices[ours & ~theirs].tolist()}; fooled here and robust "
           f"there: {indices[~ours & theirs].tolist()}")
     print("advsweep fooled by: " + ", ".join(f"{name} {int((result.found_by[0] == name).sum())}"  # type: ignore[index]
                                              for name in dict.fromkeys(("clean", *cost))))
-
 
 if __name__ == "__main__":
     main()

@@ -15,11 +15,15 @@ targets, 100 steps; Square 5000 queries), or with ``--reduced`` 3 targets and 10
 original evaluates in batches of ``--batch-size`` (500 covers 300 images in one batch), its random seed fixed.
 Each side is timed alone, one after the other, with the same threads (the harness's plan of model calls, measured
 once per machine and cached, is measured or read before its timing starts, as the original's PyTorch needs no plan); model evaluations of the original are
-counted in its module (rows of forward passes with and without a gradient).
+counted in its module (rows of forward passes with and without a gradient). With ``--repeats K`` it runs K pairs,
+the first side alternating (the original first in the odd pairs), prints every pair's seconds and ratio, and reports
+the median seconds of each side and the median of the pairs' ratios: one run's ratio moves by ±10% with a shared
+machine, and a machine that drifts between the two sides of a pair favours neither side over the pairs.
 
     python benchmarks/autoattack_original.py results/models/small_cnn-<id> --examples 300 --eps 0.1
     python benchmarks/autoattack_original.py results/models/madry_cnn-<id> --examples 300 --eps 0.3
     python benchmarks/autoattack_original.py results/models/vgg16-<id> --examples 100 --eps 0.02 --reduced
+    python benchmarks/autoattack_original.py results/models/vgg16-<id> --examples 100 --eps 0.02 --reduced --repeats 3
     python benchmarks/autoattack_original.py results/models/small_cnn-<id> --examples 300 --eps 5 --norm l1
 
 Needs the test extra (``torch==2.13.0``, ``pyautoattack==0.2.0``). Prints one Markdown table row per run, with the

@@ -391,5 +391,6 @@ def main() -> None:
     print("advsweep fooled by: " + ", ".join(f"{name} {int((result.found_by[0] == name).sum())}"  # type: ignore[index]
                                              for name in dict.fromkeys(("clean", *cost))))
 
+
 if __name__ == "__main__":
     main()

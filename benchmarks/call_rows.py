@@ -7,8 +7,8 @@ The engine's compiled calls are wrapped to time each call to its last byte (``.n
 ones apart (the engine fills an idle row with zeros, and no MNIST test image has every pixel within ε of zero at
 the budgets here); the attack itself is the harness's ``autoattack`` as a sweep runs it. Works on any commit whose engine calls the model
 through ``advsweep.attacks.engine.logits_fn`` and ``loss_gradient_fn`` (to count a plan rule of an earlier commit,
-``git checkout <commit> -- attacks/plan.py`` and delete ``plans/`` from the cache or point ``ADVSWEEP_CACHE``
-elsewhere).
+``git checkout <commit> -- attacks/plan.py``: a plan's cache key holds its rule's format, so that rule's own plan
+is measured or read).
 
     python benchmarks/call_rows.py results/models/vgg16-<id> --examples 100 --eps 0.02 --reduced
     python benchmarks/call_rows.py results/models/madry_cnn-<id> --examples 300 --eps 0.3 --members apgd-t

@@ -32,6 +32,7 @@ from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
 
+
 def original_member(module: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, member: str, eps: float,
                     norm: str, seed: int, reduced: bool) -> np.ndarray:
     """Which examples the original's ``member`` alone fools, with the standard version's settings (or reduced)."""

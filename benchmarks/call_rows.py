@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack, engine  # noqa: E402
 from advsweep.attacks.plan import plan_of  # noqa: E402
+from advsweep.attacks.spec import members_of  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
 
 REDUCED: dict[str, dict[str, Any]] = {"apgd-t": {"target_classes": 3}, "fab-t": {"target_classes": 3},
@@ -74,6 +75,12 @@ def main() -> None:
     args = parser.parse_args()
     if not args.model_dir.is_dir():
         parser.error(f"{args.model_dir} is not a model folder: give one written by `advsweep train`")
+    if args.examples < 1:
+        parser.error(f"--examples must be at least 1, not {args.examples}")
+    try:  # checked before the model is loaded, as the attack would check them
+        members = members_of("standard", args.members.split(",") if args.members else None)
+    except ValueError as error:
+        parser.error(f"--members: {error}")
 
     forward, gradient = engine.logits_fn, engine.loss_gradient_fn
     engine.logits_fn = lambda model: timed("forward", forward(model))  # type: ignore[assignment]
@@ -85,7 +92,7 @@ def main() -> None:
     plan = plan_of(model)  # measured once per machine and cached: before the timing
     started = time.perf_counter()
     result = autoattack(model, x, y, [args.eps], example_ids=indices, settings=REDUCED if args.reduced else None,
-                        attacks=args.members.split(",") if args.members else None)
+                        attacks=list(members))
     seconds = time.perf_counter() - started
     cost = result.cost or {}
     print(f"{args.model_dir.name}, first {args.examples} test images, L∞ ε = {args.eps:g}"

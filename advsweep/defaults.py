@@ -80,6 +80,11 @@ MINIMAL: Final[dict[str, Any]] = {
     "tolerance": {"linf": 1.0 / 255.0, "l2": 0.02, "l1": 0.1},
 }
 
+# A randomized model (its logits differ between two calls): every point it is judged at, clean or adversarial, is
+# classified by the mean of ``draws`` draws' softmax probabilities (advsweep.attacks.randomized, where the number
+# is measured and justified).
+RANDOMIZED: Final[dict[str, Any]] = {"draws": 15}
+
 # A sweep, and the one-model sweep behind ``advsweep evaluate``.
 SWEEP: Final[dict[str, Any]] = {
     "dataset": "mnist",

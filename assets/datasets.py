@@ -12,6 +12,9 @@ against the test set, ε against the input box) before any work starts; :func:`l
 * ``cifar10``: CIFAR-10 (Krizhevsky 2009) through Keras' own loader, which downloads
   ``cifar-10-python.tar.gz`` from the University of Toronto and verifies it against its published sha256
   (:data:`CIFAR10_ARCHIVE_SHA256`). 32×32×3, 10 classes, 10,000 test images. Needs internet once.
+* a researcher's own data, a ``.npz`` file (:func:`read_dataset_file`): arrays ``x_test`` and ``y_test``, optionally
+  ``x_train`` and ``y_train``; the image shape and the classes read from the arrays, the values in the range the
+  file says (``[0, 1]`` for floats, ``[0, 255]`` for ``uint8`` unless given), the arrays' sha256 in the run id.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ class DatasetInfo:
     train_size: int
     description: str
     bounds: tuple[float, float] = (0.0, 1.0)
+    # a data set file's: its path, the range of its stored values, and the sha256 of its arrays
+    path: str | None = None
+    value_range: tuple[float, float] | None = None
+    content_sha256: str | None = None
 
     def eps_limit(self, norm: str) -> float:
         """The largest meaningful ε: the diameter of the input box (L∞: its width; L2: width · √dimensions; L1:
@@ -57,8 +64,12 @@ class DatasetInfo:
         return width * (dimensions if norm == "l1" else float(np.sqrt(dimensions)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "input_shape": list(self.input_shape), "classes": self.classes,
-                "test_size": self.test_size, "train_size": self.train_size, "bounds": list(self.bounds)}
+        values = {"name": self.name, "input_shape": list(self.input_shape), "classes": self.classes,
+                  "test_size": self.test_size, "train_size": self.train_size, "bounds": list(self.bounds)}
+        if self.path is not None:
+            values.update({"path": self.path, "range": list(self.value_range or (0.0, 1.0)),
+                           "content_sha256": self.content_sha256})
+        return values
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -86,7 +97,8 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     resolved: Resolved
-    scale: float  # raw pixel value of 1.0
+    scale: float  # raw pixel value of 1.0 (above ``offset``)
+    offset: float = 0.0  # raw pixel value of 0.0
 
     def test_images(self, indices: Any = None) -> np.ndarray:
         """float32 ``(n, H, W, C)`` in [0, 1] of the test images at ``indices`` (default: all)."""
@@ -96,7 +108,8 @@ class Dataset:
         return self._float(self.x_train if indices is None else self.x_train[np.asarray(indices)])
 
     def _float(self, raw: np.ndarray) -> np.ndarray:
-        images = raw.astype(np.float32) / np.float32(self.scale)
+        shifted = raw.astype(np.float32) if self.offset == 0 else raw.astype(np.float32) - np.float32(self.offset)
+        images = shifted / np.float32(self.scale)
         return images.reshape((len(raw),) + self.info.input_shape)
 
     @property
@@ -148,12 +161,107 @@ def _cifar10(_: str | None) -> Dataset:
 
 
 _LOADERS: dict[str, Callable[[str | None], Dataset]] = {"mnist": _mnist, "digits": _digits, "cifar10": _cifar10}
+DATASET_FILE_ARRAYS = ("x_test", "y_test", "x_train", "y_train")
 
 
-def load_dataset(name: str = "mnist", *, mnist_path: str | None = None) -> Dataset:
-    """Load and verify a data set by name (see the module notes); ``mnist_path`` is an explicit MNIST copy.
+class DatasetFileError(ValueError):
+    """A data set file that cannot be used; the message names the file, the problem and the fix in one line."""
+
+
+def read_dataset_file(path: str | Path, *, value_range: tuple[float, float] | None = None,
+                      classes: int | None = None) -> Dataset:
+    """Read and check a researcher's data set file (``.npz``), completely, before any work.
+
+    Args:
+        path: a ``.npz`` of ``x_test`` ``(N, H, W)`` or ``(N, H, W, C)`` and ``y_test`` ``(N,)`` integer labels, and
+            optionally ``x_train`` and ``y_train`` of the same image shape.
+        value_range: the range of the stored values, mapped onto [0, 1] (the box ε is measured in); default
+            ``(0, 255)`` for ``uint8`` images and ``(0, 1)`` for others.
+        classes: the number of classes; default the largest label + 1.
+
+    Raises:
+        DatasetFileError: a missing or unreadable file, a missing array, images and labels of different lengths,
+            labels that are not integers in ``0 … classes − 1``, NaN, or values outside ``value_range``.
+    """
+    path = Path(path)
+
+    def refuse(problem: str, fix: str) -> DatasetFileError:
+        return DatasetFileError(f"data set file {path}: {problem}; {fix}")
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files if name in DATASET_FILE_ARRAYS}
+    except FileNotFoundError:
+        raise refuse("does not exist", "give the path of a .npz with x_test and y_test") from None
+    except (OSError, ValueError) as error:  # not a zip, or an object array (pickles are not read)
+        raise refuse(f"cannot be read as a .npz of plain arrays ({error})",
+                     "save it with numpy.savez(path, x_test=..., y_test=...)") from None
+    for name in ("x_test", "y_test"):
+        if name not in arrays:
+            raise refuse(f"has no array `{name}`", "save it with numpy.savez(path, x_test=..., y_test=...)")
+    if ("x_train" in arrays) != ("y_train" in arrays):
+        raise refuse("has only one of `x_train` and `y_train`", "give both or neither")
+    parts = [("test", arrays["x_test"], arrays["y_test"])]
+    if "x_train" in arrays:
+        parts.append(("train", arrays["x_train"], arrays["y_train"]))
+    shape = None
+    for split, x, y in parts:
+        if x.ndim not in (3, 4) or len(x) == 0:
+            raise refuse(f"`x_{split}` has shape {x.shape}", "images must be (N, H, W) or (N, H, W, C), N ≥ 1")
+        image = x.shape[1:] if x.ndim == 4 else (*x.shape[1:], 1)
+        if shape is not None and image != shape:
+            raise refuse(f"`x_train` images are {image}, `x_test` images {shape}", "give images of one shape")
+        shape = image
+        if y.shape != (len(x),):
+            raise refuse(f"`y_{split}` has shape {y.shape} for {len(x)} images", f"give one label per image, ({len(x)},)")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise refuse(f"`y_{split}` is {y.dtype}, not integers", "give class indices 0 … classes − 1 as integers")
+        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+            raise refuse(f"`x_{split}` is {x.dtype}", "give real-valued images")
+    low, high = value_range if value_range is not None else \
+        ((0.0, 255.0) if arrays["x_test"].dtype == np.uint8 else (0.0, 1.0))
+    labels = np.concatenate([y for _, _, y in parts])
+    count = int(labels.max()) + 1 if classes is None else int(classes)
+    for split, x, y in parts:
+        if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
+            raise refuse(f"`x_{split}` holds NaN", "replace or drop those images")
+        if float(x.min()) < low or float(x.max()) > high:
+            raise refuse(f"`x_{split}` values lie in [{float(x.min()):g}, {float(x.max()):g}], outside the range "
+                         f"[{low:g}, {high:g}]", "set the data set's `range` to the pixel range it is stored in")
+        if int(y.min()) < 0 or int(y.max()) >= count:
+            raise refuse(f"`y_{split}` labels lie in [{int(y.min())}, {int(y.max())}], outside 0 … {count - 1}",
+                         "give class indices from 0" + ("" if classes is None else " or raise `classes`"))
+    if count < 2:
+        raise refuse("has labels of one class only", "a classifier's data set has at least two classes")
+    x_test = arrays["x_test"].reshape((len(arrays["x_test"]), *shape))  # type: ignore[misc]
+    empty = np.zeros((0, *shape), dtype=x_test.dtype)  # type: ignore[misc]
+    x_train = arrays["x_train"].reshape((len(arrays["x_train"]), *shape)) if "x_train" in arrays else empty  # type: ignore[misc]
+    y_train = arrays["y_train"] if "y_train" in arrays else np.zeros(0, dtype=arrays["y_test"].dtype)
+    content = sha256_arrays([x_train, y_train, x_test, arrays["y_test"]])
+    info = DatasetInfo(name=path.stem, input_shape=shape, classes=count, test_size=len(x_test),  # type: ignore[arg-type]
+                       train_size=len(x_train), description=f"a data set file ({path.name})", path=str(path.resolve()),
+                       value_range=(float(low), float(high)), content_sha256=content)
+    resolved = Resolved(name=path.stem, source="file", path=path.resolve(), content_sha256=content)
+    return Dataset(info, x_train, y_train, x_test, arrays["y_test"], resolved, float(high - low), float(low))
+
+
+def load_dataset(name: str | DatasetInfo = "mnist", *, mnist_path: str | None = None) -> Dataset:
+    """Load and verify a data set by name (see the module notes), or a data set file by its
+    :class:`DatasetInfo` (read again, and refused if its content changed since the config was read);
+    ``mnist_path`` is an explicit MNIST copy.
 
     Raises:
         AssetError: the data set cannot be found or fails verification; the message says how to get it.
     """
+    if isinstance(name, DatasetInfo):
+        if name.path is None:
+            return _LOADERS[check_dataset(name.name).name](mnist_path)
+        try:
+            data = read_dataset_file(name.path, value_range=name.value_range, classes=name.classes)
+        except DatasetFileError as error:
+            raise AssetError(str(error)) from None
+        if data.info.content_sha256 != name.content_sha256:
+            raise AssetError(f"data set file {name.path} changed since the config was read (sha256 "
+                             f"{data.info.content_sha256}, was {name.content_sha256}); run the sweep again")
+        return data
     return _LOADERS[check_dataset(name).name](mnist_path)

@@ -160,6 +160,7 @@ class Cluster:
         import ray
 
         from advsweep.experiments.units import grid_upper_bounds
+        from advsweep.models.user import pack_model
 
         config = inputs.config
         task = ray.remote(_unit_task).options(num_cpus=self.spec.cpus_per_task, num_gpus=self.spec.gpus_per_task,
@@ -170,10 +171,13 @@ class Cluster:
         model_refs = {}
         for name in needed | {u.surrogate for u in todo if u.surrogate is not None}:
             loaded = inputs.models[name]
-            model_refs[name] = {"bytes": [ray.put(loaded.file.read_bytes())], "sha256": loaded.sha256,
-                                "spec": loaded.spec, "written_by_train": loaded.written_by_train}
+            packed_name, packed = pack_model(loaded.file)
+            model_refs[name] = {"bytes": [ray.put(packed)], "name": packed_name, "sha256": loaded.sha256,
+                                "spec": loaded.spec, "written_by_train": loaded.written_by_train,
+                                "code": [(f.name, f.read_bytes()) for f in loaded.code]}
         environment = {"cpus": self.spec.cpus_per_task, "source_sha256": inputs.code["source_sha256"],
-                       "device": inputs.execution["device"], "plans": inputs.execution["plans"]}
+                       "device": inputs.execution["device"], "plans": inputs.execution["plans"],
+                       "randomized": inputs.randomized}
 
         # minimal-ε units wait for their model's attack units (they start from those records' bounds)
         waiting_attacks = {name: sum(1 for u in todo if u.model == name and u.kind == "attack") for name in needed}
@@ -258,21 +262,26 @@ def _worker_model(model: dict[str, Any], data: Any) -> Any:
     import ray
 
     from advsweep.experiments.units import classifier_from_file
+    from advsweep.models.user import content_sha256, unpack_model
 
     cache: dict[str, Any] = _WORKER["models"]  # insertion order is use order: the oldest goes first
     if model["sha256"] in cache:
         cache[model["sha256"]] = cache.pop(model["sha256"])
     else:
         content = ray.get(model["bytes"][0])
-        if hashlib.sha256(content).hexdigest() != model["sha256"]:
-            raise RuntimeError("the model file from the object store does not match its sha256")
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.keras"
-            path.write_bytes(content)
+            path = unpack_model(model.get("name", "model.keras"), content, Path(folder))
+            if content_sha256(path) != model["sha256"]:
+                raise RuntimeError("the model file from the object store does not match its sha256")
+            code = []  # the model's own classes' code, as the driver read it (the worker's disk may not have it)
+            for index, (name, source) in enumerate(model.get("code", [])):
+                (Path(folder) / f"code{index}").mkdir()
+                code.append(Path(folder) / f"code{index}" / name)
+                code[-1].write_bytes(source)
             while len(cache) >= MODELS_PER_WORKER:
                 cache.pop(next(iter(cache)))
             cache[model["sha256"]] = classifier_from_file(path, model["spec"], data,
-                                                          written_by_train=model["written_by_train"])
+                                                          written_by_train=model["written_by_train"], code_files=code)
     return cache[model["sha256"]]
 
 
@@ -292,7 +301,8 @@ def _unit_task(unit: Unit, model: dict[str, Any], config: Any, x: Any, labels: A
     if surrogate is not None:
         crafter = _worker_model(surrogate, config.data)
         use_plan(crafter, environment["plans"][unit.surrogate])
-    output = compute_unit(config, unit, classifier, x, labels, examples, bounds, crafter)
+    output = compute_unit(config, unit, classifier, x, labels, examples, bounds, crafter,
+                          randomized=environment.get("randomized", {}).get(unit.model, False))
     seconds = time.perf_counter() - started
     import ray
 

@@ -34,7 +34,7 @@ from advsweep.attacks.spec import (
     implementations_of,
     norms_of,
 )
-from advsweep.defaults import ATTACK, MINIMAL, RUN, SWEEP
+from advsweep.defaults import ATTACK, MINIMAL, RANDOMIZED, RUN, SWEEP
 from advsweep.models.config import ModelConfig
 
 SELECTIONS: tuple[str, ...] = ("balanced", "first")
@@ -64,10 +64,15 @@ class ModelSpec:
     train: ModelConfig | None = None
     dataset: str = "mnist"
     input_range: tuple[float, float] = (0.0, 1.0)
+    # the code that defines and registers the model's own classes: .py files (absolute paths) or module names
+    custom_objects: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "train": self.train.to_dict() if self.train else None,
-                "dataset": self.dataset, "input_range": list(self.input_range)}
+        values = {"name": self.name, "path": self.path, "train": self.train.to_dict() if self.train else None,
+                  "dataset": self.dataset, "input_range": list(self.input_range)}
+        if self.custom_objects:  # left out when unset, so that the run ids of sweeps without it stay as they were
+            values["custom_objects"] = list(self.custom_objects)
+        return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,12 +162,17 @@ class SweepConfig:
     figures: FigureSpec
     description: str = ""
     run: RunSpec = RunSpec()  # how, not what: left out of to_dict() and hence of the run id
+    dataset_file: DatasetInfo | None = None  # `dataset = { path = … }`: a researcher's own data set file
+    # a randomized model's points are judged by the mean of this many draws' probabilities ([randomized] draws)
+    draws: int = RANDOMIZED["draws"]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
-            "dataset": self.dataset,
+            "dataset": self.dataset if self.dataset_file is None else {
+                "path": self.dataset_file.path, "range": list(self.dataset_file.value_range or (0.0, 1.0)),
+                "classes": self.dataset_file.classes, "sha256": self.dataset_file.content_sha256},
             "seed": self.seed,
             "chunk_size": self.chunk_size,
             "gradient": self.gradient,
@@ -172,12 +182,13 @@ class SweepConfig:
             "epsilons": {norm: list(grid) for norm, grid in self.epsilons.items()},
             "minimal": self.minimal.to_dict(),
             "figures": self.figures.to_dict(),
+            "randomized": {"draws": self.draws},
         }
 
     @property
     def data(self) -> DatasetInfo:
         """What the sweep's data set is (shape, classes, test size), without loading it."""
-        return DATASETS[self.dataset]
+        return self.dataset_file if self.dataset_file is not None else DATASETS[self.dataset]
 
     def cells(self) -> list[tuple[ModelSpec, AttackSpec, str]]:
         """Every (model, attack, implementation) of the grid, in run order."""
@@ -254,12 +265,44 @@ def _grid(key: str, values: Any, norm: str, data: DatasetInfo) -> tuple[float, .
     return tuple(unique)
 
 
+def _dataset(value: Any, base: Path) -> DatasetInfo:
+    """``dataset``: a data set's name, or a table ``{path = "my_data.npz", range = [0, 255], classes = 10}`` naming a
+    researcher's own file (read and checked completely here, before any work)."""
+    from advsweep.assets.datasets import DatasetFileError, read_dataset_file
+
+    if not isinstance(value, Mapping):
+        try:
+            return DATASETS[one_of("dataset", value, tuple(DATASETS))]
+        except Invalid as error:
+            raise ConfigError(error.under("dataset") + "; or a table {path = \"my_data.npz\"} for your own "
+                                                       "data") from None
+    values = _take(value, "dataset", {"path": None, "range": None, "classes": None}, "dataset")
+    if not isinstance(values["path"], str) or not values["path"]:
+        raise _fail("dataset.path", f"must be the path of a .npz with x_test and y_test. Received: {values['path']!r}")
+    path = Path(values["path"]).expanduser()
+    path = path if path.is_absolute() else base / path
+    value_range = values["range"]
+    if value_range is not None and (
+            not isinstance(value_range, list) or len(value_range) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)
+            or not float(value_range[0]) < float(value_range[1])):
+        raise _fail("dataset.range", f"must be [low, high] with low < high, the range the file's pixel values are "
+                                     f"stored in (e.g. [0, 255]). Received: {value_range!r}")
+    classes = None if values["classes"] is None else _int("dataset.classes", values["classes"], minimum=2)
+    try:
+        data = read_dataset_file(path, classes=classes, value_range=None if value_range is None else
+                                 (float(value_range[0]), float(value_range[1])))
+    except DatasetFileError as error:
+        raise _fail("dataset.path", str(error)) from None
+    return data.info
+
+
 def _model(index: int, table: Any, base: Path, dataset: str) -> ModelSpec:
     where = f"models[{index}]"
     values = _take(table, "", {"name": None, "path": None, "train": None, "dataset": dataset,
-                               "input_range": [0.0, 1.0]}, where)
+                               "input_range": [0.0, 1.0], "custom_objects": None}, where)
     name = _name(f"{where}.name", values["name"])
-    trained_on = _choice(f"{where}.dataset", values["dataset"], tuple(DATASETS))
+    trained_on = _choice(f"{where}.dataset", values["dataset"], tuple(dict.fromkeys((*DATASETS, dataset))))
     if trained_on != dataset:
         raise _fail(f"{where}.dataset", f"the model was trained on {trained_on!r} but the sweep is about {dataset!r}; "
                                         f"set the top-level `dataset = \"{trained_on}\"` or attack a {dataset} model")
@@ -274,14 +317,32 @@ def _model(index: int, table: Any, base: Path, dataset: str) -> ModelSpec:
                            "(a model config such as {kind = \"vgg16\"}) ")
     metadata = {"dataset": trained_on, "input_range": (float(input_range[0]), float(input_range[1]))}
     if values["path"] is not None:
+        from advsweep.models.user import UserModelError, model_format, user_code_files
+
         if not isinstance(values["path"], str):
             raise _fail(f"{where}.path", f"must be a string. Received: {values['path']!r}")
         path = Path(values["path"]).expanduser()
         path = path if path.is_absolute() else (base / path)
-        if not ((path / "model.keras").is_file() or (path.suffix == ".keras" and path.is_file())):
-            raise _fail(f"{where}.path", f"{path} is neither a .keras file nor a folder with model.keras; train one "
-                                         f"with `advsweep train` or give `train = {{kind = \"vgg16\"}}` instead")
-        return ModelSpec(name=name, path=str(path.resolve()), **metadata)  # type: ignore[arg-type]
+        if model_format(path) is None:
+            raise _fail(f"{where}.path", f"{path} is not a model file: give a .keras file, a folder with model.keras "
+                                         f"(`advsweep train` writes one), a legacy .h5 file or a SavedModel folder "
+                                         f"(with saved_model.pb); or give `train = {{kind = \"vgg16\"}}` instead")
+        sources = values["custom_objects"]
+        sources = [sources] if isinstance(sources, str) else sources
+        if sources is not None and (not isinstance(sources, list) or not sources
+                                    or not all(isinstance(v, str) and v for v in sources)):
+            raise _fail(f"{where}.custom_objects", "must be a .py file or module name (or a list of them) that defines "
+                                                   f"and registers the model's own layers. Received: {sources!r}")
+        try:
+            files = user_code_files(sources or [], base)
+        except UserModelError as error:
+            raise _fail(f"{where}.custom_objects", str(error).split(": ", 1)[1]) from None
+        custom = tuple(str(f) if s.endswith(".py") else s for s, f in zip(sources or [], files, strict=True))
+        return ModelSpec(name=name, path=str(path.resolve()), custom_objects=custom,
+                         **metadata)  # type: ignore[arg-type]
+    if values["custom_objects"] is not None:
+        raise _fail(f"{where}.custom_objects", "is the code a `path` model's own layers need; models built by "
+                                               "`advsweep train` have none: delete the key")
     if dataset != "mnist":
         raise _fail(f"{where}.train", f"`advsweep train` builds MNIST models; for {dataset!r} give `path` to a .keras "
                                       "classifier that returns logits")
@@ -369,15 +430,12 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
     top = _take(raw, "", {"name": None, "description": "", "dataset": SWEEP["dataset"], "seed": SWEEP["seed"],
                           "chunk_size": SWEEP["chunk_size"],
                           "gradient": SWEEP["gradient"], "examples": {}, "models": None, "attacks": None,
-                          "epsilons": None, "minimal": {}, "figures": {}, "run": {}}, "")
+                          "epsilons": None, "minimal": {}, "figures": {}, "run": {}, "randomized": {}}, "")
     name = _name("name", top["name"])
     for required in ("models", "attacks", "epsilons"):
         if top[required] is None:
             raise _fail(required, "is required (see experiments/configs/quick.toml)")
-    try:
-        data = DATASETS[one_of("dataset", top["dataset"], tuple(DATASETS))]
-    except Invalid as error:
-        raise ConfigError(error.under("dataset")) from None
+    data = _dataset(top["dataset"], base)
     count, selection, selection_seed = _examples(top["examples"], data)
     epsilons_raw = _take(top["epsilons"], "epsilons", {norm: None for norm in L1_NORMS}, "epsilons")
     epsilons = {norm: _grid(f"epsilons.{norm}", grid, norm, data) for norm, grid in epsilons_raw.items()
@@ -418,6 +476,9 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
         minimal=_minimal(top["minimal"], count, data),
         figures=_figures(top["figures"], attacks, epsilons, count, chunk_size),
         run=parse_run(top["run"]),
+        dataset_file=data if data.path is not None else None,
+        draws=_int("randomized.draws", _take(top["randomized"], "randomized", RANDOMIZED, "randomized")["draws"],
+                   minimum=1, maximum=1000),
     )
 
 

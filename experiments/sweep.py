@@ -72,13 +72,13 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
     from advsweep.experiments.plots import training_curves
     from advsweep.models.config import ModelConfig
     from advsweep.models.training import train_model
+    from advsweep.models.user import code_digest, content_sha256, model_file, user_code_files
 
     data = config.data
 
     def file_of(spec: ModelSpec) -> Path:
         if spec.path is not None:
-            path = Path(spec.path)
-            return path if path.suffix == ".keras" and path.is_file() else path / "model.keras"
+            return model_file(spec.path)
         assert spec.train is not None
         return models_root / spec.train.model_id / "model.keras"
 
@@ -86,8 +86,8 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
         file = file_of(spec)
         key = f"models[{index}].{'path' if spec.path is not None else 'train'}"
         written_by_train = (file.parent / "config.json").is_file() and file.name == "model.keras"
-        fix = ("point `path` at a .keras classifier or a folder written by `advsweep train`" if spec.path is not None
-               else f"delete {file.parent} so that the sweep trains it again")
+        fix = ("point `path` at a .keras, .h5 or SavedModel classifier or a folder written by `advsweep train`"
+               if spec.path is not None else f"delete {file.parent} so that the sweep trains it again")
 
         def unloadable(detail: str) -> SweepError:
             return SweepError(f"config key `{key}` (model {spec.name!r}): {file} cannot be loaded ({detail}); {fix}")
@@ -102,15 +102,20 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
         try:
             model = classifier_from_file(file, spec, data, written_by_train=written_by_train)
         except UnloadableModel as error:
+            if spec.custom_objects or "custom_objects" in str(error):
+                raise SweepError(f"config key `models[{index}]` (model {spec.name!r}): {error}") from None
             raise unloadable(str(error)) from None
         except ValueError as error:  # the contract, against the data set: shape, one logit per class, no softmax
             raise SweepError(f"config key `{key}` (model {spec.name!r}): {error}") from None
-        return LoadedModel(spec=spec, model=model, folder=file.parent, sha256=file_sha256(file), metrics=metrics,
-                           file=file, written_by_train=written_by_train)
+        code = user_code_files(list(spec.custom_objects))
+        return LoadedModel(spec=spec, model=model, folder=file if file.is_dir() else file.parent,
+                           sha256=content_sha256(file), metrics=metrics, file=file,
+                           written_by_train=written_by_train, code=code,
+                           code_sha256=code_digest(code) if code else None)
 
     loaded: dict[int, LoadedModel] = {}
     for index, spec in enumerate(config.models):
-        if file_of(spec).is_file():
+        if file_of(spec).exists():
             loaded[index] = load(index, spec)
     for index, spec in enumerate(config.models):
         if index in loaded:
@@ -161,7 +166,12 @@ def identity_parts(config: SweepConfig, models: list[LoadedModel], code: dict[st
     resolved.pop("description")
     for entry in resolved["models"]:
         entry.pop("path")  # the model's content hash stands for it, wherever it lies
-    return {"config": digest(resolved), "models": digest({m.spec.name: m.sha256 for m in models}),
+        if "custom_objects" in entry:  # and the code's digest for the code's paths
+            entry["custom_objects"] = len(entry["custom_objects"])
+    if isinstance(resolved["dataset"], dict):  # a data set file: its content hash stands for its path
+        resolved["dataset"].pop("path")
+    contents = {m.spec.name: m.sha256 if m.code_sha256 is None else [m.sha256, m.code_sha256] for m in models}
+    return {"config": digest(resolved), "models": digest(contents),
             "code": code["source_sha256"], "execution": digest(execution)}
 
 
@@ -211,6 +221,8 @@ def manifest(config: SweepConfig, models: list[LoadedModel], code: dict[str, Any
         "dataset": config.data.to_dict(),
         "assets": assets,
         "models": [{"name": m.spec.name, "folder": str(m.folder), "model_keras_sha256": m.sha256,
+                    **({"custom_objects": {str(f): file_sha256(f) for f in m.code}, "code_sha256": m.code_sha256}
+                       if m.code else {}),
                     "model_id": m.metrics.get("model_id"), "clean_test_accuracy": m.metrics.get("clean_test_accuracy"),
                     "train_examples": m.metrics.get("train_examples"), "training": training_of(m.metrics)}
                    for m in models],
@@ -268,8 +280,27 @@ def run_local(inputs: SweepInputs, todo: list[Unit], finish: Finish,
                                     inputs.examples[unit.start:unit.stop]) if unit.kind == "minimal" else None)
         surrogate = inputs.models[unit.surrogate].model if unit.surrogate is not None else None
         output = compute_unit(inputs.config, unit, inputs.models[unit.model].model, inputs.x, inputs.labels,
-                              inputs.examples, bounds, surrogate)
+                              inputs.examples, bounds, surrogate, randomized=inputs.randomized.get(unit.model, False))
         finish(unit, output, time.perf_counter() - started, local_worker())
+
+
+def detect_randomized(models: list[LoadedModel], x: np.ndarray) -> dict[str, bool]:
+    """Per model, whether its logits differ between two calls on the sweep's first images: such a model's points are
+    all judged by the rule of :mod:`advsweep.attacks.randomized`. A randomized model whose draws do not obey the
+    judge's reset is named in a warning (its ε = 0 column then equals clean accuracy up to the draws' noise)."""
+    from advsweep.attacks.core import BLOCK
+    from advsweep.attacks.randomized import draws_reproducible, is_randomized
+
+    found = {}
+    for loaded in models:
+        found[loaded.spec.name] = is_randomized(loaded.model, x[:BLOCK])
+        if found[loaded.spec.name]:
+            logger.info("model %r is randomized: every point is judged by the mean of its draws' probabilities",
+                        loaded.spec.name)
+            if not draws_reproducible(loaded.model, x[:BLOCK]):
+                logger.warning("model %r: its random draws do not follow TensorFlow's seed (random ops compiled into "
+                               "a graph?): judgements of the same point can differ", loaded.spec.name)
+    return found
 
 
 def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = None,
@@ -296,7 +327,7 @@ def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = N
         cluster = connect(config.run)
     try:
         deterministic_kernels()
-        dataset = load_dataset(config.dataset)
+        dataset = load_dataset(config.data)
         y_test = dataset.test_labels
         models = prepare_models(config, results_root / "models")
         assets = {dataset.resolved.name: dataset.resolved.to_dict()}
@@ -317,11 +348,14 @@ def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = N
         if previous:
             check_resumable(run_dir, previous, parts, execution)
         run_dir.mkdir(parents=True, exist_ok=True)
+        randomized = detect_randomized(models, x)
         inputs = SweepInputs(config=config, models={m.spec.name: m for m in models}, x=x, labels=labels,
-                             examples=examples, run_dir=run_dir, code=code, execution=execution)
+                             examples=examples, run_dir=run_dir, code=code, execution=execution, randomized=randomized)
 
         info = manifest(config, models, code, list(assets.values()), examples)
         executor = {"name": config.run.executor, **(cluster.describe() if cluster is not None else {})}
+        info["randomized"] = {name: {"draws": config.draws, "rule": "mean of the draws' softmax probabilities"}
+                              for name, flagged in randomized.items() if flagged}
         info.update({"run_id": run_id, "identity": parts, "execution": execution, "status": "running",
                      "started": previous.get("started") or _now(), "executor": executor,
                      "sessions": previous.get("sessions", []) + [{"started": _now(), "executor": config.run.executor}]})

@@ -42,29 +42,37 @@ class LoadedModel:
     folder: Path
     sha256: str
     metrics: dict[str, Any]
-    file: Path  # the .keras file the model was loaded from (what a Ray worker is sent)
+    file: Path  # the model file (or SavedModel folder) it was loaded from (what a Ray worker is sent)
     written_by_train: bool
+    code: list[Path] = dataclasses.field(default_factory=list)  # the files of its custom_objects
+    code_sha256: str | None = None  # their digest: part of the model's identity
 
 
 class UnloadableModel(Exception):
-    """Keras could not load a model file."""
+    """Keras could not load a model file, or the code its classes need."""
 
 
-def classifier_from_file(file: Path, spec: ModelSpec, data: Any, *, written_by_train: bool) -> keras.Model:
-    """The classifier the attacks see, from a ``.keras`` file: a model ``advsweep train`` wrote is checked against
-    the data set; any other is checked and rescaled to [0, 1] inputs. The driver and every Ray worker load a model
-    by this one function, so both attack the same function.
+def classifier_from_file(file: Path, spec: ModelSpec, data: Any, *, written_by_train: bool,
+                         code_files: list[Path] | None = None) -> keras.Model:
+    """The classifier the attacks see, from a model file (``.keras``, legacy ``.h5``, or a SavedModel folder): a
+    model ``advsweep train`` wrote is checked against the data set; any other is checked and rescaled to [0, 1]
+    inputs, after the code that registers its own classes (``spec.custom_objects``, or ``code_files``: the same
+    code where a Ray worker received it) is imported. The driver and every Ray worker load a model by this one
+    function, so both attack the same function.
 
     Raises:
-        UnloadableModel: Keras cannot load the file (corrupt, or not a Keras model).
+        UnloadableModel: the model or its code cannot be loaded (the message names the problem and the fix).
         ValueError: the model breaks the contract (the message says how).
     """
     from advsweep.models.common import as_classifier, check_contract
+    from advsweep.models.user import UserModelError, ensure_global_seed, import_user_code, load_model_file
 
+    ensure_global_seed()  # a user's seedless random op loads (a randomized model is detected, not refused)
     try:
-        model = keras.saving.load_model(file, compile=False)
-    except Exception as error:  # a corrupt or foreign file: Keras raises many kinds of error
-        raise UnloadableModel(f"{type(error).__name__}: {error}") from error
+        import_user_code([str(f) for f in code_files] if code_files is not None else list(spec.custom_objects))
+        model = load_model_file(file, input_shape=data.input_shape)
+    except UserModelError as error:
+        raise UnloadableModel(str(error)) from error
     if written_by_train:
         check_contract(model, data.input_shape, data.classes)
         return model
@@ -205,10 +213,11 @@ class UnitOutput:
 
 def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndarray, labels: np.ndarray,
                  examples: np.ndarray, bounds: np.ndarray | None = None,
-                 surrogate: keras.Model | None = None) -> UnitOutput:
+                 surrogate: keras.Model | None = None, randomized: bool = False) -> UnitOutput:
     """Compute one unit from its inputs alone (the model, the sweep's examples, for the minimal-ε unit the grid
-    bounds of :func:`grid_upper_bounds`, for a transfer attack's unit its surrogate model); nothing is read or
-    written on disk."""
+    bounds of :func:`grid_upper_bounds`, for a transfer attack's unit its surrogate model, and whether the model is
+    randomized: then every point it is judged at, clean or adversarial, is judged by the rule of
+    :mod:`advsweep.attacks.randomized`); nothing is read or written on disk."""
     from advsweep.attacks import minimal_perturbation, predict_logits, run_attack
     from advsweep.attacks.checks import (
         check_deterministic,
@@ -226,8 +235,10 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
     name = unit.key.split("/", 1)[1]
     records_path = f"records/{unit.model}/{name.replace('/', '--')}.parquet"
 
+    judge = Judge(model, config.draws, config.seed) if randomized else None
     if unit.kind == "clean":
-        logits = predict_logits(model, x[part], example_ids=examples[part])
+        logits = (judge.logits(x[part], examples[part]) if judge is not None
+                  else predict_logits(model, x[part], example_ids=examples[part]))
         output.records[records_path] = clean_records(model=unit.model, examples=examples[part], labels=labels[part],
                                                      logits=logits)
     elif unit.kind == "attack":
@@ -239,7 +250,9 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
                             list(config.epsilons[unit.attack.norm]), implementation=unit.implementation,
                             example_ids=examples[part], **_attack_params(config, unit))
         if transfer:
-            result = transferred(result, model, labels[part], examples[part])
+            result = transferred(result, model, labels[part], examples[part], judge=judge)
+        elif judge is not None:
+            result = judge.rejudged(result, labels[part], examples[part])
         views = [("single" if unit.attack.name in SINGLE_STEP else "any", result)]
         if result.last is not None:
             views.append(("last", result.last))
@@ -288,7 +301,31 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
     return output
 
 
-def transferred(crafted: AttackResult, model: keras.Model, labels: np.ndarray, examples: np.ndarray) -> AttackResult:
+class Judge:
+    """A randomized model's judgement of points (:func:`advsweep.attacks.randomized.judged_logits`): the mean of
+    ``draws`` draws' probabilities, reproducible for the same points of the same examples."""
+
+    def __init__(self, model: keras.Model, draws: int, seed: int):
+        self.model, self.draws, self.seed = model, draws, seed
+
+    def logits(self, x: np.ndarray, examples: np.ndarray) -> np.ndarray:
+        from advsweep.attacks.randomized import judged_logits
+
+        return judged_logits(self.model, x, example_ids=examples, draws=self.draws, seed=self.seed)
+
+    def rejudged(self, result: AttackResult, labels: np.ndarray, examples: np.ndarray) -> AttackResult:
+        """``result`` with every view's points judged by the rule: their logits replaced, ``success`` recomputed
+        and ``found_by`` cleared where the judged point is correct (an attack's lucky single draw is not a
+        success)."""
+        logits = np.stack([self.logits(points, examples) for points in result.x_adv])
+        correct = logits.argmax(axis=-1) == labels[None]
+        found_by = None if result.found_by is None else np.where(correct, "", result.found_by)
+        last = None if result.last is None else self.rejudged(result.last, labels, examples)
+        return dataclasses.replace(result, logits=logits, success=~correct, found_by=found_by, last=last)
+
+
+def transferred(crafted: AttackResult, model: keras.Model, labels: np.ndarray, examples: np.ndarray, *,
+                judge: Judge | None = None) -> AttackResult:
     """A transfer attack's result on ``model``: the adversarials found on the surrogate (``crafted``, its any-iterate
     view: the first adversarial at each ε, or its strongest point where none was found), classified by ``model``.
     ``found_by`` is ``"surrogate"`` where the point fooled the surrogate (the records keep it, and Pintor et al.'s
@@ -296,7 +333,8 @@ def transferred(crafted: AttackResult, model: keras.Model, labels: np.ndarray, e
     last iterate: the model's own attack is not run."""
     from advsweep.attacks import AttackResult, predict_logits
 
-    logits = np.stack([predict_logits(model, x_adv, example_ids=examples) for x_adv in crafted.x_adv])
+    logits = np.stack([judge.logits(x_adv, examples) if judge is not None else
+                       predict_logits(model, x_adv, example_ids=examples) for x_adv in crafted.x_adv])
     return AttackResult(epsilons=crafted.epsilons, x_adv=crafted.x_adv, logits=logits,
                         success=logits.argmax(axis=-1) != labels[None], norm=crafted.norm,
                         found_by=np.where(crafted.success, "surrogate", ""), evaluations=crafted.evaluations,
@@ -329,6 +367,7 @@ class SweepInputs:
     run_dir: Path
     code: dict[str, Any]
     execution: dict[str, Any]  # the device kind and model-call plans the records are made under (execution_plan)
+    randomized: dict[str, bool] = dataclasses.field(default_factory=dict)  # per model: judged by the rule
 
 
 # A finished unit's output, with its wall time and the worker that ran it, handed to the driver to write.

@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 # session fixtures below would be trained differently depending on whether a training test ran first.
 tf.config.experimental.enable_op_determinism()
 
-from advsweep.assets import load_mnist, load_vgg16_weights  # noqa: E402
+from advsweep.assets import load_dataset, load_mnist, load_vgg16_weights  # noqa: E402
 from advsweep.models import build_small_cnn, build_vgg16_classifier, feature_extractor  # noqa: E402
 from advsweep.experiments.config import load_config  # noqa: E402
 from advsweep.experiments.sweep import run_sweep  # noqa: E402
@@ -87,6 +87,40 @@ def vgg16_model(mnist, vgg16_weights):
 def any_model(request):
     """Each model in turn, for property checks that must hold on both."""
     return request.param, request.getfixturevalue(f"{request.param}_model" if request.param == "vgg16" else "small_cnn")
+
+
+# --------------------------------------------------------------------------------------------
+# the UCI digits (8×8) and a Keras classifier trained on them here: the cheap real data set and model of the tests
+# of data sets and models the harness did not build
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+def digits_classifier(input_shape: tuple[int, ...], *, softmax: bool = False, seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=input_shape)
+    hidden = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    hidden = keras.layers.Flatten()(hidden)
+    hidden = keras.layers.Dense(64, activation="relu")(hidden)
+    outputs = keras.layers.Dense(10, activation="softmax" if softmax else None)(hidden)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits, tmp_path_factory) -> Path:
+    """A Keras classifier trained here on the digits training split (not by `advsweep train`), saved as .keras."""
+    model = digits_classifier((8, 8, 1))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(digits.train_images(), digits.y_train.astype(np.int64), epochs=30, batch_size=64, verbose=0)
+    accuracy = float(np.mean(np.argmax(model.predict(digits.test_images(), verbose=0), -1) == digits.test_labels))
+    assert accuracy > 0.9, accuracy  # a real classifier, or the attacks below would mean nothing
+    path = tmp_path_factory.mktemp("digits") / "digits_cnn.keras"
+    model.save(path)
+    return path
 
 
 @pytest.fixture(scope="session")

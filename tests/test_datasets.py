@@ -25,33 +25,7 @@ from advsweep.experiments.plots import plot_adversarial_grid
 from advsweep.experiments.records import COLUMNS, attack_records
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-def _classifier(input_shape: tuple[int, ...], *, softmax: bool = False, seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(shape=input_shape)
-    hidden = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
-    hidden = keras.layers.Flatten()(hidden)
-    hidden = keras.layers.Dense(64, activation="relu")(hidden)
-    outputs = keras.layers.Dense(10, activation="softmax" if softmax else None)(hidden)
-    return keras.Model(inputs, outputs)
-
-
-@pytest.fixture(scope="module")
-def digits_model(digits, tmp_path_factory) -> Path:
-    """A Keras classifier trained here on the digits training split (not by `advsweep train`), saved as .keras."""
-    model = _classifier((8, 8, 1))
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    model.fit(digits.train_images(), digits.y_train.astype(np.int64), epochs=30, batch_size=64, verbose=0)
-    accuracy = float(np.mean(np.argmax(model.predict(digits.test_images(), verbose=0), -1) == digits.test_labels))
-    assert accuracy > 0.9, accuracy  # a real classifier, or the attacks below would mean nothing
-    path = tmp_path_factory.mktemp("digits") / "digits_cnn.keras"
-    model.save(path)
-    return path
+from conftest import digits_classifier as _classifier  # noqa: E402
 
 
 def test_digits_are_the_verified_scikit_learn_copy(digits):

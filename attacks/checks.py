@@ -198,15 +198,16 @@ def check_deterministic(model: keras.Model, x: np.ndarray, *, example_ids: Any =
     )
 
 
-def loss_variation(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, seed: int, example_ids: Any = None,
-                   draws: int = STABILITY_DRAWS, radius: float = STABILITY_RADIUS) -> np.ndarray:
-    """``(N,)``: Pintor et al.'s unstable-predictions measure per example (``unstable_predictions_indicator`` of
-    their code): the loss's change under ``draws`` random perturbations of each pixel, uniform within ± radius / 2,
-    relative to the loss at the input (divided by 1 where that is 0), averaged over the draws and capped at 1. The
-    loss is the margin (best other logit minus the true one, what the harness's PGD ascends by default), where theirs
-    is the attack's: the relative change of a cross-entropy near 0 (a confident example) measures rounding more than
-    the model. The perturbed inputs are clipped to [0, 1], theirs are not. Each example draws its perturbations from
-    its own stream (keyed by the seed and its test-set index), so the measure does not depend on its chunk."""
+ROUGHNESS_THRESHOLD = 3.0  # an example is rough where its loss moves more than this many times its gradient predicts
+
+
+def _loss_changes(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, seed: int, example_ids: Any,
+                  draws: int, radius: float, gradients: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per example: the margin loss at the input, the mean absolute change of the loss under ``draws`` random
+    perturbations (uniform within ± radius / 2 per pixel, clipped to [0, 1]), and, given the loss's input
+    ``gradients``, the mean absolute change the gradient predicts for the same perturbations (``|∇L · δ|``, δ as
+    clipped); zeros without them."""
     ids = check_example_ids(example_ids, len(x))
 
     def margin_loss(logits: np.ndarray) -> np.ndarray:
@@ -217,47 +218,71 @@ def loss_variation(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, see
         return others.max(axis=1) - z[rows, labels]
 
     reference = margin_loss(predict_logits(model, x, example_ids=ids))
-    scale = np.where(reference == 0, 1.0, np.abs(reference))
     streams = [example_stream(seed, int(i), "loss-variation", radius, 0) for i in ids]
-    total = np.zeros(len(x))
+    total, predicted = np.zeros(len(x)), np.zeros(len(x))
+    flat = None if gradients is None else gradients.reshape(len(x), -1).astype(np.float64)
     for _ in range(draws):
         noise = np.stack([(rng.random(x.shape[1:], dtype=np.float32) - np.float32(0.5)) * np.float32(radius)
                           for rng in streams]) if len(x) else np.zeros_like(x)
-        moved = margin_loss(predict_logits(model, np.clip(x + noise, 0.0, 1.0).astype(np.float32), example_ids=ids))
-        total += np.abs(reference - moved) / scale
-    return np.minimum(total / draws, 1.0)
+        moved_x = np.clip(x + noise, 0.0, 1.0).astype(np.float32)
+        total += np.abs(reference - margin_loss(predict_logits(model, moved_x, example_ids=ids)))
+        if flat is not None:
+            delta = (moved_x.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
+            predicted += np.abs(np.sum(flat * delta, axis=1))
+    return reference, total / draws, predicted / draws
+
+
+def loss_variation(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, seed: int, example_ids: Any = None,
+                   draws: int = STABILITY_DRAWS, radius: float = STABILITY_RADIUS) -> np.ndarray:
+    """``(N,)``: Pintor et al.'s unstable-predictions measure per example (``unstable_predictions_indicator`` of
+    their code): the loss's change under ``draws`` random perturbations of each pixel, uniform within ± radius / 2,
+    relative to the loss at the input (divided by 1 where that is 0), averaged over the draws and capped at 1. The
+    loss is the margin (best other logit minus the true one, what the harness's PGD ascends by default), where theirs
+    is the attack's: the relative change of a cross-entropy near 0 (a confident example) measures rounding more than
+    the model. The perturbed inputs are clipped to [0, 1], theirs are not. Each example draws its perturbations from
+    its own stream (keyed by the seed and its test-set index), so the measure does not depend on its chunk."""
+    reference, change, _ = _loss_changes(model, x, labels, seed=seed, example_ids=example_ids, draws=draws,
+                                         radius=radius)
+    scale = np.where(reference == 0, 1.0, np.abs(reference))
+    return np.minimum(change / scale, 1.0)
 
 
 def check_loss_stability(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, seed: int,
                          example_ids: Any = None, shown: int = 8) -> Check:
-    """Pintor et al.'s unstable predictions in their loss form (:func:`loss_variation`): an example whose loss moves
-    by more than 10% of itself, on average, under perturbations far smaller than any attack budget is one where a
-    gradient says little about the loss a step away (a randomized model; a defence whose loss is rough at that
-    scale). Their threshold of 0.1 flags an example. The share of flagged examples does not separate a rough
-    deterministic model from a mildly randomized one (first 100 test images, ``benchmarks/failure_indicators.py``:
-    the natural small CNN and the PGD-trained Madry CNN 0, the frozen VGG16 8, the small CNN behind Gaussian input
-    noise of σ = 0.05 11 and of σ = 0.2 93), so the check fails only where more than half the examples are
-    flagged and is a note where some are; the exact check (:func:`check_deterministic`) is the one that decides
-    whether a model is randomized. A model that rounds its input to 0 or 1 is flat, not rough, at this scale (3
-    of 64 flagged): the gradient check catches it."""
+    """Pintor et al.'s unstable predictions in their loss form (:func:`loss_variation`), held against what the
+    loss's own gradient predicts: an example is flagged where its margin loss moves by more than 10% of itself on
+    average (their threshold) under perturbations far smaller than any attack budget, **and** by more than
+    :data:`ROUGHNESS_THRESHOLD` times the change its input gradient predicts for the same perturbations
+    (``|∇L · δ|``). The first condition alone flags a smooth model's examples that sit near the decision boundary,
+    where a small margin moves by much of itself along its gradient (13 of the default VGG16's first 100 test
+    images, a deterministic model); the second keeps only the changes a gradient does not explain: a randomized
+    model (the noise of each call), or a loss that is flat or stepped at that scale (a quantizer: zero gradient,
+    changes of whole steps). The check fails where more than half the examples are flagged and is a note where some
+    are; the exact check of randomness is :func:`check_deterministic`."""
     ids = check_example_ids(example_ids, len(x))
-    variation = loss_variation(model, x, labels, seed=seed, example_ids=ids)
-    flagged = variation > STABILITY_THRESHOLD
+    _, gradients = blocked_gradients(gradient_fn(model, "margin"), x, labels.astype(np.int64), ids)
+    reference, change, predicted = _loss_changes(model, x, labels, seed=seed, example_ids=ids,
+                                                 draws=STABILITY_DRAWS, radius=STABILITY_RADIUS, gradients=gradients)
+    scale = np.where(reference == 0, 1.0, np.abs(reference))
+    variation = np.minimum(change / scale, 1.0)
+    roughness = change / np.maximum(predicted, 1e-12)
+    flagged = (variation > STABILITY_THRESHOLD) & (roughness > ROUGHNESS_THRESHOLD)
     share = float(flagged.mean()) if len(x) else 0.0
-    passed = not flagged.any()
     named = ", ".join(str(int(i)) for i in ids[flagged][:shown]) + (" …" if flagged.sum() > shown else "")
     return Check(
         name="loss is stable under small random noise",
-        passed=passed,
+        passed=not flagged.any(),
         detail=f"{int(flagged.sum())} of {len(x)} examples change their margin loss by more than "
-               f"{STABILITY_THRESHOLD:g} of itself on average under {STABILITY_DRAWS} uniform perturbations of "
-               f"± {STABILITY_RADIUS / 2:.3g} per pixel (median {float(np.median(variation)) if len(x) else 0.0:.3g})"
+               f"{STABILITY_THRESHOLD:g} of itself and more than {ROUGHNESS_THRESHOLD:g}× what its gradient predicts, "
+               f"on average under {STABILITY_DRAWS} uniform perturbations of ± {STABILITY_RADIUS / 2:.3g} per pixel "
+               f"(median change {float(np.median(variation)) if len(x) else 0.0:.3g} of the loss, "
+               f"{float(np.median(roughness)) if len(x) else 0.0:.3g}× the gradient's prediction)"
                + (f"; examples {named}" if flagged.any() else ""),
         informational=bool(flagged.any()) and share <= STABILITY_MAX_SHARE,
         suggestion="" if not flagged.any() else (
-            "the loss is erratic at the scale of one attack step (a randomized model or a defence whose loss is rough "
-            "at that scale): gradient attacks misjudge it; run AutoAttack's rand version for a randomized model, a "
-            "gradient-free attack (Square) or BPDA for a non-differentiable one"),
+            "the loss is erratic at the scale of one attack step, beyond what its gradient says (a randomized model, "
+            "or a loss that is flat or stepped there): gradient attacks misjudge it; EOT (AutoAttack's rand version) "
+            "for a randomized model, BPDA or a gradient-free attack (Square) for a non-differentiable one"),
     )
 
 
@@ -301,25 +326,38 @@ INCOMPLETE_NOTE_SHARE = 0.05  # up to this share of the robust examples flagged,
 
 
 def check_incomplete_optimization(flagged: Mapping[float, Sequence[int]], robust: Mapping[float, int], *,
-                                  label: str = "", shown: int = 8) -> Check:
+                                  label: str = "", shown: int = 8,
+                                  closed: Mapping[float, Sequence[int]] | None = None) -> Check:
     """Incomplete optimization (Pintor et al., "Indicators of Attack Failure", NeurIPS 2022): among the examples
     an attack left robust at ε, those with a run whose loss was still rising when it ended (``loss_rise`` above
     :data:`advsweep.attacks.engine.INCOMPLETE_THRESHOLD`: the best loss rose more than 5% of its range over the
-    run's last 10 evaluations, their definition). ``flagged``: per ε, those examples' test-set indices;
-    ``robust``: per ε, how many examples the attack left robust.
+    run's last 10 evaluations, their definition). ``flagged``: per ε, those examples' test-set indices that nothing
+    else in the evaluation settles; ``closed``: per ε, the flagged examples another attack of the same evaluation
+    settles (it fooled them, or its own run left them robust with a loss that had stopped rising); ``robust``: per
+    ε, how many examples the attack left robust.
 
     Pintor et al. flag one attack run on one sample; over an evaluation, a flagged example's robustness rests on a
-    run that had not converged. The check fails where more than :data:`INCOMPLETE_NOTE_SHARE` of an ε's robust
-    examples are flagged (an attack stopped too early: PGD-40 with a fixed step on an adversarially trained CNN
-    left 21 of 95 flagged on the first 100 test images, any attack of 10 steps or fewer flags every example whose
-    loss rose at all), and is a note below it (AutoAttack's standard ensemble left 4 of 89 flagged on the same model
-    and images: a few late risers of its many runs); either way the examples are named, for a rerun with more
-    steps."""
-    return _flagged_check(
+    run that had not converged unless another attack settles it. The check fails where more than
+    :data:`INCOMPLETE_NOTE_SHARE` of an ε's robust examples are flagged and open (an attack stopped too early and
+    nothing stronger ran: PGD-40 with a fixed step on an adversarially trained CNN left 21 of 95 flagged on the
+    first 100 test images, any attack of 10 steps or fewer flags every example whose loss rose at all), and is a
+    note below it or where the rest of the evaluation closes them (the quick sweep's PGD-10 beside AutoAttack)."""
+    closed = {float(e): list(v) for e, v in (closed or {}).items() if len(v)}
+    check = _flagged_check(
         f"optimization complete{f' ({label})' if label else ''}", flagged, robust, note_share=INCOMPLETE_NOTE_SHARE,
-        shown=shown, measured="robust examples whose attack loss was still rising at the end of a run",
+        shown=shown, measured="robust examples whose attack loss was still rising at the end of a run, and that no "
+                              "other attack settles",
         suggestion="the attack stopped while its loss was still improving on these examples: run more steps (or "
                    "restarts) and see whether they stay robust")
+    if not closed:
+        return check
+    counts = {e: len(v) for e, v in closed.items()}
+    return dataclasses.replace(
+        check, passed=False, informational=check.passed or check.informational,
+        detail=check.detail + f"; still rising but settled by another attack of the evaluation (fooled by it, or "
+                              f"robust after its converged run), per ε: {counts}",
+        suggestion=check.suggestion or "the evaluation's other attacks settle these examples: the worst case does not "
+                                       "rest on this attack's unfinished runs")
 
 
 TRANSFER_NOTE_SHARE = 0.05  # up to this share of the surrogate's adversarials failing to transfer, a note

@@ -282,7 +282,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 
     run_dir = run_sweep(config, folder)  # the run folder is MODEL_DIR/evaluation/<run id>/
     print((run_dir / "summary.md").read_text())
-    _print_checks(json.loads((run_dir / "checks.json").read_text()))
+    _print_checks(run_dir)
     print(f"\nrun folder: {run_dir}")
     return 0
 
@@ -311,7 +311,7 @@ def _command_sweep(args: argparse.Namespace) -> int:
 
     run_dir = run_sweep(config, results, run_id=args.run_id)
     print((run_dir / "summary.md").read_text())
-    _print_checks(json.loads((run_dir / "checks.json").read_text()))
+    _print_checks(run_dir)
     print(f"\nrun folder: {run_dir}")
     return 0
 
@@ -329,7 +329,7 @@ def _command_report(args: argparse.Namespace) -> int:
 
     built = build_report(run_dirs, output)
     print((output / "summary.md").read_text())
-    _print_checks(built["checks"])
+    _print_checks(output)
     if not built["paired"].empty:
         held = built["verdicts"]
         print(f"paired comparisons: {len(built['paired'])} (paired.md); "
@@ -363,12 +363,22 @@ def _fraction(name: str, text: str) -> float:
     return value
 
 
-def _print_checks(checks: list[dict[str, Any]]) -> None:
+def _print_checks(folder: Path) -> None:
+    """The checks line, the notes and failures, and each model's verdict, from a report folder's files."""
+    from advsweep.experiments.verdicts import describe_escalation
+
+    checks = json.loads((folder / "checks.json").read_text())
     failed = [c for c in checks if not c["passed"] and not c.get("informational")]
     notes = [c for c in checks if not c["passed"] and c.get("informational")]
     print(f"checks: {len(checks) - len(failed) - len(notes)} passed, {len(notes)} notes, {len(failed)} failed"
           + "".join(f"\n  note {c['model']}: {c['name']}: {c['detail']} -> {c['suggestion']}" for c in notes)
           + "".join(f"\n  FAILED {c['model']}: {c['name']}: {c['detail']} -> {c['suggestion']}" for c in failed))
+    verdicts = json.loads((folder / "verdicts.json").read_text()) if (folder / "verdicts.json").is_file() else []
+    for v in verdicts:
+        print(f"worst case of {v['model']}" + (f" ({v['run']})" if len({w['run'] for w in verdicts}) > 1 else "")
+              + f": {v['verdict'].upper() if v['reasons'] else v['verdict']}"
+              + (" (" + "; ".join(r.split(":")[0] for r in v["reasons"]) + ")" if v["reasons"] else "")
+              + (f"\n  {describe_escalation(v)}" if v.get("escalation") else ""))
 
 
 # --------------------------------------------------------------------------------------------

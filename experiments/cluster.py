@@ -159,7 +159,7 @@ class Cluster:
         """Run ``todo`` as Ray tasks, handing each finished unit to ``finish`` (which writes it) as it arrives."""
         import ray
 
-        from advsweep.experiments.units import grid_upper_bounds
+        from advsweep.experiments.units import escalation_triggers, grid_upper_bounds
         from advsweep.models.user import pack_model
 
         config = inputs.config
@@ -182,12 +182,15 @@ class Cluster:
         # minimal-ε units wait for their model's attack units (they start from those records' bounds)
         waiting_attacks = {name: sum(1 for u in todo if u.model == name and u.kind == "attack") for name in needed}
         held = [u for u in todo if u.kind == "minimal"]
+        # an escalation unit waits for every other unit of its model (it acts on what their checks found)
+        waiting_all = {name: sum(1 for u in todo if u.model == name and u.kind != "escalation") for name in needed}
+        escalations = [u for u in todo if u.kind == "escalation"]
         inflight: dict[Any, Unit] = {}
 
-        def submit(unit: Unit, bounds: Any = None) -> None:
+        def submit(unit: Unit, bounds: Any = None, triggers: Any = None) -> None:
             ref = task.remote(unit, model_refs[unit.model], shared["config"], shared["x"], shared["labels"],
                               shared["examples"], bounds, environment,
-                              None if unit.surrogate is None else model_refs[unit.surrogate])
+                              None if unit.surrogate is None else model_refs[unit.surrogate], triggers)
             inflight[ref] = unit
 
         def release_minimal() -> None:
@@ -195,8 +198,12 @@ class Cluster:
                 held.remove(unit)
                 submit(unit, grid_upper_bounds(inputs.run_dir, unit.model, config.minimal.norm,
                                                inputs.examples[unit.start:unit.stop]))
+            for unit in [u for u in escalations if waiting_all[u.model] == 0]:
+                escalations.remove(unit)
+                submit(unit, triggers=escalation_triggers(inputs.run_dir, unit.model,
+                                                          randomized=inputs.randomized.get(unit.model, False)))
 
-        for unit in sorted((u for u in todo if u.kind != "minimal"), key=lambda u: -u.cost):
+        for unit in sorted((u for u in todo if u.kind not in ("minimal", "escalation")), key=lambda u: -u.cost):
             submit(unit)
         release_minimal()
         logger.info("%d units sent to Ray (%s)", len(inflight), ", ".join(
@@ -210,6 +217,8 @@ class Cluster:
                     finish(unit, output, seconds, worker)
                     if unit.kind == "attack":
                         waiting_attacks[unit.model] -= 1
+                    if unit.kind != "escalation":
+                        waiting_all[unit.model] -= 1
                     if progress is not None:
                         progress(f"{len(inflight)} in flight; {unit.key}")
                 release_minimal()
@@ -287,7 +296,7 @@ def _worker_model(model: dict[str, Any], data: Any) -> Any:
 
 def _unit_task(unit: Unit, model: dict[str, Any], config: Any, x: Any, labels: Any, examples: Any, bounds: Any,
                environment: dict[str, Any], surrogate: dict[str, Any] | None = None,
-               ) -> tuple[UnitOutput, float, dict[str, Any]]:
+               triggers: dict[str, Any] | None = None) -> tuple[UnitOutput, float, dict[str, Any]]:
     """A Ray task: compute one unit from the object store's inputs (a transfer attack's: with its surrogate model);
     the driver writes what it returns."""
     _prepare_worker(environment)
@@ -302,7 +311,7 @@ def _unit_task(unit: Unit, model: dict[str, Any], config: Any, x: Any, labels: A
         crafter = _worker_model(surrogate, config.data)
         use_plan(crafter, environment["plans"][unit.surrogate])
     output = compute_unit(config, unit, classifier, x, labels, examples, bounds, crafter,
-                          randomized=environment.get("randomized", {}).get(unit.model, False))
+                          randomized=environment.get("randomized", {}).get(unit.model, False), triggers=triggers)
     seconds = time.perf_counter() - started
     import ray
 

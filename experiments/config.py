@@ -34,7 +34,7 @@ from advsweep.attacks.spec import (
     implementations_of,
     norms_of,
 )
-from advsweep.defaults import ATTACK, MINIMAL, RANDOMIZED, RUN, SWEEP
+from advsweep.defaults import ATTACK, ESCALATION, MINIMAL, RANDOMIZED, RUN, SWEEP
 from advsweep.models.config import ModelConfig
 
 SELECTIONS: tuple[str, ...] = ("balanced", "first")
@@ -112,6 +112,20 @@ class MinimalSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class EscalationSpec:
+    """``[escalation]``: the adaptive attacks a sweep runs on its own where the checks say the gradients lie (EOT for
+    a randomized model; BPDA through ``layers``, or the layers found, and Square with ``square_queries`` queries for
+    a model whose gradients are zero, NaN or stepped, or that Square breaks where the gradient attacks did not)."""
+
+    enabled: bool = ESCALATION["enabled"]
+    layers: tuple[str, ...] = ()
+    square_queries: int = ESCALATION["square_queries"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "layers": list(self.layers), "square_queries": self.square_queries}
+
+
+@dataclasses.dataclass(frozen=True)
 class FigureSpec:
     """The adversarial-example grid: which attack cell, which ε, how many examples."""
 
@@ -165,6 +179,7 @@ class SweepConfig:
     dataset_file: DatasetInfo | None = None  # `dataset = { path = … }`: a researcher's own data set file
     # a randomized model's points are judged by the mean of this many draws' probabilities ([randomized] draws)
     draws: int = RANDOMIZED["draws"]
+    escalation: EscalationSpec = EscalationSpec()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -183,6 +198,7 @@ class SweepConfig:
             "minimal": self.minimal.to_dict(),
             "figures": self.figures.to_dict(),
             "randomized": {"draws": self.draws},
+            "escalation": self.escalation.to_dict(),
         }
 
     @property
@@ -430,7 +446,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
     top = _take(raw, "", {"name": None, "description": "", "dataset": SWEEP["dataset"], "seed": SWEEP["seed"],
                           "chunk_size": SWEEP["chunk_size"],
                           "gradient": SWEEP["gradient"], "examples": {}, "models": None, "attacks": None,
-                          "epsilons": None, "minimal": {}, "figures": {}, "run": {}, "randomized": {}}, "")
+                          "epsilons": None, "minimal": {}, "figures": {}, "run": {}, "randomized": {},
+                          "escalation": {}}, "")
     name = _name("name", top["name"])
     for required in ("models", "attacks", "epsilons"):
         if top[required] is None:
@@ -477,6 +494,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path) -> SweepConfig:
         figures=_figures(top["figures"], attacks, epsilons, count, chunk_size),
         run=parse_run(top["run"]),
         dataset_file=data if data.path is not None else None,
+        escalation=_escalation(top["escalation"]),
         draws=_int("randomized.draws", _take(top["randomized"], "randomized", RANDOMIZED, "randomized")["draws"],
                    minimum=1, maximum=1000),
     )
@@ -570,6 +588,18 @@ def _figures(table: Any, attacks: tuple[AttackSpec, ...], epsilons: Mapping[str,
         raise _fail("figures.grid_examples", f"must be at most chunk_size ({chunk_size}). Received: {grid_examples}")
     return FigureSpec(grid_attack=grid_label, grid_implementation=grid_implementation, grid_eps=grid_eps,
                       grid_examples=grid_examples)
+
+
+def _escalation(table: Any) -> EscalationSpec:
+    """``[escalation]``: enabled, the layers BPDA replaces by the identity, Square's queries."""
+    values = _take(table, "escalation", ESCALATION, "escalation")
+    layers = values["layers"]
+    if not isinstance(layers, list) or not all(isinstance(v, str) and v for v in layers):
+        raise _fail("escalation.layers", f"must be a list of layer names (BPDA replaces their backward pass by the "
+                                         f"identity; [] finds them). Received: {layers!r}")
+    return EscalationSpec(enabled=_flag("escalation.enabled", values["enabled"]), layers=tuple(layers),
+                          square_queries=_int("escalation.square_queries", values["square_queries"], minimum=1,
+                                              maximum=1000000))
 
 
 def _unique(key: str, names: list[str]) -> None:

@@ -40,6 +40,8 @@ from advsweep.attacks.engine import INCOMPLETE_THRESHOLD
 from advsweep.experiments.records import CLEAN, read_records
 from advsweep.experiments.robustbench import write_entries
 from advsweep.experiments.summary import WORST_CASE, budget_table, curve_points, outcomes, summarize, write_tables
+from advsweep.experiments.verdicts import answer_by_escalation, eot_check, settle, verdict
+from advsweep.experiments.verdicts import markdown as verdicts_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,9 @@ def load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, 
     config = json.loads((run_dir / "config.resolved.json").read_text())
     model_order = {m["name"]: i for i, m in enumerate(config["models"])}
     attack_order = {a["label"]: i + 1 for i, a in enumerate(config["attacks"])}  # the clean pass first
-    records = records.assign(_m=records["model"].map(model_order), _a=records["attack"].map(attack_order).fillna(0))
+    order = records["attack"].map(attack_order)  # the clean pass first, the escalated attacks after the config's
+    order = order.where(order.notna() | (records["attack"] == CLEAN), len(attack_order) + 1).fillna(0)
+    records = records.assign(_m=records["model"].map(model_order), _a=order)
     records = records.sort_values(["_m", "_a", "implementation", "eps", "example"], kind="stable")
     records = records.drop(columns=["_m", "_a"]).reset_index(drop=True)
     records.insert(0, "run", label)
@@ -131,16 +135,29 @@ def silent_success_checks(records: pd.DataFrame, run: str, model: str) -> list[C
 
 def incomplete_optimization_checks(records: pd.DataFrame, run: str, model: str) -> list[Check]:
     """Incomplete optimization per attack whose any-iterate records carry the loss trace's measure (``loss_rise``:
-    PGD, BIM, APGD, APGD-T and AutoAttack's traced members, by the harness's engine), at each ε > 0."""
+    PGD, BIM, APGD, APGD-T and AutoAttack's traced members, by the harness's engine), at each ε > 0.
+
+    A flagged example (left robust with its loss still rising) is **closed** where the sweep settles it otherwise:
+    another attack of the same norm and ε fooled it, or another attack's run left it robust with a loss that had
+    stopped rising (a converged run of another attack says more steps of this one would not break it). Only the
+    open ones count against the check's threshold; the closed ones are named in its detail."""
     rows = records[(records["run"] == run) & (records["model"] == model) & (records["attack"] != CLEAN)
-                   & (records["iterate"] == "any") & (records["eps"] > 0)]
+                   & (records["eps"] > 0)]
     checks = []
-    for (attack, implementation, norm), cells in rows.groupby(["attack", "implementation", "norm"], sort=False):
+    for (attack, implementation, norm), cells in rows[rows["iterate"] == "any"].groupby(
+            ["attack", "implementation", "norm"], sort=False):
         if cells["loss_rise"].isna().all():
             continue
+        others = rows[(rows["norm"] == norm) & ((rows["attack"] != attack) | (rows["implementation"] != implementation))]
+        settled = (~others["correct"].astype(bool)) | (others["loss_rise"] <= INCOMPLETE_THRESHOLD)
+        closed_keys = set(zip(others.loc[settled, "eps"], others.loc[settled, "example"]))
         robust = cells["correct"].astype(bool)
         rising = cells["loss_rise"] > INCOMPLETE_THRESHOLD
-        checks.append(check_incomplete_optimization(*_flagged_per_eps(cells, robust, rising),
+        closed = pd.Series([(e, x) in closed_keys for e, x in zip(cells["eps"], cells["example"])], index=cells.index,
+                           dtype=bool)
+        flagged, of = _flagged_per_eps(cells, robust, rising & ~closed)
+        settled_per_eps, _ = _flagged_per_eps(cells, robust, rising & closed)
+        checks.append(check_incomplete_optimization(flagged, of, closed=settled_per_eps,
                                                     label=f"{attack}/{implementation}, {norm}"))
     return checks
 
@@ -168,6 +185,17 @@ def _flagged_per_eps(cells: pd.DataFrame, among: pd.Series, flag: pd.Series) -> 
             {float(e): int(n) for e, n in cells[among].groupby("eps").size().items()})
 
 
+def merge_chunks(name: str, parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One check of an attack cell from its chunks' verdicts: failed where any chunk failed, a note where the chunks
+    that did not pass were all notes (a note stays a note through the merge), passed otherwise; the detail and
+    suggestion of the first failure (else of the first note, else of the first chunk)."""
+    failed = [c for c in parts if not c["passed"]]
+    failures = [c for c in failed if not c.get("informational")]
+    first = (failures or failed or list(parts))[0]
+    return {"name": name, "passed": not failed, "detail": f"{len(parts)} chunk(s); " + first["detail"],
+            "suggestion": first["suggestion"], "informational": bool(failed) and not failures}
+
+
 def assemble_checks(summary: pd.DataFrame, done: list[dict[str, Any]], run: str, records: pd.DataFrame,
                     minimal: pd.DataFrame) -> list[dict[str, Any]]:
     """The attack layer's checks for one run: the model checks and adversarial validity recorded by the
@@ -184,14 +212,11 @@ def assemble_checks(summary: pd.DataFrame, done: list[dict[str, Any]], run: str,
                 continue
             if record["kind"] == "checks":
                 checks += [{"run": run, "model": model, **c} for c in record["checks"]]
-            elif record["kind"] == "attack":
+            elif record["kind"] in ("attack", "escalation"):
                 for c in record.get("checks", []):
                     validity.setdefault(c["name"], []).append(c)
         for name, parts in validity.items():  # one verdict per attack cell over its chunks
-            failed = [c for c in parts if not c["passed"]]
-            first = failed[0] if failed else parts[0]
-            checks.append({"run": run, "model": model, "name": name, "passed": not failed,
-                           "detail": f"{len(parts)} chunk(s); " + first["detail"], "suggestion": first["suggestion"]})
+            checks.append({"run": run, "model": model, **merge_chunks(name, parts)})
         rows = summary[(summary["run"] == run) & (summary["model"] == model)]
         curves, notes, reasons = {}, [], {}
         for (a, i, t), g in rows.groupby(["attack", "implementation", "iterate"], sort=False):
@@ -293,10 +318,28 @@ def build_report(run_dirs: Sequence[Path], output: Path) -> dict[str, Any]:
     files = write_tables(summary, output)
     minimal_all = pd.concat([m for _, m, _ in loaded if not m.empty], ignore_index=True) if any(
         not m.empty for _, m, _ in loaded) else pd.DataFrame()
-    checks = [c for (_, _, done), label in zip(loaded, labels)
-              for c in assemble_checks(summary, done, label, records, minimal_all)]
+    checks, model_verdicts = [], []
+    for (_, _, done), label, run_dir in zip(loaded, labels, run_dirs):
+        run_checks = assemble_checks(summary, done, label, records, minimal_all)
+        manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+        attacks = json.loads((Path(run_dir) / "config.resolved.json").read_text())["attacks"]
+        randomized = manifest.get("randomized", {})
+        for model in dict.fromkeys(c["model"] for c in run_checks):
+            rows = summary[(summary["run"] == label) & (summary["model"] == model)]
+            settled = settle([c for c in run_checks if c["model"] == model], rows, randomized=model in randomized)
+            escalation = next((r.get("escalation") for r in done if r["kind"] == "escalation"
+                               and r["key"].split("/")[0] == model), None)
+            if model in randomized:
+                settled.append(eot_check(label, model, attacks, draws=randomized[model].get("draws"),
+                                         escalated=bool(escalation and escalation["ran"])))
+            settled = answer_by_escalation(settled, rows, escalation)
+            checks += settled
+            model_verdicts.append(verdict(label, model, settled, escalation=escalation, summary=rows))
     files.append(write_atomic(output / "checks.json", lambda p: p.write_text(json.dumps(checks, indent=2) + "\n")))
-    files.append(write_atomic(output / "checks.md", lambda p: p.write_text(_checks_markdown(checks))))
+    files.append(write_atomic(output / "checks.md", lambda p: p.write_text(
+        verdicts_markdown(model_verdicts) + "\n" + _checks_markdown(checks))))
+    files.append(write_atomic(output / "verdicts.json",
+                              lambda p: p.write_text(json.dumps(model_verdicts, indent=2) + "\n")))
     paired = paired_table(cells)
     if not paired.empty:  # two or more models (or runs) on the same examples: which differences hold
         files.append(write_atomic(output / "paired.csv", lambda p: paired.to_csv(p, index=False)))
@@ -341,4 +384,5 @@ def build_report(run_dirs: Sequence[Path], output: Path) -> dict[str, Any]:
     for c in failed:
         logger.warning("CHECK FAILED (%s, %s): %s: %s. Suggests: %s", c["run"], c["model"], c["name"], c["detail"],
                        c["suggestion"])
-    return {"summary": summary, "checks": checks, "paired": paired, "verdicts": verdicts(paired), "files": files}
+    return {"summary": summary, "checks": checks, "paired": paired, "verdicts": verdicts(paired), "files": files,
+            "model_verdicts": model_verdicts}

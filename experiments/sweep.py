@@ -49,6 +49,7 @@ from advsweep.experiments.units import (
     classifier_from_file,
     compute_unit,
     deterministic_kernels,
+    escalation_triggers,
     execution_plan,
     grid_upper_bounds,
     plan,
@@ -279,8 +280,11 @@ def run_local(inputs: SweepInputs, todo: list[Unit], finish: Finish,
         bounds = (grid_upper_bounds(inputs.run_dir, unit.model, inputs.config.minimal.norm,
                                     inputs.examples[unit.start:unit.stop]) if unit.kind == "minimal" else None)
         surrogate = inputs.models[unit.surrogate].model if unit.surrogate is not None else None
+        randomized = inputs.randomized.get(unit.model, False)
+        triggers = (escalation_triggers(inputs.run_dir, unit.model, randomized=randomized)
+                    if unit.kind == "escalation" else None)
         output = compute_unit(inputs.config, unit, inputs.models[unit.model].model, inputs.x, inputs.labels,
-                              inputs.examples, bounds, surrogate, randomized=inputs.randomized.get(unit.model, False))
+                              inputs.examples, bounds, surrogate, randomized=randomized, triggers=triggers)
         finish(unit, output, time.perf_counter() - started, local_worker())
 
 

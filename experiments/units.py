@@ -26,6 +26,7 @@ from advsweep.assets.files import write_atomic
 from advsweep.defaults import ATTACK, AUTOATTACK, ITERATIVE
 from advsweep.experiments.config import AttackSpec, ModelSpec, SweepConfig
 from advsweep.experiments.records import attack_records, clean_records, write_records
+from advsweep.experiments.verdicts import GRADIENT_FAILURES
 
 if TYPE_CHECKING:
     from advsweep.attacks import AttackResult
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 # examples of the per-model checks (PGD-40 twice for the unbounded attack, 100 forward passes each for the loss's
 # stability)
 CHECK_EXAMPLES = 100
+BPDA_PROBES = 8  # images the search for non-differentiable layers probes each layer on
 
 
 @dataclasses.dataclass
@@ -84,7 +86,7 @@ class Unit:
     """One resumable piece of work."""
 
     key: str  # e.g. "vgg16/pgd-linf/own/chunk-0001"
-    kind: str  # "clean", "attack", "minimal" or "checks"
+    kind: str  # "clean", "attack", "minimal", "checks" or "escalation"
     model: str
     cost: float  # estimated gradient evaluations, for the progress bar's time left
     attack: AttackSpec | None = None
@@ -147,6 +149,9 @@ def plan(config: SweepConfig) -> list[Unit]:
         # PGD-40 twice (the unbounded attack) and 100 forward passes (the loss's stability) per example
         units.append(Unit(key=f"{spec.name}/checks", kind="checks", model=spec.name, cost=n_checks * 90, start=0,
                           stop=n_checks))
+        if config.escalation.enabled:  # after the checks, whose findings it reads; it runs nothing where none fired
+            units.append(Unit(key=f"{spec.name}/escalation/own", kind="escalation", model=spec.name,
+                              cost=config.examples * 10, start=0, stop=config.examples))
     return units
 
 
@@ -197,6 +202,22 @@ def grid_upper_bounds(run_dir: Path, model: str, norm: str, examples: np.ndarray
     return bounds.to_numpy(dtype=np.float64)
 
 
+def escalation_triggers(run_dir: Path, model: str, *, randomized: bool) -> dict[str, Any]:
+    """What the escalation unit of ``model`` is to run, from the finished checks and attack units of the run: EOT
+    where the model is randomized; BPDA and a larger Square where a check of :data:`GRADIENT_FAILURES` failed on a
+    deterministic model. ``{"eot": bool, "bpda": bool, "why": [the failed checks' names]}``."""
+    why = []
+    for done in sorted((run_dir / "done").glob(f"{model}__*.json")):
+        record = json.loads(done.read_text())
+        for check in record.get("checks", []):
+            if not check["passed"] and not check.get("informational") and check["name"].startswith(GRADIENT_FAILURES):
+                why.append(check["name"])
+    why = list(dict.fromkeys(why))
+    if randomized:
+        return {"eot": True, "bpda": False, "why": ["the model is randomized (its logits differ between two calls)"]}
+    return {"eot": False, "bpda": bool(why), "why": why}
+
+
 @dataclasses.dataclass
 class UnitOutput:
     """What a unit computed, in memory: its files (path in the run folder → content) and its checks. A worker
@@ -213,11 +234,13 @@ class UnitOutput:
 
 def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndarray, labels: np.ndarray,
                  examples: np.ndarray, bounds: np.ndarray | None = None,
-                 surrogate: keras.Model | None = None, randomized: bool = False) -> UnitOutput:
+                 surrogate: keras.Model | None = None, randomized: bool = False,
+                 triggers: dict[str, Any] | None = None) -> UnitOutput:
     """Compute one unit from its inputs alone (the model, the sweep's examples, for the minimal-ε unit the grid
     bounds of :func:`grid_upper_bounds`, for a transfer attack's unit its surrogate model, and whether the model is
     randomized: then every point it is judged at, clean or adversarial, is judged by the rule of
-    :mod:`advsweep.attacks.randomized`); nothing is read or written on disk."""
+    :mod:`advsweep.attacks.randomized`; for the escalation unit what the checks found, :func:`escalation_triggers`);
+    nothing is read or written on disk."""
     from advsweep.attacks import minimal_perturbation, predict_logits, run_attack
     from advsweep.attacks.checks import (
         check_deterministic,
@@ -296,9 +319,79 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
                   *check_unbounded(model, x[part], labels[part], seed=config.seed, example_ids=examples[part])]
         output.extra["checks"] = [c.to_dict() for c in checks]
         output.extra["examples"] = unit.stop - unit.start
+    elif unit.kind == "escalation":
+        assert triggers is not None, "the escalation unit acts on what the model's checks found"
+        escalate(output, config, unit, model, x[part], labels[part], examples[part], triggers, judge)
     else:  # pragma: no cover - plan() makes only the kinds above
         raise AssertionError(unit.kind)
     return output
+
+
+def escalate(output: UnitOutput, config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndarray,
+             labels: np.ndarray, examples: np.ndarray, triggers: dict[str, Any], judge: Judge | None) -> None:
+    """The adaptive attacks the checks call for (:func:`escalation_triggers`), on every norm of the sweep's grids,
+    each written as its own records (attack ``escalated-…``, so labelled in every table, figure and the report) with
+    its cost; nothing where no check fired. EOT: AutoAttack's ``rand`` version, judged by the randomized model's
+    rule. BPDA: APGD-CE and APGD-T through the model with its non-differentiable layers' backward pass replaced by
+    the identity (:mod:`advsweep.attacks.adaptive`), their points judged by the real model; and Square with
+    ``escalation.square_queries`` queries."""
+    import time
+
+    from advsweep.attacks import predict_logits, run_attack
+    from advsweep.attacks.adaptive import non_differentiable_layers, straight_through_model
+    from advsweep.attacks.checks import check_result_validity
+
+    summary: dict[str, Any] = {"why": triggers["why"], "ran": [], "layers": [], "seconds": {}}
+    output.extra["escalation"] = summary
+    if not (triggers["eot"] or triggers["bpda"]):
+        return
+    runs: list[tuple[str, Callable[[str, tuple[float, ...]], AttackResult]]] = []
+    if triggers["eot"]:
+        runs.append(("eot", lambda norm, grid: run_attack(
+            "autoattack", model, x, labels, list(grid), version="rand", norm=norm, seed=config.seed,
+            example_ids=examples)))
+    if triggers["bpda"]:
+        layers = list(config.escalation.layers) or non_differentiable_layers(model, x[:BPDA_PROBES], seed=config.seed)
+        summary["layers"] = layers
+        if layers:
+            surrogate = straight_through_model(model, layers)
+
+            def bpda(norm: str, grid: tuple[float, ...]) -> AttackResult:
+                crafted = run_attack("autoattack", surrogate, x, labels, list(grid), attacks=["apgd-ce", "apgd-t"],
+                                     norm=norm, seed=config.seed, example_ids=examples)
+                logits = np.stack([predict_logits(model, points, example_ids=examples) for points in crafted.x_adv])
+                fooled = logits.argmax(axis=-1) != labels[None]
+                return dataclasses.replace(crafted, logits=logits, success=fooled, last=None,
+                                           found_by=None if crafted.found_by is None else
+                                           np.where(fooled, crafted.found_by, ""))
+            runs.append(("bpda", bpda))
+        else:
+            summary["why"] = summary["why"] + ["no layer with a zero gradient and a moving output was found at the "
+                                               "model's top level: name it in `escalation.layers` for BPDA"]
+        queries = config.escalation.square_queries
+        runs.append((f"square{queries}", lambda norm, grid: run_attack(
+            "square", model, x, labels, list(grid), queries=queries, norm=norm, seed=config.seed,
+            example_ids=examples)))
+    checks = []
+    for name, attack in runs:
+        for norm, grid in config.epsilons.items():
+            label = f"escalated-{name}-{norm}"
+            started = time.perf_counter()
+            result = attack(norm, grid)
+            if judge is not None:
+                result = judge.rejudged(result, labels, examples)
+            seconds = time.perf_counter() - started
+            summary["ran"].append(label)
+            summary["seconds"][label] = seconds
+            output.records[f"records/{unit.model}/{label}--own.parquet"] = attack_records(
+                model=unit.model, attack=label, implementation="own", iterate="any", norm=norm,
+                epsilons=result.epsilons, examples=examples, labels=labels, x=x, x_adv=result.x_adv,
+                logits=result.logits, found_by=result.found_by, loss_rise=result.loss_rise)
+            cost = result.cost or {name: {"examples": len(x), "seconds": seconds, "forward": 0, "gradient": 0}}
+            output.extra.setdefault("cost", {"members": {}})["members"].update(
+                {f"{label}: {member}": value for member, value in cost.items()})
+            checks.append(check_result_validity(result, x, label=f"{label}/own"))
+    output.extra["checks"] = [c.to_dict() for c in checks]
 
 
 class Judge:

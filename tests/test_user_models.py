@@ -83,7 +83,7 @@ def defended(digits_model, tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-def _config(models: str, *, dataset: str = 'dataset = "digits"', count: int = 20) -> str:
+def _config(models: str, *, dataset: str = 'dataset = "digits"', count: int = 20, escalation: bool = True) -> str:
     return f'''
 name = "yours"
 {dataset}
@@ -99,6 +99,8 @@ name = "fgsm"
 implementations = ["own"]
 [minimal]
 enabled = false
+[escalation]
+enabled = {str(escalation).lower()}
 '''
 
 
@@ -117,13 +119,16 @@ def test_a_model_with_its_own_layer_loads_only_with_custom_objects(defended, tmp
 
     config = tmp_path / "mine.toml"
     config.write_text(_config(f'[[models]]\nname = "mine"\npath = "{defended["quantized"]}"\n'
-                              f'custom_objects = "{defended["code"]}"'))
+                              f'custom_objects = "{defended["code"]}"', escalation=False))
     assert main(["-q", "sweep", str(config), "--results", str(tmp_path / "results")]) == 0
     run = next((tmp_path / "results" / "yours").iterdir())
     manifest = json.loads((run / "manifest.json").read_text())
     assert list(manifest["models"][0]["custom_objects"]) == [str(defended["code"])]
     records = _records(run, "mine")["fgsm--own--chunk-0000.parquet"]
     assert len(records) == 40 and records["correct"].any()
+    (v,) = json.loads((run / "verdicts.json").read_text())  # the quantizer's zero gradients fail the checks, and
+    assert v["verdict"] == "at risk" and any(r.startswith("input gradients are not zero") for r in v["reasons"])
+    assert not list(run.glob("records/*/escalated-*"))  # with escalation switched off nothing adapts
 
     # an edit to the layer's code is another model: another run id
     from advsweep.experiments.sweep import prepare_models, run_identity
@@ -145,7 +150,7 @@ def test_a_seedless_random_layer_loads_and_runs_in_a_sweep(defended, tmp_path):
     """In a fresh process, as a user runs it: deterministic kernels on, no seed set by anyone but the harness."""
     config = tmp_path / "noisy.toml"
     config.write_text(_config(f'[[models]]\nname = "noisy"\npath = "{defended["noisy"]}"\n'
-                              f'custom_objects = "{defended["code"]}"', count=10))
+                              f'custom_objects = "{defended["code"]}"', count=10, escalation=False))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, "-m", "advsweep.experiments.cli", "-q", "sweep", str(config), "--results",
                            str(tmp_path / "results")], env=env, capture_output=True, text=True, timeout=600)
@@ -179,6 +184,8 @@ def test_h5_savedmodel_and_a_data_set_file_give_the_records_of_their_twins(digit
     manifest = json.loads((run_file / "manifest.json").read_text())
     assert manifest["dataset"]["input_shape"] == [8, 8, 1] and manifest["dataset"]["range"] == [0.0, 16.0]
     assert manifest["dataset"]["content_sha256"] == manifest["assets"][0]["content_sha256"]
+    assert not list(run_file.glob("records/*/escalated-*"))  # no check fired on these models: nothing escalated
+    assert all("escalation" not in v for v in json.loads((run_file / "verdicts.json").read_text()))
     keras_records = _records(run_file, "keras")
     for twin in ("h5", "savedmodel"):
         for name, records in _records(run_file, twin).items():
@@ -227,3 +234,83 @@ def test_a_savedmodel_whose_gradient_lies_is_refused(tmp_path):
     assert check_gradient(model, (8, 8, 1), where="honest") < 1e-2
     with pytest.raises(UserModelError, match="input gradient disagrees with finite differences"):
         savedmodel_classifier(tmp_path / "lying", input_shape=(8, 8, 1))
+
+
+def _sweep(tmp_path: Path, name: str, model: Path, code: Path, attacks: str, extra: str = "", *, count: int = 20,
+           grid: str = "[0.1, 0.2, 0.3]") -> Path:
+    config = tmp_path / f"{name}.toml"
+    config.write_text(f'''
+name = "{name}"
+dataset = "digits"
+chunk_size = {count}
+[examples]
+count = {count}
+selection = "first"
+[[models]]
+name = "{name}"
+path = "{model}"
+custom_objects = "{code}"
+[epsilons]
+linf = {grid}
+{attacks}
+[minimal]
+enabled = false
+{extra}''')
+    assert main(["-q", "sweep", str(config), "--results", str(tmp_path / "results")]) == 0
+    return next((tmp_path / "results" / name).iterdir())
+
+
+def test_a_noise_model_is_judged_by_the_rule_and_escalated_to_eot(defended, tmp_path):
+    """A classifier behind Gaussian input noise (σ = 0.3, a seedless random op): every attack's robust accuracy at
+    ε = 0, and the worst case's, equal clean accuracy under the rule (the mean of the draws' probabilities); the
+    escalation's EOT row runs, labelled as such, with its cost; the verdict carries it."""
+    run = _sweep(tmp_path, "noisy", defended["noisy"], defended["code"], '''
+[[attacks]]
+name = "fgsm"
+implementations = ["own"]
+[[attacks]]
+name = "pgd"
+steps = 10
+rel_stepsize = 0.25
+implementations = ["own"]''', "[randomized]\ndraws = 5", count=10, grid="[0.3]")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["randomized"] == {"noisy": {"draws": 5, "rule": "mean of the draws' softmax probabilities"}}
+    summary = pd.read_csv(run / "summary.csv")
+    at_zero = summary[summary["eps"] == 0].set_index("attack")["robust_accuracy"]
+    clean = float(summary["clean_correct"].iloc[0]) / float(summary["examples"].iloc[0])
+    assert set(at_zero.index) >= {"fgsm", "pgd-linf", "escalated-eot-linf", "worst case"}, at_zero
+    assert (at_zero == clean).all() and clean > 0.5, (at_zero, clean)
+    verdicts = json.loads((run / "verdicts.json").read_text())
+    (v,) = verdicts
+    assert v["escalation"]["ran"] == ["escalated-eot-linf"] and "randomized" in v["escalation"]["why"][0]
+    assert v["escalation"]["seconds"] > 0
+    checks = {c["name"]: c for c in json.loads((run / "checks.json").read_text())}
+    assert checks["a randomized model is attacked with EOT"]["passed"]
+    assert checks["logits are the same in two calls"]["informational"]
+    cost = pd.read_csv(run / "cost.csv")
+    assert cost["member"].str.startswith("escalated-eot-linf").any()
+
+
+def test_a_quantizer_is_escalated_to_bpda_at_least_as_strong_as_the_gradient_attacks(defended, tmp_path):
+    """A 4-level input quantizer in front of the classifier: its zero gradients fail the checks, the escalation finds
+    the quantizer, and its BPDA row is at least as strong as the best of the sweep's own gradient attacks at every
+    ε; without the checks firing (the same classifier undefended) nothing is escalated."""
+    attacks = '''
+[[attacks]]
+name = "fgsm"
+implementations = ["own"]
+[[attacks]]
+name = "pgd"
+steps = 10
+rel_stepsize = 0.25
+implementations = ["own"]'''
+    run = _sweep(tmp_path, "quantized", defended["quantized"], defended["code"], attacks,
+                 "[escalation]\nsquare_queries = 300")
+    (v,) = json.loads((run / "verdicts.json").read_text())
+    assert "input gradients are not zero" in v["escalation"]["why"] and v["escalation"]["layers"] == ["quantize"]
+    assert v["escalation"]["ran"] == ["escalated-bpda-linf", "escalated-square300-linf"]
+    summary = pd.read_csv(run / "summary.csv")
+    rows = summary[summary["eps"] > 0].pivot_table(index="eps", columns="attack", values="robust_accuracy",
+                                                   aggfunc="min")
+    assert (rows["escalated-bpda-linf"] <= rows[["fgsm", "pgd-linf"]].min(axis=1) + 1e-12).all(), rows
+    assert (rows["worst case"] <= rows["escalated-bpda-linf"] + 1e-12).all()

@@ -33,7 +33,15 @@ import numpy as np  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import run_attack  # noqa: E402
-from advsweep.attacks.checks import STABILITY_THRESHOLD, loss_variation  # noqa: E402
+from advsweep.attacks.checks import (  # noqa: E402
+    ROUGHNESS_THRESHOLD,
+    STABILITY_DRAWS,
+    STABILITY_RADIUS,
+    STABILITY_THRESHOLD,
+    _loss_changes,
+)
+from advsweep.attacks.core import blocked_gradients, gradient_fn  # noqa: E402
+from advsweep.experiments.config import select_examples  # noqa: E402
 from advsweep.attacks.engine import INCOMPLETE_THRESHOLD  # noqa: E402
 from advsweep.attacks.plan import cpu_name  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
@@ -50,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="a folder written by `advsweep train`")
     parser.add_argument("--eps", default="0.1", help="L∞ budgets, comma-separated (default 0.1)")
-    parser.add_argument("--examples", type=int, default=100, help="the first N test images (default 100)")
+    parser.add_argument("--examples", type=int, default=100, help="N test images (default 100)")
+    parser.add_argument("--selection", default="first", choices=("first", "balanced"),
+                        help="the first N, or N/10 per class as a sweep's balanced selection (seed 0) draws them")
     parser.add_argument("--parts", default="stability,optimization", help="stability, optimization or both")
     parser.add_argument("--noise", type=float, default=0.0, help="σ of Gaussian input noise at every call (0: none)")
     args = parser.parse_args(argv)
@@ -60,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         model = keras.Model(inputs, model(NoisyInput(args.noise)(inputs)))
     eps = [float(e) for e in args.eps.split(",")]
     data = load_dataset("mnist")
-    x, y = data.test_images(np.arange(args.examples)), data.test_labels[: args.examples]
-    print(f"{args.model_dir}{f' behind input noise σ = {args.noise:g}' if args.noise else ''}, first "
+    chosen = select_examples(data.test_labels, count=args.examples, selection=args.selection, seed=0)
+    x, y = data.test_images(chosen), data.test_labels[chosen]
+    print(f"{args.model_dir}{f' behind input noise σ = {args.noise:g}' if args.noise else ''}, {args.selection} "
           f"{args.examples} test images, {cpu_name()}, {os.cpu_count()} cores\n")
     parts = args.parts.split(",")
     if "stability" in parts:
@@ -72,10 +83,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stability(model: keras.Model, x: np.ndarray, y: np.ndarray) -> None:
-    variation = loss_variation(model, x, y, seed=0, example_ids=np.arange(len(x)))
-    print("| unstable predictions (loss form) | examples | flagged (> 0.1) | median | 90% | 99% |\n|---|---|---|---|---|---|")
-    print(f"| margin loss, 100 draws of ± 4/255 | {len(x)} | {int((variation > STABILITY_THRESHOLD).sum())} | "
-          + " | ".join(f"{q:.3f}" for q in np.quantile(variation, [0.5, 0.9, 0.99])) + " |\n", flush=True)
+    """The loss form of unstable predictions (relative change) and the change against the gradient's prediction
+    (:func:`advsweep.attacks.checks.check_loss_stability` flags an example where both exceed their thresholds)."""
+    ids = np.arange(len(x))
+    _, gradients = blocked_gradients(gradient_fn(model, "margin"), x, y.astype(np.int64), ids)
+    reference, change, predicted = _loss_changes(model, x, y, seed=0, example_ids=ids, draws=STABILITY_DRAWS,
+                                                 radius=STABILITY_RADIUS, gradients=gradients)
+    variation = np.minimum(change / np.where(reference == 0, 1.0, np.abs(reference)), 1.0)
+    ratio = change / np.maximum(predicted, 1e-12)
+    moved = variation > STABILITY_THRESHOLD
+    print("| measure, 100 draws of ± 4/255 | examples | above its threshold | median | 90% | 99% | largest where the "
+          "loss moved > 10% |\n|---|---|---|---|---|---|---|")
+    for name, values, threshold in (("change / loss (> 0.1)", variation, STABILITY_THRESHOLD),
+                                    (f"change / gradient's prediction (> {ROUGHNESS_THRESHOLD:g})", ratio,
+                                     ROUGHNESS_THRESHOLD)):
+        print(f"| {name} | {len(x)} | {int((values > threshold).sum())} | "
+              + " | ".join(f"{q:.3g}" for q in np.quantile(values, [0.5, 0.9, 0.99]))
+              + f" | {float(values[moved].max()) if moved.any() else float('nan'):.3g} |")
+    print(f"\nflagged (both): {int((moved & (ratio > ROUGHNESS_THRESHOLD)).sum())} of {len(x)}\n", flush=True)
 
 
 def optimization(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: list[float]) -> None:

@@ -157,7 +157,8 @@ def incomplete_optimization_checks(records: pd.DataFrame, run: str, model: str) 
                            dtype=bool)
         flagged, of = _flagged_per_eps(cells, robust, rising & ~closed)
         settled_per_eps, _ = _flagged_per_eps(cells, robust, rising & closed)
-        checks.append(check_incomplete_optimization(flagged, of, closed=settled_per_eps,
+        examples = {float(e): int(n) for e, n in cells.groupby("eps")["example"].nunique().items()}
+        checks.append(check_incomplete_optimization(flagged, of, closed=settled_per_eps, examples=examples,
                                                     label=f"{attack}/{implementation}, {norm}"))
     return checks
 

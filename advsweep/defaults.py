@@ -86,9 +86,10 @@ MINIMAL: Final[dict[str, Any]] = {
 RANDOMIZED: Final[dict[str, Any]] = {"draws": 15}
 
 # Escalation ([escalation]): when a check says the gradients lie, the attack the literature prescribes runs on its
-# own: EOT (AutoAttack's rand version) for a randomized model; BPDA (the non-differentiable layers' backward pass
-# replaced by the identity: ``layers``, or those found) with APGD-CE and APGD-T, and Square with ``square_queries``
-# queries (twice AutoAttack's 5000), for zero, NaN or stepped gradients or Square beating the gradient attacks.
+# own: EOT (APGD-CE and APGD-DLR on the mean of the model's draws) for a randomized model; BPDA (the
+# non-differentiable layers' backward pass replaced by the identity: ``layers``, or those found) with APGD-CE and
+# APGD-T, and Square with ``square_queries`` queries (twice AutoAttack's 5000), for zero, NaN or stepped gradients
+# or Square beating the gradient attacks.
 ESCALATION: Final[dict[str, Any]] = {"enabled": True, "layers": [], "square_queries": 10000}
 
 # A sweep, and the one-model sweep behind ``advsweep evaluate``.

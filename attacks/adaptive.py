@@ -13,8 +13,8 @@ judged by the real model whichever of the two it evaluates.
 shape of its input, whose output changes under a small change of its input, and whose input gradient is zero (or
 missing, or NaN) there. Layers elsewhere (inside a nested model) are replaced when named.
 
-The other adaptation the checks call for, EOT for a randomized model, is AutoAttack's ``rand`` version (its APGD
-runs average each gradient over 20 draws: :mod:`advsweep.attacks.ensemble`).
+The other adaptation the checks call for, EOT for a randomized model, attacks the mean of the model's draws
+(:func:`advsweep.attacks.randomized.mean_of_draws`) with APGD-CE and APGD-DLR, AutoAttack's ``rand`` members.
 """
 
 from __future__ import annotations

@@ -100,3 +100,17 @@ def draws_reproducible(model: keras.Model, x: np.ndarray, *, draws: int = 2, see
     n = min(len(x), BLOCK)
     first = judged_logits(model, x[:n], draws=draws, seed=seed)
     return bool(np.array_equal(first, judged_logits(model, x[:n], draws=draws, seed=seed)))
+
+
+def mean_of_draws(model: keras.Model, draws: int = DRAWS) -> keras.Model:
+    """The randomized model as the rule sees it: ``x → log(mean of draws' softmax(model(x)))``, ``draws`` fresh
+    draws per call (the model called ``draws`` times in one graph, each call its own random ops). Its gradient is
+    the gradient of the rule's own prediction through every draw (Expectation over Transformation on the expectation
+    the records judge), and an attack's success check on it is a check by the rule, with fresh draws: what the
+    escalation's EOT attacks (:mod:`advsweep.attacks.adaptive`) attack."""
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    probabilities = [keras.ops.softmax(model(inputs, training=False), axis=-1) for _ in range(draws)]
+    mean = keras.layers.Average(name="mean_of_draws")(probabilities) if draws > 1 else probabilities[0]
+    tiny = float(np.finfo(np.float32).tiny)
+    outputs = keras.layers.Lambda(lambda p: keras.ops.log(keras.ops.maximum(p, tiny)), name="log")(mean)
+    return keras.Model(inputs, outputs, name=f"{model.name}_mean_of_{draws}")

@@ -68,8 +68,9 @@ class ModelSpec:
     custom_objects: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        values = {"name": self.name, "path": self.path, "train": self.train.to_dict() if self.train else None,
-                  "dataset": self.dataset, "input_range": list(self.input_range)}
+        values: dict[str, Any] = {"name": self.name, "path": self.path,
+                                  "train": self.train.to_dict() if self.train else None, "dataset": self.dataset,
+                                  "input_range": list(self.input_range)}
         if self.custom_objects:  # left out when unset, so that the run ids of sweeps without it stay as they were
             values["custom_objects"] = list(self.custom_objects)
         return values

@@ -69,7 +69,7 @@ def settle(checks: list[dict[str, Any]], summary: pd.DataFrame, *, randomized: b
             if name.startswith("cross-entropy gradients carry the attack"):
                 check = {**check, "suggestion": "the model is randomized (its logits differ between two calls): "
                                                 "single-draw gradients are noisy, whatever the loss; attack it with "
-                                                "EOT (AutoAttack's rand version)"}
+                                                "EOT (leave [escalation] on, or AutoAttack's rand version)"}
             elif name == "loss is stable under small random noise":
                 check = {**check, "informational": True,
                          "suggestion": "the model is randomized (its logits differ between two calls), which moves "
@@ -93,7 +93,7 @@ def eot_check(run: str, model: str, attacks: Sequence[Mapping[str, Any]], *, dra
            if a["params"].get("version") == "rand" or int(a["params"].get("eot_draws", 1)) > 1
            or any(int(s.get("eot_draws", 1)) > 1 for s in (a["params"].get("settings") or {}).values())]
     if escalated:
-        eot.append("the escalation's EOT (AutoAttack's rand version)")
+        eot.append("the escalation's EOT (APGD-CE and APGD-DLR on the mean of the model's draws)")
     return {"run": run, "model": model, "name": EOT_CHECK, "passed": bool(eot), "informational": False,
             "detail": (f"EOT attacks: {', '.join(eot)}" if eot else "no attack of the sweep averaged its gradients "
                        "over the model's draws") + (f"; every point judged by the mean of {draws} draws" if draws
@@ -117,27 +117,33 @@ def _escalated_gap(summary: pd.DataFrame, prefix: str) -> dict[str, dict[float, 
 
 def answer_by_escalation(checks: list[dict[str, Any]], summary: pd.DataFrame,
                          escalation: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Where the escalation's BPDA ran: the gradient checks it answers (:data:`GRADIENT_FAILURES`) become notes when
-    BPDA reaches within :data:`CLOSED_WITHIN` of the best other attack at every ε (the worst case then rests on an
-    attack that follows the model's real function); else they stay failures, saying by how much BPDA fell short."""
-    if not escalation or not any(label.startswith("escalated-bpda") for label in escalation.get("ran", [])):
-        return checks
-    gaps = _escalated_gap(summary, "escalated-bpda")
-    short = [(norm, e, mine, best) for norm, per in gaps.items() for e, (mine, best) in per.items()
-             if mine > best + CLOSED_WITHIN]
-    answered = []
-    for check in checks:
-        if not check["passed"] and not check.get("informational") and check["name"].startswith(GRADIENT_FAILURES):
-            if short:
-                norm, e, mine, best = short[0]
-                check = {**check, "suggestion": f"{check.get('suggestion', '')}; escalated BPDA ran and did not close "
-                                                f"the gap: {mine:.1%} robust at {norm} ε {e:g} against {best:.1%} by the "
-                                                "best other attack"}
-            else:
-                check = _note(check, "answered by escalation: BPDA through the non-differentiable layers reaches within "
-                                     f"{CLOSED_WITHIN:.0%} of the best attack at every ε, and the worst case includes it")
-        answered.append(check)
-    return answered
+    """Where the escalation ran: the checks its attack answers become notes when its rows reach within
+    :data:`CLOSED_WITHIN` of the best other attack at every ε (the worst case then rests on an attack that follows
+    the model's real function: BPDA through its non-differentiable layers, or EOT through its randomness); else they
+    stay failures, saying by how much it fell short. BPDA answers the gradient checks (:data:`GRADIENT_FAILURES`);
+    EOT answers those and PGD losing to FGSM, which on a randomized model are the draws' noise."""
+    ran = escalation.get("ran", []) if escalation else []
+    for kind, answers in (("bpda", GRADIENT_FAILURES), ("eot", (*GRADIENT_FAILURES, "PGD at least as strong as FGSM"))):
+        if not any(label.startswith(f"escalated-{kind}") for label in ran):
+            continue
+        gaps = _escalated_gap(summary, f"escalated-{kind}")
+        short = [(norm, e, mine, best) for norm, per in gaps.items() for e, (mine, best) in per.items()
+                 if mine > best + CLOSED_WITHIN]
+        name = {"bpda": "BPDA through the non-differentiable layers", "eot": "EOT through the model's draws"}[kind]
+        answered = []
+        for check in checks:
+            if not check["passed"] and not check.get("informational") and check["name"].startswith(answers):
+                if short:
+                    norm, e, mine, best = short[0]
+                    check = {**check, "suggestion": f"{check.get('suggestion', '')}; escalated {kind.upper()} ran and "
+                                                    f"did not close the gap: {mine:.1%} robust at {norm} ε {e:g} against "
+                                                    f"{best:.1%} by the best other attack"}
+                else:
+                    check = _note(check, f"answered by escalation: {name} reaches within {CLOSED_WITHIN:.0%} of the "
+                                         "best attack at every ε, and the worst case includes it")
+            answered.append(check)
+        checks = answered
+    return checks
 
 
 def verdict(run: str, model: str, checks: Sequence[Mapping[str, Any]], *,

@@ -184,6 +184,8 @@ def unregistered_classes(path: str | Path) -> list[tuple[str, str | None]]:
 def _refusal(path: Path, missing: list[tuple[str, str | None]]) -> UserModelError:
     names = ", ".join(repr(name) for name, _ in missing)
     module = next((m for _, m in missing if m), None)
+    if module:  # a file this harness imported is named after its content: the user knows it by its own name
+        module = re.sub(r"^advsweep_user_(.+)_[0-9a-f]{12}$", r"\1", module)
     hint = f"custom_objects = \"{module.replace('.', '/')}.py\"" if module else "custom_objects = \"my_layers.py\""
     return UserModelError(
         f"{path} uses the class(es) {names}, which no imported code registers; add `{hint}` to the model's table "

@@ -32,15 +32,17 @@ import tensorflow as tf
 from advsweep.defaults import RANDOMIZED
 from advsweep.attacks.core import BLOCK, block_rounds, check_example_ids, gather_block, predict_logits
 
-# Draws per judgement. Measured on a small MNIST CNN (98.1% clean) behind Gaussian input noise of σ = 0.3, first
-# 1,000 test images, two judgements with independent draws (seeds 0 and 1; docs/defenses.md has the command):
-#   draws  accuracy       examples judged differently  seconds for both (AMD EPYC, AVX2, 2 cores)
-#   1      92.7 / 92.9%   9.0%                          2.7
-#   5      94.9 / 94.2%   4.0%                          10.6
-#   15     95.2 / 95.1%   1.9%                          32.7
-#   50     95.3 / 95.3%   0.8%                          108.3
-# At 15 the accuracy of two independent judgements differs by 0.1 points, a tenth of the 95% interval of a
-# 1,000-example accuracy (±1.4 points at 95%), and lies 0.1 points from 50 draws' at under a third of their cost.
+# Draws per judgement. Measured on the quick sweep's small CNN behind Gaussian input noise of σ = 0.3, first 1,000
+# test images, two judgements with independent draws (`python benchmarks/randomized_draws.py
+# results/defenses/cnn_noise.keras --custom-objects experiments/configs/defenses/my_defense.py`, AMD EPYC, AVX2, 2
+# cores, 2026-12-07; docs/defenses.md):
+#   draws  accuracy       examples judged differently
+#   1      60.3 / 60.8%   14.6%
+#   5      61.2 / 61.0%   7.7%
+#   15     61.8 / 62.2%   3.5%
+#   50     62.5 / 62.4%   2.5%
+# At 15 the accuracy of two independent judgements differs by 0.4 points, a fifth of the 95% interval of a
+# 1,000-example accuracy, within 0.7 points of 50 draws' at under a third of their cost.
 DRAWS: int = RANDOMIZED["draws"]
 
 

@@ -312,7 +312,7 @@ BAD_CONFIGS = [
      r"`epsilons.linf`: .*1.5"),
     ("negative-eps", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [-0.1, 0.2]"), r"`epsilons.linf`"),
     ("missing-model-file", lambda t: t.replace('name = "cnn"\npath = "', 'name = "cnn"\npath = "/nonexistent'),
-     r"`models\[1\].path`: /nonexistent.* is neither a .keras file nor a folder with model.keras"),
+     r"`models\[1\].path`: /nonexistent.* is not a model file: give a .keras file, a folder with model.keras"),
     ("unknown-model-kind", lambda t: t.replace('name = "cnn"\npath =', 'name = "cnn"\ntrain = {kind = "resnet"}\n#'),
      r"`models\[1\].train.kind`: must be one of 'vgg16', 'small_cnn', 'madry_cnn', 'trades_cnn', 'wong_cnn', 'vgg16_scratch'. Received: 'resnet'"),
     ("bad-implementation", lambda t: t.replace('name = "fgsm"', 'name = "fgsm"\nimplementations = ["cleverhans"]'),

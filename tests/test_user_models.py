@@ -130,6 +130,8 @@ def test_a_seedless_random_layer_loads_and_runs_in_a_sweep(defended, tmp_path):
     run = next((tmp_path / "results" / "yours").iterdir())
     checks = {c["name"]: c for c in json.loads((run / "checks.json").read_text())}
     assert not checks["logits are the same in two calls"]["passed"]  # detected as randomized, not refused
+    (v,) = json.loads((run / "verdicts.json").read_text())  # escalation off here: no attack averaged over draws
+    assert v["verdict"] == "at risk" and any(r.startswith("a randomized model is attacked with EOT") for r in v["reasons"])
 
 
 def test_h5_savedmodel_and_a_data_set_file_give_the_records_of_their_twins(digits, digits_model, tmp_path):

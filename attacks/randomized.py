@@ -41,8 +41,8 @@ from advsweep.attacks.core import BLOCK, block_rounds, check_example_ids, gather
 #   5      61.2 / 61.0%   7.7%
 #   15     61.8 / 62.2%   3.5%
 #   50     62.5 / 62.4%   2.5%
-# At 15 the accuracy of two independent judgements differs by 0.4 points, a fifth of the 95% interval of a
-# 1,000-example accuracy, within 0.7 points of 50 draws' at under a third of their cost.
+# At 15 the accuracy of two independent judgements differs by 0.4 points, well inside the 95% interval of a
+# 1,000-example accuracy (±3 points), within 0.7 points of 50 draws' at under a third of their cost.
 DRAWS: int = RANDOMIZED["draws"]
 
 

@@ -330,21 +330,20 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
 EOT_PGD_STEPS = 100
 
 
-def eot_attack(model: keras.Model, x: np.ndarray, labels: np.ndarray, examples: np.ndarray, eps: float, *,
+def eot_attack(expected: keras.Model, x: np.ndarray, labels: np.ndarray, examples: np.ndarray, eps: float, *,
                norm: str, seed: int, judge: Judge) -> AttackResult:
-    """EOT at one ε against a randomized model, on the rule's own prediction (the mean of ``judge.draws`` draws a
-    call: :func:`advsweep.attacks.randomized.mean_of_draws`): APGD-CE and APGD-DLR, AutoAttack's ``rand`` members, with
-    two calls of the mean per gradient (so that each runs every step and keeps its latest adversarial, as the
-    authors' ``rand`` version), and PGD-100 on the mean's cross-entropy (step 2.5 ε / 100, random start, every step
-    run; L∞ and L2). Per example the point kept is the first the rule judges adversarial of PGD's last iterate,
-    APGD's point and PGD's first adversarial, else APGD's; the result's logits are the rule's judgement. Each ε runs on its own: an ensemble carries a point that
-    fooled an example at one ε to every larger ε, which the rule, with other draws, may judge correct there, where a
-    run at that ε goes deeper (on 40 images of the docs' noise model at ε = 0.2: 19% robust with carried points,
-    10% alone; PGD-100's last iterate 7.5%, FGSM 10%)."""
+    """EOT at one ε against a randomized model, on ``expected``, the rule's own prediction (the mean of
+    ``judge.draws`` draws a call: :func:`advsweep.attacks.randomized.mean_of_draws`, built once per escalation, so
+    that its plan of model calls and compiled functions are made once): APGD-CE and APGD-DLR, AutoAttack's ``rand``
+    members, with two calls of the mean per gradient (so that each runs every step and keeps its latest adversarial,
+    as the authors' ``rand`` version), and PGD-100 on the mean's cross-entropy (step 2.5 ε / 100, random start,
+    every step run; L∞ and L2). Per example the point kept is the first the rule judges adversarial of PGD's last
+    iterate, APGD's point and PGD's first adversarial, else APGD's; the result's logits are the rule's judgement.
+    Each ε runs on its own: an ensemble carries a point that fooled an example at one ε to every larger ε, which the
+    rule, with other draws, may judge correct there, where a run at that ε goes deeper (on 40 images of the docs'
+    noise model at ε = 0.2: 19% robust with carried points, 10% alone; PGD-100's last iterate 7.5%, FGSM 10%)."""
     from advsweep.attacks import run_attack
-    from advsweep.attacks.randomized import mean_of_draws
 
-    expected = mean_of_draws(model, judge.draws)
     settings = {"apgd-ce": {"eot_draws": 2}, "apgd-dlr": {"eot_draws": 2}}
     ensemble = run_attack("autoattack", expected, x, labels, [eps], attacks=["apgd-ce", "apgd-dlr"],
                           settings=settings, norm=norm, seed=seed, example_ids=examples)
@@ -353,12 +352,12 @@ def eot_attack(model: keras.Model, x: np.ndarray, labels: np.ndarray, examples: 
     pgd = run_attack("pgd", expected, x, labels, [eps], norm=norm, steps=EOT_PGD_STEPS,
                      rel_stepsize=2.5 / EOT_PGD_STEPS, loss="ce", early_stop=False, random_start=True, seed=seed,
                      example_ids=examples)
-    views = [(pgd.last if pgd.last is not None else pgd, "eot-pgd"), (ensemble, None), (pgd, "eot-pgd")]
-    judged = [judge.logits(view.x_adv[0], examples) for view, _ in views]
+    views = [pgd.last if pgd.last is not None else pgd, ensemble, pgd]  # the ensemble's point is choice 1
+    judged = [judge.logits(view.x_adv[0], examples) for view in views]
     fooled = np.stack([logits.argmax(-1) != labels for logits in judged])  # (views, N)
     choice = np.where(fooled.any(axis=0), np.argmax(fooled, axis=0), 1)
     rows = np.arange(len(x))
-    x_adv = np.stack([view.x_adv[0] for view, _ in views])[choice, rows][None]
+    x_adv = np.stack([view.x_adv[0] for view in views])[choice, rows][None]
     logits = np.stack(judged)[choice, rows][None]
     base = ensemble.found_by[0] if ensemble.found_by is not None else np.full(len(x), "", dtype=object)
     found_by = np.where(choice == 1, base, "eot-pgd")
@@ -389,16 +388,17 @@ def each_eps(grid: tuple[float, ...], attack: Callable[[float], AttackResult]) -
         found_by=None if any(r.found_by is None for r in results) else np.concatenate([r.found_by for r in results]),
         evaluations=sum(r.evaluations or 0 for r in results), cost=cost or None,
         loss_rise=None if all(t is None for t in traces) else np.concatenate(
-            [t if t is not None else np.full((len(r.epsilons), len(x)), np.nan, np.float32)
-             for t, r, x in ((t, r, r.x_adv[0]) for t, r in zip(traces, results, strict=True))]))
+            [t if t is not None else np.full(r.success.shape, np.nan, np.float32)
+             for t, r in zip(traces, results, strict=True)]))
 
 
 def escalate(output: UnitOutput, config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndarray,
              labels: np.ndarray, examples: np.ndarray, triggers: dict[str, Any], judge: Judge | None) -> None:
     """The adaptive attacks the checks call for (:func:`escalation_triggers`), on every norm of the sweep's grids,
     each written as its own records (attack ``escalated-…``, so labelled in every table, figure and the report) with
-    its cost; nothing where no check fired. EOT: :func:`eot_attack` at each ε, its points judged by the rule. BPDA: APGD-CE and APGD-T through the model with its non-differentiable layers' backward pass replaced by
-    the identity (:mod:`advsweep.attacks.adaptive`), their points judged by the real model; and Square with
+    its cost; nothing where no check fired. EOT: :func:`eot_attack` at each ε, its points judged by the rule. BPDA:
+    APGD-CE and APGD-T through the model with its non-differentiable layers' backward pass replaced by the identity
+    (:mod:`advsweep.attacks.adaptive`), their points judged by the real model; and Square with
     ``escalation.square_queries`` queries."""
     import time
 
@@ -412,9 +412,12 @@ def escalate(output: UnitOutput, config: SweepConfig, unit: Unit, model: keras.M
         return
     runs: list[tuple[str, Callable[[str, tuple[float, ...]], AttackResult]]] = []
     if triggers["eot"]:
+        from advsweep.attacks.randomized import mean_of_draws
+
         assert judge is not None, "EOT is for a randomized model, whose points the rule judges"
+        expected = mean_of_draws(model, judge.draws)
         runs.append(("eot", lambda norm, grid: each_eps(grid, lambda eps: eot_attack(
-            model, x, labels, examples, eps, norm=norm, seed=config.seed, judge=judge))))
+            expected, x, labels, examples, eps, norm=norm, seed=config.seed, judge=judge))))
     if triggers["bpda"]:
         layers = list(config.escalation.layers) or non_differentiable_layers(model, x[:BPDA_PROBES], seed=config.seed)
         summary["layers"] = layers

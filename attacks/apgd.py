@@ -35,7 +35,6 @@ import numpy as np
 from advsweep.assets.validate import Invalid, integer, one_of
 from advsweep.attacks.core import (
     AttackResult,
-    check_model,
     checked_call,
     classes_of,
     model_classes,
@@ -87,7 +86,7 @@ def auto_pgd(
     """
     loss = one_of("loss", loss, APGD_LOSSES, hint="APGD's losses; 'dlr' is scale-invariant")
     return _checked_run(model, x, labels, epsilons, norm=norm, loss=loss, steps=steps, restarts=restarts, rho=rho,
-                        seed=seed, example_ids=example_ids, gradient=gradient, target_ranks=None, eot_draws=eot_draws,
+                        seed=seed, example_ids=example_ids, gradient=gradient, target_classes=None, eot_draws=eot_draws,
                         large_radii=large_radii)
 
 
@@ -114,31 +113,32 @@ def auto_pgd_targeted(
     Success is misclassification, as in AutoAttack: the target only steers the loss. Arguments as
     :func:`auto_pgd`; AutoAttack's standard setting is 100 steps, 9 target classes, one run each.
     """
-    check_model(model)
-    classes = model_classes(model)
     target_classes = integer("target_classes", target_classes, minimum=1)
-    if classes is not None and classes < 4:
-        raise Invalid("model", "a classifier of at least 4 classes (the targeted DLR loss reads the 4th logit)",
-                      classes)
-    ranks = target_ranks(classes or 10, target_classes)
     return _checked_run(model, x, labels, epsilons, norm=norm, loss="dlr-targeted", steps=steps, restarts=restarts,
-                        rho=rho, seed=seed, example_ids=example_ids, gradient=gradient, target_ranks=ranks,
+                        rho=rho, seed=seed, example_ids=example_ids, gradient=gradient, target_classes=target_classes,
                         eot_draws=eot_draws, large_radii=large_radii)
 
 
 def _checked_run(model: keras.Model, x: Any, labels: Any, epsilons: Any, *, norm: str, loss: str, steps: int,
                  restarts: int, rho: float, seed: int, example_ids: Any, gradient: str,
-                 target_ranks: list[int] | None, eot_draws: int, large_radii: bool) -> AttackResult:
+                 target_classes: int | None, eot_draws: int, large_radii: bool) -> AttackResult:
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, steps=steps,
                         restarts=restarts, rho=rho, gradient=gradient, eot_draws=eot_draws, norms=L1_NORMS)
+    ranks = None
+    if target_classes is not None:  # the classes the model returns, read from its logits when its shape does not say
+        classes = classes_of(model, call.x) if len(call.x) else (model_classes(model) or 4)
+        if classes < 4:
+            raise Invalid("model", "a classifier of at least 4 classes (the targeted DLR loss reads the 4th logit)",
+                          classes)
+        ranks = target_ranks(classes, target_classes)
     if large_radii and call.norm != "l1":
         raise Invalid("large_radii", "False for the L∞ and L2 threat models (it is l1-APGD's schedule of radii)",
                       large_radii, hint="set norm='l1' or leave large_radii out")
     if large_radii and steps < 3:
         raise Invalid("steps", "at least 3 with large_radii (one per radius)", steps)
-    stream = "apgd-t" if target_ranks is not None else f"apgd-{loss}"
+    stream = "apgd-t" if ranks is not None else f"apgd-{loss}"
     return apgd_engine(model, call.x, call.labels, call.eps, norm=call.norm, loss=loss, seed=call.seed,
-                       example_ids=call.example_ids, stream=stream, target_ranks=target_ranks,
+                       example_ids=call.example_ids, stream=stream, target_ranks=ranks,
                        large_radii=bool(large_radii), **call.params)
 
 
@@ -206,13 +206,6 @@ def momentum_steps(x_cur: np.ndarray, x_old: np.ndarray, x0: np.ndarray, grad: n
     moved = _l2_project(x0, x_cur + step * _l2_normalize(grad), eps)
     mixed = x_cur + (moved - x_cur) * a + previous_move * (np.float32(1.0) - a)
     return _l2_project(x0, mixed, eps).astype(np.float32)
-
-
-def momentum_step(x_cur: np.ndarray, x_old: np.ndarray, x0: np.ndarray, grad: np.ndarray, step: np.float32,
-                  eps: np.float32, norm: str, first: bool) -> np.ndarray:
-    """:func:`momentum_steps` of one example."""
-    return momentum_steps(x_cur[None], x_old[None], x0[None], grad[None], np.array([step]), np.array([eps]), norm,
-                          np.array([first]))[0]
 
 
 class ApgdStep(Step):

@@ -198,8 +198,8 @@ def measure_plan(model: keras.Model) -> ModelPlan:
     pick the plans (module notes); the gradient path is the faster one over all sizes (:func:`faster_path`)."""
     from advsweep.models.common import has_fast_gradient
 
-    classes = int(model.output_shape[-1])
     forward_call, gradient_call = probe_calls(model)
+    classes = forward_call([0]).shape[1]  # from the logits: a model's declared output shape may leave it open
     calls = {f"gradient-{path}": gradient_call(path, "ce") for path in (("plain", "fast") if has_fast_gradient(model)
                                                                          else ("plain",))}
     calls["forward"] = forward_call
@@ -224,8 +224,8 @@ def probe_calls(model: keras.Model) -> tuple[Any, Any]:
     shape = tuple(int(d) for d in model.input_shape[1:])
     rng = np.random.default_rng(0)
     x = rng.random((max(CANDIDATE_ROWS),) + shape, dtype=np.float32)
-    y = rng.integers(0, int(model.output_shape[-1]), max(CANDIDATE_ROWS))
     logits = logits_fn(model)
+    y = rng.integers(0, int(logits(tf.constant(x[:1])).shape[1]), max(CANDIDATE_ROWS))
 
     def gradient(path: str, loss: str) -> Any:
         function = loss_gradient_fn(model, loss, path)

@@ -87,11 +87,6 @@ def window_side(i: int, p_init: float, shape: tuple[int, ...], norm: str) -> int
     return side + 1 if side % 2 == 0 else side
 
 
-def _corner(rng: np.random.Generator, length: int, side: int) -> int:
-    """A window's first row (or column), as the authors draw it: ``⌊(length − side) · u⌋``, u uniform in [0, 1)."""
-    return int((length - side) * rng.random())
-
-
 def _signs(rng: np.random.Generator, size: Any) -> np.ndarray:
     return np.where(rng.random(size) * 2.0 - 1.0 >= 0.0, 1.0, -1.0).astype(np.float32)
 
@@ -158,67 +153,6 @@ def initial_point(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generato
     return np.clip(x0 + delta / (_l2(delta) + np.float32(1e-12)) * e, 0.0, 1.0).astype(np.float32)
 
 
-def proposal(x0: np.ndarray, x_best: np.ndarray, eps: float, norm: str, i: int, p_init: float,
-             rng: np.random.Generator) -> np.ndarray:
-    """Query ``i``'s candidate for one example, from its current best point: the authors' update, one example at a
-    time, as it reads in their code. The engine draws whole blocks with :func:`linf_proposals` and
-    :func:`window_proposals` (L2, L1), which ``tests/test_autoattack.py`` holds to this, to the bit."""
-    h, w, c = x0.shape
-    e = np.float32(eps)
-    side = window_side(i, p_init, x0.shape, norm)
-    top, left = _corner(rng, h, side), _corner(rng, w, side)
-    if norm == "linf":
-        candidate = x_best.copy()
-        candidate[top: top + side, left: left + side] += np.float32(2.0) * e * _signs(rng, (1, 1, c))
-        return np.clip(np.minimum(np.maximum(candidate, x0 - e), x0 + e), 0.0, 1.0).astype(np.float32)
-    if norm == "l1":
-        return _l1_proposal(x0, x_best, eps, side, top, left, rng)
-    delta = x_best - x0
-    window = (slice(top, top + side), slice(left, left + side))
-    norms_window_1 = np.sqrt(np.sum(delta[window] ** 2, axis=(0, 1), keepdims=True))  # per channel
-    top2, left2 = _corner(rng, h, side), _corner(rng, w, side)
-    window2 = (slice(top2, top2 + side), slice(left2, left2 + side))
-    mask = np.zeros((h, w, 1), np.float32)
-    mask[window] = 1.0
-    mask[window2] = 1.0
-    norm_image, norm_windows = _l2(delta), _l2(delta * mask)
-    new = window_profile(side, rng)[..., None] * _signs(rng, (1, 1, c))
-    new = new + delta[window] / (np.float32(1e-12) + norms_window_1)
-    scale = np.sqrt(np.maximum(e * e - norm_image ** 2, 0.0) / c + norm_windows ** 2)
-    new = new / (np.float32(1e-12) + np.sqrt(np.sum(new ** 2, axis=(0, 1), keepdims=True))) * scale
-    delta = delta.copy()
-    delta[window2] = 0.0
-    delta[window] = new
-    return np.clip(x0 + delta / (_l2(delta) + np.float32(1e-12)) * e, 0.0, 1.0).astype(np.float32)
-
-
-def _l1_proposal(x0: np.ndarray, x_best: np.ndarray, eps: float, side: int, top: int, left: int,
-                 rng: np.random.Generator) -> np.ndarray:
-    """:func:`proposal`'s L1 update (the authors' ``norm == 'L1'`` branch): the first window takes a fresh signed
-    L1 profile plus its old content, rescaled per channel to the budget left over plus the L1 mass of both windows
-    (times the channels, as the authors write it), the second window is emptied, and the result is projected onto
-    the L1 ball ∩ [0, 1]."""
-    (h, w, c), e = x0.shape, np.float32(eps)
-    delta = x_best - x0
-    window = (slice(top, top + side), slice(left, left + side))
-    norms_window_1 = np.sum(np.abs(delta[window]), axis=(0, 1), keepdims=True)  # per channel
-    top2, left2 = _corner(rng, h, side), _corner(rng, w, side)
-    window2 = (slice(top2, top2 + side), slice(left2, left2 + side))
-    mask = np.zeros((h, w, 1), np.float32)
-    mask[window] = 1.0
-    mask[window2] = 1.0
-    norm_image = np.sum(np.abs(delta))
-    norm_windows = np.sum(np.abs(delta * mask), axis=(0, 1), keepdims=True)  # per channel
-    new = window_profile(side, rng, "l1")[..., None] * _signs(rng, (1, 1, c))
-    new = new + delta[window] / (np.float32(1e-12) + norms_window_1)
-    scale = (np.maximum(e - norm_image, 0.0) / c + norm_windows) * c
-    new = new / (np.float32(1e-12) + np.sum(np.abs(new), axis=(0, 1), keepdims=True)) * scale
-    delta = delta.copy()
-    delta[window2] = 0.0
-    delta[window] = new
-    return _l1_point(x0[None], delta[None], eps)[0]
-
-
 def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """``z_y − max_{j≠y} z_j`` per row: positive while the prediction is the label."""
     rows = np.arange(len(labels))
@@ -236,9 +170,10 @@ def _window_index(rows: np.ndarray, top: np.ndarray, left: np.ndarray, side: int
 
 def linf_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndarray, p_init: float,
                    rngs: list[np.random.Generator]) -> np.ndarray:
-    """:func:`proposal` (L∞) of M examples at once ``(M, H, W, C)``, at their own query counts ``i`` ``(M,)``: each
-    example's window and signs come from its own stream, in :func:`proposal`'s order (top, left, signs). Only the
-    windows are computed: a best point lies in its ball and the box, which :func:`proposal`'s clipping leaves as it
+    """The authors' L∞ update of M examples at once ``(M, H, W, C)``, at their own query counts ``i`` ``(M,)``: each
+    example's window and signs come from its own stream, in the order their code draws them (top, left, signs;
+    ``tests/test_autoattack.py`` holds this to their update of one example at a time, to the bit). Only the
+    windows are computed: a best point lies in its ball and the box, which the update's clipping leaves as it
     is outside the window (after the first hundreds of queries a window is a few pixels of the image)."""
     m, (h, w, c) = len(x0), x0.shape[1:]
     draws = np.stack([rng.random(2 + c) for rng in rngs]) if m else np.zeros((0, 2 + c))
@@ -271,9 +206,12 @@ def _window(top: np.ndarray, left: np.ndarray, side: int, shape: tuple[int, ...]
 
 def window_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.ndarray, p_init: float,
                      rngs: list[np.random.Generator], norm: str) -> np.ndarray:
-    """:func:`proposal` (L2 or L1) of M examples at once, at their own query counts ``i``: the examples whose windows
-    have the same side are computed together; each example draws from its own stream in :func:`proposal`'s order
-    (window, second window, transposition, signs). L1 takes :func:`_l1_proposal`'s update."""
+    """The authors' L2 or L1 update of M examples at once, at their own query counts ``i``: the examples whose
+    windows have the same side are computed together; each example draws from its own stream in the order their
+    code draws (window, second window, transposition, signs). L1: the first window takes a fresh signed L1 profile
+    plus its old content, rescaled per channel to the budget left over plus the L1 mass of both windows (times the
+    channels, as the authors write it), the second window is emptied, and the result is projected onto the L1 ball
+    ∩ [0, 1]."""
     m, shape = len(x0), x0.shape[1:]
     (h, w, c), out = shape, np.empty_like(x0)
     draws = np.stack([rng.random(5 + c) for rng in rngs]) if m else np.zeros((0, 5 + c))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 
 from advsweep.attacks.apgd import (
@@ -12,10 +13,10 @@ from advsweep.attacks.apgd import (
     auto_pgd_targeted,
     checkpoints,
     halve_step,
-    momentum_step,
+    momentum_steps,
     start_point,
 )
-from advsweep.attacks.core import loss_per_example
+from advsweep.attacks.core import loss_per_example, model_classes
 
 
 def test_dlr_losses_hand_computed():
@@ -46,9 +47,11 @@ def test_step_halving_decision_hand_computed():
     # 17 of 22 steps raise the loss (17 > 16.5): no halving for oscillation ...
     history = np.zeros(100)
     history[:22] = np.cumsum([1.0 if c % 4 or c == 0 else -0.5 for c in range(22)])
-    raised = sum(history[21 - c] > history[21 - c - 1] for c in range(22))
-    assert raised == 17
     assert not halve_step(history, 21, 22, 0.75, True, 0.0, 1.0)
+    # 16 of 22 (16 ≤ 16.5): halving for oscillation, the best loss having improved
+    history[:22] = np.cumsum([1.0 if (c % 4 and c != 1) or c == 0 else -0.5 for c in range(22)])
+    assert halve_step(history, 21, 22, 0.75, True, 0.0, 1.0)
+    history[:22] = np.cumsum([1.0 if c % 4 or c == 0 else -0.5 for c in range(22)])
     # ... but halving when the step was kept last time and the best loss has not improved since
     assert halve_step(history, 21, 22, 0.75, False, 3.0, 3.0)
     assert not halve_step(history, 21, 22, 0.75, False, 2.0, 3.0)
@@ -65,17 +68,18 @@ def test_random_start_lies_on_the_balls_edge():
 
 
 def test_momentum_step_hand_computed():
-    x0 = np.array([0.5, 0.5], np.float32)
-    x_cur = np.array([0.55, 0.5], np.float32)
-    x_old = np.array([0.5, 0.45], np.float32)
-    grad = np.array([1.0, -2.0], np.float32)
-    eps, step = np.float32(0.1), np.float32(0.08)
+    """Two examples in one block, one on a run's first step (a = 1) and one later (a = 0.75): each is its own
+    hand-computed update."""
+    x0 = np.array([[0.5, 0.5]] * 2, np.float32)
+    x_cur = np.array([[0.55, 0.5]] * 2, np.float32)
+    x_old = np.array([[0.5, 0.45]] * 2, np.float32)
+    grad = np.array([[1.0, -2.0]] * 2, np.float32)
+    eps, step = np.float32([0.1, 0.1]), np.float32([0.08, 0.08])
+    moved = momentum_steps(x_cur, x_old, x0, grad, step, eps, "linf", np.array([True, False]))
     # first step (a = 1): x + η sign(g) projected: [0.6 (clipped from 0.63), 0.42]
-    np.testing.assert_allclose(momentum_step(x_cur, x_old, x0, grad, step, eps, "linf", first=True), [0.6, 0.42],
-                               atol=1e-6)
+    np.testing.assert_allclose(moved[0], [0.6, 0.42], atol=1e-6)
     # later (a = 0.75): x + 0.75 (z − x) + 0.25 (x − x_old) = [0.55 + 0.0375 + 0.0125, 0.5 − 0.06 + 0.0125]
-    np.testing.assert_allclose(momentum_step(x_cur, x_old, x0, grad, step, eps, "linf", first=False),
-                               [0.6, 0.4525], atol=1e-6)
+    np.testing.assert_allclose(moved[1], [0.6, 0.4525], atol=1e-6)
 
 
 def test_apgd_result_contract_on_the_small_cnn(small_cnn, test_images):
@@ -86,7 +90,9 @@ def test_apgd_result_contract_on_the_small_cnn(small_cnn, test_images):
     for k, eps in enumerate(grid):
         assert np.abs(result.x_adv[k] - x).max() <= eps + 1e-6
     assert result.x_adv.min() >= 0.0 and result.x_adv.max() <= 1.0
-    np.testing.assert_array_equal(result.success, np.argmax(result.logits, -1) != y)
+    for k in range(len(grid)):  # the success reported is the model's own verdict on the point returned
+        model_says = np.argmax(small_cnn.predict(result.x_adv[k], verbose=0), -1) != y
+        np.testing.assert_array_equal(result.success[k], model_says)
     assert np.all(np.diff(result.robust_accuracy) <= 0)  # fooled at ε stays fooled at every larger ε
     again = auto_pgd(small_cnn, x, y, grid, steps=20)
     np.testing.assert_array_equal(again.x_adv, result.x_adv)  # the same seed gives the same adversarials
@@ -96,6 +102,23 @@ def test_apgd_result_contract_on_the_small_cnn(small_cnn, test_images):
         assert other.success.shape == (4, 64) and np.all(np.diff(other.robust_accuracy) <= 0)
     l2 = auto_pgd(small_cnn, x, y, [0.0, 1.0, 2.0], norm="l2", steps=20)
     assert np.linalg.norm((l2.x_adv[2] - x).reshape(64, -1), axis=1).max() <= 2.0 + 1e-4
+
+
+def test_apgd_t_reads_the_classes_from_the_logits_when_the_model_does_not_declare_them(small_cnn, test_images):
+    """A five-class model whose declared output shape leaves the classes open: APGD-T aims at the classes its logits
+    have (ranks 2–5), exactly as on the same model whose shape says 5 (it once assumed ten classes)."""
+    keep = test_images[1] < 5
+    x, y = test_images[0][keep][:16], test_images[1][keep][:16]
+    inputs = keras.Input((28, 28, 1))
+    declared = keras.Model(inputs, keras.layers.Lambda(lambda t: t[:, :5])(small_cnn(inputs)))
+    undeclared = keras.Model(inputs, keras.layers.Lambda(lambda t: t[:, :5], output_shape=(None,))(small_cnn(inputs)))
+    assert model_classes(undeclared) is None and model_classes(declared) == 5
+    grid = [0.0, 0.1, 0.2]
+    expected = auto_pgd_targeted(declared, x, y, grid, steps=10, target_classes=9)
+    result = auto_pgd_targeted(undeclared, x, y, grid, steps=10, target_classes=9)
+    np.testing.assert_array_equal(result.success, expected.success)
+    np.testing.assert_array_equal(result.x_adv, expected.x_adv)
+    assert 0 < result.success[2].sum() < len(x)
 
 
 @pytest.mark.parametrize("targeted", [False, True], ids=["apgd-ce", "apgd-t"])

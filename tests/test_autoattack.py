@@ -23,7 +23,16 @@ from advsweep.attacks.fab import (
     stable_argsort,
 )
 from advsweep.attacks.plan import UNMEASURED, use_plan
-from advsweep.attacks.square import p_schedule, rectangle_profile, square_attack, window_side
+from advsweep.attacks.square import (
+    _l1_point,
+    _l2,
+    _signs,
+    p_schedule,
+    rectangle_profile,
+    square_attack,
+    window_profile,
+    window_side,
+)
 
 
 def test_square_schedule_is_autoattacks():
@@ -46,11 +55,79 @@ def test_square_l2_window_profile_hand_computed():
     assert np.sum(profile ** 2) == pytest.approx(1.0) and profile.argmax() in (2, 7)
 
 
+# the authors' Square update of one example at a time (``pyautoattack/square.py``, ``perturb``'s loop), as it reads
+# in their code: the reference the engine's block proposals (``linf_proposals``, ``window_proposals``) are held to
+
+def _corner(rng: np.random.Generator, length: int, side: int) -> int:
+    """A window's first row (or column), as the authors draw it: ``⌊(length − side) · u⌋``, u uniform in [0, 1)."""
+    return int((length - side) * rng.random())
+
+
+def _one_proposal(x0: np.ndarray, x_best: np.ndarray, eps: float, norm: str, i: int, p_init: float,
+             rng: np.random.Generator) -> np.ndarray:
+    """Query ``i``'s candidate for one example, from its current best point: the authors' update, one example at a
+    time, as it reads in their code (the reference the engine's block proposals are held to)."""
+    h, w, c = x0.shape
+    e = np.float32(eps)
+    side = window_side(i, p_init, x0.shape, norm)
+    top, left = _corner(rng, h, side), _corner(rng, w, side)
+    if norm == "linf":
+        candidate = x_best.copy()
+        candidate[top: top + side, left: left + side] += np.float32(2.0) * e * _signs(rng, (1, 1, c))
+        return np.clip(np.minimum(np.maximum(candidate, x0 - e), x0 + e), 0.0, 1.0).astype(np.float32)
+    if norm == "l1":
+        return _one_l1_proposal(x0, x_best, eps, side, top, left, rng)
+    delta = x_best - x0
+    window = (slice(top, top + side), slice(left, left + side))
+    norms_window_1 = np.sqrt(np.sum(delta[window] ** 2, axis=(0, 1), keepdims=True))  # per channel
+    top2, left2 = _corner(rng, h, side), _corner(rng, w, side)
+    window2 = (slice(top2, top2 + side), slice(left2, left2 + side))
+    mask = np.zeros((h, w, 1), np.float32)
+    mask[window] = 1.0
+    mask[window2] = 1.0
+    norm_image, norm_windows = _l2(delta), _l2(delta * mask)
+    new = window_profile(side, rng)[..., None] * _signs(rng, (1, 1, c))
+    new = new + delta[window] / (np.float32(1e-12) + norms_window_1)
+    scale = np.sqrt(np.maximum(e * e - norm_image ** 2, 0.0) / c + norm_windows ** 2)
+    new = new / (np.float32(1e-12) + np.sqrt(np.sum(new ** 2, axis=(0, 1), keepdims=True))) * scale
+    delta = delta.copy()
+    delta[window2] = 0.0
+    delta[window] = new
+    return np.clip(x0 + delta / (_l2(delta) + np.float32(1e-12)) * e, 0.0, 1.0).astype(np.float32)
+
+
+def _one_l1_proposal(x0: np.ndarray, x_best: np.ndarray, eps: float, side: int, top: int, left: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """:func:`_one_proposal`'s L1 update (the authors' ``norm == 'L1'`` branch): the first window takes a fresh signed
+    L1 profile plus its old content, rescaled per channel to the budget left over plus the L1 mass of both windows
+    (times the channels, as the authors write it), the second window is emptied, and the result is projected onto
+    the L1 ball ∩ [0, 1]."""
+    (h, w, c), e = x0.shape, np.float32(eps)
+    delta = x_best - x0
+    window = (slice(top, top + side), slice(left, left + side))
+    norms_window_1 = np.sum(np.abs(delta[window]), axis=(0, 1), keepdims=True)  # per channel
+    top2, left2 = _corner(rng, h, side), _corner(rng, w, side)
+    window2 = (slice(top2, top2 + side), slice(left2, left2 + side))
+    mask = np.zeros((h, w, 1), np.float32)
+    mask[window] = 1.0
+    mask[window2] = 1.0
+    norm_image = np.sum(np.abs(delta))
+    norm_windows = np.sum(np.abs(delta * mask), axis=(0, 1), keepdims=True)  # per channel
+    new = window_profile(side, rng, "l1")[..., None] * _signs(rng, (1, 1, c))
+    new = new + delta[window] / (np.float32(1e-12) + norms_window_1)
+    scale = (np.maximum(e - norm_image, 0.0) / c + norm_windows) * c
+    new = new / (np.float32(1e-12) + np.sum(np.abs(new), axis=(0, 1), keepdims=True)) * scale
+    delta = delta.copy()
+    delta[window2] = 0.0
+    delta[window] = new
+    return _l1_point(x0[None], delta[None], eps)[0]
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_square_block_proposals_are_the_per_example_update_to_the_bit(norm):
     """The engine draws Square's candidates for a whole block at once; each must be the authors' update of that
-    example alone (`proposal`) from the same stream, at every window size of the schedule."""
-    from advsweep.attacks.square import PROPOSALS, proposal
+    example alone (`_one_proposal`) from the same stream, at every window size of the schedule."""
+    from advsweep.attacks.square import PROPOSALS
 
     rng = np.random.default_rng(0)
     x0 = rng.random((8, 28, 28, 1)).astype(np.float32)
@@ -59,7 +136,7 @@ def test_square_block_proposals_are_the_per_example_update_to_the_bit(norm):
     x_best = np.clip(np.clip(x0 + noise, x0 - 0.1, x0 + 0.1) if norm == "linf" else x0 + noise, 0, 1)
     queries = np.array([1, 5, 12, 60, 300, 1200, 4999, 12])  # every side of the schedule, two examples sharing one
     block = PROPOSALS[norm](x0, x_best, eps, queries, 0.8, [np.random.default_rng(k) for k in range(8)])
-    alone = np.stack([proposal(x0[k], x_best[k], float(eps[k]), norm, int(queries[k]), 0.8, np.random.default_rng(k))
+    alone = np.stack([_one_proposal(x0[k], x_best[k], float(eps[k]), norm, int(queries[k]), 0.8, np.random.default_rng(k))
                       for k in range(8)])
     np.testing.assert_array_equal(block, alone)
     assert (block != x_best).any(axis=(1, 2, 3)).all()  # each candidate moved

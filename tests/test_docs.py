@@ -27,8 +27,8 @@ def _anchors(page: Path) -> set[str]:
     return anchors
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
-def test_every_relative_link_leads_to_a_file_and_heading(page):
+def broken_links(page: Path, root: Path = ROOT) -> list[str]:
+    """The page's relative links (and #anchors) that lead nowhere."""
     broken = []
     for target in LINK.findall(page.read_text()):
         if re.match(r"^[a-z]+:", target):  # https:, mailto:: not checked offline
@@ -38,34 +38,47 @@ def test_every_relative_link_leads_to_a_file_and_heading(page):
         if not destination.exists():
             broken.append(f"{target} (no such file)")
         elif anchor and destination.suffix == ".md" and anchor not in _anchors(destination):
-            broken.append(f"{target} (no heading #{anchor} in {destination.relative_to(ROOT)})")
-    assert not broken, broken
+            broken.append(f"{target} (no heading #{anchor} in {destination.relative_to(root)})")
+    return broken
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
-def test_every_path_the_docs_name_exists(page):
-    """Configs, benchmark scripts, modules and tests named in the text (e.g. `experiments/configs/madry.toml`,
-    `python benchmarks/attack_speed.py`) exist in the repository."""
+def missing_paths(page: Path, root: Path = ROOT) -> list[str]:
+    """Configs, benchmark scripts, modules and tests named in the page's text (e.g. `experiments/configs/madry.toml`,
+    `python benchmarks/attack_speed.py`) that the repository at ``root`` lacks."""
     missing = []
     for name in set(NAMED_PATH.findall(page.read_text())):
         if any(part in name for part in ("<", "*", "…")) or name.startswith("docs/") and page.parent.name == "docs":
             continue
-        if not (ROOT / name).exists():
+        if not (root / name).exists():
             missing.append(name)
-    assert not missing, sorted(missing)
+    return sorted(missing)
 
 
-def test_the_docs_link_checker_catches_a_broken_link(tmp_path):
-    """The two checks above can fail: a page with a dead link, a dead anchor and a config that does not exist."""
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_every_relative_link_leads_to_a_file_and_heading(page):
+    assert not broken_links(page), broken_links(page)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_every_path_the_docs_name_exists(page):
+    assert not missing_paths(page), missing_paths(page)
+
+
+def test_the_docs_checks_catch_a_broken_link_and_a_missing_path(tmp_path):
+    """The two checks above, run on a page with a dead link, a dead anchor, a good anchor and a config that does not
+    exist, report exactly the three faults; on the repaired page, none."""
     (tmp_path / "docs").mkdir()
+    (tmp_path / "experiments" / "configs").mkdir(parents=True)
     page = tmp_path / "docs" / "page.md"
     page.write_text("# Title\n\nSee [this](other.md), [that](#no-such-heading), [ok](#title) and "
                     "`experiments/configs/nope.toml`.\n")
-    targets = LINK.findall(page.read_text())
-    assert targets == ["other.md", "#no-such-heading", "#title"]
-    assert _anchors(page) == {"title"}
-    assert NAMED_PATH.findall(page.read_text()) == ["experiments/configs/nope.toml"]
-    assert not (ROOT / "experiments/configs/nope.toml").exists()
+    assert broken_links(page, tmp_path) == ["other.md (no such file)",
+                                            "#no-such-heading (no heading #no-such-heading in docs/page.md)"]
+    assert missing_paths(page, tmp_path) == ["experiments/configs/nope.toml"]
+    (tmp_path / "docs" / "other.md").write_text("# Other\n")
+    (tmp_path / "experiments" / "configs" / "nope.toml").write_text("")
+    page.write_text(page.read_text().replace("#no-such-heading", "#title"))
+    assert broken_links(page, tmp_path) == [] and missing_paths(page, tmp_path) == []
 
 
 def test_the_readme_is_short_and_names_no_issue_numbers():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -188,61 +189,72 @@ def test_the_checkout_has_no_links():
     assert not links, links
 
 
-def test_every_entry_point_takes_its_defaults_from_the_one_table(tmp_path):
-    """The API, a sweep config, `advsweep evaluate` and the docs agree on every default."""
+def _documented_defaults() -> dict[str, str]:
+    """docs/sweeps.md's Defaults table as written: the row's key → its value."""
+    page = (ROOT / "docs" / "sweeps.md").read_text()
+    table = page[page.index("| default | value |"):]
+    table = table[: table.index("\n\n")]
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\| (.+?) \| (.+?) \|$", table, re.MULTILINE)
+            if m.group(1) != "default" and not m.group(1).startswith("-")}
+
+
+def test_every_entry_point_takes_the_documented_defaults(tmp_path):
+    """The API's signatures, a sweep config that leaves every key out, and `advsweep evaluate` each give the value
+    docs/sweeps.md's Defaults table documents (a default changed in one place and not the others fails here), and
+    that table is the one the defaults module renders."""
     import inspect
 
     from advsweep import defaults
     from advsweep.attacks import (
+        auto_pgd,
+        auto_pgd_targeted,
         basic_iterative_method,
+        fab_targeted,
         fast_gradient_method,
         minimal_perturbation,
         projected_gradient_descent,
+        square_attack,
     )
     from advsweep.attacks.foolbox_adapter import foolbox_attack
+    from advsweep.defaults import render
     from advsweep.experiments.cli import build_parser
     from advsweep.experiments.config import parse_config
 
+    documented = _documented_defaults()
+    assert documented == dict(defaults.table()), "docs/sweeps.md's Defaults table is stale: regenerate its rows"
     checked = 0
     for function in (projected_gradient_descent, basic_iterative_method, fast_gradient_method, foolbox_attack):
         parameters = inspect.signature(function).parameters
         for key in ("norm", "loss", "restarts", "early_stop", "seed", "gradient"):
             if key in parameters:
-                assert parameters[key].default == defaults.ATTACK[key], (function.__name__, key)
+                assert render(parameters[key].default) == documented[f"every attack: `{key}`"], (function, key)
                 checked += 1
     assert checked >= 18
     minimal = inspect.signature(minimal_perturbation).parameters
     for key in ("norm", "steps", "loss"):
-        assert minimal[key].default == defaults.MINIMAL[key], key
-    from advsweep.attacks import auto_pgd, auto_pgd_targeted, fab_targeted, square_attack
-
+        assert render(minimal[key].default) == documented[f"`[minimal]` `{key}`"], key
     for function, member in ((auto_pgd, "apgd-ce"), (auto_pgd_targeted, "apgd-t"), (fab_targeted, "fab-t"),
                              (square_attack, "square")):
         parameters = inspect.signature(function).parameters
-        for key, value in defaults.AUTOATTACK[member].items():
-            assert parameters[key].default == value, (function.__name__, key)
+        for key in defaults.AUTOATTACK[member]:
+            assert render(parameters[key].default) == documented[f"{member}: `{key}`"], (function.__name__, key)
 
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.keras").write_bytes(b"")
     config = parse_config({"name": "d", "models": [{"name": "m", "path": str(model)}],
                            "attacks": [{"name": "pgd"}], "epsilons": {"linf": [0.1]}}, base=tmp_path)
-    assert config.examples == defaults.SWEEP["examples"]["count"]
-    assert (config.selection, config.selection_seed) == (defaults.SWEEP["examples"]["selection"],
-                                                         defaults.SWEEP["examples"]["seed"])
-    assert (config.seed, config.chunk_size, config.gradient) == (
-        defaults.SWEEP["seed"], defaults.SWEEP["chunk_size"], defaults.SWEEP["gradient"])
-    assert config.attacks[0].implementations == defaults.ATTACK["implementations"]
+    for key, value in (("examples.count", config.examples), ("examples.selection", config.selection),
+                       ("examples.seed", config.selection_seed), ("seed", config.seed),
+                       ("chunk_size", config.chunk_size), ("gradient", config.gradient)):
+        assert render(value) == documented[f"sweep: `{key}`"], key
+    assert render(config.attacks[0].implementations) == documented["every attack: `implementations`"]
     assert config.attacks[0].params == {}  # a key left out is the attack's own default, not the runner's
-    assert (config.minimal.steps, config.minimal.loss, config.minimal.examples) == (
-        defaults.MINIMAL["steps"], defaults.MINIMAL["loss"], min(defaults.MINIMAL["examples"], config.examples))
+    assert render(config.minimal.steps) == documented["`[minimal]` `steps`"]
+    assert render(config.minimal.loss) == documented["`[minimal]` `loss`"]
 
     evaluate = build_parser().parse_args(["evaluate", "some-model"])
-    assert evaluate.examples == defaults.EVALUATE["examples"] == defaults.SWEEP["examples"]["count"]
-    assert [float(e) for e in evaluate.eps.split(",")] == list(defaults.EVALUATE["eps"])
-    assert tuple(evaluate.attacks.split(",")) == defaults.EVALUATE["attacks"]
-    assert tuple(evaluate.implementations.split(",")) == defaults.ATTACK["implementations"]
-
-    page = (ROOT / "docs" / "sweeps.md").read_text()
-    for key, value in defaults.table():
-        assert f"| {key} | {value} |" in page, f"docs/sweeps.md's Defaults table lacks `{key}` = {value}"
+    assert render(evaluate.examples) == documented["`advsweep evaluate`: `--examples`"]
+    assert render([float(e) for e in evaluate.eps.split(",")]) == documented["`advsweep evaluate`: `--eps`"]
+    assert render(evaluate.attacks.split(",")) == documented["`advsweep evaluate`: `--attacks`"]
+    assert render(evaluate.implementations.split(",")) == documented["every attack: `implementations`"]

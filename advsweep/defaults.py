@@ -35,7 +35,7 @@ ATTACK: Final[dict[str, Any]] = {
 
 # AutoAttack's members (Croce & Hein, ICML 2020; ``autoattack/autoattack.py``) with the settings of its "standard"
 # version, used by the attack alone and inside the ``autoattack`` ensemble; APGD-DLR (untargeted) is a member of the
-# ``rand`` version only.
+# ``plus`` and ``rand`` versions, FAB (untargeted) of ``plus``.
 AUTOATTACK: Final[dict[str, dict[str, Any]]] = {
     "apgd-ce": {"steps": 100, "restarts": 1, "rho": 0.75, "eot_draws": 1, "large_radii": False},
     "apgd-dlr": {"steps": 100, "restarts": 1, "rho": 0.75, "eot_draws": 1, "large_radii": False},
@@ -81,7 +81,7 @@ MINIMAL: Final[dict[str, Any]] = {
 }
 
 # A randomized model (its logits differ between two calls): every point it is judged at, clean or adversarial, is
-# classified by the mean of ``draws`` draws' softmax probabilities (advsweep.attacks.randomized, where the number
+# classified by the mean of ``draws`` draws' softmax probabilities (advsweep.attacks.adaptive.randomized, where the number
 # is measured and justified).
 RANDOMIZED: Final[dict[str, Any]] = {"draws": 15}
 

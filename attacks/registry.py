@@ -9,15 +9,15 @@ from typing import Any
 
 import keras
 
-from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted
-from advsweep.attacks.ensemble import autoattack
-from advsweep.attacks.core import AttackResult
-from advsweep.attacks.fab import fab_targeted, fab_untargeted
-from advsweep.attacks.fgm import fast_gradient_method
-from advsweep.attacks.foolbox_adapter import foolbox_attack
-from advsweep.attacks.pgd import basic_iterative_method, projected_gradient_descent
-from advsweep.attacks.square import square_attack
-from advsweep.attacks.spec import (  # noqa: F401  (re-exported)
+from advsweep.attacks.gradient.apgd import auto_pgd, auto_pgd_targeted
+from advsweep.attacks.ensemble.cascade import autoattack
+from advsweep.attacks.engine.core import AttackResult
+from advsweep.attacks.ensemble.fab import fab_targeted, fab_untargeted
+from advsweep.attacks.gradient.fgm import fast_gradient_method
+from advsweep.attacks.gradient.foolbox_adapter import foolbox_attack
+from advsweep.attacks.gradient.pgd import basic_iterative_method, projected_gradient_descent
+from advsweep.attacks.ensemble.square import square_attack
+from advsweep.attacks.engine.spec import (  # noqa: F401  (re-exported)
     ATTACK_SPECS,
     IMPLEMENTATIONS,
     attack_parameters,

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import torchattacks  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
-from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted  # noqa: E402
+from advsweep.attacks.gradient.apgd import auto_pgd, auto_pgd_targeted  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
 
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from advsweep.assets import load_mnist, load_vgg16_weights  # noqa: E402
 from advsweep.attacks import run_attack  # noqa: E402
-from advsweep.attacks.core import gradient_fn, logits_fn  # noqa: E402
+from advsweep.attacks.engine.core import gradient_fn, logits_fn  # noqa: E402
 from advsweep.models.config import ModelConfig  # noqa: E402
 from advsweep.models.training import load_trained, to_float_images  # noqa: E402
 

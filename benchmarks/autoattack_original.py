@@ -3,7 +3,7 @@ package index), on the same model and examples, side by side in one run: robust 
 two disagree, wall time, and model evaluations per example; per member of the ensemble, the seconds of each side;
 and the harness's *model-call bound*: its own model evaluations (forward passes and gradients apart) times the
 cost of one evaluation at the best rate measured on this machine (:func:`peak_rates`: each candidate call size of
-``advsweep.attacks.plan`` timed five times, the highest rate of all, measured before the harness's timing), the
+``advsweep.attacks.engine.plan`` timed five times, the highest rate of all, measured before the harness's timing), the
 time the model calls alone would take, and the fraction of it the harness reaches.
 
 The original runs in PyTorch, as its users run it: the Keras model is ported layer by layer to a ``torch.nn`` module
@@ -50,7 +50,7 @@ import torch  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack  # noqa: E402
-from advsweep.attacks.plan import plan_of  # noqa: E402
+from advsweep.attacks.engine.plan import plan_of  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
 
 REDUCED: dict[str, dict[str, Any]] = {"apgd-t": {"target_classes": 3}, "fab-t": {"target_classes": 3},
@@ -218,7 +218,7 @@ def peak_rates(model: keras.Model, path: str, repeats: int = 5) -> tuple[float, 
     size once for a quarter of a second, and on a shared machine one such timing can read a quarter below what
     the calls reach over minutes (Madry et al.'s CNN, 2026-12-06: 2,535 gradients/s in a plan's measurement, 3,107
     and 3,671 in this function's, in two runs), which would make the bound too lenient."""
-    from advsweep.attacks.plan import measure_rates, probe_calls
+    from advsweep.attacks.engine.plan import measure_rates, probe_calls
 
     forward, gradient = probe_calls(model)
     calls = (forward, gradient(path, "ce"))

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack  # noqa: E402
-from advsweep.attacks.checks import check_deterministic  # noqa: E402
+from advsweep.attacks.evaluation.checks import check_deterministic  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
 
 

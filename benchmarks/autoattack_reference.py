@@ -47,8 +47,8 @@ import torchattacks  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack, run_attack  # noqa: E402
-from advsweep.attacks.checks import check_ensemble  # noqa: E402
-from advsweep.attacks.spec import ENSEMBLE  # noqa: E402
+from advsweep.attacks.evaluation.checks import check_ensemble  # noqa: E402
+from advsweep.attacks.engine.spec import ENSEMBLE  # noqa: E402
 from advsweep.defaults import AUTOATTACK  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
 

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from advsweep.assets import load_mnist, load_vgg16_weights  # noqa: E402
-from advsweep.attacks.core import gradient_fn  # noqa: E402
+from advsweep.attacks.engine.core import gradient_fn  # noqa: E402
 from advsweep.models import build_small_cnn, build_vgg16_classifier  # noqa: E402
 from advsweep.models.training import to_float_images  # noqa: E402
 

@@ -6,8 +6,8 @@ cost as much time as busy ones.
 The engine's compiled calls are wrapped to time each call to its last byte (``.numpy()``) and count its rows, idle
 ones apart (the engine fills an idle row with zeros, and no MNIST test image has every pixel within ε of zero at
 the budgets here); the attack itself is the harness's ``autoattack`` as a sweep runs it. Works on any commit whose engine calls the model
-through ``advsweep.attacks.engine.logits_fn`` and ``loss_gradient_fn`` (to count a plan rule of an earlier commit,
-``git checkout <commit> -- attacks/plan.py``: a plan's cache key holds its rule's format, so that rule's own plan
+through ``advsweep.attacks.engine.programme.logits_fn`` and ``loss_gradient_fn`` (to count a plan rule of an earlier commit,
+``git checkout <commit> -- attacks/engine/plan.py``: a plan's cache key holds its rule's format, so that rule's own plan
 is measured or read).
 
     python benchmarks/call_rows.py results/models/vgg16-<id> --examples 100 --eps 0.02 --reduced
@@ -28,9 +28,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
-from advsweep.attacks import autoattack, engine  # noqa: E402
-from advsweep.attacks.plan import plan_of  # noqa: E402
-from advsweep.attacks.spec import members_of  # noqa: E402
+from advsweep.attacks import autoattack  # noqa: E402
+from advsweep.attacks.engine import programme as engine  # noqa: E402
+from advsweep.attacks.engine.plan import plan_of  # noqa: E402
+from advsweep.attacks.engine.spec import members_of  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
 
 REDUCED: dict[str, dict[str, Any]] = {"apgd-t": {"target_classes": 3}, "fab-t": {"target_classes": 3},

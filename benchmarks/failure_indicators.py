@@ -1,6 +1,6 @@
 """Two of Pintor et al.'s indicators of attack failure on a trained model, on the first test images.
 
-1. Unstable predictions, loss form (:func:`advsweep.attacks.checks.loss_variation`): per example, the margin loss's
+1. Unstable predictions, loss form (:func:`advsweep.attacks.evaluation.checks.loss_variation`): per example, the margin loss's
    relative change under 100 uniform perturbations of ± 4/255 per pixel; how many exceed 0.1.
 2. Incomplete optimization: how many of the examples an attack leaves robust end a run with the attack's loss still
    rising (``AttackResult.loss_rise`` above 0.05), for PGD of few and of enough steps and for AutoAttack's standard
@@ -33,17 +33,17 @@ import numpy as np  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import run_attack  # noqa: E402
-from advsweep.attacks.checks import (  # noqa: E402
+from advsweep.attacks.evaluation.checks import (  # noqa: E402
     ROUGHNESS_THRESHOLD,
     STABILITY_DRAWS,
     STABILITY_RADIUS,
     STABILITY_THRESHOLD,
     _loss_changes,
 )
-from advsweep.attacks.core import blocked_gradients, gradient_fn  # noqa: E402
+from advsweep.attacks.engine.core import blocked_gradients, gradient_fn  # noqa: E402
 from advsweep.experiments.config import select_examples  # noqa: E402
-from advsweep.attacks.engine import INCOMPLETE_THRESHOLD  # noqa: E402
-from advsweep.attacks.plan import cpu_name  # noqa: E402
+from advsweep.attacks.engine.programme import INCOMPLETE_THRESHOLD  # noqa: E402
+from advsweep.attacks.engine.plan import cpu_name  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
 from autoattack_rand import NoisyInput  # noqa: E402
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def stability(model: keras.Model, x: np.ndarray, y: np.ndarray) -> None:
     """The loss form of unstable predictions (relative change) and the change against the gradient's prediction
-    (:func:`advsweep.attacks.checks.check_loss_stability` flags an example where both exceed their thresholds)."""
+    (:func:`advsweep.attacks.evaluation.checks.check_loss_stability` flags an example where both exceed their thresholds)."""
     ids = np.arange(len(x))
     _, gradients = blocked_gradients(gradient_fn(model, "margin"), x, y.astype(np.int64), ids)
     reference, change, predicted = _loss_changes(model, x, y, seed=0, example_ids=ids, draws=STABILITY_DRAWS,

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from advsweep.assets import load_vgg16_weights
-from advsweep.experiments.plots import training_curves
+from advsweep.experiments.reporting.plots import training_curves
 from advsweep.models.config import ModelConfig
 from advsweep.models.training import train_model
 from advsweep.models.vgg16 import build_vgg16_classifier

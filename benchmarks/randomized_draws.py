@@ -1,4 +1,4 @@
-"""How many draws a randomized model's judgement needs (advsweep.attacks.randomized.DRAWS): two judgements of the
+"""How many draws a randomized model's judgement needs (advsweep.attacks.adaptive.randomized.DRAWS): two judgements of the
 same test images with independent draws (seeds 0 and 1) for several draw counts, their accuracies, how many examples
 they judge differently, and their time.
 
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from advsweep.assets import load_dataset
-    from advsweep.attacks.plan import cpu_name
-    from advsweep.attacks.randomized import judged_logits
+    from advsweep.attacks.engine.plan import cpu_name
+    from advsweep.attacks.adaptive.randomized import judged_logits
     from advsweep.experiments.config import ModelSpec
     from advsweep.experiments.units import classifier_from_file
 

@@ -1,10 +1,10 @@
 """The NumPy work between an attack's model calls: one FAB step and one block of Square candidates, timed alone.
 
-FAB's step (:func:`advsweep.attacks.fab.fab_step`: two projections onto the linearised boundary and the mix) and
-Square's candidates (``advsweep.attacks.square.PROPOSALS``) run on a block of MNIST test images between two model
+FAB's step (:func:`advsweep.attacks.ensemble.fab.fab_step`: two projections onto the linearised boundary and the mix) and
+Square's candidates (``advsweep.attacks.ensemble.square.PROPOSALS``) run on a block of MNIST test images between two model
 calls; this times them without a model, on the first ``--rows`` test images (default 270, the Madry CNN's robust
 examples at ε = 0.3), each the best of ``--repeats`` timings. It imports nothing newer than those two functions, so
-the same command times any commit of the harness (``git checkout REV -- attacks/fab.py attacks/square.py``).
+the same command times any commit of the harness (``git checkout REV -- attacks/ensemble/fab.py attacks/ensemble/square.py``).
 
     python benchmarks/step_speed.py
 """
@@ -22,9 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
-from advsweep.attacks.fab import fab_step  # noqa: E402
-from advsweep.attacks.plan import cpu_name  # noqa: E402
-from advsweep.attacks.square import PROPOSALS  # noqa: E402
+from advsweep.attacks.ensemble.fab import fab_step  # noqa: E402
+from advsweep.attacks.engine.plan import cpu_name  # noqa: E402
+from advsweep.attacks.ensemble.square import PROPOSALS  # noqa: E402
 
 SQUARE_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
 

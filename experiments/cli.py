@@ -171,7 +171,7 @@ def parse_adversarial(text: str) -> dict[str, Any]:
 def _command_train(args: argparse.Namespace) -> int:
     config = _train_config(args)
     start_tensorflow(args.verbose > 0)
-    from advsweep.experiments.plots import training_curves
+    from advsweep.experiments.reporting.plots import training_curves
     from advsweep.models.training import train_model
 
     output = Path(args.output).resolve() if args.output else default_results_root() / "models"
@@ -237,7 +237,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     """A one-model sweep: the same units, records, tables, figures and checks as ``advsweep sweep``."""
     from advsweep.assets.datasets import DATASETS
     from advsweep.assets.validate import Invalid
-    from advsweep.attacks.spec import ATTACK_SPECS, IMPLEMENTATIONS, check_epsilons, implementations_of
+    from advsweep.attacks.engine.spec import ATTACK_SPECS, IMPLEMENTATIONS, check_epsilons, implementations_of
     from advsweep.experiments.config import ConfigError, parse_config
 
     epsilons = _float_list(args.eps, "--eps")
@@ -325,7 +325,7 @@ def _command_report(args: argparse.Namespace) -> int:
     else:
         raise UsageError("several run folders need --output DIR for the side-by-side report")
     start_tensorflow(args.verbose > 0)
-    from advsweep.experiments.report import build_report
+    from advsweep.experiments.reporting.report import build_report
 
     built = build_report(run_dirs, output)
     print((output / "summary.md").read_text())
@@ -340,7 +340,7 @@ def _command_report(args: argparse.Namespace) -> int:
 
 
 def _command_sample_size(args: argparse.Namespace) -> int:
-    from advsweep.experiments.paired import examples_needed
+    from advsweep.experiments.reporting.paired import examples_needed
 
     accuracy = _fraction("--accuracy", args.accuracy)
     half_width = _fraction("--half-width", args.half_width)
@@ -365,7 +365,7 @@ def _fraction(name: str, text: str) -> float:
 
 def _print_checks(folder: Path) -> None:
     """The checks line, the notes and failures, and each model's verdict, from a report folder's files."""
-    from advsweep.experiments.verdicts import describe_escalation
+    from advsweep.experiments.reporting.verdicts import describe_escalation
 
     checks = json.loads((folder / "checks.json").read_text())
     failed = [c for c in checks if not c["passed"] and not c.get("informational")]
@@ -388,7 +388,7 @@ def _print_checks(folder: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="advsweep",
-        description="Adversarial-robustness sweeps on a frozen ImageNet-VGG16 MNIST classifier.",
+        description="Adversarial-robustness sweeps: attacks on Keras classifiers, per-example records, tables and figures.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")

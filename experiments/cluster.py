@@ -242,7 +242,7 @@ def _prepare_worker(environment: dict[str, Any]) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from advsweep.attacks.core import device_kind
+    from advsweep.attacks.engine.core import device_kind
     from advsweep.experiments.units import deterministic_kernels, source_digest
 
     if source_digest() != environment["source_sha256"]:
@@ -300,7 +300,7 @@ def _unit_task(unit: Unit, model: dict[str, Any], config: Any, x: Any, labels: A
     """A Ray task: compute one unit from the object store's inputs (a transfer attack's: with its surrogate model);
     the driver writes what it returns."""
     _prepare_worker(environment)
-    from advsweep.attacks.plan import use_plan
+    from advsweep.attacks.engine.plan import use_plan
     from advsweep.experiments.units import compute_unit
 
     started = time.perf_counter()

@@ -21,7 +21,7 @@ import numpy as np
 
 from advsweep.assets.datasets import DATASETS, DatasetInfo
 from advsweep.assets.validate import Invalid, flag, integer, number, one_of
-from advsweep.attacks.spec import (
+from advsweep.attacks.engine.spec import (
     ATTACK_SPECS,
     GRADIENT_PATHS,
     IMPLEMENTATIONS,

@@ -70,7 +70,7 @@ def prepare_models(config: SweepConfig, models_root: Path) -> list[LoadedModel]:
     Every model given by ``path``, and every already trained one, is loaded before any model is trained,
     so that a corrupt file stops the sweep before an hour of training; the error names the config key.
     """
-    from advsweep.experiments.plots import training_curves
+    from advsweep.experiments.reporting.plots import training_curves
     from advsweep.models.config import ModelConfig
     from advsweep.models.training import train_model
     from advsweep.models.user import code_digest, content_sha256, model_file, user_code_files
@@ -290,10 +290,10 @@ def run_local(inputs: SweepInputs, todo: list[Unit], finish: Finish,
 
 def detect_randomized(models: list[LoadedModel], x: np.ndarray) -> dict[str, bool]:
     """Per model, whether its logits differ between two calls on the sweep's first images: such a model's points are
-    all judged by the rule of :mod:`advsweep.attacks.randomized`. A randomized model whose draws do not obey the
+    all judged by the rule of :mod:`advsweep.attacks.adaptive.randomized`. A randomized model whose draws do not obey the
     judge's reset is named in a warning (its ε = 0 column then equals clean accuracy up to the draws' noise)."""
-    from advsweep.attacks.core import BLOCK
-    from advsweep.attacks.randomized import draws_reproducible, is_randomized
+    from advsweep.attacks.engine.core import BLOCK
+    from advsweep.attacks.adaptive.randomized import draws_reproducible, is_randomized
 
     found = {}
     for loaded in models:
@@ -318,8 +318,8 @@ def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = N
     from tqdm.auto import tqdm
 
     from advsweep.assets import load_dataset
-    from advsweep.attacks.core import device_kind
-    from advsweep.experiments.report import build_report
+    from advsweep.attacks.engine.core import device_kind
+    from advsweep.experiments.reporting.report import build_report
 
     if run_id is not None:  # it names a folder under results_root: a plain name, or nothing starts
         plain_name("run_id", run_id)

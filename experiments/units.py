@@ -25,8 +25,8 @@ from advsweep.assets.files import sha256_file as file_sha256
 from advsweep.assets.files import write_atomic
 from advsweep.defaults import ATTACK, AUTOATTACK, ITERATIVE
 from advsweep.experiments.config import AttackSpec, ModelSpec, SweepConfig
-from advsweep.experiments.records import attack_records, clean_records, write_records
-from advsweep.experiments.verdicts import GRADIENT_FAILURES
+from advsweep.experiments.reporting.records import attack_records, clean_records, write_records
+from advsweep.experiments.reporting.verdicts import GRADIENT_FAILURES
 
 if TYPE_CHECKING:
     from advsweep.attacks import AttackResult
@@ -168,7 +168,7 @@ def unit_is_done(run_dir: Path, unit: Unit) -> bool:
 
 
 def _attack_params(config: SweepConfig, unit: Unit) -> dict[str, Any]:
-    from advsweep.attacks.spec import attack_parameters
+    from advsweep.attacks.engine.spec import attack_parameters
 
     assert unit.attack is not None
     params = dict(unit.attack.params)
@@ -239,10 +239,10 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
     """Compute one unit from its inputs alone (the model, the sweep's examples, for the minimal-ε unit the grid
     bounds of :func:`grid_upper_bounds`, for a transfer attack's unit its surrogate model, and whether the model is
     randomized: then every point it is judged at, clean or adversarial, is judged by the rule of
-    :mod:`advsweep.attacks.randomized`; for the escalation unit what the checks found, :func:`escalation_triggers`);
+    :mod:`advsweep.attacks.adaptive.randomized`; for the escalation unit what the checks found, :func:`escalation_triggers`);
     nothing is read or written on disk."""
     from advsweep.attacks import minimal_perturbation, predict_logits, run_attack
-    from advsweep.attacks.checks import (
+    from advsweep.attacks.evaluation.checks import (
         check_deterministic,
         check_ensemble,
         check_gradients,
@@ -251,7 +251,7 @@ def compute_unit(config: SweepConfig, unit: Unit, model: keras.Model, x: np.ndar
         check_result_validity,
         check_unbounded,
     )
-    from advsweep.attacks.spec import members_of
+    from advsweep.attacks.engine.spec import members_of
 
     part = slice(unit.start, unit.stop)
     output = UnitOutput(key=unit.key, kind=unit.kind)
@@ -333,7 +333,7 @@ EOT_PGD_STEPS = 100
 def eot_attack(expected: keras.Model, x: np.ndarray, labels: np.ndarray, examples: np.ndarray, eps: float, *,
                norm: str, seed: int, judge: Judge) -> AttackResult:
     """EOT at one ε against a randomized model, on ``expected``, the rule's own prediction (the mean of
-    ``judge.draws`` draws a call: :func:`advsweep.attacks.randomized.mean_of_draws`, built once per escalation, so
+    ``judge.draws`` draws a call: :func:`advsweep.attacks.adaptive.randomized.mean_of_draws`, built once per escalation, so
     that its plan of model calls and compiled functions are made once): APGD-CE and APGD-DLR, AutoAttack's ``rand``
     members, with two calls of the mean per gradient (so that each runs every step and keeps its latest adversarial,
     as the authors' ``rand`` version), and PGD-100 on the mean's cross-entropy (step 2.5 ε / 100, random start,
@@ -398,13 +398,13 @@ def escalate(output: UnitOutput, config: SweepConfig, unit: Unit, model: keras.M
     each written as its own records (attack ``escalated-…``, so labelled in every table, figure and the report) with
     its cost; nothing where no check fired. EOT: :func:`eot_attack` at each ε, its points judged by the rule. BPDA:
     APGD-CE and APGD-T through the model with its non-differentiable layers' backward pass replaced by the identity
-    (:mod:`advsweep.attacks.adaptive`), their points judged by the real model; and Square with
+    (:mod:`advsweep.attacks.adaptive.bpda`), their points judged by the real model; and Square with
     ``escalation.square_queries`` queries."""
     import time
 
     from advsweep.attacks import predict_logits, run_attack
-    from advsweep.attacks.adaptive import non_differentiable_layers, straight_through_model
-    from advsweep.attacks.checks import check_result_validity
+    from advsweep.attacks.adaptive.bpda import non_differentiable_layers, straight_through_model
+    from advsweep.attacks.evaluation.checks import check_result_validity
 
     summary: dict[str, Any] = {"why": triggers["why"], "ran": [], "layers": [], "seconds": {}}
     output.extra["escalation"] = summary
@@ -412,7 +412,7 @@ def escalate(output: UnitOutput, config: SweepConfig, unit: Unit, model: keras.M
         return
     runs: list[tuple[str, Callable[[str, tuple[float, ...]], AttackResult]]] = []
     if triggers["eot"]:
-        from advsweep.attacks.randomized import mean_of_draws
+        from advsweep.attacks.adaptive.randomized import mean_of_draws
 
         assert judge is not None, "EOT is for a randomized model, whose points the rule judges"
         expected = mean_of_draws(model, judge.draws)
@@ -463,14 +463,14 @@ def escalate(output: UnitOutput, config: SweepConfig, unit: Unit, model: keras.M
 
 
 class Judge:
-    """A randomized model's judgement of points (:func:`advsweep.attacks.randomized.judged_logits`): the mean of
+    """A randomized model's judgement of points (:func:`advsweep.attacks.adaptive.randomized.judged_logits`): the mean of
     ``draws`` draws' probabilities, reproducible for the same points of the same examples."""
 
     def __init__(self, model: keras.Model, draws: int, seed: int):
         self.model, self.draws, self.seed = model, draws, seed
 
     def logits(self, x: np.ndarray, examples: np.ndarray) -> np.ndarray:
-        from advsweep.attacks.randomized import judged_logits
+        from advsweep.attacks.adaptive.randomized import judged_logits
 
         return judged_logits(self.model, x, example_ids=examples, draws=self.draws, seed=self.seed)
 
@@ -557,12 +557,12 @@ RECORD_SOURCES: dict[str, tuple[str, ...] | None] = {
     "advsweep.assets": None,  # None: every .py of the package
     "advsweep.models": None,
     "advsweep.attacks": None,
-    "advsweep.experiments": ("config.py", "records.py", "units.py"),
+    "advsweep.experiments": ("config.py", "reporting/records.py", "units.py"),
 }
 
 
 def source_files(locations: Mapping[str, Path] | None = None) -> dict[str, Path]:
-    """The files of :data:`RECORD_SOURCES`, keyed by package and path inside it (``advsweep.attacks/pgd.py``), so
+    """The files of :data:`RECORD_SOURCES`, keyed by package and path inside it (``advsweep.attacks/gradient/pgd.py``), so
     that a checkout and an installed wheel of the same code give the same keys.
 
     Args:
@@ -595,8 +595,8 @@ def source_digest(locations: Mapping[str, Path] | None = None) -> str:
 def execution_plan(models: Mapping[str, keras.Model], device: str) -> dict[str, Any]:
     """The device-dependent choices that shape records: the device kind the units run on (``"cpu"`` or ``"gpu"``:
     the kernels round differently) and each model's plan of model calls (rows per call and packing, measured once
-    per machine: :func:`advsweep.attacks.plan.plan_of`). Part of the run's identity and manifest: a run's records
+    per machine: :func:`advsweep.attacks.engine.plan.plan_of`). Part of the run's identity and manifest: a run's records
     are made under one plan, and Ray's workers use the driver's."""
-    from advsweep.attacks.plan import plan_of
+    from advsweep.attacks.engine.plan import plan_of
 
     return {"device": device, "plans": {name: plan_of(model, device).to_dict() for name, model in models.items()}}

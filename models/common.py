@@ -130,7 +130,7 @@ def model_function(model: keras.Model, gradient: str = "fast") -> Callable[[Any]
     is called as it is. ``"plain"``: the Keras model as it is, differentiated by ``tf.GradientTape``.
     """
     if check_gradient_path(gradient) == "auto":
-        raise ValueError("`gradient='auto'` is resolved by the attack layer's plan (advsweep.attacks.plan) into "
+        raise ValueError("`gradient='auto'` is resolved by the attack layer's plan (advsweep.attacks.engine.plan) into "
                          "'fast' or 'plain' before the model is asked for its function")
     if gradient == "fast":
         from advsweep.models.fast_gradient import fast_forward

@@ -21,7 +21,7 @@ RESIZES: tuple[str, ...] = ("pad", "bilinear")
 HEADS: tuple[str, ...] = ("linear", "mlp")
 MIN_INPUT_SIZE = 32
 MAX_INPUT_SIZE = 224
-# the faster of the two on this machine (measured: advsweep.attacks.plan), custom backward passes through a frozen
+# the faster of the two on this machine (measured: advsweep.attacks.engine.plan), custom backward passes through a frozen
 # base, or the plain tape
 GRADIENT_PATHS: tuple[str, ...] = ("auto", "fast", "plain")
 

@@ -311,7 +311,7 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
     The folder ``output_root / config.model_id`` is written under a temporary name and renamed into
     place at the end, so an interrupted training leaves no half-written model. ``draw_curves(history,
     stem, title)`` draws the training curves into that folder; the experiments layer passes its plotting
-    (:func:`advsweep.experiments.plots.plot_training_curves`), which the model layer does not import.
+    (:func:`advsweep.experiments.reporting.plots.plot_training_curves`), which the model layer does not import.
     ``export_savedmodel`` also writes ``savedmodel/``, a TensorFlow SavedModel for serving (:func:`export_savedmodel`).
 
     Returns:

@@ -18,7 +18,7 @@ import tensorflow as tf
 from advsweep.attacks import run_attack
 from advsweep.experiments.cli import main
 from advsweep.experiments.config import ConfigError, parse_config
-from advsweep.experiments.plots import training_curves
+from advsweep.experiments.reporting.plots import training_curves
 from advsweep.experiments.sweep import run_sweep
 from advsweep.models import build_madry_cnn, build_trades_cnn, build_wong_cnn
 from advsweep.models.adversarial import detect_collapse, fast_fgsm, learning_rate_at, train_adversarially

@@ -8,7 +8,7 @@ import pytest
 import keras
 import tensorflow as tf
 
-from advsweep.attacks.apgd import (
+from advsweep.attacks.gradient.apgd import (
     auto_pgd,
     auto_pgd_targeted,
     checkpoints,
@@ -16,7 +16,7 @@ from advsweep.attacks.apgd import (
     momentum_steps,
     start_point,
 )
-from advsweep.attacks.core import loss_per_example, model_classes
+from advsweep.attacks.engine.core import loss_per_example, model_classes
 
 
 def test_dlr_losses_hand_computed():
@@ -133,9 +133,9 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
     import torch
     import torchattacks
 
-    import advsweep.attacks.apgd as apgd
-    import advsweep.attacks.engine as engine
-    from advsweep.attacks.plan import plan_of
+    import advsweep.attacks.gradient.apgd as apgd
+    import advsweep.attacks.engine.programme as engine
+    from advsweep.attacks.engine.plan import plan_of
 
     x, y = test_images[0][:24], test_images[1][:24]
     eps, steps, targets, seed = 0.06, 25, 3, 3

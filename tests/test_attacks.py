@@ -12,7 +12,7 @@ from advsweep.attacks import (
     projected_gradient_descent,
     run_attack,
 )
-from advsweep.attacks.core import BALL_TOLERANCE
+from advsweep.attacks.engine.core import BALL_TOLERANCE
 
 LINF_GRID = [0.0, 0.1, 0.2, 0.3]
 L2_GRID = [0.0, 1.0, 2.0, 3.0]
@@ -210,7 +210,7 @@ def test_unknown_parameter_and_implementation_are_named(small_cnn, test_images):
 
 def test_random_start_is_uniform_in_the_ball():
     """L∞: each pixel offset uniform on [-ε, ε]; L2: uniform in the ball (in 784 dimensions: on the sphere)."""
-    from advsweep.attacks.core import random_start
+    from advsweep.attacks.engine.core import random_start
 
     x0 = np.full((400, 28, 28, 1), 0.5, np.float32)
     eps = np.full(400, 0.3)
@@ -230,7 +230,7 @@ def test_attack_table_lists_each_functions_parameters():
     import inspect
 
     from advsweep.attacks.registry import ATTACKS
-    from advsweep.attacks.spec import ATTACK_SPECS
+    from advsweep.attacks.engine.spec import ATTACK_SPECS
 
     assert set(ATTACK_SPECS) == set(ATTACKS)
     for name, (_, _, parameters) in ATTACK_SPECS.items():

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from advsweep.attacks import autoattack, run_attack  # the function, not a module of that name
-from advsweep.attacks.apgd import auto_pgd, auto_pgd_targeted
-from advsweep.attacks.checks import check_ensemble
-from advsweep.attacks.fab import (
+from advsweep.attacks.gradient.apgd import auto_pgd, auto_pgd_targeted
+from advsweep.attacks.evaluation.checks import check_ensemble
+from advsweep.attacks.ensemble.fab import (
     fab_targeted,
     fab_untargeted,
     projected,
@@ -22,8 +22,8 @@ from advsweep.attacks.fab import (
     projection_linf,
     stable_argsort,
 )
-from advsweep.attacks.plan import UNMEASURED, use_plan
-from advsweep.attacks.square import (
+from advsweep.attacks.engine.plan import UNMEASURED, use_plan
+from advsweep.attacks.ensemble.square import (
     _l1_point,
     _l2,
     _signs,
@@ -127,7 +127,7 @@ def _one_l1_proposal(x0: np.ndarray, x_best: np.ndarray, eps: float, side: int, 
 def test_square_block_proposals_are_the_per_example_update_to_the_bit(norm):
     """The engine draws Square's candidates for a whole block at once; each must be the authors' update of that
     example alone (`_one_proposal`) from the same stream, at every window size of the schedule."""
-    from advsweep.attacks.square import PROPOSALS
+    from advsweep.attacks.ensemble.square import PROPOSALS
 
     rng = np.random.default_rng(0)
     x0 = rng.random((8, 28, 28, 1)).astype(np.float32)
@@ -150,8 +150,8 @@ def test_square_l1_follows_the_authors_from_the_same_draws(small_cnn, test_image
     import torch
     from pyautoattack.square import SquareAttack
 
-    import advsweep.attacks.engine as engine
-    from advsweep.attacks.square import square_attack
+    import advsweep.attacks.engine.programme as engine
+    from advsweep.attacks.ensemble.square import square_attack
 
     eps, queries = 3.0, 60
     module = benchmark_module("autoattack_reference").KerasModule(small_cnn).eval()
@@ -422,7 +422,7 @@ def test_fab_follows_the_original_from_the_same_start(small_cnn, test_images, be
     import torch
     from pyautoattack.fab_pt import FABAttack_PT
 
-    from advsweep.attacks.plan import plan_of
+    from advsweep.attacks.engine.plan import plan_of
 
     x, y = test_images[0][:24], test_images[1][:24]
     eps, steps, targets = {"linf": 0.08, "l1": 4.0}[norm], 25, 2

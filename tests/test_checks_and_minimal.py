@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from advsweep.attacks import AttackResult, fmn_minimal_norms, minimal_perturbation, robustness_curve
-from advsweep.attacks.checks import (
+from advsweep.attacks.evaluation.checks import (
     check_deterministic,
     check_gradients,
     check_logits,
@@ -153,7 +153,7 @@ def test_minimal_perturbation_rejects_bad_arguments(small_cnn, test_images):
 
 
 def _curve_check(result, grid, worst_case, examples):
-    from advsweep.attacks.checks import check_curve_below_worst_case
+    from advsweep.attacks.evaluation.checks import check_curve_below_worst_case
 
     curve = robustness_curve(result.eps, np.asarray(grid) + result.tolerance)
     return check_curve_below_worst_case(grid, curve, worst_case, examples=examples, tolerance=result.tolerance)

@@ -21,8 +21,8 @@ from advsweep.assets.datasets import DIGITS_CONTENT_SHA256
 from advsweep.attacks import minimal_perturbation, run_attack
 from advsweep.experiments.cli import main
 from advsweep.experiments.config import ConfigError, parse_config
-from advsweep.experiments.plots import plot_adversarial_grid
-from advsweep.experiments.records import COLUMNS, attack_records
+from advsweep.experiments.reporting.plots import plot_adversarial_grid
+from advsweep.experiments.reporting.records import COLUMNS, attack_records
 
 
 from conftest import digits_classifier as _classifier  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from advsweep.attacks import run_attack
-from advsweep.attacks.core import BLOCK, example_stream, gradient_fn
+from advsweep.attacks.engine.core import BLOCK, example_stream, gradient_fn
 from advsweep.experiments.config import load_config
 from advsweep.experiments.sweep import run_sweep
 from advsweep.models.config import ModelConfig

@@ -3,8 +3,11 @@ and source file they name exists, and the README stays a README."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -98,3 +101,35 @@ def test_the_readme_commands_are_the_ones_ci_runs():
     assert blocks[1] == '.venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest'
     ci = (ROOT / ".ci" / "run").read_text()
     assert "\n.venv/bin/python -m pytest\n" in ci and ".[test]" in ci
+
+
+def _architecture() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("architecture", ROOT / ".ci" / "architecture.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_architecture_page_matches_the_imports():
+    """docs/development.md's rooms and arrows are what `.ci/architecture.py` reads from the code now."""
+    assert not _architecture().stale(), "docs/development.md's architecture is stale: run `python .ci/architecture.py`"
+
+
+def test_the_architecture_page_goes_stale_with_a_new_import(tmp_path):
+    """A copy of the repository's code in which the engine imports the registry: an arrow the page lacks, so the
+    check says the page is stale; the page regenerated from that code is current again and shows the arrow."""
+    architecture = _architecture()
+    for name in ("pyproject.toml", "docs/development.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    for folder in ("advsweep", "assets", "models", "attacks", "experiments"):
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "configs"))
+    page = tmp_path / "docs" / "development.md"
+    assert not architecture.stale(page, tmp_path)
+    plan = tmp_path / "attacks" / "engine" / "plan.py"
+    plan.write_text(plan.read_text() + "\nfrom advsweep.attacks.registry import run_attack  # noqa\n")
+    assert architecture.stale(page, tmp_path)
+    architecture.write(page, tmp_path)
+    assert not architecture.stale(page, tmp_path)
+    assert "attacks_engine --> attacks\n" in page.read_text()

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from advsweep.attacks import run_attack
-from advsweep.attacks.core import gradient_fn
+from advsweep.attacks.engine.core import gradient_fn
 from advsweep.models.common import model_function
 from advsweep.models.fast_gradient import _conv_relu, _max_pool_2x2, fast_forward
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from advsweep.attacks import predict_logits, run_attack
-from advsweep.attacks.checks import check_incomplete_optimization
-from advsweep.attacks.engine import INCOMPLETE_THRESHOLD, LossTrace
+from advsweep.attacks.evaluation.checks import check_incomplete_optimization
+from advsweep.attacks.engine.programme import INCOMPLETE_THRESHOLD, LossTrace
 from advsweep.experiments.config import ConfigError, load_config, parse_config
-from advsweep.experiments.report import load_run
+from advsweep.experiments.reporting.report import load_run
 from advsweep.experiments.sweep import run_sweep
 
 
@@ -131,7 +131,7 @@ def test_an_unfinished_run_that_another_attack_settles_is_a_note():
 def test_a_note_stays_a_note_when_an_attacks_chunks_are_merged():
     """The report merges an attack's per-chunk checks into one: notes in every chunk give a note, not a failure
     (the merge once dropped the distinction: "6 failed" where 4 were notes); one real failure gives a failure."""
-    from advsweep.experiments.report import merge_chunks
+    from advsweep.experiments.reporting.report import merge_chunks
 
     note = {"passed": False, "informational": True, "detail": "a note", "suggestion": "s"}
     failure = {"passed": False, "informational": False, "detail": "a failure", "suggestion": "t"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from advsweep.attacks.l1 import l1_box_projection
+from advsweep.attacks.engine.l1 import l1_box_projection
 
 
 @pytest.mark.parametrize("scale, eps", [(0.05, 5.0), (0.3, 10.0), (1.0, 12.0), (0.01, 100.0), (2.0, 1.0)])
@@ -60,8 +60,8 @@ def test_l1_apgd_follows_the_authors_from_the_same_random_starts(small_cnn, test
     import torch
     from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
-    import advsweep.attacks.apgd as apgd
-    import advsweep.attacks.engine as engine
+    import advsweep.attacks.gradient.apgd as apgd
+    import advsweep.attacks.engine.programme as engine
 
     x, y = test_images[0][:24], test_images[1][:24]
     eps, steps, targets, seed = 6.0, 25, 3, 3

@@ -15,9 +15,9 @@ from scipy.stats import binomtest
 
 from advsweep.experiments.cli import main
 from advsweep.experiments.config import load_config
-from advsweep.experiments.paired import examples_needed, holm, mcnemar_exact, paired_interval
-from advsweep.experiments.report import load_run
-from advsweep.experiments.summary import Z_95, wilson_interval
+from advsweep.experiments.reporting.paired import examples_needed, holm, mcnemar_exact, paired_interval
+from advsweep.experiments.reporting.report import load_run
+from advsweep.experiments.reporting.summary import Z_95, wilson_interval
 from advsweep.experiments.sweep import run_sweep
 
 

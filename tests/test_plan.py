@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advsweep.attacks.apgd import auto_pgd
-from advsweep.attacks.core import logits_fn, loss_gradient_fn
-from advsweep.attacks.engine import calls
-from advsweep.attacks.plan import (
+from advsweep.attacks.gradient.apgd import auto_pgd
+from advsweep.attacks.engine.core import logits_fn, loss_gradient_fn
+from advsweep.attacks.engine.programme import calls
+from advsweep.attacks.engine.plan import (
     LADDER,
     ModelPlan,
     Plan,
@@ -23,7 +23,7 @@ from advsweep.attacks.plan import (
     round_cost,
     same_rows,
 )
-from advsweep.attacks.square import square_attack
+from advsweep.attacks.ensemble.square import square_attack
 from advsweep.assets.resolver import cache_dir
 
 

@@ -17,8 +17,8 @@ import pytest
 
 from advsweep.experiments.cli import main
 from advsweep.experiments.config import SweepError, load_config, parse_config, select_examples
-from advsweep.experiments.records import COLUMNS
-from advsweep.experiments.summary import WORST_CASE, wilson_interval
+from advsweep.experiments.reporting.records import COLUMNS
+from advsweep.experiments.reporting.summary import WORST_CASE, wilson_interval
 from advsweep.experiments.sweep import prepare_models, run_identity, run_sweep
 from advsweep.experiments.units import execution_plan, plan, source_digest, unit_is_done
 from advsweep.models.config import ModelConfig
@@ -51,7 +51,7 @@ def test_run_folder_has_records_tables_figures_checks_and_manifest(finished_run,
                               check=True).stdout.strip()
         assert code["git_commit"] == head and isinstance(code["git_dirty"], bool)
     # the plans of model calls the records were made under: each model's, as measured on this machine
-    from advsweep.attacks.plan import plan_of
+    from advsweep.attacks.engine.plan import plan_of
 
     models = {m.spec.name: m.model for m in prepare_models(load_config(sweep_config), finished_run.parents[1] / "models")}
     assert manifest["execution"] == {"device": "cpu", "plans": {name: plan_of(model).to_dict()
@@ -147,7 +147,7 @@ def test_same_config_and_seeds_give_the_same_run_id(finished_run, sweep_config):
 def test_a_run_is_resumed_only_on_the_kind_of_device_that_made_it(finished_run, sweep_config, monkeypatch):
     """A GPU makes other records than a CPU (other kernels, other plans of model calls): a sweep on a GPU gets another
     run id, and resuming this CPU run there by its id is refused in one line before anything is written."""
-    import advsweep.attacks.core as core
+    import advsweep.attacks.engine.core as core
 
     config = load_config(sweep_config)
     models = prepare_models(config, finished_run.parents[1] / "models")
@@ -163,7 +163,7 @@ def test_a_run_is_resumed_only_on_the_kind_of_device_that_made_it(finished_run, 
 
     before = {p: p.stat().st_mtime_ns for p in finished_run.rglob("*") if p.is_file()}
     monkeypatch.setattr(core, "device_kind", lambda: "gpu")
-    import advsweep.attacks.plan as planning  # this CPU cannot measure a GPU's plan: the fixed one, not kept
+    import advsweep.attacks.engine.plan as planning  # this CPU cannot measure a GPU's plan: the fixed one, not kept
 
     monkeypatch.setattr(planning, "measure_plan", lambda model: planning.UNMEASURED)
     monkeypatch.setattr(planning, "_write", lambda path, value: None)
@@ -193,7 +193,7 @@ def test_a_run_folder_is_resumed_only_by_what_made_it(tmp_path):
 def test_a_ray_worker_on_another_kind_of_device_refuses_the_unit():
     """The Ray side of the same rule: a worker whose TensorFlow runs on another device kind than the run's plan
     refuses before computing anything."""
-    from advsweep.attacks.core import device_kind
+    from advsweep.attacks.engine.core import device_kind
     from advsweep.experiments.cluster import _prepare_worker
 
     here = device_kind()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from advsweep.experiments.cli import main
-from advsweep.experiments.plots import training_curves
+from advsweep.experiments.reporting.plots import training_curves
 from advsweep.models.config import ModelConfig
 from advsweep.models.training import load_trained, split_indices, train_model
 

@@ -82,28 +82,28 @@ def source_copy(tmp_path):
     return locations
 
 
-@pytest.mark.parametrize("edited", ["advsweep.attacks/pgd.py", "advsweep.attacks/apgd.py", "advsweep/defaults.py",
+@pytest.mark.parametrize("edited", ["advsweep.attacks/gradient/pgd.py", "advsweep.attacks/gradient/apgd.py", "advsweep/defaults.py",
                                     "advsweep.models/vgg16.py", "advsweep.assets/datasets.py",
-                                    "advsweep.experiments/units.py", "advsweep.experiments/records.py",
+                                    "advsweep.experiments/units.py", "advsweep.experiments/reporting/records.py",
                                     "advsweep.experiments/config.py"])
 def test_an_edit_to_what_computes_records_changes_the_run_id(source_copy, edited):
     """An edited attack (or default, model, data set, unit or record format) must not resume into the run of the
     code before the edit, committed or not."""
     before = units_module.source_digest(source_copy)
-    package, name = edited.split("/")
+    package, name = edited.split("/", 1)
     path = source_copy[package] / name
     path.write_text(path.read_text() + "\n# edited\n")
     assert units_module.source_digest(source_copy) != before
 
 
-@pytest.mark.parametrize("edited", ["advsweep.experiments/plots.py", "advsweep.experiments/report.py",
-                                    "advsweep.experiments/summary.py", "advsweep.experiments/cli.py",
+@pytest.mark.parametrize("edited", ["advsweep.experiments/reporting/plots.py", "advsweep.experiments/reporting/report.py",
+                                    "advsweep.experiments/reporting/summary.py", "advsweep.experiments/cli.py",
                                     "advsweep.experiments/cluster.py", "advsweep.experiments/sweep.py"])
 def test_an_edit_to_plots_tables_report_or_cli_keeps_the_run_id(source_copy, edited):
     """A fixed legend or a reworded message leaves the run id alone: `advsweep report` rebuilds the outputs from the
     records of the same run."""
     before = units_module.source_digest(source_copy)
-    package, name = edited.split("/")
+    package, name = edited.split("/", 1)
     path = source_copy[package] / name
     path.write_text(path.read_text() + "\n# edited\n")
     assert units_module.source_digest(source_copy) == before
@@ -215,7 +215,7 @@ def test_every_entry_point_takes_the_documented_defaults(tmp_path):
         projected_gradient_descent,
         square_attack,
     )
-    from advsweep.attacks.foolbox_adapter import foolbox_attack
+    from advsweep.attacks.gradient.foolbox_adapter import foolbox_attack
     from advsweep.defaults import render
     from advsweep.experiments.cli import build_parser
     from advsweep.experiments.config import parse_config

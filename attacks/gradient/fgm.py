@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from advsweep.attacks.core import (
+from advsweep.attacks.engine.core import (
     AttackResult,
     block_rounds,
     blocked_gradients,
@@ -61,13 +61,13 @@ def fast_gradient_method(
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini–Wagner logit margin).
         targets: target classes ``(N,)`` for a targeted attack (descends the loss towards them).
         example_ids: test-set indices ``(N,)``: each example's row in the fixed-shape model calls
-            (see :mod:`advsweep.attacks.core`); default ``0 … N−1``.
+            (see :mod:`advsweep.attacks.engine.core`); default ``0 … N−1``.
         gradient: ``"auto"`` (the default: the faster of the two on this machine, measured once,
-            :mod:`advsweep.attacks.plan`), ``"fast"`` (custom backward passes through a frozen VGG16 base) or
+            :mod:`advsweep.attacks.engine.plan`), ``"fast"`` (custom backward passes through a frozen VGG16 base) or
             ``"plain"`` (``tf.GradientTape`` through the Keras model); equal up to float rounding.
 
     Returns:
-        An :class:`~advsweep.attacks.core.AttackResult` with ``K = len(epsilons)`` rows (one point per ε: FGSM has
+        An :class:`~advsweep.attacks.engine.core.AttackResult` with ``K = len(epsilons)`` rows (one point per ε: FGSM has
         no last-iterate view apart from its result).
     """
     check_model(model)

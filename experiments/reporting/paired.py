@@ -24,8 +24,8 @@ import math
 
 import pandas as pd
 
-from advsweep.attacks.spec import NORM_LABELS
-from advsweep.experiments.summary import GROUP, Z_95, WORST_CASE, wilson_interval
+from advsweep.attacks.engine.spec import NORM_LABELS
+from advsweep.experiments.reporting.summary import GROUP, Z_95, WORST_CASE, wilson_interval
 
 LEVEL = 0.05  # the verdicts' family-wise error
 COLUMNS = ["run_a", "model_a", "run_b", "model_b", *GROUP[2:], "examples", "robust_accuracy_a", "robust_accuracy_b",
@@ -84,7 +84,7 @@ def paired_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Every pair of (run, model) with examples in common, in every cell of the summary both have: the paired
     comparison on their common examples (columns :data:`COLUMNS`; ``holds``: the Holm-adjusted p-value is below
     5%). Empty when no two (run, model) share a cell. ``cells``: every example's outcome per summary cell
-    (:func:`advsweep.experiments.summary.outcomes`, the same table the summary counts)."""
+    (:func:`advsweep.experiments.reporting.summary.outcomes`, the same table the summary counts)."""
     rows = []
     for key, group in cells.groupby(GROUP[2:], sort=False):
         units = {unit: frame.set_index("example")["correct"].astype(bool)

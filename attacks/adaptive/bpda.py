@@ -14,7 +14,7 @@ shape of its input, whose output changes under a small change of its input, and 
 missing, or NaN) there. Layers elsewhere (inside a nested model) are replaced when named.
 
 The other adaptation the checks call for, EOT for a randomized model, attacks the mean of the model's draws
-(:func:`advsweep.attacks.randomized.mean_of_draws`) with APGD-CE and APGD-DLR, AutoAttack's ``rand`` members.
+(:func:`advsweep.attacks.adaptive.randomized.mean_of_draws`) with APGD-CE and APGD-DLR, AutoAttack's ``rand`` members.
 """
 
 from __future__ import annotations

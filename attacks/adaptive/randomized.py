@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from advsweep.defaults import RANDOMIZED
-from advsweep.attacks.core import BLOCK, block_rounds, check_example_ids, gather_block, predict_logits
+from advsweep.attacks.engine.core import BLOCK, block_rounds, check_example_ids, gather_block, predict_logits
 
 # Draws per judgement. Measured on the quick sweep's small CNN behind Gaussian input noise of σ = 0.3, first 1,000
 # test images, two judgements with independent draws (`python benchmarks/randomized_draws.py
@@ -48,7 +48,7 @@ DRAWS: int = RANDOMIZED["draws"]
 
 def is_randomized(model: keras.Model, x: np.ndarray) -> bool:
     """Whether ``model``'s logits differ between two calls on the same images (AutoAttack's own check before its
-    ``rand`` version; the harness's :func:`advsweep.attacks.checks.check_deterministic` reports it per example)."""
+    ``rand`` version; the harness's :func:`advsweep.attacks.evaluation.checks.check_deterministic` reports it per example)."""
     first = predict_logits(model, x)
     second = predict_logits(model, x)
     return bool(np.any(first != second))
@@ -72,7 +72,7 @@ def _call_seed(seed: int, draw: int, ids: np.ndarray) -> int:
 def judged_logits(model: keras.Model, x: np.ndarray, *, example_ids: Any = None, draws: int = DRAWS,
                   seed: int = 0) -> np.ndarray:
     """``(N, C)`` float32: the log of the mean of ``draws`` draws' softmax probabilities per image (the rule of the
-    module notes), in blocks of :data:`~advsweep.attacks.core.BLOCK` rows as every model call of the harness (an
+    module notes), in blocks of :data:`~advsweep.attacks.engine.core.BLOCK` rows as every model call of the harness (an
     example in row test index mod BLOCK), each draw from a randomness reset to a state of (seed, draw, the block's
     examples)."""
     ids = check_example_ids(example_ids, len(x))
@@ -109,7 +109,7 @@ def mean_of_draws(model: keras.Model, draws: int = DRAWS) -> keras.Model:
     draws per call (the model called ``draws`` times in one graph, each call its own random ops). Its gradient is
     the gradient of the rule's own prediction through every draw (Expectation over Transformation on the expectation
     the records judge), and an attack's success check on it is a check by the rule, with fresh draws: what the
-    escalation's EOT attacks (:mod:`advsweep.attacks.adaptive`) attack."""
+    escalation's EOT attacks (:mod:`advsweep.attacks.adaptive.bpda`) attack."""
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     probabilities = [keras.ops.softmax(model(inputs, training=False), axis=-1) for _ in range(draws)]
     mean = keras.layers.Average(name="mean_of_draws")(probabilities) if draws > 1 else probabilities[0]

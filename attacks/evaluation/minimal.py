@@ -5,7 +5,7 @@ for, l1-APGD with the DLR loss, scale-invariant as the margin is, or cross-entro
 [lo, hi] always has the attack failing at lo (or lo = 0) and an adversarial known at hi (found by the
 search, or proved by another attack: ``upper_bounds``), and it halves until hi − lo ≤ tolerance.
 foolbox's Fast Minimum-Norm attack (Pintor et al., NeurIPS 2021) is the reference
-(:func:`advsweep.attacks.foolbox_adapter.fmn_minimal_norms`).
+(:func:`advsweep.attacks.gradient.foolbox_adapter.fmn_minimal_norms`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from advsweep.attacks.core import (
+from advsweep.attacks.engine.core import (
     Call,
     check_model,
     check_norm,
@@ -26,9 +26,9 @@ from advsweep.attacks.core import (
     predict_logits,
     success_of,
 )
-from advsweep.attacks.apgd import apgd_engine
-from advsweep.attacks.pgd import pgd_engine
-from advsweep.attacks.spec import L1_NORMS
+from advsweep.attacks.gradient.apgd import apgd_engine
+from advsweep.attacks.gradient.pgd import pgd_engine
+from advsweep.attacks.engine.spec import L1_NORMS
 from advsweep.defaults import APGD_CE, ATTACK, MINIMAL
 
 
@@ -101,7 +101,7 @@ def minimal_perturbation(
             where none is), e.g. the smallest grid ε at which any attack of a sweep fooled it. An example's
             search starts with that bound as its upper end, so its minimal ε never exceeds what another
             attack has proved.
-        seed: seeds the random starts, one stream per example and round (see :mod:`advsweep.attacks.core`).
+        seed: seeds the random starts, one stream per example and round (see :mod:`advsweep.attacks.engine.core`).
         example_ids: test-set indices ``(N,)`` (default ``0 … N−1``).
         gradient: ``"auto"``, ``"fast"`` or ``"plain"`` input gradient (as
             :func:`advsweep.attacks.projected_gradient_descent`).

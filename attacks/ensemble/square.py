@@ -4,17 +4,17 @@ that needs no gradient, only the logits.
 Each query changes the current best perturbation inside one random square window (L∞: set the window to ±ε,
 one sign per channel; L2: move mass into one window and out of another, keeping the norm at ε; L1, AutoAttack's L1
 version from "Mind the box" (Croce & Hein, ICML 2021): the same move with L1 profiles and norms, then projected onto
-the L1 ball ∩ [0, 1], :mod:`advsweep.attacks.l1`) and keeps the
+the L1 ball ∩ [0, 1], :mod:`advsweep.attacks.engine.l1`) and keeps the
 change when the margin loss ``z_y − max_{j≠y} z_j`` falls or the point is misclassified. The side of the window
 shrinks with the query count (AutoAttack's schedule for ``p``, starting at ``p_init = 0.8``). Because it never
 reads a gradient, it is AutoAttack's check on gradient masking: when Square fools examples that the white-box
-attacks left robust, the gradients are not to be trusted (:mod:`advsweep.attacks.ensemble` says so).
+attacks left robust, the gradients are not to be trusted (:mod:`advsweep.attacks.ensemble.cascade` says so).
 
 References: M. Andriushchenko, F. Croce, N. Flammarion, M. Hein, "Square Attack: a query-efficient black-box
 adversarial attack via random search", ECCV 2020; the authors' code in AutoAttack (``autoattack/square.py``),
 which this follows step by step, with AutoAttack's settings (margin loss, 5000 queries, ``p_init = 0.8``, the
 schedule not rescaled to the query budget). Difference, none of which weakens the attack: each example draws
-its windows, signs and initial stripes from its own random stream (:func:`advsweep.attacks.core.example_stream`),
+its windows, signs and initial stripes from its own random stream (:func:`advsweep.attacks.engine.core.example_stream`),
 where the authors draw one window per query for the whole batch; so an example's result does not depend on
 which others share its batch.
 """
@@ -29,10 +29,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from advsweep.attacks.core import AttackResult, checked_call, classes_of
-from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
-from advsweep.attacks.l1 import l1_box_projection
-from advsweep.attacks.spec import L1_NORMS
+from advsweep.attacks.engine.core import AttackResult, checked_call, classes_of
+from advsweep.attacks.engine.programme import Outputs, Programme, Runs, Step, grid_budgets, run_engine
+from advsweep.attacks.engine.l1 import l1_box_projection
+from advsweep.attacks.engine.spec import L1_NORMS
 from advsweep.defaults import ATTACK, SQUARE
 
 
@@ -305,7 +305,7 @@ def square_engine(
     limit: np.ndarray | None = None,
 ) -> AttackResult:
     """Square Attack on validated inputs over an ε grid ``(K,)``: :class:`SquareStep` run by the engine
-    (:func:`advsweep.attacks.engine.run_engine`): for each ε (ascending, below ``limit``) and each restart, one run,
+    (:func:`advsweep.attacks.engine.programme.run_engine`): for each ε (ascending, below ``limit``) and each restart, one run,
     until the example is fooled."""
     step = SquareStep(len(x), x.shape[1:], classes_of(model, x),
                       queries=queries, p_init=p_init, norm=norm)

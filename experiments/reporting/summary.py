@@ -1,7 +1,7 @@
 """Tables from per-example records: robust accuracy with a 95% Wilson interval, attack success rate,
 median perturbation, and AutoAttack's worst case over attacks; as CSV, Markdown and LaTeX (booktabs).
 
-Every number is a function of the records alone (:mod:`advsweep.experiments.records`), so ``advsweep report``
+Every number is a function of the records alone (:mod:`advsweep.experiments.reporting.records`), so ``advsweep report``
 rebuilds the same tables from disk.
 """
 
@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from advsweep.assets.files import write_atomic
-from advsweep.attacks.spec import NORM_LABELS, NORM_LATEX
-from advsweep.experiments.records import CLEAN
+from advsweep.attacks.engine.spec import NORM_LABELS, NORM_LATEX
+from advsweep.experiments.reporting.records import CLEAN
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 WORST_CASE = "worst case"
@@ -76,7 +76,7 @@ def _worst_case(joined: pd.DataFrame) -> pd.DataFrame:
 def outcomes(records: pd.DataFrame) -> pd.DataFrame:
     """Every example's outcome in every cell of the summary (:data:`GROUP`: attack rows and the worst case over
     attacks): ``correct`` (robust there), ``clean_correct`` and the perturbation's ``size`` in the row's norm. The
-    summary counts these; paired comparisons (:mod:`advsweep.experiments.paired`) match them example by example."""
+    summary counts these; paired comparisons (:mod:`advsweep.experiments.reporting.paired`) match them example by example."""
     joined = _with_clean(records)
     joined = joined.assign(size=size_in_norm(joined))
     return pd.concat([joined, _worst_case(joined)], ignore_index=True)

@@ -15,7 +15,7 @@ AutoAttack would give at that ε alone, with every attack's per-example random s
 ``result.found_by`` names, per (ε, example), the attack that fooled it, which is what the ensemble's checks
 read: Square (no gradient) fooling examples the gradient attacks left robust is AutoAttack's sign of gradient
 masking, and the scale-invariant attacks (APGD-T's DLR loss, FAB-T) fooling many more examples than APGD-CE's
-cross-entropy is the sign of a saturated softmax (:func:`advsweep.attacks.checks.check_ensemble`).
+cross-entropy is the sign of a saturated softmax (:func:`advsweep.attacks.evaluation.checks.check_ensemble`).
 
 Every adversarial an attack finds is confirmed by a fresh call of the model on it, as the authors'
 ``run_standard_evaluation`` does after each attack: it counts only if that call misclassifies it too. For a
@@ -23,7 +23,7 @@ deterministic model the call repeats what the attack saw; for a randomized one (
 calls on one input) a lucky draw during the attack does not count as a broken example.
 
 ``result.loss_rise`` is, per (ε, example), the largest incomplete-optimization measure of the members that trace
-their loss (the APGD members: :class:`advsweep.attacks.engine.LossTrace`): for an example the ensemble leaves robust,
+their loss (the APGD members: :class:`advsweep.attacks.engine.programme.LossTrace`): for an example the ensemble leaves robust,
 whether any of their runs ended with its loss still rising.
 """
 
@@ -37,17 +37,17 @@ import keras
 import numpy as np
 
 from advsweep.assets.validate import Invalid
-from advsweep.attacks.apgd import apgd_engine
-from advsweep.attacks.core import (
+from advsweep.attacks.gradient.apgd import apgd_engine
+from advsweep.attacks.engine.core import (
     AttackResult,
     checked_call,
     classes_of,
     predict_logits,
     target_ranks,
 )
-from advsweep.attacks.fab import fab_engine
-from advsweep.attacks.spec import L1_NORMS, members_of
-from advsweep.attacks.square import square_engine
+from advsweep.attacks.ensemble.fab import fab_engine
+from advsweep.attacks.engine.spec import L1_NORMS, members_of
+from advsweep.attacks.ensemble.square import square_engine
 from advsweep.defaults import ATTACK, AUTOATTACK, AUTOATTACK_VERSIONS
 
 

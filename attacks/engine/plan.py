@@ -145,7 +145,7 @@ def plan_of(model: keras.Model, device: str | None = None) -> ModelPlan:
     new measurement (a few seconds; cached). ``device``: ``"cpu"`` or ``"gpu"`` (default: where TensorFlow runs);
     for a device this process does not have (a CPU driver planning GPU workers), the cached plan if any, else
     :data:`UNMEASURED` (256 rows per call, each example in row ``example_id % 256``)."""
-    from advsweep.attacks.core import device_kind
+    from advsweep.attacks.engine.core import device_kind
 
     device = device or device_kind()
     if model in _IN_USE and device == device_kind():
@@ -219,7 +219,7 @@ def probe_calls(model: keras.Model) -> tuple[Any, Any]:
     """The calls a plan is measured with, on fixed random images of the model's input shape (and random labels):
     ``forward(indices)``, the logits of those images; ``gradient(path, loss)``, a call ``(indices) ->`` the logits,
     the loss and its input gradient on ``path``, each row one line."""
-    from advsweep.attacks.core import logits_fn, loss_gradient_fn
+    from advsweep.attacks.engine.core import logits_fn, loss_gradient_fn
 
     shape = tuple(int(d) for d in model.input_shape[1:])
     rng = np.random.default_rng(0)
@@ -245,9 +245,9 @@ def faster_path(rates: dict[str, dict[int, float]]) -> str:
 
 def loss_call(classes: int) -> Any:
     """Every loss the attacks ascend and its gradient with respect to the logits, on fixed logits ``(256, C)``, each
-    row one line, as a gradient call computes them (:func:`advsweep.attacks.core.padded_loss`): a gradient call
+    row one line, as a gradient call computes them (:func:`advsweep.attacks.engine.core.padded_loss`): a gradient call
     composes one of them with the model's backward pass (which is checked with the DLR loss)."""
-    from advsweep.attacks.core import ALL_LOSSES, PAIRED_LOSSES, padded_loss
+    from advsweep.attacks.engine.core import ALL_LOSSES, PAIRED_LOSSES, padded_loss
 
     rng = np.random.default_rng(3)
     logits = rng.normal(0.0, 4.0, (max(CANDIDATE_ROWS), classes)).astype(np.float32)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from advsweep.attacks.core import (
+from advsweep.attacks.engine.core import (
     BLOCK,
     AttackResult,
     check_norm,
@@ -25,7 +25,7 @@ from advsweep.attacks.core import (
     project,
     random_start as draw_start,
 )
-from advsweep.attacks.engine import Outputs, Plan, Programme, Runs, Step, grid_budgets, run_engine
+from advsweep.attacks.engine.programme import Outputs, Plan, Programme, Runs, Step, grid_budgets, run_engine
 from advsweep.defaults import ATTACK, ITERATIVE
 
 
@@ -70,16 +70,16 @@ def projected_gradient_descent(
             is the same and the remaining steps are saved). Without it every run takes all its steps and the
             result also carries the last-iterate view (``result.last``), which is what foolbox returns.
         seed: seeds the random starts, with each example's ``example_ids`` entry (see
-            :func:`advsweep.attacks.core.example_stream`).
+            :func:`advsweep.attacks.engine.core.example_stream`).
         example_ids: the examples' test-set indices ``(N,)`` (default ``0 … N−1``): they key each
             example's random stream and its row in every model call, so results do not depend on how
             examples are chunked or batched.
         gradient: ``"auto"`` (the default: the faster of the two on this machine, measured once,
-            :mod:`advsweep.attacks.plan`), ``"fast"`` (custom backward passes through a frozen VGG16 base) or
+            :mod:`advsweep.attacks.engine.plan`), ``"fast"`` (custom backward passes through a frozen VGG16 base) or
             ``"plain"`` (``tf.GradientTape`` through the Keras model); equal up to float rounding.
 
     Returns:
-        An :class:`~advsweep.attacks.core.AttackResult` with ``K = len(epsilons)`` rows: the any-iterate view
+        An :class:`~advsweep.attacks.engine.core.AttackResult` with ``K = len(epsilons)`` rows: the any-iterate view
         (an example fooled at one ε stays fooled at every larger ε), and ``.last`` without early stop.
     """
     return _checked_run("pgd", model, x, labels, epsilons, norm=norm, steps=steps, rel_stepsize=rel_stepsize,
@@ -114,7 +114,7 @@ def _checked_run(attack: str, model: keras.Model, x: Any, labels: Any, epsilons:
                  steps: int | None, rel_stepsize: float | None, targets: Any, seed: int, example_ids: Any,
                  **params: Any) -> AttackResult:
     """Fill in the defaults (:data:`advsweep.defaults.ITERATIVE`), check every argument
-    (:func:`~advsweep.attacks.core.checked_call`), and run :func:`pgd_engine`."""
+    (:func:`~advsweep.attacks.engine.core.checked_call`), and run :func:`pgd_engine`."""
     defaults = ITERATIVE[(attack, check_norm(norm))]
     steps = defaults["steps"] if steps is None else steps
     rel_stepsize = defaults["rel_stepsize"] if rel_stepsize is None else rel_stepsize
@@ -189,11 +189,11 @@ def pgd_engine(
     gradient: str = "auto",
 ) -> AttackResult:
     """PGD on validated inputs, each example with its own budgets ``eps (K, N)``: :class:`PgdStep` run by the engine
-    (:func:`advsweep.attacks.engine.run_engine`), which gives each example its programme: for each budget (ascending),
+    (:func:`advsweep.attacks.engine.programme.run_engine`), which gives each example its programme: for each budget (ascending),
     up to ``restarts`` runs, each from its own random start (with ``early_stop``, until the example is fooled).
-    The calls have :data:`~advsweep.attacks.core.BLOCK` rows, the shape foolbox's runs get, so that both
+    The calls have :data:`~advsweep.attacks.engine.core.BLOCK` rows, the shape foolbox's runs get, so that both
     implementations compute the same floats. ``grid`` is the ``(K,)`` budgets the result reports as its ``epsilons``;
-    ``attack`` names the random streams (:func:`~advsweep.attacks.core.example_stream`)."""
+    ``attack`` names the random streams (:func:`~advsweep.attacks.engine.core.example_stream`)."""
     def stepsize(e: float) -> float:
         return float(abs_stepsize) if abs_stepsize is not None else float(rel_stepsize) * e
 

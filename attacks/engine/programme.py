@@ -5,7 +5,7 @@ evaluation to the next); the engine does everything else, the same way for every
 
 * **the programme.** Each example runs its own list of runs, in order: for each ε of its grid (ascending), each
   target (APGD-T, FAB-T) and each restart, from a start point its own random stream draws
-  (:func:`advsweep.attacks.core.example_stream`, keyed by the seed, the example's test-set index, the attack, ε and
+  (:func:`advsweep.attacks.engine.core.example_stream`, keyed by the seed, the example's test-set index, the attack, ε and
   the restart). A run is skipped when it cannot change the result: the example is already fooled at that ε or a
   smaller one (an adversarial lies inside every larger ball), its ε is 0, or the ε is at or above the example's
   ``limit`` (an ensemble's cascade: those budgets are another attack's);
@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from advsweep.attacks.core import (
+from advsweep.attacks.engine.core import (
     AttackResult,
     any_iterate_view,
     example_stream,
@@ -44,7 +44,7 @@ from advsweep.attacks.core import (
     result_of,
     success_of,
 )
-from advsweep.attacks.plan import Plan, plan_of
+from advsweep.attacks.engine.plan import Plan, plan_of
 
 
 def sizes_of(deltas: np.ndarray, norm: str) -> np.ndarray:
@@ -434,7 +434,7 @@ def run_engine(model: keras.Model, step: Step, programme: Programme, x: np.ndarr
     """Run ``step``'s attack on validated inputs: ``eps`` ``(K, N)`` are each example's budgets (any order),
     ``grid`` ``(K,)`` the budgets the result reports; ``limit`` ``(N,)`` (an ensemble's cascade) ends an example's
     programme at that position of its ascending budgets; ``plan``: the model calls' shape (default: the model's
-    measured plans for gradient and for forward calls, :func:`advsweep.attacks.plan.plan_of`). Returns the any-iterate view
+    measured plans for gradient and for forward calls, :func:`advsweep.attacks.engine.plan.plan_of`). Returns the any-iterate view
     (``.last``: the last-iterate view, without early stop), the model evaluations spent and the cost."""
     started = time.perf_counter()
     plans = (plan, plan) if plan is not None else (plan_of(model).gradient, plan_of(model).forward)

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from advsweep.assets.files import write_atomic  # noqa: E402
-from advsweep.attacks.spec import NORM_LABELS  # noqa: E402
+from advsweep.attacks.engine.spec import NORM_LABELS  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
 OKABE_ITO: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -256,7 +256,7 @@ def _budget_series(budgets: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]
 def plot_budget_lines(budgets: pd.DataFrame, stem: Path) -> list[Path]:
     """Robust accuracy (worst case over attacks) against test ε, one line per training budget, one panel per model
     kind: the figure robustness papers draw to compare training budgets. ``budgets`` is
-    :func:`advsweep.experiments.summary.budget_table`'s (one norm)."""
+    :func:`advsweep.experiments.reporting.summary.budget_table`'s (one norm)."""
     kinds = list(dict.fromkeys(budgets["kind"]))
     series = _budget_series(budgets)
     colours = plt.get_cmap("viridis")

@@ -13,11 +13,11 @@ authors' code (``autoattack/autopgd_base.py``), including its first oscillation 
 step's loss with 0. Differences, none of which weakens the attack: an example leaves the attack at its first
 adversarial iterate (the authors run every step; the set of fooled examples is the same, since an example once
 fooled stays fooled), the adversarial kept is that first one (the authors keep the last), and each example draws
-its random start from its own stream (:func:`advsweep.attacks.core.example_stream`).
+its random start from its own stream (:func:`advsweep.attacks.engine.core.example_stream`).
 
 L1 (``norm="l1"``) is a different algorithm on the same engine (:class:`ApgdL1Step`; "Mind the box: l1-APGD for
 sparse adversarial attacks on image classifiers", Croce & Hein, ICML 2021): sparse steps along the signs of the
-gradient's largest coordinates, projected onto the L1 ball ∩ [0, 1] (:mod:`advsweep.attacks.l1`), no momentum, and
+gradient's largest coordinates, projected onto the L1 ball ∩ [0, 1] (:mod:`advsweep.attacks.engine.l1`), no momentum, and
 an adaptive sparsity and step size at checkpoints every 4% of the steps. With ``large_radii`` (the authors'
 ``use_largereps``, on in AutoAttack's L1 version) a run spends 30% of its steps in the ball of radius 3ε, 30% in
 2ε and the rest in ε, each stage starting from the previous one's best point projected onto its ball; only the
@@ -33,16 +33,16 @@ import keras
 import numpy as np
 
 from advsweep.assets.validate import Invalid, integer, one_of
-from advsweep.attacks.core import (
+from advsweep.attacks.engine.core import (
     AttackResult,
     checked_call,
     classes_of,
     model_classes,
     target_ranks,
 )
-from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine
-from advsweep.attacks.l1 import l1_box_projection
-from advsweep.attacks.spec import L1_NORMS
+from advsweep.attacks.engine.programme import Outputs, Programme, Runs, Step, grid_budgets, run_engine
+from advsweep.attacks.engine.l1 import l1_box_projection
+from advsweep.attacks.engine.spec import L1_NORMS
 from advsweep.defaults import APGD_CE, APGD_T, ATTACK
 
 APGD_LOSSES: tuple[str, ...] = ("ce", "dlr")
@@ -420,10 +420,10 @@ def apgd_engine(
     budgets: np.ndarray | None = None,
 ) -> AttackResult:
     """APGD (APGD-T with ``target_ranks``) on validated inputs over an ε grid ``(K,)``: :class:`ApgdStep` run by the
-    engine (:func:`advsweep.attacks.engine.run_engine`), which gives each example its programme: for each ε
+    engine (:func:`advsweep.attacks.engine.programme.run_engine`), which gives each example its programme: for each ε
     (ascending), each target and each restart, one run, until the example is fooled. ``limit`` ``(N,)`` (an
     ensemble's cascade) ends an example's programme at that position of the ascending ε order; ``eot_draws``: model
-    calls averaged per gradient (:class:`advsweep.attacks.engine.Programme`); with more than one, every run takes all
+    calls averaged per gradient (:class:`advsweep.attacks.engine.programme.Programme`); with more than one, every run takes all
     its steps and a budget keeps its latest adversarial iterate, as the authors' APGD (for a randomized model the
     first misclassified draw is often a lucky one that a fresh call does not repeat). ``budgets`` ``(K, N)``: each
     example's own budgets in place of the grid's (the minimal-ε search's bisection; ``eps`` then only labels them)."""

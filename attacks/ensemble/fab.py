@@ -14,7 +14,7 @@ target starts at the input; further runs (``restarts``) start at a random point 
 
 FAB, untargeted (:func:`fab_untargeted`, AutoAttack's ``plus`` version), takes at every step the boundary of the
 class whose linearisation is closest instead of one target's: ``min_k |z_k − z_y| / ‖∇(z_k − z_y)‖_*`` (the dual
-norm), from the gradients of every logit (one backward pass per class, :func:`advsweep.attacks.core.closest_boundary`);
+norm), from the gradients of every logit (one backward pass per class, :func:`advsweep.attacks.engine.core.closest_boundary`);
 the step is the same. AutoAttack's plus version runs it with 5 restarts.
 
 References: F. Croce, M. Hein, "Minimally distorted adversarial examples with a fast adaptive boundary attack",
@@ -35,9 +35,9 @@ import keras
 import numpy as np
 
 from advsweep.assets.validate import Invalid
-from advsweep.attacks.core import CLOSEST_BOUNDARY, AttackResult, checked_call, classes_of, target_ranks
-from advsweep.attacks.engine import Outputs, Programme, Runs, Step, grid_budgets, run_engine, sizes_of
-from advsweep.attacks.spec import L1_NORMS
+from advsweep.attacks.engine.core import CLOSEST_BOUNDARY, AttackResult, checked_call, classes_of, target_ranks
+from advsweep.attacks.engine.programme import Outputs, Programme, Runs, Step, grid_budgets, run_engine, sizes_of
+from advsweep.attacks.engine.spec import L1_NORMS
 from advsweep.defaults import ATTACK, FAB, FAB_UNTARGETED
 
 
@@ -396,7 +396,7 @@ def fab_engine(
     limit: np.ndarray | None = None,
 ) -> AttackResult:
     """FAB-T (untargeted FAB with ``target_ranks=None``) on validated inputs over an ε grid ``(K,)``: :class:`FabStep`
-    run by the engine (:func:`advsweep.attacks.engine.run_engine`). An example's programme, target by target: one
+    run by the engine (:func:`advsweep.attacks.engine.programme.run_engine`). An example's programme, target by target: one
     run from the input, which decides every ε below ``limit`` at once, then for each further restart one run per ε
     still undecided, from a random start at ε/2; it ends once every ε is decided."""
     targeted = target_ranks is not None

@@ -15,7 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from advsweep.attacks.core import (
+from advsweep.attacks.engine.core import (
     BALL_TOLERANCE,
     BLOCK,
     AttackResult,
@@ -25,7 +25,7 @@ from advsweep.attacks.core import (
     gradient_fn,
     predict_logits,
 )
-from advsweep.attacks.spec import ENSEMBLE
+from advsweep.attacks.engine.spec import ENSEMBLE
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def check_unbounded(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, se
     examples correct while the margin loss does not, the softmax saturates on this model (zero gradients
     at confident points) and cross-entropy attacks understate its vulnerability.
     """
-    from advsweep.attacks.pgd import projected_gradient_descent
+    from advsweep.attacks.gradient.pgd import projected_gradient_descent
 
     def accuracy(loss: str, n: int) -> float:
         result = projected_gradient_descent(model, x[:n], labels[:n], [UNBOUNDED_EPS], norm="linf", early_stop=True,
@@ -338,7 +338,7 @@ def check_incomplete_optimization(flagged: Mapping[float, Sequence[int]], robust
                                   examples: Mapping[float, int] | None = None) -> Check:
     """Incomplete optimization (Pintor et al., "Indicators of Attack Failure", NeurIPS 2022): among the examples
     an attack left robust at ε, those with a run whose loss was still rising when it ended (``loss_rise`` above
-    :data:`advsweep.attacks.engine.INCOMPLETE_THRESHOLD`: the best loss rose more than 5% of its range over the
+    :data:`advsweep.attacks.engine.programme.INCOMPLETE_THRESHOLD`: the best loss rose more than 5% of its range over the
     run's last 10 evaluations, their definition). ``flagged``: per ε, those examples' test-set indices that nothing
     else in the evaluation settles; ``closed``: per ε, the flagged examples another attack of the same evaluation
     settles (it fooled them, or its own run left them robust with a loss that had stopped rising); ``robust``: per

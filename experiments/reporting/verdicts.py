@@ -1,6 +1,6 @@
 """One verdict per model: can its worst case be reported, or is it at risk, and why.
 
-The checks of a run (:mod:`advsweep.attacks.checks`, assembled by :mod:`advsweep.experiments.report`) each look at
+The checks of a run (:mod:`advsweep.attacks.evaluation.checks`, assembled by :mod:`advsweep.experiments.reporting.report`) each look at
 one attack or one property of the model. A researcher asks one question of them: is the number to report, the worst
 case over the sweep's attacks, at risk? This module answers it in two steps.
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from advsweep.experiments.summary import WORST_CASE
+from advsweep.experiments.reporting.summary import WORST_CASE
 
 AT_RISK, NOT_AT_RISK = "at risk", "not at risk"
 # the checks whose failure on a deterministic model says its gradients lie: escalation's BPDA and larger Square

@@ -3,8 +3,8 @@
 ``advsweep report RUN_DIR`` rewrites a run's ``summary.{csv,md,tex}``, ``checks.{json,md}`` and
 ``figures/``; with several run folders it writes them side by side (a ``run`` column, one line per run)
 into ``--output``. Wherever two models (of one run or of several) were attacked on the same examples, it also writes
-``paired.{csv,md}``: the paired comparison of each two, cell by cell (:mod:`advsweep.experiments.paired`); and for
-one run with AutoAttack, its RobustBench-style entries (:mod:`advsweep.experiments.robustbench`).
+``paired.{csv,md}``: the paired comparison of each two, cell by cell (:mod:`advsweep.experiments.reporting.paired`); and for
+one run with AutoAttack, its RobustBench-style entries (:mod:`advsweep.experiments.reporting.robustbench`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from advsweep.attacks.checks import (
+from advsweep.attacks.evaluation.checks import (
     Check,
     check_curve_below_worst_case,
     check_monotone,
@@ -27,7 +27,7 @@ from advsweep.attacks.checks import (
     check_silent_success,
     check_transfer,
 )
-from advsweep.experiments.plots import (
+from advsweep.experiments.reporting.plots import (
     plot_accuracy_vs_eps,
     plot_adversarial_grid,
     plot_budget_heatmap,
@@ -35,13 +35,13 @@ from advsweep.experiments.plots import (
     plot_robustness_curve,
 )
 from advsweep.assets.files import write_atomic
-from advsweep.experiments.paired import markdown as paired_markdown, paired_table, verdicts
-from advsweep.attacks.engine import INCOMPLETE_THRESHOLD
-from advsweep.experiments.records import CLEAN, read_records
-from advsweep.experiments.robustbench import write_entries
-from advsweep.experiments.summary import WORST_CASE, budget_table, curve_points, outcomes, summarize, write_tables
-from advsweep.experiments.verdicts import answer_by_escalation, eot_check, settle, verdict
-from advsweep.experiments.verdicts import markdown as verdicts_markdown
+from advsweep.experiments.reporting.paired import markdown as paired_markdown, paired_table, verdicts
+from advsweep.attacks.engine.programme import INCOMPLETE_THRESHOLD
+from advsweep.experiments.reporting.records import CLEAN, read_records
+from advsweep.experiments.reporting.robustbench import write_entries
+from advsweep.experiments.reporting.summary import WORST_CASE, budget_table, curve_points, outcomes, summarize, write_tables
+from advsweep.experiments.reporting.verdicts import answer_by_escalation, eot_check, settle, verdict
+from advsweep.experiments.reporting.verdicts import markdown as verdicts_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def load_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, 
 
 def curve_checks(records: pd.DataFrame, minimal: pd.DataFrame, run: str, model: str) -> list[Check]:
     """The robustness curve against the worst case over the grid's attacks, on the curve's own examples, at
-    every grid ε of its norm (:func:`advsweep.attacks.checks.check_curve_below_worst_case`)."""
+    every grid ε of its norm (:func:`advsweep.attacks.evaluation.checks.check_curve_below_worst_case`)."""
     checks = []
     for norm, curve in minimal[(minimal["run"] == run) & (minimal["model"] == model)].groupby("norm"):
         cells = records[(records["run"] == run) & (records["model"] == model) & (records["norm"] == norm)

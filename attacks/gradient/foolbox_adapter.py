@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from advsweep.assets.validate import one_of
-from advsweep.attacks.core import (
+from advsweep.attacks.engine.core import (
     AttackResult,
     any_iterate_view,
     block_rounds,
@@ -42,7 +42,7 @@ from advsweep.attacks.core import (
     result_of,
     success_of,
 )
-from advsweep.attacks.spec import L1_NORMS
+from advsweep.attacks.engine.spec import L1_NORMS
 from advsweep.defaults import ATTACK, ITERATIVE
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Recorder:
 
 def _subclass(cls: type, loss: str) -> type:
     """foolbox's attack class with three overrides that change no step of its algorithm: the random start is
-    each example's own stream (the same draw as the own attacks', :func:`advsweep.attacks.core.example_stream`),
+    each example's own stream (the same draw as the own attacks', :func:`advsweep.attacks.engine.core.example_stream`),
     each run tells the recorder its budget, and with ``loss="margin"`` the loss is Carlini–Wagner's margin."""
     key = (cls, loss)
     if key in _SUBCLASSES:
@@ -171,12 +171,12 @@ def foolbox_attack(
 
     Arguments and result as :func:`advsweep.attacks.fast_gradient_method` and
     :func:`advsweep.attacks.projected_gradient_descent`; ``None`` means foolbox's default. foolbox attacks fixed-shape
-    blocks, each example in its row of the own attacks (:mod:`advsweep.attacks.core`), and starts each example from
+    blocks, each example in its row of the own attacks (:mod:`advsweep.attacks.engine.core`), and starts each example from
     its own random stream, the same start the own PGD draws. The result is the any-iterate view, from every
     point foolbox queried; ``result.last`` is what foolbox itself returns (its last iterate).
     ``gradient="fast"`` hands foolbox the model's function with the fast backward passes
     (:mod:`advsweep.models.fast_gradient`), ``"plain"`` the Keras model itself, ``"auto"`` the one the model's plan
-    measured faster (:mod:`advsweep.attacks.plan`).
+    measured faster (:mod:`advsweep.attacks.engine.plan`).
     """
     check_model(model)
     norm, loss = check_norm(norm), check_loss(loss)

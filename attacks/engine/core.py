@@ -2,14 +2,14 @@
 
 Conventions (foolbox's, so that both implementations compute the same thing):
 
-* inputs are float32 ``(N, 28, 28, 1)`` in [0, 1]; the model returns logits ``(N, 10)``;
+* inputs are float32 ``(N, H, W, C)`` in [0, 1] (the model's input shape); the model returns logits ``(N, classes)``;
 * the loss is summed over the batch, so each example's gradient is its own;
 * untargeted attacks ascend ``loss(logits, labels)``, targeted ones descend ``loss(logits, targets)``;
-* every step is normalised (sign for L∞, unit L2 norm for L2), projected onto the ε-ball and
-  clipped to [0, 1];
+* every step is normalised (sign for L∞, unit L2 norm for L2, APGD's sparse step for L1), projected onto the
+  ε-ball and clipped to [0, 1];
 * the model is only ever called on blocks of exactly :data:`BLOCK` rows (FGSM, PGD, BIM, both implementations),
   an example always in row ``example_id % BLOCK`` of its block (idle rows are zeros); AutoAttack's attacks use
-  the rows of the model's measured plan instead (:mod:`advsweep.attacks.plan`). TensorFlow's CPU kernels round
+  the rows of the model's measured plan instead (:mod:`advsweep.attacks.engine.plan`). TensorFlow's CPU kernels round
   differently for different batch shapes, but at a fixed shape each row's result depends on that row alone
   (``tests/test_determinism.py`` checks it on the real models). So an example's adversarial is the same to the
   bit however the examples are chunked, batched, ordered or stopped early;
@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from advsweep.attacks.spec import (  # noqa: F401  (re-exported: the attacks check their arguments with these)
+from advsweep.attacks.engine.spec import (  # noqa: F401  (re-exported: the attacks check their arguments with these)
     LOSSES,
     NORMS,
     PARAMETER_CHECKS,
@@ -51,7 +51,7 @@ BLOCK = 32  # rows of every model call an attack makes; an example always sits i
 
 def device_kind() -> str:
     """``"gpu"`` where TensorFlow sees a GPU (it then runs the model there), else ``"cpu"``. Records depend on it: the
-    kernels round differently, and the plan of model calls (:mod:`advsweep.attacks.plan`) is measured per device."""
+    kernels round differently, and the plan of model calls (:mod:`advsweep.attacks.engine.plan`) is measured per device."""
     return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
 
 
@@ -61,10 +61,10 @@ class AttackResult:
 
     Attributes:
         epsilons: the K budgets, float64 ``(K,)``, in the norm's units on [0, 1] pixels.
-        x_adv: adversarial inputs, float32 ``(K, N, 28, 28, 1)``, in [0, 1] and in each ε-ball.
-        logits: the model's logits on ``x_adv``, float32 ``(K, N, 10)``.
+        x_adv: adversarial inputs, float32 ``(K, N, H, W, C)``, in [0, 1] and in each ε-ball.
+        logits: the model's logits on ``x_adv``, float32 ``(K, N, classes)``.
         success: ``(K, N)`` bool: misclassified (untargeted) or classified as the target (targeted).
-        norm: ``"linf"`` or ``"l2"``.
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``.
         targeted: whether ``success`` means "hit the target".
         last: for iterative attacks, the *last-iterate* view: the point each run ends on, as foolbox
             returns it. The result itself is the *any-iterate* view: an example counts as fooled at ε if
@@ -73,7 +73,7 @@ class AttackResult:
             differ (FGSM) or where the last iterate was not run (``early_stop=True``).
         found_by: for an ensemble (``autoattack``), ``(K, N)`` str: the attack that fooled each example at each ε
             (``""`` where none did, ``"clean"`` where the input is misclassified as it is); ``None`` otherwise.
-        evaluations: for the attacks the engine runs (:mod:`advsweep.attacks.engine`), the model evaluations
+        evaluations: for the attacks the engine runs (:mod:`advsweep.attacks.engine.programme`), the model evaluations
             (gradient or forward) spent on the examples, summed over them and over ε (the clean pass not counted);
             ``None`` where not counted.
         cost: where the time went, per attack (per member of an ensemble, in the order they ran, after the
@@ -82,7 +82,7 @@ class AttackResult:
             pass of those examples included); ``None`` where not measured.
         loss_rise: ``(K, N)`` float32, for the attacks that ascend a loss on the engine (PGD, BIM, APGD, APGD-T and
             an ensemble of them): Pintor et al.'s incomplete-optimization measure, the largest over the example's runs
-            at each ε (:class:`advsweep.attacks.engine.LossTrace`; above 0.05 a run ended with its loss still
+            at each ε (:class:`advsweep.attacks.engine.programme.LossTrace`; above 0.05 a run ended with its loss still
             rising); NaN where no run was made at that ε (fooled at a smaller one, or ε = 0); ``None`` where not
             traced.
     """
@@ -348,10 +348,10 @@ def one_graph(function: Callable[..., Any], model: keras.Model, *more: tf.Tensor
 
 def resolved_gradient(model: keras.Model, gradient: str) -> str:
     """``"fast"`` or ``"plain"``: ``gradient``, or for ``"auto"`` the path the model's plan measured faster here
-    (:func:`advsweep.attacks.plan.plan_of`)."""
+    (:func:`advsweep.attacks.engine.plan.plan_of`)."""
     if check_gradient_path(gradient) != "auto":
         return gradient
-    from advsweep.attacks.plan import plan_of
+    from advsweep.attacks.engine.plan import plan_of
 
     return plan_of(model).gradient_path
 
@@ -406,7 +406,7 @@ def checked_call(model: Any, x: Any, labels: Any, epsilons: Any, *, norm: str, s
                  targets: Any = None, norms: tuple[str, ...] = NORMS, **params: Any) -> Call:
     """Check an attack call, the one check every attack of the engine goes through: the model, the inputs, labels
     (and targets) against it, ε against the norm and the inputs' shape, the seed, the example ids, and each
-    hyper-parameter in ``params`` with its check (:data:`advsweep.attacks.spec.PARAMETER_CHECKS`), whose value it
+    hyper-parameter in ``params`` with its check (:data:`advsweep.attacks.engine.spec.PARAMETER_CHECKS`), whose value it
     keeps (``abs_stepsize=None`` stays ``None``); ``norms``: the threat models the attack takes."""
     check_model(model)
     norm = check_norm(norm, norms)

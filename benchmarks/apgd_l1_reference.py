@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -32,6 +29,7 @@ from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted  # noqa: E
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import auto_pgd, auto_pgd_targeted  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
+from presets import machine  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +45,7 @@ def main() -> None:
     x, y = data.test_images(np.arange(args.examples)), data.test_labels[:args.examples].astype(np.int64)
     module = KerasModule(model).eval()
     images, labels = torch.tensor(x.transpose(0, 3, 1, 2).copy()), torch.tensor(y)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.examples} examples")
+    print(f"{machine()}; {args.examples} examples")
     print("| ε (L1) | attack | harness robust % | authors' robust % | harness s | authors' s |\n|---|---|---|---|---|---|")
     for eps in (float(e) for e in args.eps.split(",")):
         for targeted in (False, True):

@@ -52,9 +52,8 @@ from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack  # noqa: E402
 from advsweep.attacks.engine.plan import plan_of  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
+from presets import REDUCED, machine  # noqa: E402
 
-REDUCED: dict[str, dict[str, Any]] = {"apgd-t": {"target_classes": 3}, "fab-t": {"target_classes": 3},
-                                      "square": {"queries": 1000}}
 
 
 class Counted(torch.nn.Module):
@@ -226,18 +225,6 @@ def peak_rates(model: keras.Model, path: str, repeats: int = 5) -> tuple[float, 
     return best[0], best[1]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                avx512 = "avx512f" in Path("/proc/cpuinfo").read_text()
-                return f"{name}, {'AVX-512' if avx512 else 'no AVX-512'}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
 @dataclasses.dataclass
 class Side:
     """One timed run of one side: its seconds, which examples it left robust, and (the original) the seconds of its
@@ -350,7 +337,7 @@ def main() -> None:
     fraction = float(np.median([a.bound / a.seconds for _, a in pairs]))
     bound = float(np.median([a.bound for _, a in pairs]))
     print(f"{args.model_dir.name}, first {n} test images, {THREAT_MODELS[args.norm]} ε = {args.eps:g}, "
-          f"{'reduced (3 targets, 1000 queries)' if args.reduced else args.version} version; CPU: {cpu_name()}; "
+          f"{'reduced (3 targets, 1000 queries)' if args.reduced else args.version} version; CPU: {machine()}; "
           f"torch {torch.__version__}, TensorFlow {tf.__version__}, Keras {keras.__version__}; "
           f"port's largest logit difference {gap:.1e} (relative to the largest logit)")
     if args.repeats > 1:

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -33,6 +30,7 @@ from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack  # noqa: E402
 from advsweep.attacks.evaluation.checks import check_deterministic  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
+from presets import machine  # noqa: E402
 
 
 class NoisyInput(keras.layers.Layer):
@@ -59,7 +57,7 @@ def main() -> None:
     model = keras.Model(inputs, base(NoisyInput(args.sigma)(inputs)))
     data = load_dataset("mnist")
     x, y = data.test_images(np.arange(args.examples)), data.test_labels[:args.examples].astype(np.int64)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.examples} examples, "
+    print(f"{machine()}; {args.examples} examples, "
           f"L∞ ε = {args.eps}, noise σ = {args.sigma}")
     print(check_deterministic(model, x).detail)
     print("| evaluation | robust % | seconds |\n|---|---|---|")

@@ -51,11 +51,9 @@ from advsweep.attacks.evaluation.checks import check_ensemble  # noqa: E402
 from advsweep.attacks.engine.spec import ENSEMBLE  # noqa: E402
 from advsweep.defaults import AUTOATTACK  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
+from presets import REDUCED  # noqa: E402
 
 
-# A smaller budget, the same on both sides: 3 target classes for APGD-T and FAB-T, 1000 queries for Square
-REDUCED: dict[str, dict[str, Any]] = {"apgd-t": {"target_classes": 3}, "fab-t": {"target_classes": 3},
-                                      "square": {"queries": 1000}}
 
 
 class _KerasCall(torch.autograd.Function):

@@ -26,7 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from autoattack_original import REDUCED, STANDARD, THREAT_MODELS, cpu_name, original_adversary, torch_port  # noqa: E402,E501
+from autoattack_original import STANDARD, THREAT_MODELS, original_adversary, torch_port  # noqa: E402
+from presets import REDUCED, machine  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack  # noqa: E402
@@ -66,7 +67,7 @@ def main() -> None:
     settings = REDUCED if args.reduced else {}
 
     print(f"{args.model_dir.name}, test indices {indices.tolist()}, {THREAT_MODELS[args.norm]} ε = {args.eps:g}, "
-          f"{'reduced (3 targets, 1000 queries)' if args.reduced else 'standard'} settings; CPU: {cpu_name()}\n")
+          f"{'reduced (3 targets, 1000 queries)' if args.reduced else 'standard'} settings; CPU: {machine()}\n")
     print("| member | seed | fooled by the original | fooled by advsweep |")
     print("|---|---|---|---|")
     for member in members:

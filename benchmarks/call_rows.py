@@ -33,9 +33,8 @@ from advsweep.attacks.engine import programme as engine  # noqa: E402
 from advsweep.attacks.engine.plan import plan_of  # noqa: E402
 from advsweep.attacks.engine.spec import members_of  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
+from presets import REDUCED  # noqa: E402
 
-REDUCED: dict[str, dict[str, Any]] = {"apgd-t": {"target_classes": 3}, "fab-t": {"target_classes": 3},
-                                      "square": {"queries": 1000}}
 SECONDS: collections.Counter[str] = collections.Counter()
 ROWS: collections.Counter[str] = collections.Counter()
 IDLE: collections.Counter[str] = collections.Counter()

@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -43,7 +42,7 @@ from advsweep.attacks.evaluation.checks import (  # noqa: E402
 from advsweep.attacks.engine.core import blocked_gradients, gradient_fn  # noqa: E402
 from advsweep.experiments.config import select_examples  # noqa: E402
 from advsweep.attacks.engine.programme import INCOMPLETE_THRESHOLD  # noqa: E402
-from advsweep.attacks.engine.plan import cpu_name  # noqa: E402
+from presets import machine  # noqa: E402
 from advsweep.models.training import load_trained  # noqa: E402
 from autoattack_rand import NoisyInput  # noqa: E402
 
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = select_examples(data.test_labels, count=args.examples, selection=args.selection, seed=0)
     x, y = data.test_images(chosen), data.test_labels[chosen]
     print(f"{args.model_dir}{f' behind input noise σ = {args.noise:g}' if args.noise else ''}, {args.selection} "
-          f"{args.examples} test images, {cpu_name()}, {os.cpu_count()} cores\n")
+          f"{args.examples} test images, {machine()}\n")
     parts = args.parts.split(",")
     if "stability" in parts:
         stability(model, x, y)

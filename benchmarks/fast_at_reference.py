@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -32,6 +31,7 @@ from torch import nn  # noqa: E402
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks import autoattack, run_attack  # noqa: E402
 from advsweep.models import build_wong_cnn  # noqa: E402
+from presets import machine  # noqa: E402
 
 EPS, ALPHA, LR_MAX, BATCH = 0.3, 0.375, 5e-3, 100
 
@@ -73,7 +73,7 @@ def main() -> None:
                           nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10))
     optimizer = torch.optim.Adam(model.parameters(), lr=LR_MAX)
     batches = len(x_train) // BATCH
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; seed {args.seed}, "
+    print(f"{machine()}; seed {args.seed}, "
           f"start {'clipped to [0, 1]' if args.clip_start else 'as drawn'}")
     started = time.perf_counter()
     for epoch in range(args.epochs):

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from advsweep.assets import load_dataset
-    from advsweep.attacks.engine.plan import cpu_name
+    from presets import machine
     from advsweep.attacks.adaptive.randomized import judged_logits
     from advsweep.experiments.config import ModelSpec
     from advsweep.experiments.units import classifier_from_file
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     model = classifier_from_file(Path(args.model), spec, data.info, written_by_train=False)
     x, y = data.test_images(np.arange(args.examples)), data.test_labels[: args.examples]
     ids = np.arange(args.examples)
-    print(f"{args.model}, first {args.examples} test images, {cpu_name()}, {os.cpu_count()} cores\n")
+    print(f"{args.model}, first {args.examples} test images, {machine()}\n")
     print("| draws | accuracy (seed 0 / seed 1) | examples judged differently | seconds for both |\n|---|---|---|---|")
     for draws in (int(d) for d in args.draws.split(",")):
         started = time.perf_counter()

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from advsweep.assets import load_dataset  # noqa: E402
 from advsweep.attacks.ensemble.fab import fab_step  # noqa: E402
-from advsweep.attacks.engine.plan import cpu_name  # noqa: E402
+from presets import machine  # noqa: E402
 from advsweep.attacks.ensemble.square import PROPOSALS  # noqa: E402
 
 SQUARE_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
@@ -50,7 +50,7 @@ def main() -> None:
     x1 = np.clip(x0 + rng.uniform(-0.3, 0.3, x0.shape).astype(np.float32), 0.0, 1.0)
     grads = rng.standard_normal(x0.shape).astype(np.float32)
     values = rng.standard_normal(args.rows).astype(np.float32)
-    print(f"{args.rows} MNIST test images, best of {args.repeats} timings; CPU: {cpu_name()}, {os.cpu_count()} cores\n")
+    print(f"{args.rows} MNIST test images, best of {args.repeats} timings; CPU: {machine()}\n")
     print("| work | ms per block |")
     print("|---|---|")
     for norm in ("linf", "l2", "l1"):

@@ -133,3 +133,12 @@ def test_the_architecture_page_goes_stale_with_a_new_import(tmp_path):
     architecture.write(page, tmp_path)
     assert not architecture.stale(page, tmp_path)
     assert "attacks_engine --> attacks\n" in page.read_text()
+
+
+def test_the_benchmark_scripts_share_their_presets_and_leave_the_path_alone():
+    """The reduced budgets and the machine line are defined once (benchmarks/presets.py); no script edits sys.path
+    (a script's own folder is first on its path already, and the tests' `pythonpath` setting does the same)."""
+    scripts = {p.name: p.read_text() for p in sorted((ROOT / "benchmarks").glob("*.py"))}
+    assert not [name for name, text in scripts.items() if "sys.path" in text]
+    assert [name for name, text in scripts.items() if re.search(r"^REDUCED\b", text, re.MULTILINE)] == ["presets.py"]
+    assert not [name for name, text in scripts.items() if "def cpu_name" in text]

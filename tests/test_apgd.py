@@ -14,9 +14,9 @@ from advsweep.attacks.gradient.apgd import (
     checkpoints,
     halve_step,
     momentum_steps,
-    start_point,
 )
 from advsweep.attacks.engine.core import loss_per_example, model_classes
+from advsweep.attacks.engine.geometry import edge_start
 
 
 def test_dlr_losses_hand_computed():
@@ -60,11 +60,11 @@ def test_step_halving_decision_hand_computed():
 def test_random_start_lies_on_the_balls_edge():
     rng = np.random.default_rng(0)
     x0 = np.full((28, 28, 1), 0.5, np.float32)
-    linf = start_point(x0, 0.1, "linf", rng)
+    linf = edge_start(x0, 0.1, "linf", rng)
     assert np.abs(linf - x0).max() == pytest.approx(0.1, abs=1e-6)  # t / max|t|: one pixel at the edge
-    l2 = start_point(x0, 1.0, "l2", rng)
+    l2 = edge_start(x0, 1.0, "l2", rng)
     assert np.linalg.norm(l2 - x0) == pytest.approx(1.0, abs=1e-5)
-    assert start_point(np.zeros((4, 4, 1), np.float32), 0.3, "linf", rng).min() == 0.0  # clipped to [0, 1]
+    assert edge_start(np.zeros((4, 4, 1), np.float32), 0.3, "linf", rng).min() == 0.0  # clipped to [0, 1]
 
 
 def test_momentum_step_hand_computed():
@@ -154,7 +154,7 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
         return np.clip(x0 + np.float32(e) * t / np.abs(t).max(), 0.0, 1.0).astype(np.float32)
 
     monkeypatch.setattr(engine, "example_stream", lambda s, example, stream, e, restart: Run(example, stream))
-    monkeypatch.setattr(apgd, "start_point", reference_start)
+    monkeypatch.setattr(apgd, "edge_start", reference_start)
     if targeted:
         ours = apgd.auto_pgd_targeted(small_cnn, x, y, [eps], steps=steps, target_classes=targets)
     else:

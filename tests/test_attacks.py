@@ -210,15 +210,15 @@ def test_unknown_parameter_and_implementation_are_named(small_cnn, test_images):
 
 def test_random_start_is_uniform_in_the_ball():
     """L∞: each pixel offset uniform on [-ε, ε]; L2: uniform in the ball (in 784 dimensions: on the sphere)."""
-    from advsweep.attacks.engine.core import random_start
+    from advsweep.attacks.engine.geometry import uniform_start
 
     x0 = np.full((400, 28, 28, 1), 0.5, np.float32)
     eps = np.full(400, 0.3)
-    delta = random_start(x0, eps, "linf", [np.random.default_rng([0, i]) for i in range(400)]) - x0
+    delta = uniform_start(x0, eps, "linf", [np.random.default_rng([0, i]) for i in range(400)]) - x0
     assert np.abs(delta).max() <= 0.3 + 1e-6
     assert np.abs(delta.mean()) < 0.002 and np.std(delta) == pytest.approx(0.3 / np.sqrt(3), rel=0.01)
     assert np.histogram(delta, bins=6, range=(-0.3, 0.3))[0].min() > 0.95 * delta.size / 6
-    delta2 = random_start(x0, np.full(400, 2.0), "l2", [np.random.default_rng([1, i]) for i in range(400)]) - x0
+    delta2 = uniform_start(x0, np.full(400, 2.0), "l2", [np.random.default_rng([1, i]) for i in range(400)]) - x0
     radii = np.linalg.norm(delta2.reshape(400, -1), axis=1)
     assert radii.max() <= 2.0 + 1e-5 and np.quantile(radii, 0.05) > 2.0 * 0.99  # r ~ 2·U^(1/784)
     directions = delta2.reshape(400, -1) / radii[:, None]

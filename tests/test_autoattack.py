@@ -22,10 +22,9 @@ from advsweep.attacks.ensemble.fab import (
     projection_linf,
     stable_argsort,
 )
+from advsweep.attacks.engine.geometry import l1_box_projection
 from advsweep.attacks.engine.plan import UNMEASURED, use_plan
 from advsweep.attacks.ensemble.square import (
-    _l1_point,
-    _l2,
     _signs,
     p_schedule,
     rectangle_profile,
@@ -57,6 +56,16 @@ def test_square_l2_window_profile_hand_computed():
 
 # the authors' Square update of one example at a time (``pyautoattack/square.py``, ``perturb``'s loop), as it reads
 # in their code: the reference the engine's block proposals (``linf_proposals``, ``window_proposals``) are held to
+
+def _l2(v: np.ndarray) -> np.float32:
+    return np.float32(np.sqrt(np.sum(v.astype(np.float32) ** 2)))
+
+
+def _l1_point(x0: np.ndarray, delta: np.ndarray, eps: np.ndarray | float) -> np.ndarray:
+    """``x₀ + δ`` onto the L1 ball of radius ``ε (1 − 10⁻⁶)`` ∩ [0, 1] (the authors' margin), rows at once."""
+    moved = l1_box_projection(x0, delta, np.asarray(eps, np.float64) * (1.0 - 1e-6))
+    return np.clip(x0 + moved, 0.0, 1.0).astype(np.float32)
+
 
 def _corner(rng: np.random.Generator, length: int, side: int) -> int:
     """A window's first row (or column), as the authors draw it: ``⌊(length − side) · u⌋``, u uniform in [0, 1)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from advsweep.attacks.engine.l1 import l1_box_projection
+from advsweep.attacks.engine.geometry import l1_box_projection, l1_point
 
 
 @pytest.mark.parametrize("scale, eps", [(0.05, 5.0), (0.3, 10.0), (1.0, 12.0), (0.01, 100.0), (2.0, 1.0)])
@@ -76,10 +76,10 @@ def test_l1_apgd_follows_the_authors_from_the_same_random_starts(small_cnn, test
             self.example, self.stream = example, stream
 
     def reference_start(x0, e, norm, run):
-        return apgd.l1_start(x0, draws[run.example][int(run.stream[len("apgd-t"):]) - 2 if targeted else 0], e)
+        return l1_point(x0[None], draws[run.example][int(run.stream[len("apgd-t"):]) - 2 if targeted else 0][None], e)[0]
 
     monkeypatch.setattr(engine, "example_stream", lambda s, example, stream, e, restart: Run(example, stream))
-    monkeypatch.setattr(apgd, "start_point", reference_start)
+    monkeypatch.setattr(apgd, "edge_start", reference_start)
     if targeted:
         ours = apgd.auto_pgd_targeted(small_cnn, x, y, [eps], norm="l1", steps=steps, target_classes=targets)
     else:

@@ -485,55 +485,6 @@ def example_stream(seed: int, example_id: int, attack: str, epsilon: float, rest
 
 
 # --------------------------------------------------------------------------------------------
-# normalisation, projection and random starts (foolbox's definitions)
-
-
-def _per_example(values: tf.Tensor, ndim: int) -> tf.Tensor:
-    return tf.reshape(values, [-1] + [1] * (ndim - 1))
-
-
-def _l2_norms(values: tf.Tensor) -> tf.Tensor:
-    """Per-example L2 norms as eagerpy computes them: ``sqrt(sum(square(x)))``."""
-    return tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(values, [tf.shape(values)[0], -1])), axis=-1))
-
-
-# normalize and project run eagerly, with foolbox's exact sequence of float32 operations: a compiled
-# graph may rewrite them (x * (1 / y) into x / y) and so differ from foolbox in the last bit.
-
-
-def normalize(gradient: tf.Tensor, norm: str) -> tf.Tensor:
-    """Sign (L∞) or unit L2 norm per example (norms floored at 1e-12, as foolbox)."""
-    if norm == "linf":
-        return tf.sign(gradient)
-    factor = 1.0 / tf.maximum(_l2_norms(gradient), 1e-12)
-    return gradient * _per_example(factor, gradient.shape.rank)
-
-
-def project(x: tf.Tensor, x0: tf.Tensor, eps: tf.Tensor, norm: str) -> tf.Tensor:
-    """Project ``x`` onto the ε-ball around ``x0``; ``eps`` is per example ``(N,)`` float32."""
-    delta = x - x0
-    if norm == "linf":
-        eps_b = _per_example(eps, x.shape.rank)
-        return x0 + tf.clip_by_value(delta, -eps_b, eps_b)
-    factor = tf.minimum(1.0, eps / tf.maximum(_l2_norms(delta), 1e-12))
-    return x0 + delta * _per_example(factor, x.shape.rank)
-
-
-def random_start(x0: np.ndarray, eps: np.ndarray, norm: str, rngs: Sequence[np.random.Generator]) -> np.ndarray:
-    """A uniform draw from the ε-ball around each ``x0[i]`` with its own generator ``rngs[i]`` (L∞: uniform
-    per pixel; L2: uniform in the ball, Voelker et al. 2017), clipped to [0, 1]."""
-    dims = int(np.prod(x0.shape[1:]))
-    noise = np.empty(x0.shape, dtype=np.float32)
-    for i, rng in enumerate(rngs):
-        if norm == "linf":
-            noise[i] = rng.uniform(-1.0, 1.0, size=x0.shape[1:]).astype(np.float32)
-        else:
-            gauss = rng.standard_normal(size=dims + 2)
-            noise[i] = (gauss / np.linalg.norm(gauss))[:dims].reshape(x0.shape[1:]).astype(np.float32)
-    eps_b = np.asarray(eps, dtype=np.float32).reshape((-1,) + (1,) * (x0.ndim - 1))
-    return np.clip(x0 + eps_b * noise, 0.0, 1.0).astype(np.float32)
-
-
 def any_iterate_view(order: np.ndarray, found: np.ndarray, x_found: np.ndarray, logits_found: np.ndarray,
                      x_last: np.ndarray, logits_last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The any-iterate view ``(x_adv, logits)``, ``(K, N, …)``, of an iterative attack, shared by both implementations.

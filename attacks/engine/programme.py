@@ -44,16 +44,8 @@ from advsweep.attacks.engine.core import (
     result_of,
     success_of,
 )
+from advsweep.attacks.engine.geometry import sizes_of
 from advsweep.attacks.engine.plan import Plan, plan_of
-
-
-def sizes_of(deltas: np.ndarray, norm: str) -> np.ndarray:
-    """Each row's size in ``norm`` of float32 perturbations ``(M, …)``, in float32 (as the budgets it is compared
-    with, and as FAB's step weighs its moves)."""
-    flat = np.abs(deltas.reshape(len(deltas), -1))
-    if norm == "linf":
-        return flat.max(axis=1)
-    return flat.sum(axis=1) if norm == "l1" else np.sqrt((flat * flat).sum(axis=1))
 
 
 def calls(example_ids: np.ndarray, plan: Plan) -> list[np.ndarray]:

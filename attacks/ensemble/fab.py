@@ -36,7 +36,8 @@ import numpy as np
 
 from advsweep.assets.validate import Invalid
 from advsweep.attacks.engine.core import CLOSEST_BOUNDARY, AttackResult, checked_call, classes_of, target_ranks
-from advsweep.attacks.engine.programme import Outputs, Programme, Runs, Step, grid_budgets, run_engine, sizes_of
+from advsweep.attacks.engine.geometry import edge_start, sizes_of, to_box
+from advsweep.attacks.engine.programme import Outputs, Programme, Runs, Step, grid_budgets, run_engine
 from advsweep.attacks.engine.spec import L1_NORMS
 from advsweep.defaults import ATTACK, FAB, FAB_UNTARGETED
 
@@ -309,19 +310,7 @@ def fab_step(x1: np.ndarray, x0: np.ndarray, values: np.ndarray, grads: np.ndarr
     alpha = alpha.reshape((m,) + (1,) * (x1.ndim - 1))
     e = np.float32(eta)
     d1, d2 = d1.reshape(x1.shape), d2.reshape(x1.shape)
-    return np.clip((x1 + e * d1) * (1 - alpha) + (x0 + e * d2) * alpha, 0.0, 1.0).astype(np.float32)
-
-
-def fab_start(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -> np.ndarray:
-    """A restart's random start: ``x + (ε/2) · t / ‖t‖`` (L∞: t uniform in [−1, 1]; L2 and L1: t standard normal,
-    divided by its L2 or L1 norm), clipped to [0, 1]."""
-    if norm == "linf":
-        t = rng.uniform(-1.0, 1.0, size=x0.shape).astype(np.float32)
-        size = np.abs(t).max()
-    else:
-        t = rng.standard_normal(size=x0.shape).astype(np.float32)
-        size = np.abs(t).sum() if norm == "l1" else np.sqrt(np.sum(t * t))
-    return np.clip(x0 + np.float32(eps) * t / size * np.float32(0.5), 0.0, 1.0).astype(np.float32)
+    return to_box((x1 + e * d1) * (1 - alpha) + (x0 + e * d2) * alpha).astype(np.float32)
 
 
 class FabStep(Step):
@@ -353,7 +342,7 @@ class FabStep(Step):
     def start(self, runs: Runs) -> np.ndarray:
         e = runs.examples
         self.x0[e], self.i[e], self.checking[e] = runs.x0, 0, False
-        return np.stack([x0 if restart == 0 else fab_start(x0, float(eps), self.norm, rng)
+        return np.stack([x0 if restart == 0 else edge_start(x0, float(eps), self.norm, rng, fraction=0.5, floor=False)
                          for x0, eps, restart, rng in zip(runs.x0, runs.eps, runs.restarts, runs.rngs)])
 
     def needs_gradient(self, e: np.ndarray) -> np.ndarray:

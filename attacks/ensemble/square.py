@@ -4,7 +4,7 @@ that needs no gradient, only the logits.
 Each query changes the current best perturbation inside one random square window (L∞: set the window to ±ε,
 one sign per channel; L2: move mass into one window and out of another, keeping the norm at ε; L1, AutoAttack's L1
 version from "Mind the box" (Croce & Hein, ICML 2021): the same move with L1 profiles and norms, then projected onto
-the L1 ball ∩ [0, 1], :mod:`advsweep.attacks.engine.l1`) and keeps the
+the L1 ball ∩ [0, 1], :func:`advsweep.attacks.engine.geometry.l1_point`) and keeps the
 change when the margin loss ``z_y − max_{j≠y} z_j`` falls or the point is misclassified. The side of the window
 shrinks with the query count (AutoAttack's schedule for ``p``, starting at ``p_init = 0.8``). Because it never
 reads a gradient, it is AutoAttack's check on gradient masking: when Square fools examples that the white-box
@@ -30,8 +30,8 @@ import keras
 import numpy as np
 
 from advsweep.attacks.engine.core import AttackResult, checked_call, classes_of
+from advsweep.attacks.engine.geometry import l1_point, l2_norms, linf_project, to_box
 from advsweep.attacks.engine.programme import Outputs, Programme, Runs, Step, grid_budgets, run_engine
-from advsweep.attacks.engine.l1 import l1_box_projection
 from advsweep.attacks.engine.spec import L1_NORMS
 from advsweep.defaults import ATTACK, SQUARE
 
@@ -95,6 +95,12 @@ def _unit(delta: np.ndarray, norm: str) -> np.ndarray:
     return delta / (np.sum(np.abs(delta)) if norm == "l1" else np.sqrt(np.sum(delta ** 2)))
 
 
+def _l1_inside(x0: np.ndarray, delta: np.ndarray, eps: np.ndarray | float) -> np.ndarray:
+    """``x₀ + δ`` onto the L1 ball of radius ``ε (1 − 10⁻⁶)`` ∩ [0, 1] (the authors keep a hair inside ε), rows at
+    once."""
+    return l1_point(x0, delta, np.asarray(eps, np.float64) * (1.0 - 1e-6))
+
+
 def rectangle_profile(rows: int, cols: int, norm: str = "l2") -> np.ndarray:
     """The authors' ``eta_rectangles``: nested rectangles around the centre, each adding ``1 / (k + 1)²`` (L2) or
     ``1 / (k + 1)⁴`` (L1), normalised to unit norm."""
@@ -123,16 +129,6 @@ def window_profile(side: int, rng: np.random.Generator, norm: str = "l2") -> np.
     return (delta.T if rng.random() > 0.5 else delta).astype(np.float32)
 
 
-def _l1_point(x0: np.ndarray, delta: np.ndarray, eps: np.ndarray | float) -> np.ndarray:
-    """``x₀ + δ`` projected onto the L1 ball of radius ``ε (1 − 10⁻⁶)`` ∩ [0, 1] (the authors' margin), rows at once."""
-    moved = l1_box_projection(x0, delta, np.asarray(eps, np.float64) * (1.0 - 1e-6))
-    return np.clip(x0 + moved, 0.0, 1.0).astype(np.float32)
-
-
-def _l2(v: np.ndarray) -> np.float32:
-    return np.float32(np.sqrt(np.sum(v.astype(np.float32) ** 2)))
-
-
 def initial_point(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -> np.ndarray:
     """L∞: vertical stripes, each column of each channel at ±ε; L2 and L1: a 5 × 5 grid of windows of side ⌊H/5⌋,
     each a signed :func:`window_profile`, scaled to norm ε (L1: projected onto the ball ∩ box). Clipped to
@@ -140,7 +136,7 @@ def initial_point(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generato
     h, w, c = x0.shape
     e = np.float32(eps)
     if norm == "linf":
-        return np.clip(x0 + e * _signs(rng, (1, w, c)), 0.0, 1.0).astype(np.float32)
+        return to_box(x0 + e * _signs(rng, (1, w, c))).astype(np.float32)
     delta = np.zeros_like(x0)
     side = max(h // 5, 1)
     first = (h - side * 5) // 2
@@ -149,8 +145,8 @@ def initial_point(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generato
             delta[top: top + side, left: left + side] += (window_profile(side, rng, norm)[..., None]
                                                           * _signs(rng, (1, 1, c)))
     if norm == "l1":
-        return _l1_point(x0[None], delta[None], eps)[0]
-    return np.clip(x0 + delta / (_l2(delta) + np.float32(1e-12)) * e, 0.0, 1.0).astype(np.float32)
+        return _l1_inside(x0[None], delta[None], eps)[0]
+    return to_box(x0 + delta / (l2_norms(delta[None])[0] + np.float32(1e-12)) * e).astype(np.float32)
 
 
 def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -187,13 +183,8 @@ def linf_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.nd
         at = _window_index(g, top, left, side)
         e = eps[g].astype(np.float32).reshape(-1, 1, 1, 1)
         moved, centre = x_best[at] + np.float32(2.0) * e * signs[g].reshape(-1, 1, 1, c), x0[at]
-        candidates[at] = np.clip(np.minimum(np.maximum(moved, centre - e), centre + e), 0.0, 1.0)
+        candidates[at] = linf_project(centre, moved, e)
     return candidates
-
-
-def _norms(v: np.ndarray) -> np.ndarray:
-    """Per-example L2 norms of float32 ``(M, …)``, shaped to broadcast against it."""
-    return np.sqrt(np.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True))
 
 
 def _window(top: np.ndarray, left: np.ndarray, side: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -231,7 +222,8 @@ def window_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.
         if norm == "l2":
             new = flipped[..., None] * signs + inside / (np.float32(1e-12) + np.sqrt(np.sum(inside ** 2, axis=(1, 2),
                                                                                              keepdims=True)))
-            scale = np.sqrt(np.maximum(e * e - _norms(delta) ** 2, 0.0) / c + _norms(delta * both) ** 2)
+            scale = np.sqrt(np.maximum(e * e - l2_norms(delta, keepdims=True) ** 2, 0.0) / c
+                            + l2_norms(delta * both, keepdims=True) ** 2)
             new = new / (np.float32(1e-12) + np.sqrt(np.sum(new ** 2, axis=(1, 2), keepdims=True))) * scale
         else:
             new = flipped[..., None] * signs + inside / (np.float32(1e-12) + np.sum(np.abs(inside), axis=(1, 2),
@@ -241,8 +233,8 @@ def window_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.
             new = new / (np.float32(1e-12) + np.sum(np.abs(new), axis=(1, 2), keepdims=True)) * scale
         delta = np.where(second, np.float32(0.0), delta)
         delta[at] = new
-        out[g] = (np.clip(x0[g] + delta / (_norms(delta) + np.float32(1e-12)) * e, 0.0, 1.0) if norm == "l2"
-                  else _l1_point(x0[g], delta, eps[g]))
+        out[g] = (to_box(x0[g] + delta / (l2_norms(delta, keepdims=True) + np.float32(1e-12)) * e) if norm == "l2"
+                  else _l1_inside(x0[g], delta, eps[g]))
     return out
 
 

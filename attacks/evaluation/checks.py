@@ -25,6 +25,7 @@ from advsweep.attacks.engine.core import (
     gradient_fn,
     predict_logits,
 )
+from advsweep.attacks.engine.geometry import l2_norms, sizes_of, to_box
 from advsweep.attacks.engine.spec import ENSEMBLE
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,7 @@ class Check:
 def check_result_validity(result: AttackResult, x: np.ndarray, *, label: str = "") -> Check:
     """No adversarial input leaves [0, 1] or its ε-ball, and none contains NaN."""
     delta = (result.x_adv - x[None]).reshape(len(result.epsilons), len(x), -1)
-    sizes = (np.abs(delta).max(axis=2) if result.norm == "linf" else np.abs(delta).sum(axis=2) if result.norm == "l1"
-             else np.linalg.norm(delta, axis=2))
+    sizes = sizes_of(delta.reshape(len(result.epsilons) * len(x), -1), result.norm).reshape(delta.shape[:2])
     excess = float(np.max(sizes - result.epsilons[:, None], initial=-np.inf)) if delta.size else 0.0
     nan = bool(np.isnan(result.x_adv).any())
     low, high = (float(result.x_adv.min()), float(result.x_adv.max())) if result.x_adv.size else (0.0, 1.0)
@@ -231,7 +231,7 @@ def _loss_changes(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, seed
     for _ in range(draws):
         noise = np.stack([(rng.random(x.shape[1:], dtype=np.float32) - np.float32(0.5)) * np.float32(radius)
                           for rng in streams]) if len(x) else np.zeros_like(x)
-        moved_x = np.clip(x + noise, 0.0, 1.0).astype(np.float32)
+        moved_x = to_box(x + noise).astype(np.float32)
         total += np.abs(reference - margin_loss(predict_logits(model, moved_x, example_ids=ids)))
         if flat is not None:
             delta = (moved_x.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
@@ -297,7 +297,7 @@ def check_gradients(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, ex
     """Input gradients of the loss are not zero (a zero gradient hides examples from every gradient attack)."""
     ids = check_example_ids(example_ids, len(x))
     _, gradients = blocked_gradients(gradient_fn(model, "ce"), x, labels.astype(np.int64), ids)
-    all_norms = np.linalg.norm(gradients.reshape(len(x), -1), axis=1)
+    all_norms = l2_norms(gradients.reshape(len(x), -1))
     zero = float(np.mean(all_norms < 1e-12)) if len(all_norms) else 0.0
     nan = bool(np.isnan(all_norms).any())
     passed = zero <= ZERO_GRADIENT_MAX_FRACTION and not nan

@@ -41,7 +41,15 @@ from advsweep.attacks.engine.core import (
     target_ranks,
 )
 from advsweep.attacks.engine.programme import Outputs, Programme, Runs, Step, grid_budgets, run_engine
-from advsweep.attacks.engine.l1 import l1_box_projection
+from advsweep.attacks.engine.geometry import (
+    edge_start,
+    l1_box_projection,
+    l1_point,
+    l2_normalize,
+    l2_project,
+    linf_project,
+    per_example,
+)
 from advsweep.attacks.engine.spec import L1_NORMS
 from advsweep.defaults import APGD_CE, APGD_T, ATTACK
 
@@ -158,54 +166,21 @@ def halve_step(history: np.ndarray, i: int, window: int, rho: float, reduced_las
     return raised <= window * rho or (not reduced_last_check and best_at_last_check >= best)
 
 
-def start_point(x0: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -> np.ndarray:
-    """AutoAttack's random start: L∞ ``x + ε · t / max|t|`` with ``t`` uniform in [−1, 1]; L2 ``x + ε · t / ‖t‖₂``
-    with ``t`` standard normal; clipped to [0, 1]. L1: ``t`` standard normal projected onto the L1 ball ∩ box
-    (``x + P(t)``)."""
-    if norm == "l1":
-        t = rng.standard_normal(size=x0.shape).astype(np.float32)
-        return l1_start(x0, t, eps)
-    if norm == "linf":
-        t = rng.uniform(-1.0, 1.0, size=x0.shape).astype(np.float32)
-        scale = np.abs(t).max()
-    else:
-        t = rng.standard_normal(size=x0.shape).astype(np.float32)
-        scale = np.sqrt(np.sum(t * t))
-    return np.clip(x0 + np.float32(eps) * t / (scale + np.float32(1e-12)), 0.0, 1.0).astype(np.float32)
-
-
-def _per_example(values: np.ndarray, like: np.ndarray) -> np.ndarray:
-    return np.asarray(values, np.float32).reshape((-1,) + (1,) * (like.ndim - 1))
-
-
-def _l2_normalize(v: np.ndarray) -> np.ndarray:
-    """Each example of ``v`` ``(M, …)`` scaled to unit L2 norm (1e-12 added to the norm, as the authors)."""
-    norms = np.sqrt(np.sum(v * v, axis=tuple(range(1, v.ndim))))
-    return v / (_per_example(norms, v) + np.float32(1e-12))
-
-
-def _l2_project(x0: np.ndarray, point: np.ndarray, eps: np.ndarray) -> np.ndarray:
-    delta = point - x0
-    norms = np.sqrt(np.sum(delta * delta, axis=tuple(range(1, delta.ndim))))
-    return np.clip(x0 + _l2_normalize(delta) * _per_example(np.minimum(np.asarray(eps, np.float32), norms), delta),
-                   0.0, 1.0)
-
-
 def momentum_steps(x_cur: np.ndarray, x_old: np.ndarray, x0: np.ndarray, grad: np.ndarray, step: np.ndarray,
                    eps: np.ndarray, norm: str, first: np.ndarray) -> np.ndarray:
     """One APGD update of each of M examples ``(M, …)`` (step sizes, budgets and ``first`` ``(M,)``): a step along
     the normalised gradient, projected, then mixed with the last move (momentum 0.75; none on a run's first step)
     and projected again (onto the ε-ball and [0, 1])."""
-    a = _per_example(np.where(first, 1.0, 0.75), x_cur)
-    step, eps_b = _per_example(step, x_cur), _per_example(eps, x_cur)
+    a = per_example(np.where(first, 1.0, 0.75), x_cur)
+    step, eps_b = per_example(step, x_cur), per_example(eps, x_cur)
     previous_move = x_cur - x_old
     if norm == "linf":
-        moved = np.clip(np.minimum(np.maximum(x_cur + step * np.sign(grad), x0 - eps_b), x0 + eps_b), 0.0, 1.0)
+        moved = linf_project(x0, x_cur + step * np.sign(grad), eps_b)
         mixed = x_cur + (moved - x_cur) * a + previous_move * (np.float32(1.0) - a)
-        return np.clip(np.minimum(np.maximum(mixed, x0 - eps_b), x0 + eps_b), 0.0, 1.0).astype(np.float32)
-    moved = _l2_project(x0, x_cur + step * _l2_normalize(grad), eps)
+        return linf_project(x0, mixed, eps_b).astype(np.float32)
+    moved = l2_project(x0, x_cur + step * l2_normalize(grad), eps)
     mixed = x_cur + (moved - x_cur) * a + previous_move * (np.float32(1.0) - a)
-    return _l2_project(x0, mixed, eps).astype(np.float32)
+    return l2_project(x0, mixed, eps).astype(np.float32)
 
 
 class ApgdStep(Step):
@@ -239,7 +214,7 @@ class ApgdStep(Step):
     def start(self, runs: Runs) -> np.ndarray:
         e = runs.examples
         self.x0[e], self.eps[e], self.i[e] = runs.x0, runs.eps, -1
-        return np.stack([start_point(x0, float(eps), self.norm, rng)
+        return np.stack([edge_start(x0, float(eps), self.norm, rng)
                          for x0, eps, rng in zip(runs.x0, runs.eps, runs.rngs)])
 
     def step(self, e: np.ndarray, x: np.ndarray, out: Outputs, fooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -275,11 +250,6 @@ class ApgdStep(Step):
 
     def end(self, e: np.ndarray, x: np.ndarray, out: Outputs) -> tuple[np.ndarray, np.ndarray]:
         return self.x_best[e], self.logits_best[e]
-
-
-def l1_start(x0: np.ndarray, t: np.ndarray, eps: float) -> np.ndarray:
-    """The L1 start from a draw ``t``: ``x₀ + P(t)``, ``P`` the projection onto the L1 ball ∩ box, clipped."""
-    return np.clip(x0 + l1_box_projection(x0[None], t[None], eps)[0], 0.0, 1.0).astype(np.float32)
 
 
 class ApgdL1Step(Step):
@@ -327,7 +297,7 @@ class ApgdL1Step(Step):
         factor = float(self.factors[0])
         self.x0[e], self.eps[e], self.i[e], self.stage[e] = runs.x0, runs.eps, -1, 0
         self.radius[e] = self.factors[0] * runs.eps.astype(np.float32)
-        return np.stack([start_point(x0, factor * float(eps), "l1", rng)
+        return np.stack([edge_start(x0, factor * float(eps), "l1", rng)
                          for x0, eps, rng in zip(runs.x0, runs.eps, runs.rngs)])
 
     def outside(self, e: np.ndarray) -> np.ndarray:
@@ -375,8 +345,7 @@ class ApgdL1Step(Step):
             self.radius[k] = self.factors[self.stage[k]] * self.eps[k]
             x0 = self.x0[k].reshape(len(k), self.dims)
             best = self.x_best[k].reshape(len(k), self.dims)
-            moved[following] = np.clip(x0 + l1_box_projection(x0, best - x0, self.radius[k]), 0.0, 1.0).reshape(
-                (len(k),) + x.shape[1:])
+            moved[following] = l1_point(x0, best - x0, self.radius[k]).reshape((len(k),) + x.shape[1:])
             self.i[k] = -1
         return moved, over & last
 

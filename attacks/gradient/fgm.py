@@ -27,11 +27,10 @@ from advsweep.attacks.engine.core import (
     check_norm,
     gather_block,
     gradient_fn,
-    normalize,
     predict_logits,
-    project,
     success_of,
 )
+from advsweep.attacks.engine.geometry import normalize, project_in_box
 from advsweep.defaults import ATTACK
 
 
@@ -100,4 +99,4 @@ def fgm_step(x0: np.ndarray, unit_step: np.ndarray, epsilon: float, norm: str, d
     x0_t = tf.constant(x0)
     moved = x0_t + direction * (np.float32(epsilon) * tf.constant(unit_step))
     eps = tf.fill([len(x0)], np.float32(epsilon))
-    return tf.clip_by_value(project(moved, x0_t, eps, norm), 0.0, 1.0).numpy()
+    return project_in_box(moved, x0_t, eps, norm).numpy()

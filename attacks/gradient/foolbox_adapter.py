@@ -37,11 +37,11 @@ from advsweep.attacks.engine.core import (
     gather_block,
     loss_per_example,
     predict_logits,
-    random_start,
     resolved_gradient,
     result_of,
     success_of,
 )
+from advsweep.attacks.engine.geometry import sizes_of, uniform_start
 from advsweep.attacks.engine.spec import L1_NORMS
 from advsweep.defaults import ATTACK, ITERATIVE
 
@@ -111,7 +111,7 @@ def _subclass(cls: type, loss: str) -> type:
         used = self.block_ids >= 0
         rngs = [example_stream(self.seed, int(i), self.stream, float(epsilon), self.restart)
                 for i in self.block_ids[used]]
-        starts[used] = random_start(x0_np[used], np.full(int(used.sum()), epsilon), self.norm, rngs)
+        starts[used] = uniform_start(x0_np[used], np.full(int(used.sum()), epsilon), self.norm, rngs)
         return ep.astensor(tf.constant(starts))
 
     def run(self: Any, model: Any, inputs: Any, criterion: Any, *, epsilon: float, **kwargs: Any) -> Any:
@@ -287,8 +287,7 @@ def fmn_minimal_norms(
         _, clipped, success = attack(fmodel, tf.constant(x[part]), fb.criteria.Misclassification(
             tf.constant(labels[part])), epsilons=None)
         delta = (clipped.numpy() - x[part]).reshape(part.stop - part.start, -1)
-        size = {"linf": lambda: np.abs(delta).max(axis=1), "l1": lambda: np.abs(delta).sum(axis=1),
-                "l2": lambda: np.linalg.norm(delta, axis=1)}[norm]()
+        size = sizes_of(delta, norm)
         ok = np.asarray(success.numpy(), dtype=bool)
         sizes[part][ok] = size[ok]
     return sizes

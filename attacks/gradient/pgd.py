@@ -21,10 +21,8 @@ from advsweep.attacks.engine.core import (
     AttackResult,
     check_norm,
     checked_call,
-    normalize,
-    project,
-    random_start as draw_start,
 )
+from advsweep.attacks.engine.geometry import normalize, project_in_box, uniform_start as draw_start
 from advsweep.attacks.engine.programme import Outputs, Plan, Programme, Runs, Step, grid_budgets, run_engine
 from advsweep.defaults import ATTACK, ITERATIVE
 
@@ -158,7 +156,7 @@ class PgdStep(Step):
         assert out.grad is not None
         sizes = tf.reshape(tf.constant(self.size[e]), (-1,) + (1,) * (x.ndim - 1))
         moved = tf.constant(x) + self.direction * (sizes * normalize(tf.constant(out.grad), self.norm))
-        moved = tf.clip_by_value(project(moved, tf.constant(self.x0[e]), tf.constant(self.eps[e]), self.norm), 0.0, 1.0)
+        moved = project_in_box(moved, tf.constant(self.x0[e]), tf.constant(self.eps[e]), self.norm)
         ended = self.i[e] >= self.steps
         self.i[e] += 1
         return moved.numpy(), ended

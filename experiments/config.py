@@ -30,6 +30,7 @@ from advsweep.attacks.engine.spec import (
     LOSSES,
     attack_parameters,
     check_epsilons,
+    check_combination,
     check_parameter,
     implementations_of,
     norms_of,
@@ -388,7 +389,7 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
     default_implementations = [i for i in ATTACK["implementations"] if i in supported]
     values = _take(table, "", {"name": name, "label": None, "norm": None, "implementations": default_implementations,
                                 "surrogate": None, **{p: None for p in tunable}}, where)
-    fixed = ATTACK_SPECS[name][1]
+    fixed = ATTACK_SPECS[name].norm
     norm = values["norm"] if values["norm"] is not None else (fixed or "linf")
     norm = _choice(f"{where}.norm", norm, L1_NORMS)
     if norm not in norms_of(name):
@@ -421,11 +422,10 @@ def _attack(index: int, table: Any, epsilons: Mapping[str, Any]) -> AttackSpec:
             check_parameter(name, key, value)
         except Invalid as error:  # a nested setting names itself (`settings.square.queries`)
             raise ConfigError(error.under(f"{where}.{error.name if error.name.startswith(key) else key}")) from None
-    radii = ["large_radii"] if params.get("large_radii") else []
-    radii += [f"settings.{m}.large_radii" for m, v in (params.get("settings") or {}).items() if v.get("large_radii")]
-    if norm != "l1" and radii:
-        raise _fail(f"{where}.{radii[0]}", "is l1-APGD's schedule of radii (3ε, 2ε, ε): it needs norm = \"l1\"; "
-                                           "delete the key or set the norm")
+    try:  # the rules that join a parameter to another or to the norm: the attacks' own, before any model loads
+        check_combination(name, params, norm)
+    except Invalid as error:
+        raise ConfigError(error.under(f"{where}.{error.name}")) from None
     return AttackSpec(label=label, name=name, norm=norm, implementations=tuple(dict.fromkeys(implementations)),
                       params=params, surrogate=surrogate)
 

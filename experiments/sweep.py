@@ -315,10 +315,6 @@ def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = N
     folder is made. The units run in this process or as Ray tasks (``config.run``); either way this process alone
     writes the run folder, and the records are the same to the byte.
     """
-    from tqdm.auto import tqdm
-
-    from advsweep.assets import load_dataset
-    from advsweep.attacks.engine.core import device_kind
     from advsweep.experiments.reporting.report import build_report
 
     if run_id is not None:  # it names a folder under results_root: a plain name, or nothing starts
@@ -331,75 +327,99 @@ def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = N
         cluster = connect(config.run)
     try:
         deterministic_kernels()
-        dataset = load_dataset(config.data)
-        y_test = dataset.test_labels
-        models = prepare_models(config, results_root / "models")
-        assets = {dataset.resolved.name: dataset.resolved.to_dict()}
-        for loaded in models:  # the weights each model was built from, as its training recorded them
-            for entry in loaded.metrics.get("assets", {}).values():
-                assets.setdefault(entry["name"], entry)
-        examples = select_examples(y_test, count=config.examples, selection=config.selection,
-                                   seed=config.selection_seed, classes=dataset.info.classes)
-        x, labels = dataset.test_images(examples), y_test[examples]
-        code = code_version()
-        # the device the units run on: this process', or the Ray tasks' (a task without GPUs sees none)
-        device = device_kind() if cluster is None else ("gpu" if config.run.gpus_per_task > 0 else "cpu")
-        execution = execution_plan({m.spec.name: m.model for m in models}, device)
-        parts = identity_parts(config, models, code, execution)
-        run_id = run_id or run_identity(config, models, code, execution)
-        run_dir = results_root / config.name / run_id
-        previous = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").is_file() else {}
-        if previous:
-            check_resumable(run_dir, previous, parts, execution)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        randomized = detect_randomized(models, x)
-        inputs = SweepInputs(config=config, models={m.spec.name: m for m in models}, x=x, labels=labels,
-                             examples=examples, run_dir=run_dir, code=code, execution=execution, randomized=randomized)
-
-        info = manifest(config, models, code, list(assets.values()), examples)
-        executor = {"name": config.run.executor, **(cluster.describe() if cluster is not None else {})}
-        info["randomized"] = {name: {"draws": config.draws, "rule": "mean of the draws' softmax probabilities"}
-                              for name, flagged in randomized.items() if flagged}
-        info.update({"run_id": run_id, "identity": parts, "execution": execution, "status": "running",
-                     "started": previous.get("started") or _now(), "executor": executor,
-                     "sessions": previous.get("sessions", []) + [{"started": _now(), "executor": config.run.executor}]})
-        write_json(run_dir / "config.resolved.json", config.to_dict())
-        write_json(run_dir / "manifest.json", info)
-        write_atomic(run_dir / "examples.csv", lambda p: pd.DataFrame(
-            {"position": np.arange(len(examples)), "example": examples, "label": labels}).to_csv(p, index=False))
-
+        inputs, info = _open_run(config, results_root, run_id, cluster)
         units = plan(config)
-        todo = [u for u in units if not unit_is_done(run_dir, u)]
-        logger.info("sweep %s, run %s: %d of %d units to do on the %s executor (%s)", config.name, run_id, len(todo),
-                    len(units), config.run.executor, run_dir)
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
-        bar = tqdm(total=sum(u.cost for u in units), initial=sum(u.cost for u in units if u not in todo),
-                   unit="grad", unit_scale=True, desc=config.name, dynamic_ncols=True,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
-
-        def finish(unit: Unit, output: UnitOutput, seconds: float, worker: dict[str, Any]) -> None:
-            writing = time.perf_counter()
-            record = write_unit(run_dir, output)
-            record.update({"seconds": seconds, "write_seconds": time.perf_counter() - writing, "finished": _now(),
-                           "worker": worker})
-            write_json(run_dir / unit.done_path, record)
-            bar.update(unit.cost)
-            logger.info("%s: done in %.1f s%s", unit.key, seconds,
-                        f" on {worker['host']} (pid {worker['pid']})" if worker["executor"] != "local" else "")
-            if on_unit_done is not None:
-                on_unit_done(unit)
-
-        with logging_redirect_tqdm(), bar:
-            if cluster is None:
-                run_local(inputs, todo, finish, progress=bar.set_postfix_str)
-            else:
-                cluster.execute(inputs, units, todo, finish, progress=bar.set_postfix_str)
+        _run_units(inputs, units, cluster, on_unit_done)
     finally:
         if cluster is not None:
             cluster.close()
+    build_report([inputs.run_dir], inputs.run_dir)
+    _close_run(inputs.run_dir, info, units, started)
+    return inputs.run_dir
 
-    build_report([run_dir], run_dir)
+
+def _open_run(config: SweepConfig, results_root: Path, run_id: str | None, cluster: Any
+              ) -> tuple[SweepInputs, dict[str, Any]]:
+    """The sweep's data, models and examples loaded, its run folder made (or found, and checked resumable), and
+    its manifest, resolved config and examples written: the inputs every unit reads, and the manifest so far."""
+    from advsweep.assets import load_dataset
+    from advsweep.attacks.engine.core import device_kind
+
+    dataset = load_dataset(config.data)
+    y_test = dataset.test_labels
+    models = prepare_models(config, results_root / "models")
+    assets = {dataset.resolved.name: dataset.resolved.to_dict()}
+    for loaded in models:  # the weights each model was built from, as its training recorded them
+        for entry in loaded.metrics.get("assets", {}).values():
+            assets.setdefault(entry["name"], entry)
+    examples = select_examples(y_test, count=config.examples, selection=config.selection,
+                               seed=config.selection_seed, classes=dataset.info.classes)
+    x, labels = dataset.test_images(examples), y_test[examples]
+    code = code_version()
+    # the device the units run on: this process', or the Ray tasks' (a task without GPUs sees none)
+    device = device_kind() if cluster is None else ("gpu" if config.run.gpus_per_task > 0 else "cpu")
+    execution = execution_plan({m.spec.name: m.model for m in models}, device)
+    parts = identity_parts(config, models, code, execution)
+    run_id = run_id or run_identity(config, models, code, execution)
+    run_dir = results_root / config.name / run_id
+    previous = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").is_file() else {}
+    if previous:
+        check_resumable(run_dir, previous, parts, execution)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    randomized = detect_randomized(models, x)
+    inputs = SweepInputs(config=config, models={m.spec.name: m for m in models}, x=x, labels=labels,
+                         examples=examples, run_dir=run_dir, code=code, execution=execution, randomized=randomized)
+
+    info = manifest(config, models, code, list(assets.values()), examples)
+    executor = {"name": config.run.executor, **(cluster.describe() if cluster is not None else {})}
+    info["randomized"] = {name: {"draws": config.draws, "rule": "mean of the draws' softmax probabilities"}
+                          for name, flagged in randomized.items() if flagged}
+    info.update({"run_id": run_id, "identity": parts, "execution": execution, "status": "running",
+                 "started": previous.get("started") or _now(), "executor": executor,
+                 "sessions": previous.get("sessions", []) + [{"started": _now(), "executor": config.run.executor}]})
+    write_json(run_dir / "config.resolved.json", config.to_dict())
+    write_json(run_dir / "manifest.json", info)
+    write_atomic(run_dir / "examples.csv", lambda p: pd.DataFrame(
+        {"position": np.arange(len(examples)), "example": examples, "label": labels}).to_csv(p, index=False))
+    return inputs, info
+
+
+def _run_units(inputs: SweepInputs, units: list[Unit], cluster: Any,
+               on_unit_done: Callable[[Unit], None] | None) -> None:
+    """The units not done yet, run in this process or on the cluster, each written (records, then its done file)
+    as it finishes, with a progress bar counted in gradient computations."""
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    config, run_dir = inputs.config, inputs.run_dir
+    todo = [u for u in units if not unit_is_done(run_dir, u)]
+    logger.info("sweep %s, run %s: %d of %d units to do on the %s executor (%s)", config.name, run_dir.name,
+                len(todo), len(units), config.run.executor, run_dir)
+    bar = tqdm(total=sum(u.cost for u in units), initial=sum(u.cost for u in units if u not in todo),
+               unit="grad", unit_scale=True, desc=config.name, dynamic_ncols=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
+
+    def finish(unit: Unit, output: UnitOutput, seconds: float, worker: dict[str, Any]) -> None:
+        writing = time.perf_counter()
+        record = write_unit(run_dir, output)
+        record.update({"seconds": seconds, "write_seconds": time.perf_counter() - writing, "finished": _now(),
+                       "worker": worker})
+        write_json(run_dir / unit.done_path, record)
+        bar.update(unit.cost)
+        logger.info("%s: done in %.1f s%s", unit.key, seconds,
+                    f" on {worker['host']} (pid {worker['pid']})" if worker["executor"] != "local" else "")
+        if on_unit_done is not None:
+            on_unit_done(unit)
+
+    with logging_redirect_tqdm(), bar:
+        if cluster is None:
+            run_local(inputs, todo, finish, progress=bar.set_postfix_str)
+        else:
+            cluster.execute(inputs, units, todo, finish, progress=bar.set_postfix_str)
+
+
+def _close_run(run_dir: Path, info: dict[str, Any], units: list[Unit], started: float) -> None:
+    """The manifest of a finished run: complete, when, and each unit's seconds and worker."""
     info["status"] = "complete"
     info["finished"] = _now()
     info["sessions"][-1]["finished"] = info["finished"]
@@ -410,7 +430,6 @@ def run_sweep(config: SweepConfig, results_root: Path, *, run_id: str | None = N
                      for key, record in done.items()}
     info["wall_seconds_this_session"] = time.time() - started
     write_json(run_dir / "manifest.json", info)
-    return run_dir
 
 
 def _now() -> str:

@@ -235,6 +235,79 @@ def train_adversarially(model: keras.Model, adversarial: AdversarialConfig, *, x
     # value of a tf.Variable handed to `optimizer.learning_rate` once, so a separate variable would leave the rate
     # at its peak for the whole run (what happened to every schedule before 2026-11-30).
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    train_step = _train_step(model, forward, optimizer, adversarial)
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = int(np.ceil(len(x) / batch_size))
+    schedule = _Schedule(adversarial, learning_rate, steps_per_epoch * epochs, adversarial.ramp_epochs * steps_per_epoch)
+    eval_x, eval_y = x_val[: adversarial.eval_examples], y_val[: adversarial.eval_examples]
+    held_out = robust_accuracy_check(forward, adversarial.eps, steps=adversarial.eval_steps)
+    writers = None if log_dir is None else {
+        part: tf.summary.create_file_writer(str(log_dir / part)) for part in ("train", "validation")}
+    history: dict[str, list[float]] = {name: [] for name in (
+        "loss", "accuracy", "val_accuracy", "val_robust_accuracy", "eps", "eps_reached", "learning_rate", "seconds")}
+    kept = _Kept(model.get_weights())
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        if batches is None:
+            order = rng.permutation(len(x))
+            epoch_batches: Any = ((x[order[i:i + batch_size]], y[order[i:i + batch_size]])
+                                  for i in range(0, len(x), batch_size))
+        else:
+            epoch_batches = batches(epoch)
+        row = _train_epoch(train_step, optimizer, schedule, epoch_batches, rng)
+        clean, robust = held_out(eval_x, eval_y, seed + epoch)
+        row.update({"val_accuracy": clean, "val_robust_accuracy": robust, "seconds": time.perf_counter() - started})
+        for name in history:
+            history[name].append(float(row[name]))
+        _log_epoch(writers, epoch, epochs, row, adversarial)
+        if kept.stop_after(model, epoch, robust, detect_collapse(history, adversarial), patience):
+            break
+    for writer in (writers or {}).values():
+        writer.flush()
+        writer.close()
+    model.set_weights(kept.weights)
+    return AdversarialResult(history=history, best_epoch=kept.epoch, collapse=kept.collapse,
+                             stopped_early=len(history["loss"]) < epochs)
+
+
+@dataclasses.dataclass
+class _Kept:
+    """The weights kept so far: those of the epoch of best held-out PGD accuracy (1-based ``epoch``; 0 before the
+    first), the epochs since it, and the collapse that ended the training, if one did."""
+
+    weights: list[np.ndarray]
+    epoch: int = 0
+    robust: float = -1.0
+    since: int = 0
+    collapse: Collapse | None = None
+
+    def stop_after(self, model: keras.Model, epoch: int, robust: float, collapse: Collapse | None,
+                   patience: int) -> bool:
+        """Keep epoch ``epoch`` (0-based) if it is the best so far; whether the training stops here (a collapse,
+        or ``patience`` epochs without a better held-out PGD accuracy)."""
+        if collapse is not None:
+            logger.warning("catastrophic overfitting after epoch %d: %s. Training stopped; the weights of epoch %d "
+                           "(held-out PGD accuracy %.4f) are kept", collapse.epoch, collapse.reason,
+                           collapse.best_epoch, collapse.best_robust_accuracy)
+            if collapse.best_epoch == collapse.epoch:  # collapsed from the first epoch: nothing better to keep
+                self.weights, self.epoch = model.get_weights(), collapse.epoch
+            self.collapse = collapse
+            return True
+        if robust > self.robust:
+            self.weights, self.epoch, self.robust, self.since = model.get_weights(), epoch + 1, robust, 0
+            return False
+        self.since += 1
+        if self.since >= patience:
+            logger.info("no better held-out PGD accuracy for %d epochs: stopping", patience)
+            return True
+        return False
+
+
+def _train_step(model: keras.Model, forward: Forward, optimizer: keras.optimizers.Optimizer,
+                adversarial: AdversarialConfig) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
+    """One compiled step of the method: craft the batch's adversarials through ``forward``, then one optimizer step
+    on the method's loss (cross-entropy on them; TRADES: clean cross-entropy + β · KL(clean ‖ adversarial));
+    returns the loss and the count of adversarials classified right."""
     variables = model.trainable_variables
     method = adversarial.method
     # resolved by AdversarialConfig: every option of the method is set
@@ -264,82 +337,65 @@ def train_adversarially(model: keras.Model, adversarial: AdversarialConfig, *, x
         correct = tf.reduce_sum(tf.cast(tf.argmax(adv_logits, axis=1) == labels, tf.int32))
         return loss, correct
 
-    rng = np.random.default_rng(seed)
-    steps_per_epoch = int(np.ceil(len(x) / batch_size))
-    total_steps = steps_per_epoch * epochs
-    ramp_steps = adversarial.ramp_epochs * steps_per_epoch
-    eval_x, eval_y = x_val[: adversarial.eval_examples], y_val[: adversarial.eval_examples]
-    held_out = robust_accuracy_check(forward, adversarial.eps, steps=adversarial.eval_steps)
-    writers = None
-    if log_dir is not None:
-        writers = {part: tf.summary.create_file_writer(str(log_dir / part)) for part in ("train", "validation")}
-    history: dict[str, list[float]] = {name: [] for name in (
-        "loss", "accuracy", "val_accuracy", "val_robust_accuracy", "eps", "eps_reached", "learning_rate", "seconds")}
-    best_weights = model.get_weights()
-    best_epoch, best_robust, since_best = 0, -1.0, 0
-    collapse: Collapse | None = None
-    done = 0
-    for epoch in range(epochs):
-        started = time.perf_counter()
-        if batches is None:
-            order = rng.permutation(len(x))
-            epoch_batches: Any = ((x[order[i:i + batch_size]], y[order[i:i + batch_size]])
-                                  for i in range(0, len(x), batch_size))
-        else:
-            epoch_batches = batches(epoch)
-        loss_sum = correct_sum = seen = 0.0
-        epoch_first_eps = eps = adversarial.eps
-        for index, (images, labels) in enumerate(epoch_batches):
-            eps = adversarial.eps * (min(1.0, (done + 1) / ramp_steps) if ramp_steps > 0 else 1.0)
-            if index == 0:
-                epoch_first_eps = eps
-            optimizer.learning_rate = learning_rate_at(adversarial.schedule, learning_rate, done / total_steps)
-            key = tf.constant(rng.integers(0, 2**31 - 1, size=2), tf.int32)
-            loss, correct = train_step(tf.convert_to_tensor(images), tf.convert_to_tensor(labels),
-                                       tf.constant(eps, tf.float32), key)
-            count = int(np.shape(labels)[0])
-            loss_sum += float(loss) * count
-            correct_sum += int(correct)
-            seen += count
-            done += 1
-        clean, robust = held_out(eval_x, eval_y, seed + epoch)
-        seconds = time.perf_counter() - started
-        row = {"loss": loss_sum / seen, "accuracy": correct_sum / seen, "val_accuracy": clean,
-               "val_robust_accuracy": robust, "eps": eps, "eps_reached": float(epoch_first_eps >= adversarial.eps),
-               "learning_rate": float(optimizer.learning_rate.numpy()), "seconds": seconds}
-        for name, value in row.items():
-            history[name].append(float(value))
-        logger.info("epoch %d/%d: training ε %.3f, adversarial loss %.4f, accuracy on the training adversarials "
-                    "%.4f; held-out clean %.4f, PGD-%d at ε %g %.4f (%.0f s)", epoch + 1, epochs, eps, row["loss"],
-                    row["accuracy"], clean, adversarial.eval_steps, adversarial.eps, robust, seconds)
-        if writers is not None:
-            with writers["train"].as_default():
-                tf.summary.scalar("epoch_loss", row["loss"], step=epoch)
-                tf.summary.scalar("epoch_accuracy", row["accuracy"], step=epoch)
-                tf.summary.scalar("epoch_eps", eps, step=epoch)
-                tf.summary.scalar("epoch_learning_rate", row["learning_rate"], step=epoch)
-            with writers["validation"].as_default():
-                tf.summary.scalar("epoch_accuracy", clean, step=epoch)
-                tf.summary.scalar("epoch_robust_accuracy", robust, step=epoch)
-        collapse = detect_collapse(history, adversarial)
-        if collapse is not None:
-            logger.warning("catastrophic overfitting after epoch %d: %s. Training stopped; the weights of epoch %d "
-                           "(held-out PGD accuracy %.4f) are kept", collapse.epoch, collapse.reason,
-                           collapse.best_epoch, collapse.best_robust_accuracy)
-            if collapse.best_epoch == collapse.epoch:  # collapsed from the first epoch: nothing better to keep
-                best_weights, best_epoch = model.get_weights(), collapse.epoch
-            break
-        if robust > best_robust:
-            best_weights, best_epoch, best_robust, since_best = model.get_weights(), epoch + 1, robust, 0
-        else:
-            since_best += 1
-            if since_best >= patience:
-                logger.info("no better held-out PGD accuracy for %d epochs: stopping", patience)
-                break
-    if writers is not None:
-        for writer in writers.values():
-            writer.flush()
-            writer.close()
-    stopped_early = len(history["loss"]) < epochs
-    model.set_weights(best_weights)
-    return AdversarialResult(history=history, best_epoch=best_epoch, collapse=collapse, stopped_early=stopped_early)
+    return train_step
+
+
+@dataclasses.dataclass
+class _Schedule:
+    """Where the training is: ε ramped linearly over ``ramp_steps`` steps, the learning rate by the method's schedule
+    over ``total_steps``, and the steps ``done``."""
+
+    adversarial: AdversarialConfig
+    learning_rate: float
+    total_steps: int
+    ramp_steps: float
+    done: int = 0
+
+    def eps(self) -> float:
+        return self.adversarial.eps * (min(1.0, (self.done + 1) / self.ramp_steps) if self.ramp_steps > 0 else 1.0)
+
+    def rate(self) -> float:
+        return learning_rate_at(self.adversarial.schedule, self.learning_rate, self.done / self.total_steps)
+
+
+def _train_epoch(train_step: Callable[..., tuple[tf.Tensor, tf.Tensor]], optimizer: keras.optimizers.Optimizer,
+                 schedule: _Schedule, epoch_batches: Any, rng: np.random.Generator) -> dict[str, float]:
+    """One epoch's steps, each at the schedule's ε and learning rate and with a fresh random key: the mean
+    adversarial loss and accuracy, ε at the epoch's end, whether ε was reached from its first step, and the rate."""
+    loss_sum = correct_sum = seen = 0.0
+    epoch_first_eps = eps = schedule.adversarial.eps
+    for index, (images, labels) in enumerate(epoch_batches):
+        eps = schedule.eps()
+        if index == 0:
+            epoch_first_eps = eps
+        optimizer.learning_rate = schedule.rate()
+        key = tf.constant(rng.integers(0, 2**31 - 1, size=2), tf.int32)
+        loss, correct = train_step(tf.convert_to_tensor(images), tf.convert_to_tensor(labels),
+                                   tf.constant(eps, tf.float32), key)
+        count = int(np.shape(labels)[0])
+        loss_sum += float(loss) * count
+        correct_sum += int(correct)
+        seen += count
+        schedule.done += 1
+    return {"loss": loss_sum / seen, "accuracy": correct_sum / seen, "eps": eps,
+            "eps_reached": float(epoch_first_eps >= schedule.adversarial.eps),
+            "learning_rate": float(optimizer.learning_rate.numpy())}
+
+
+def _log_epoch(writers: dict[str, Any] | None, epoch: int, epochs: int, row: dict[str, float],
+               adversarial: AdversarialConfig) -> None:
+    """An epoch's line in the log, and its scalars in TensorBoard's train and validation logs."""
+    logger.info("epoch %d/%d: training ε %.3f, adversarial loss %.4f, accuracy on the training adversarials "
+                "%.4f; held-out clean %.4f, PGD-%d at ε %g %.4f (%.0f s)", epoch + 1, epochs, row["eps"], row["loss"],
+                row["accuracy"], row["val_accuracy"], adversarial.eval_steps, adversarial.eps,
+                row["val_robust_accuracy"], row["seconds"])
+    if writers is None:
+        return
+    with writers["train"].as_default():
+        tf.summary.scalar("epoch_loss", row["loss"], step=epoch)
+        tf.summary.scalar("epoch_accuracy", row["accuracy"], step=epoch)
+        tf.summary.scalar("epoch_eps", row["eps"], step=epoch)
+        tf.summary.scalar("epoch_learning_rate", row["learning_rate"], step=epoch)
+    with writers["validation"].as_default():
+        tf.summary.scalar("epoch_accuracy", row["val_accuracy"], step=epoch)
+        tf.summary.scalar("epoch_robust_accuracy", row["val_robust_accuracy"], step=epoch)

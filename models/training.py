@@ -323,55 +323,90 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
     split = make_split(config, mnist_arrays)
     seed_everything(config.seed)
     assets: dict[str, Any] = {"mnist": mnist.to_dict()}
-    feature_info: dict[str, Any] | None = None
     output_root.mkdir(parents=True, exist_ok=True)
     for leftover in output_root.glob(f".{config.model_id}.*"):  # staging of a training killed before it finished
         shutil.rmtree(leftover, ignore_errors=True)
     log_dir = Path(tempfile.mkdtemp(dir=output_root, prefix=f".{config.model_id}.tensorboard."))
-    adversarial: AdversarialResult | None = None
     try:
-        if config.kind == "vgg16":
-            weights, weights_resolved = load_vgg16_weights(weights_path)
-            assets["vgg16_imagenet_notop"] = weights_resolved.to_dict()
-            model = build_model(config, weights)
-            train_all, test_features, feature_info = cached_features(
-                model, config, mnist_arrays, mnist, weights_resolved,
-                train_needed=np.concatenate([split.train_index, split.val_index]))
-            head = model.get_layer("head")
-            f_train, f_val = np.asarray(train_all[split.train_index]), np.asarray(train_all[split.val_index])
-            head_started = time.perf_counter()
-            seed_everything(config.seed)
-            if config.feature_scaling:
-                scaling = head.get_layer("feature_scaling")
-                scaling.adapt(f_train)
-                if config.adversarial is not None:
-                    floor_feature_spread(scaling, fraction=SPREAD_FLOOR)
-            if config.adversarial is None:
-                _compile(head, config)
-                history = _fit(head, config, f_train, split.y_train, f_val, split.y_val, log_dir=log_dir)
-            else:  # the head trains on adversarial images crafted through the frozen base (its fast input gradient)
-                adversarial = _train_adversarially(model, config, split, log_dir,
-                                                   attack_forward=model_function(model, "fast"))
-                history = adversarial.history
-            head_seconds = time.perf_counter() - head_started
-            test_logits = head.predict(test_features, batch_size=1024, verbose=0)
-        else:
-            model = build_model(config)
-            head_started = time.perf_counter()
-            if config.adversarial is None:
-                _compile(model, config)
-                history = _fit(model, config, split.x_train, split.y_train, split.x_val, split.y_val,
-                               augment_shift=_augment_shift(config), log_dir=log_dir)
-            else:
-                adversarial = _train_adversarially(model, config, split, log_dir)
-                history = adversarial.history
-            head_seconds = time.perf_counter() - head_started
-            test_logits = model.predict(split.x_test, batch_size=1024, verbose=0)
+        fitted = (_fit_vgg16(config, split, mnist_arrays, mnist, weights_path, assets, log_dir)
+                  if config.kind == "vgg16" else _fit_network(config, split, log_dir))
     except BaseException:
         shutil.rmtree(log_dir, ignore_errors=True)
         raise
+    metrics = _training_metrics(config, split, fitted, assets, time.perf_counter() - started)
+    folder = save_trained(fitted.model, config, metrics, fitted.history, output_root, draw_curves=draw_curves,
+                          log_dir=log_dir, export=export_savedmodel)
+    logger.info("%s: clean test accuracy %.4f; saved in %s", config.model_id, metrics["clean_test_accuracy"], folder)
+    return TrainedModel(model=fitted.model, folder=folder, metrics=metrics)
 
-    test_metrics = evaluate_logits(test_logits, split.y_test)
+
+@dataclasses.dataclass
+class _Fitted:
+    """A model just trained: its per-epoch history, the adversarial training's outcome (``None`` for natural
+    training), its logits on the test images, the seconds its fit took and the feature cache's record (VGG16)."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    adversarial: AdversarialResult | None
+    test_logits: np.ndarray
+    fit_seconds: float
+    feature_info: dict[str, Any] | None = None
+
+
+def _fit_vgg16(config: ModelConfig, split: Split, mnist_arrays: Any, mnist: Any, weights_path: str | None,
+               assets: dict[str, Any], log_dir: Path) -> _Fitted:
+    """The VGG16's head trained on the frozen base's cached features (naturally), or on adversarial images
+    crafted through the frozen base (its fast input gradient)."""
+    weights, weights_resolved = load_vgg16_weights(weights_path)
+    assets["vgg16_imagenet_notop"] = weights_resolved.to_dict()
+    model = build_model(config, weights)
+    train_all, test_features, feature_info = cached_features(
+        model, config, mnist_arrays, mnist, weights_resolved,
+        train_needed=np.concatenate([split.train_index, split.val_index]))
+    head = model.get_layer("head")
+    f_train, f_val = np.asarray(train_all[split.train_index]), np.asarray(train_all[split.val_index])
+    head_started = time.perf_counter()
+    seed_everything(config.seed)
+    if config.feature_scaling:
+        scaling = head.get_layer("feature_scaling")
+        scaling.adapt(f_train)
+        if config.adversarial is not None:
+            floor_feature_spread(scaling, fraction=SPREAD_FLOOR)
+    adversarial = None
+    if config.adversarial is None:
+        _compile(head, config)
+        history = _fit(head, config, f_train, split.y_train, f_val, split.y_val, log_dir=log_dir)
+    else:
+        adversarial = _train_adversarially(model, config, split, log_dir, attack_forward=model_function(model, "fast"))
+        history = adversarial.history
+    fit_seconds = time.perf_counter() - head_started
+    return _Fitted(model, history, adversarial, head.predict(test_features, batch_size=1024, verbose=0), fit_seconds,
+                   feature_info)
+
+
+def _fit_network(config: ModelConfig, split: Split, log_dir: Path) -> _Fitted:
+    """A model trained end to end on the images, naturally (with the kind's augmentation) or adversarially."""
+    model = build_model(config)
+    started = time.perf_counter()
+    adversarial = None
+    if config.adversarial is None:
+        _compile(model, config)
+        history = _fit(model, config, split.x_train, split.y_train, split.x_val, split.y_val,
+                       augment_shift=_augment_shift(config), log_dir=log_dir)
+    else:
+        adversarial = _train_adversarially(model, config, split, log_dir)
+        history = adversarial.history
+    fit_seconds = time.perf_counter() - started
+    return _Fitted(model, history, adversarial, model.predict(split.x_test, batch_size=1024, verbose=0), fit_seconds)
+
+
+def _training_metrics(config: ModelConfig, split: Split, fitted: _Fitted, assets: dict[str, Any],
+                      seconds: float) -> dict[str, Any]:
+    """``metrics.json`` of a training: clean test accuracy, the kept epoch, the data, seeds, assets, versions and
+    machine, and for adversarial training its selection and any collapse; marks the kept (and collapsed) epoch in
+    the history."""
+    history, adversarial, feature_info = fitted.history, fitted.adversarial, fitted.feature_info
+    test_metrics = evaluate_logits(fitted.test_logits, split.y_test)
     if adversarial is None:
         best_epoch = int(np.argmax(history["val_accuracy"]))
     else:
@@ -391,7 +426,7 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
         "validation_examples": int(len(split.val_index)),
         "seed": config.seed,
         "features": feature_info,
-        "training_seconds": {"total": time.perf_counter() - started, "fit": head_seconds,
+        "training_seconds": {"total": seconds, "fit": fitted.fit_seconds,
                              "features": feature_info["seconds"] if feature_info else 0.0},
         "assets": assets,
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
@@ -410,10 +445,7 @@ def train_model(config: ModelConfig, output_root: Path, *, mnist_path: str | Non
             "collapse": adversarial.collapse.to_dict() if adversarial.collapse else None,
             "stopped_early": adversarial.stopped_early,
         }
-    folder = save_trained(model, config, metrics, history, output_root, draw_curves=draw_curves, log_dir=log_dir,
-                          export=export_savedmodel)
-    logger.info("%s: clean test accuracy %.4f; saved in %s", config.model_id, metrics["clean_test_accuracy"], folder)
-    return TrainedModel(model=model, folder=folder, metrics=metrics)
+    return metrics
 
 
 def build_model(config: ModelConfig, weights: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> keras.Model:

@@ -12,7 +12,7 @@ from advsweep.attacks.gradient.apgd import (
     auto_pgd,
     auto_pgd_targeted,
     checkpoints,
-    halve_step,
+    halve_steps,
     momentum_steps,
 )
 from advsweep.attacks.engine.core import loss_per_example, model_classes
@@ -39,22 +39,30 @@ def test_checkpoint_schedule_is_autoattacks():
 
 
 def test_step_halving_decision_hand_computed():
+    """The checkpoint decisions of several runs in one call, each with its own window and history."""
     rising = np.arange(1.0, 101.0)  # every step raises the loss
-    assert not halve_step(rising, 21, 22, 0.75, True, 0.0, 22.0)
     flat = np.zeros(100)
     flat[:22] = 5.0  # the first comparison is with the unfilled history[−1] = 0: one raise of 22
-    assert halve_step(flat, 21, 22, 0.75, True, 5.0, 5.0)
     # 17 of 22 steps raise the loss (17 > 16.5): no halving for oscillation ...
-    history = np.zeros(100)
-    history[:22] = np.cumsum([1.0 if c % 4 or c == 0 else -0.5 for c in range(22)])
-    assert not halve_step(history, 21, 22, 0.75, True, 0.0, 1.0)
+    oscillating = np.zeros(100)
+    oscillating[:22] = np.cumsum([1.0 if c % 4 or c == 0 else -0.5 for c in range(22)])
     # 16 of 22 (16 ≤ 16.5): halving for oscillation, the best loss having improved
-    history[:22] = np.cumsum([1.0 if (c % 4 and c != 1) or c == 0 else -0.5 for c in range(22)])
-    assert halve_step(history, 21, 22, 0.75, True, 0.0, 1.0)
-    history[:22] = np.cumsum([1.0 if c % 4 or c == 0 else -0.5 for c in range(22)])
-    # ... but halving when the step was kept last time and the best loss has not improved since
-    assert halve_step(history, 21, 22, 0.75, False, 3.0, 3.0)
-    assert not halve_step(history, 21, 22, 0.75, False, 2.0, 3.0)
+    fewer = np.zeros(100)
+    fewer[:22] = np.cumsum([1.0 if (c % 4 and c != 1) or c == 0 else -0.5 for c in range(22)])
+    short = np.zeros(100)
+    short[30:36] = [1.0, 2.0, 3.0, 4.0, 3.5, 3.0]  # a window of 6 at step 35: 4 raises (4 ≤ 4.5) → halve
+    cases = [  # history, i, window, halved at the last check, best at the last check, best now → halve?
+        (rising, 21, 22, True, 0.0, 22.0, False),
+        (flat, 21, 22, True, 5.0, 5.0, True),
+        (oscillating, 21, 22, True, 0.0, 1.0, False),
+        (fewer, 21, 22, True, 0.0, 1.0, True),
+        # ... and halving when the step was kept last time and the best loss has not improved since
+        (oscillating, 21, 22, False, 3.0, 3.0, True),
+        (oscillating, 21, 22, False, 2.0, 3.0, False),
+        (short, 35, 6, True, 0.0, 4.0, True),
+    ]
+    history, i, window, halved, at_check, best, expected = (np.array(column) for column in zip(*cases))
+    np.testing.assert_array_equal(halve_steps(history, i, window, 0.75, halved, at_check, best), expected)
 
 
 def test_random_start_lies_on_the_balls_edge():

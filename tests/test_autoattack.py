@@ -515,11 +515,11 @@ class _NoisyInput(keras.layers.Layer):
 
 @pytest.mark.slow
 def test_rand_version_breaks_what_the_standard_version_misses_on_a_randomized_model(small_cnn, test_images):
-    """On a model that adds fresh noise to its input at every call, the standard version (single-draw gradients)
-    overstates robustness, and the rand version (APGD-CE and APGD-DLR with gradients averaged over 20 draws) does
-    not, on the same 100 examples at ε = 0.1 (measured twice by benchmarks/autoattack_rand.py: 58% and 63% robust
-    under the standard version, 49% and 54% under rand; the model's own draws make each run differ by a few
-    examples, and 60 examples once left the two equal)."""
+    """On a model that adds fresh noise to its input at every call, single-draw gradients overstate robustness and
+    the rand version (the same APGD-CE and APGD-DLR, with gradients averaged over 20 draws) does not: like with like,
+    the same members and steps on both sides (25 each, to keep the slow pass short), only the draws differ, on the
+    same 100 examples at ε = 0.15. Measured twice with this setup (AMD EPYC, AVX2): 44% and 43% robust with single
+    draws, 30% and 30% under rand; the model's own draws move each run by a few examples."""
     inputs = keras.Input((28, 28, 1))
     noisy = keras.Model(inputs, small_cnn(_NoisyInput()(inputs)))
     # a plan of by-row calls, as for a device this process cannot time: measuring one calls the model a number of
@@ -527,9 +527,11 @@ def test_rand_version_breaks_what_the_standard_version_misses_on_a_randomized_mo
     # in every run (rand 68% against standard 66% in one run of the slow pass here, 2026-12-06; passed alone after)
     use_plan(noisy, UNMEASURED)
     x, y = test_images[0][:100], test_images[1][:100]
-    standard = autoattack(noisy, x, y, [0.1])
-    rand = autoattack(noisy, x, y, [0.1], version="rand")
+    steps = {"apgd-ce": {"steps": 25}, "apgd-dlr": {"steps": 25}}
+    single = autoattack(noisy, x, y, [0.15], attacks=["apgd-ce", "apgd-dlr"], settings=steps)
+    rand = autoattack(noisy, x, y, [0.15], version="rand", settings=steps)
     assert set(np.unique(rand.found_by)) <= {"", "clean", "apgd-ce", "apgd-dlr"}
     assert list(rand.cost) == ["clean", "apgd-ce", "apgd-dlr"]
     assert all(rand.cost[m]["gradient"] % 20 == 0 < rand.cost[m]["gradient"] for m in ("apgd-ce", "apgd-dlr"))
-    assert rand.robust_accuracy[0] < standard.robust_accuracy[0], (rand.robust_accuracy, standard.robust_accuracy)
+    assert all(single.cost[m]["gradient"] * 10 < rand.cost[m]["gradient"] for m in ("apgd-ce", "apgd-dlr"))
+    assert rand.robust_accuracy[0] < single.robust_accuracy[0] - 0.05, (rand.robust_accuracy, single.robust_accuracy)

@@ -356,8 +356,8 @@ BAD_CONFIGS = [
      r"`attacks\[1\].norm`: attack 'pgd' takes linf and l2; the L1 threat model is taken by apgd-ce, apgd-dlr, "
      r"apgd-t, fab-t, fab, square, autoattack"),
     ("large-radii-linf", lambda t: _as_autoattack(t, "settings = { apgd-ce = { large_radii = true } }"),
-     r"`attacks\[1\].settings.apgd-ce.large_radii`: is l1-APGD's schedule of radii \(3ε, 2ε, ε\): it needs "
-     r"norm = \"l1\""),
+     r"`attacks\[1\].settings.apgd-ce.large_radii`: must be False outside the L1 threat model \(it is l1-APGD's "
+     r"schedule of radii 3ε, 2ε, ε\) \(set norm = \"l1\" or leave the key out\)"),
     ("l1-eps-out-of-range", lambda t: t.replace("linf = [0.1, 0.2]", "linf = [0.1, 0.2]\nl1 = [800.0]"),
      r"`epsilons.l1`: .*784"),
     # a bad attack value in a config that would train a model: nothing is trained (results/ stays empty)

@@ -402,12 +402,13 @@ class Call:
     targets: np.ndarray | None = None
 
 
-def checked_call(model: Any, x: Any, labels: Any, epsilons: Any, *, norm: str, seed: int, example_ids: Any,
+def checked_call(model: Any, x: Any, labels: Any, epsilons: Any, *, norm: str, example_ids: Any, seed: int = 0,
                  targets: Any = None, norms: tuple[str, ...] = NORMS, **params: Any) -> Call:
     """Check an attack call, the one check every attack of the engine goes through: the model, the inputs, labels
-    (and targets) against it, ε against the norm and the inputs' shape, the seed, the example ids, and each
-    hyper-parameter in ``params`` with its check (:data:`advsweep.attacks.engine.spec.PARAMETER_CHECKS`), whose value it
-    keeps (``abs_stepsize=None`` stays ``None``); ``norms``: the threat models the attack takes."""
+    (and targets) against it, ε against the norm and the inputs' shape, the seed (an attack without randomness
+    leaves it), the example ids, and each hyper-parameter in ``params`` with its check
+    (:data:`advsweep.attacks.engine.spec.PARAMETER_CHECKS`), whose value it keeps (``abs_stepsize=None`` stays
+    ``None``); ``norms``: the threat models the attack takes."""
     check_model(model)
     norm = check_norm(norm, norms)
     x, labels, targets = check_inputs(x, labels, targets, model=model)

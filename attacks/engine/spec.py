@@ -9,6 +9,7 @@ what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,27 +37,55 @@ ENSEMBLE: tuple[str, ...] = AUTOATTACK_VERSIONS["standard"]["attacks"]  # the st
 MEMBERS: tuple[str, ...] = tuple(AUTOATTACK)  # every attack an ensemble may run
 VERSIONS: tuple[str, ...] = tuple(AUTOATTACK_VERSIONS)
 
-# name → (foolbox adapter's attack name, or None where only the own implementation exists; fixed norm or None;
-# keyword hyper-parameters of the own function)
-ATTACK_SPECS: dict[str, tuple[str | None, str | None, tuple[str, ...]]] = {
-    "fgsm": ("fgm", "linf", _COMMON),
-    "fgm": ("fgm", None, _COMMON),
-    "pgd": ("pgd", None, _COMMON + _ITERATIVE + ("random_start", "restarts", "seed")),
-    "bim": ("bim", None, _COMMON + _ITERATIVE),
-    "apgd-ce": (None, None, _APGD),
-    "apgd-dlr": (None, None, _APGD),
-    "apgd-t": (None, None, _APGD + ("target_classes",)),
-    "fab-t": (None, None, ("norm", "example_ids", "gradient", "steps", "target_classes", "restarts", "alpha_max",
-                           "eta", "beta", "seed")),
-    "fab": (None, None, ("norm", "example_ids", "gradient", "steps", "restarts", "alpha_max", "eta", "beta", "seed")),
-    "square": (None, None, ("norm", "example_ids", "queries", "p_init", "restarts", "seed")),
-    "autoattack": (None, None, ("norm", "example_ids", "gradient", "version", "attacks", "settings", "seed")),
+@dataclasses.dataclass(frozen=True)
+class AttackDefinition:
+    """One attack, declared once: the registry, the config checks and the docs read it, and nothing else lists
+    the attacks.
+
+    Attributes:
+        function: ``"module:function"`` of the own implementation, imported when the registry is (so that reading
+            this table imports no TensorFlow).
+        params: the keyword hyper-parameters the function takes (``tests/test_attacks.py`` holds them to its
+            signature).
+        foolbox: the foolbox adapter's name of the attack, or ``None`` where only the own implementation exists.
+        norm: the one norm the attack takes (FGSM: L∞), or ``None``.
+        fixed: keyword arguments the name fixes (APGD-CE is ``auto_pgd`` with ``loss="ce"``).
+        min_classes: the fewest classes a model must have (the targeted DLR loss reads the 4th logit).
+    """
+
+    function: str
+    params: tuple[str, ...]
+    foolbox: str | None = None
+    norm: str | None = None
+    fixed: tuple[tuple[str, Any], ...] = ()
+    min_classes: int = 2
+
+
+_FAB = ("norm", "example_ids", "gradient", "steps", "restarts", "alpha_max", "eta", "beta", "seed")
+ATTACK_SPECS: dict[str, AttackDefinition] = {
+    "fgsm": AttackDefinition("advsweep.attacks.gradient.fgm:fast_gradient_method", _COMMON, foolbox="fgm",
+                             norm="linf"),
+    "fgm": AttackDefinition("advsweep.attacks.gradient.fgm:fast_gradient_method", _COMMON, foolbox="fgm"),
+    "pgd": AttackDefinition("advsweep.attacks.gradient.pgd:projected_gradient_descent",
+                            _COMMON + _ITERATIVE + ("random_start", "restarts", "seed"), foolbox="pgd"),
+    "bim": AttackDefinition("advsweep.attacks.gradient.pgd:basic_iterative_method", _COMMON + _ITERATIVE,
+                            foolbox="bim"),
+    "apgd-ce": AttackDefinition("advsweep.attacks.gradient.apgd:auto_pgd", _APGD, fixed=(("loss", "ce"),)),
+    "apgd-dlr": AttackDefinition("advsweep.attacks.gradient.apgd:auto_pgd", _APGD, fixed=(("loss", "dlr"),)),
+    "apgd-t": AttackDefinition("advsweep.attacks.gradient.apgd:auto_pgd_targeted", _APGD + ("target_classes",),
+                               min_classes=4),
+    "fab-t": AttackDefinition("advsweep.attacks.ensemble.fab:fab_targeted", _FAB[:4] + ("target_classes",) + _FAB[4:]),
+    "fab": AttackDefinition("advsweep.attacks.ensemble.fab:fab_untargeted", _FAB),
+    "square": AttackDefinition("advsweep.attacks.ensemble.square:square_attack",
+                               ("norm", "example_ids", "queries", "p_init", "restarts", "seed")),
+    "autoattack": AttackDefinition("advsweep.attacks.ensemble.cascade:autoattack",
+                                   ("norm", "example_ids", "gradient", "version", "attacks", "settings", "seed")),
 }
 
 
 def implementations_of(name: str) -> tuple[str, ...]:
     """The implementations attack ``name`` has: ``("own", "foolbox")``, or ``("own",)`` where foolbox has none."""
-    return IMPLEMENTATIONS if ATTACK_SPECS[check_attack(name)][0] is not None else ("own",)
+    return IMPLEMENTATIONS if ATTACK_SPECS[check_attack(name)].foolbox is not None else ("own",)
 
 
 def check_members(value: Any) -> list[str]:
@@ -194,7 +223,7 @@ def check_implementation(implementation: Any) -> str:
 
 def attack_parameters(name: str) -> list[str]:
     """The keyword hyper-parameters an attack accepts."""
-    return list(ATTACK_SPECS[check_attack(name)][2])
+    return list(ATTACK_SPECS[check_attack(name)].params)
 
 
 def check_parameter(name: str, key: str, value: Any) -> Any:
@@ -206,13 +235,41 @@ def check_parameter(name: str, key: str, value: Any) -> Any:
     return value if check is None else check(value)
 
 
-def check_parameters(name: str, params: Mapping[str, Any]) -> None:
-    """Check every hyper-parameter of a call or a config table, and that a fixed-norm attack keeps its norm."""
-    for key, value in params.items():
-        check_parameter(name, key, value)
-    fixed = ATTACK_SPECS[check_attack(name)][1]
+def check_keys(name: str, params: Mapping[str, Any]) -> None:
+    """The keys of a call or a config table are attack ``name``'s parameters, and a fixed-norm attack keeps its norm
+    (the values are the attack's own checks, :data:`PARAMETER_CHECKS`, run where the attack starts)."""
+    allowed = attack_parameters(name)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"attack {name!r} has no parameter(s) {unknown}; allowed: {allowed}")
+    fixed = ATTACK_SPECS[name].norm
     if fixed is not None and params.get("norm", fixed) != fixed:
         raise ValueError(f"attack {name!r} is {fixed} only; use 'fgm' with norm='{params['norm']}'")
+
+
+def check_combination(name: str, params: Mapping[str, Any], norm: str, classes: int | None = None) -> None:
+    """The rules that join a parameter to another, to the norm or to the model, declared here once and run where
+    an attack starts (and by the config checks, before any model is loaded, with ``classes=None``):
+    ``large_radii`` (l1-APGD's radii 3ε, 2ε, ε, directly or in an ensemble's ``settings``) needs the L1 threat
+    model and at least 3 steps; a model has at least the classes the attack reads (:attr:`AttackDefinition.
+    min_classes`; an ensemble, those of its members)."""
+    radii = ["large_radii"] if params.get("large_radii") else []
+    radii += [f"settings.{member}.large_radii" for member, values in (params.get("settings") or {}).items()
+              if values.get("large_radii")]
+    if radii and norm != "l1":
+        raise Invalid(radii[0], "False outside the L1 threat model (it is l1-APGD's schedule of radii 3ε, 2ε, ε)",
+                      True, hint="set norm = \"l1\" or leave the key out")
+    if params.get("large_radii") and params.get("steps", AUTOATTACK[name]["steps"] if name in AUTOATTACK else 3) < 3:
+        raise Invalid("steps", "at least 3 with large_radii (one per radius)", params.get("steps"))
+    if classes is not None:
+        members = members_of(params.get("version", "standard"), params.get("attacks")) if name == "autoattack" \
+            else (name,)
+        needed = max(ATTACK_SPECS[m].min_classes for m in members)
+        if classes < needed:
+            reader = next(m for m in members if ATTACK_SPECS[m].min_classes == needed)
+            raise Invalid("model", f"a classifier of at least {needed} classes for {reader!r}"
+                          + (" (the targeted DLR loss reads the 4th logit)" if needed == 4 else "")
+                          + ("; leave it out of `attacks`" if name == "autoattack" else ""), classes)
 
 
 __all__ = [
@@ -241,7 +298,9 @@ __all__ = [
     "check_settings",
     "check_norm",
     "check_parameter",
-    "check_parameters",
+    "check_combination",
+    "check_keys",
+    "AttackDefinition",
     "check_positive_int",
     "check_positive_number",
     "check_seed",

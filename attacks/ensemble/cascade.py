@@ -36,7 +36,6 @@ from typing import Any
 import keras
 import numpy as np
 
-from advsweep.assets.validate import Invalid
 from advsweep.attacks.gradient.apgd import apgd_engine
 from advsweep.attacks.engine.core import (
     AttackResult,
@@ -46,7 +45,7 @@ from advsweep.attacks.engine.core import (
     target_ranks,
 )
 from advsweep.attacks.ensemble.fab import fab_engine
-from advsweep.attacks.engine.spec import L1_NORMS, members_of
+from advsweep.attacks.engine.spec import L1_NORMS, check_combination, members_of
 from advsweep.attacks.ensemble.square import square_engine
 from advsweep.defaults import ATTACK, AUTOATTACK, AUTOATTACK_VERSIONS
 
@@ -89,9 +88,7 @@ def autoattack(
     attacks = members_of(call.params["version"], attacks)
     x, labels, eps = call.x, call.labels, call.eps
     classes = classes_of(model, x)
-    if "apgd-t" in attacks and classes < 4:
-        raise Invalid("model", "a classifier of at least 4 classes for 'apgd-t' (the targeted DLR loss reads the "
-                               "4th logit); leave 'apgd-t' out of `attacks`", classes)
+    check_combination("autoattack", {"attacks": attacks, "settings": call.params["settings"]}, call.norm, classes)
     return ensemble_engine(model, x, labels, eps, norm=call.norm, attacks=attacks, seed=call.seed,
                            example_ids=call.example_ids, gradient=gradient, classes=classes, settings=changes)
 
@@ -99,16 +96,12 @@ def autoattack(
 def version_settings(version: str, norm: str, settings: Mapping[str, Mapping[str, Any]]
                      ) -> dict[str, dict[str, Any]]:
     """Each member's changes to :data:`AUTOATTACK`'s settings: the version's, its threat model's (``by_norm``: the
-    L1 version's), then ``settings``'; ``large_radii`` is refused outside L1."""
+    L1 version's), then ``settings``' (checked by :func:`~advsweep.attacks.engine.spec.check_combination`)."""
     preset = AUTOATTACK_VERSIONS[version]
     by_norm = preset.get("by_norm", {}).get(norm, {})
-    changes = {member: {**preset["settings"].get(member, {}), **by_norm.get(member, {}), **settings.get(member, {})}
-               for member in AUTOATTACK}
-    for member, values in changes.items():
-        if values.get("large_radii") and norm != "l1":
-            raise Invalid(f"settings.{member}.large_radii", "False outside the L1 threat model (it is l1-APGD's "
-                          "schedule of radii)", True, hint="set norm='l1' or leave large_radii out")
-    return changes
+    check_combination("autoattack", {"settings": settings}, norm)
+    return {member: {**preset["settings"].get(member, {}), **by_norm.get(member, {}), **settings.get(member, {})}
+            for member in AUTOATTACK}
 
 
 def _engines(norm: str, seed: int, gradient: str, classes: int,

@@ -34,11 +34,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from advsweep.assets.validate import Invalid
 from advsweep.attacks.engine.core import CLOSEST_BOUNDARY, AttackResult, checked_call, classes_of, target_ranks
 from advsweep.attacks.engine.geometry import edge_start, sizes_of, to_box
 from advsweep.attacks.engine.programme import Outputs, Programme, Runs, Step, grid_budgets, run_engine
-from advsweep.attacks.engine.spec import L1_NORMS
+from advsweep.attacks.engine.spec import L1_NORMS, check_combination
 from advsweep.defaults import ATTACK, FAB, FAB_UNTARGETED
 
 
@@ -65,8 +64,7 @@ def fab_untargeted(
                         restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta, gradient=gradient,
                         norms=L1_NORMS)
     classes = classes_of(model, call.x)
-    if classes < 2:
-        raise Invalid("model", "a classifier of at least 2 classes", classes)
+    check_combination("fab", {}, call.norm, classes)
     return fab_engine(model, call.x, call.labels, call.eps, norm=call.norm, target_ranks=None, seed=call.seed,
                       example_ids=call.example_ids, **call.params)
 
@@ -108,8 +106,7 @@ def fab_targeted(
                         target_classes=target_classes, restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta,
                         gradient=gradient, norms=L1_NORMS)
     classes = classes_of(model, call.x)
-    if classes < 2:
-        raise Invalid("model", "a classifier of at least 2 classes", classes)
+    check_combination("fab-t", {}, call.norm, classes)
     params = dict(call.params)
     ranks = target_ranks(classes, params.pop("target_classes"))
     return fab_engine(model, call.x, call.labels, call.eps, norm=call.norm, target_ranks=ranks, seed=call.seed,

@@ -87,6 +87,13 @@ def window_side(i: int, p_init: float, shape: tuple[int, ...], norm: str) -> int
     return side + 1 if side % 2 == 0 else side
 
 
+def window_sides(i: np.ndarray, p_init: float, shape: tuple[int, ...], norm: str) -> np.ndarray:
+    """:func:`window_side` of each example's query count ``i`` ``(M,)``, computed once per distinct count (the
+    examples of a block are mostly at the same one)."""
+    counts, at = np.unique(i, return_inverse=True)
+    return np.array([window_side(int(q), p_init, shape, norm) for q in counts], np.int64)[at]
+
+
 def _signs(rng: np.random.Generator, size: Any) -> np.ndarray:
     return np.where(rng.random(size) * 2.0 - 1.0 >= 0.0, 1.0, -1.0).astype(np.float32)
 
@@ -173,8 +180,7 @@ def linf_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.nd
     is outside the window (after the first hundreds of queries a window is a few pixels of the image)."""
     m, (h, w, c) = len(x0), x0.shape[1:]
     draws = np.stack([rng.random(2 + c) for rng in rngs]) if m else np.zeros((0, 2 + c))
-    sides = np.array([window_side(int(q), p_init, (h, w, c), "linf") for q in np.unique(i)])[
-        np.searchsorted(np.unique(i), i)]
+    sides = window_sides(i, p_init, (h, w, c), "linf")
     signs = np.where(draws[:, 2:] * 2.0 - 1.0 >= 0.0, 1.0, -1.0).astype(np.float32)
     candidates = x_best.copy()
     for side in np.unique(sides).tolist():
@@ -206,7 +212,7 @@ def window_proposals(x0: np.ndarray, x_best: np.ndarray, eps: np.ndarray, i: np.
     m, shape = len(x0), x0.shape[1:]
     (h, w, c), out = shape, np.empty_like(x0)
     draws = np.stack([rng.random(5 + c) for rng in rngs]) if m else np.zeros((0, 5 + c))
-    sides = np.array([window_side(int(q), p_init, shape, norm) for q in i])
+    sides = window_sides(i, p_init, shape, norm)
     for side in np.unique(sides).tolist():
         g = np.flatnonzero(sides == side)
         u, e = draws[g], eps[g].astype(np.float32).reshape(-1, 1, 1, 1)

@@ -17,7 +17,7 @@ its random start from its own stream (:func:`advsweep.attacks.engine.core.exampl
 
 L1 (``norm="l1"``) is a different algorithm on the same engine (:class:`ApgdL1Step`; "Mind the box: l1-APGD for
 sparse adversarial attacks on image classifiers", Croce & Hein, ICML 2021): sparse steps along the signs of the
-gradient's largest coordinates, projected onto the L1 ball ∩ [0, 1] (:mod:`advsweep.attacks.engine.l1`), no momentum, and
+gradient's largest coordinates, projected onto the L1 ball ∩ [0, 1] (:func:`advsweep.attacks.engine.geometry.l1_box_projection`), no momentum, and
 an adaptive sparsity and step size at checkpoints every 4% of the steps. With ``large_radii`` (the authors'
 ``use_largereps``, on in AutoAttack's L1 version) a run spends 30% of its steps in the ball of radius 3ε, 30% in
 2ε and the rest in ε, each stage starting from the previous one's best point projected onto its ball; only the
@@ -32,7 +32,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from advsweep.assets.validate import Invalid, integer, one_of
+from advsweep.assets.validate import integer, one_of
 from advsweep.attacks.engine.core import (
     AttackResult,
     checked_call,
@@ -50,7 +50,7 @@ from advsweep.attacks.engine.geometry import (
     linf_project,
     per_example,
 )
-from advsweep.attacks.engine.spec import L1_NORMS
+from advsweep.attacks.engine.spec import L1_NORMS, check_combination
 from advsweep.defaults import APGD_CE, APGD_T, ATTACK
 
 APGD_LOSSES: tuple[str, ...] = ("ce", "dlr")
@@ -132,21 +132,13 @@ def _checked_run(model: keras.Model, x: Any, labels: Any, epsilons: Any, *, norm
                  target_classes: int | None, eot_draws: int, large_radii: bool) -> AttackResult:
     call = checked_call(model, x, labels, epsilons, norm=norm, seed=seed, example_ids=example_ids, steps=steps,
                         restarts=restarts, rho=rho, gradient=gradient, eot_draws=eot_draws, norms=L1_NORMS)
-    ranks = None
-    if target_classes is not None:  # the classes the model returns, read from its logits when its shape does not say
-        classes = classes_of(model, call.x) if len(call.x) else (model_classes(model) or 4)
-        if classes < 4:
-            raise Invalid("model", "a classifier of at least 4 classes (the targeted DLR loss reads the 4th logit)",
-                          classes)
-        ranks = target_ranks(classes, target_classes)
-    if large_radii and call.norm != "l1":
-        raise Invalid("large_radii", "False for the L∞ and L2 threat models (it is l1-APGD's schedule of radii)",
-                      large_radii, hint="set norm='l1' or leave large_radii out")
-    if large_radii and steps < 3:
-        raise Invalid("steps", "at least 3 with large_radii (one per radius)", steps)
-    stream = "apgd-t" if ranks is not None else f"apgd-{loss}"
+    # the classes the model returns, read from its logits when its declared shape leaves them open
+    classes = classes_of(model, call.x) if len(call.x) else model_classes(model)
+    name = "apgd-t" if target_classes is not None else f"apgd-{loss}"
+    check_combination(name, {"large_radii": large_radii, "steps": steps}, call.norm, classes)
+    ranks = target_ranks(classes, target_classes) if target_classes is not None and classes is not None else None
     return apgd_engine(model, call.x, call.labels, call.eps, norm=call.norm, loss=loss, seed=call.seed,
-                       example_ids=call.example_ids, stream=stream, target_ranks=ranks,
+                       example_ids=call.example_ids, stream=name, target_ranks=ranks,
                        large_radii=bool(large_radii), **call.params)
 
 
@@ -156,14 +148,19 @@ def checkpoints(steps: int) -> tuple[int, int, int]:
     return max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
 
 
-def halve_step(history: np.ndarray, i: int, window: int, rho: float, reduced_last_check: bool,
-               best_at_last_check: float, best: float) -> bool:
-    """The checkpoint's decision after iteration ``i`` (0-based) for one example: halve the step when at most
-    ``rho · window`` of the last ``window`` steps raised the loss (``history[j] > history[j − 1]``; as in the
-    authors' code, ``history[−1]``, still 0, stands before the first step), or when the step was not halved at
-    the last checkpoint and the best loss has not improved since."""
-    raised = sum(bool(history[i - c] > history[i - c - 1]) for c in range(window))
-    return raised <= window * rho or (not reduced_last_check and best_at_last_check >= best)
+def halve_steps(history: np.ndarray, i: np.ndarray, window: np.ndarray, rho: float, reduced_last_check: np.ndarray,
+                best_at_last_check: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """The checkpoint's decision after iteration ``i`` (0-based) for each of R runs at a checkpoint (``history``
+    ``(R, steps)``, the others ``(R,)``): halve the step when at most ``rho · window`` of the last ``window`` steps
+    raised the loss (``history[j] > history[j − 1]``; as in the authors' code, ``history[−1]``, still 0, stands
+    before the first step), or when the step was not halved at the last checkpoint and the best loss has not
+    improved since."""
+    c = np.arange(int(window.max()) if len(window) else 0)
+    counted = c[None, :] < window[:, None]
+    at = np.where(counted, i[:, None] - c[None, :], 0)
+    rows = np.arange(len(history))[:, None]
+    raised = (counted & (history[rows, at] > history[rows, at - 1])).sum(axis=1)
+    return (raised <= window * rho) | (~reduced_last_check & (best_at_last_check >= best))
 
 
 def momentum_steps(x_cur: np.ndarray, x_old: np.ndarray, x0: np.ndarray, grad: np.ndarray, step: np.ndarray,
@@ -233,15 +230,14 @@ class ApgdStep(Step):
         self.x_best[b], self.grad_best[b], self.logits_best[b], self.loss_best[b] = x[jb], out.grad[jb], out.logits[jb], out.loss[jb]
         self.since_check[s] += 1
         current = x.copy()
-        for row in np.flatnonzero(~new)[self.since_check[s] == self.gap[s]]:  # a checkpoint: a few rows a step
-            k = e[row]
-            halve = halve_step(self.history[k], int(i[row]), int(self.gap[k]), self.rho, bool(self.halved_at_check[k]),
-                               float(self.loss_at_check[k]), float(self.loss_best[k]))
-            self.halved_at_check[k], self.loss_at_check[k] = halve, self.loss_best[k]
-            if halve:
-                self.eta[k] /= 2.0
-                current[row], self.grad[k] = self.x_best[k], self.grad_best[k]
-            self.gap[k], self.since_check[k] = max(int(self.gap[k]) - self.shrink, self.min_gap), 0
+        rows = np.flatnonzero(~new)[self.since_check[s] == self.gap[s]]  # the runs at a checkpoint
+        k = e[rows]
+        halve = halve_steps(self.history[k], i[rows], self.gap[k], self.rho, self.halved_at_check[k],
+                            self.loss_at_check[k], self.loss_best[k])
+        self.halved_at_check[k], self.loss_at_check[k] = halve, self.loss_best[k]
+        self.eta[k[halve]] /= 2.0
+        current[rows[halve]], self.grad[k[halve]] = self.x_best[k[halve]], self.grad_best[k[halve]]
+        self.gap[k], self.since_check[k] = np.maximum(self.gap[k] - self.shrink, self.min_gap), 0
         self.i[e] = i + 1
         moved = momentum_steps(current, self.x_old[e], self.x0[e], self.grad[e], self.eta[e], self.eps[e], self.norm,
                                first=i + 1 == 0)

@@ -18,15 +18,10 @@ from advsweep.attacks.engine.core import (
     AttackResult,
     block_rounds,
     blocked_gradients,
-    check_epsilons,
-    check_example_ids,
-    check_inputs,
-    check_loss,
-    check_model,
-    model_classes,
-    check_norm,
+    checked_call,
     gather_block,
     gradient_fn,
+    model_classes,
     predict_logits,
     success_of,
 )
@@ -69,11 +64,10 @@ def fast_gradient_method(
         An :class:`~advsweep.attacks.engine.core.AttackResult` with ``K = len(epsilons)`` rows (one point per ε: FGSM has
         no last-iterate view apart from its result).
     """
-    check_model(model)
-    norm, loss = check_norm(norm), check_loss(loss)
-    x, labels, targets = check_inputs(x, labels, targets, model=model)
-    eps = check_epsilons(epsilons, norm, x.shape[1:])
-    ids = check_example_ids(example_ids, len(x))
+    call = checked_call(model, x, labels, epsilons, norm=norm, example_ids=example_ids, targets=targets, loss=loss,
+                        gradient=gradient)
+    norm, x, labels, targets, eps, ids = call.norm, call.x, call.labels, call.targets, call.eps, call.example_ids
+    loss, gradient = call.params["loss"], call.params["gradient"]
     classes = targets if targets is not None else labels
     direction = -1.0 if targets is not None else 1.0
 

@@ -100,6 +100,36 @@ class KerasModule(torch.nn.Module):
         return _KerasCall.apply(images, self)
 
 
+class InPlanRows(KerasModule):
+    """:class:`KerasModule` computing each one-example call as the harness computes it: in a zero-padded block of
+    one of the model's plan's call sizes (a gradient in the gradient plan's smallest call, a check's logits in the
+    forward plan's), the example in row ``row``. Every size of a plan gives a row the floats of a full call
+    (tests/test_plan.py), so the reference and the harness read the same floats from the model; set ``row`` to the
+    example's index before attacking it."""
+
+    def __init__(self, model: keras.Model, plan: Any):
+        super().__init__(model)
+        self.plan, self.row, self.rows = plan, 0, plan.forward.size_for(1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.rows = (self.plan.gradient.size_for(1) if images.requires_grad and torch.is_grad_enabled()
+                     else self.plan.forward.size_for(1))
+        return super().forward(images)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return super().logits(self._block(images))[self.row % self.rows:self.row % self.rows + 1]
+
+    def vjp(self, images: np.ndarray, upstream: np.ndarray) -> np.ndarray:
+        padded = np.zeros((self.rows,) + upstream.shape[1:], np.float32)
+        padded[self.row % self.rows] = upstream[0]
+        return super().vjp(self._block(images), padded)[self.row % self.rows:self.row % self.rows + 1]
+
+    def _block(self, images: np.ndarray) -> np.ndarray:
+        block = np.zeros((self.rows,) + images.shape[1:], np.float32)
+        block[self.row % self.rows] = images[0]
+        return block
+
+
 def reference_autoattack(module: torch.nn.Module, eps: float, norm: str, classes: int, seed: int = 0,
                          settings: dict[str, dict[str, Any]] | None = None,
                          attacks: tuple[str, ...] = ENSEMBLE) -> Any:

@@ -17,6 +17,7 @@ from advsweep.attacks.gradient.apgd import (
 )
 from advsweep.attacks.engine.core import loss_per_example, model_classes
 from advsweep.attacks.engine.geometry import edge_start
+from advsweep.attacks.engine.plan import UNMEASURED, use_plan
 
 
 def test_dlr_losses_hand_computed():
@@ -120,6 +121,8 @@ def test_apgd_t_reads_the_classes_from_the_logits_when_the_model_does_not_declar
     inputs = keras.Input((28, 28, 1))
     declared = keras.Model(inputs, keras.layers.Lambda(lambda t: t[:, :5])(small_cnn(inputs)))
     undeclared = keras.Model(inputs, keras.layers.Lambda(lambda t: t[:, :5], output_shape=(None,))(small_cnn(inputs)))
+    for model in (declared, undeclared):  # the same plan of calls for both, unmeasured: the test is of the classes
+        use_plan(model, UNMEASURED)
     assert model_classes(undeclared) is None and model_classes(declared) == 5
     grid = [0.0, 0.1, 0.2]
     expected = auto_pgd_targeted(declared, x, y, grid, steps=10, target_classes=9)

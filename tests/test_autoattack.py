@@ -439,30 +439,7 @@ def test_fab_follows_the_original_from_the_same_start(small_cnn, test_images, be
     ours = (fab_targeted(small_cnn, x, y, [eps], norm=norm, steps=steps, target_classes=targets) if targeted
             else fab_untargeted(small_cnn, x, y, [eps], norm=norm, steps=steps, restarts=1))
 
-    class InRow(benchmark_module("autoattack_reference").KerasModule):
-        # a gradient's logits in the gradient plan's smallest call, a check's in the forward plan's: every size of a
-        # plan gives a row the floats of a full call (test_plan.py), and the smallest costs the least
-        row, rows = 0, plan.forward.size_for(1)
-
-        def forward(self, images):
-            self.rows = (plan.gradient.size_for(1) if images.requires_grad and torch.is_grad_enabled()
-                         else plan.forward.size_for(1))
-            return super().forward(images)
-
-        def logits(self, images):
-            return super().logits(self._block(images))[self.row % self.rows:self.row % self.rows + 1]
-
-        def vjp(self, images, upstream):
-            padded = np.zeros((self.rows,) + upstream.shape[1:], np.float32)
-            padded[self.row % self.rows] = upstream[0]
-            return super().vjp(self._block(images), padded)[self.row % self.rows:self.row % self.rows + 1]
-
-        def _block(self, images):
-            block = np.zeros((self.rows,) + images.shape[1:], np.float32)
-            block[self.row % self.rows] = images[0]
-            return block
-
-    bridge = InRow(small_cnn).eval()
+    bridge = benchmark_module("autoattack_reference").InPlanRows(small_cnn, plan).eval()
     original = FABAttack_PT(bridge, norm={"linf": "Linf", "l1": "L1"}[norm], n_restarts=1, n_iter=steps, eps=eps, alpha_max=0.1, eta=1.05,
                             beta=0.9, n_target_classes=targets)
     fooled = np.zeros(len(x), dtype=bool)

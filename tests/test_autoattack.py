@@ -416,7 +416,7 @@ def test_plus_version_runs_the_authors_six_attacks_and_breaks_whatever_standard_
 @pytest.mark.parametrize("norm,targeted", [
     pytest.param("linf", True, id="fab-t-linf"),
     pytest.param("l1", True, id="fab-t-l1", marks=pytest.mark.slow),  # 50 s: the original's L1 projection
-    pytest.param("linf", False, id="fab-linf", marks=pytest.mark.slow),  # 2 min: ten backward passes a step
+    pytest.param("linf", False, id="fab-linf", marks=pytest.mark.slow),  # 100 s on 24: ten backward passes a step
 ])
 def test_fab_follows_the_original_from_the_same_start(small_cnn, test_images, benchmark_module, norm, targeted):
     """Like with like against the original AutoAttack's FAB-T (``pyautoattack``, the authors' code): its first run of
@@ -433,7 +433,10 @@ def test_fab_follows_the_original_from_the_same_start(small_cnn, test_images, be
 
     from advsweep.attacks.engine.plan import plan_of
 
-    x, y = test_images[0][:24], test_images[1][:24]
+    # the original runs each example alone, each call a block of the plan's rows; untargeted FAB takes a backward
+    # pass per class at every step of it
+    n = 24 if norm == "l1" else 16 if targeted else 12
+    x, y = test_images[0][:n], test_images[1][:n]
     eps, steps, targets = {"linf": 0.08, "l1": 4.0}[norm], 25, 2
     plan = plan_of(small_cnn)
     ours = (fab_targeted(small_cnn, x, y, [eps], norm=norm, steps=steps, target_classes=targets) if targeted
@@ -455,7 +458,7 @@ def test_fab_follows_the_original_from_the_same_start(small_cnn, test_images, be
             fooled[i] = wrong and float(size) <= eps
             if fooled[i]:
                 break
-    assert 4 <= fooled.sum() <= 20, "ε should leave the outcome open on these examples"
+    assert n // 6 <= fooled.sum() <= n - n // 6, "ε should leave the outcome open on these examples"
     if targeted:
         np.testing.assert_array_equal(ours.success[0], fooled)
     else:

@@ -220,3 +220,24 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
     # near zero can change sign, and that example's path parts (measured: 1 of the 19 robust of the first 24 on the
     # fixture trained without op determinism, 2 on the one trained with it, which the suite now always uses)
     assert (~same[robust]).sum() <= (0 if targeted else 2)
+
+
+def test_the_rules_joining_parameters_refuse_the_same_way_in_a_call_and_an_ensemble(small_cnn, test_images):
+    """`large_radii` outside L1, `large_radii` with fewer than 3 steps, and APGD-T on a model of fewer than 4
+    classes are refused by the one declared rule (spec.check_combination), directly and in the ensemble's settings."""
+    from advsweep.attacks import autoattack
+
+    x, y = test_images[0][:4], test_images[1][:4]
+    with pytest.raises(ValueError, match="False outside the L1 threat model"):
+        auto_pgd(small_cnn, x, y, [0.1], large_radii=True)
+    with pytest.raises(ValueError, match="at least 3 with large_radii"):
+        auto_pgd(small_cnn, x, y, [5.0], norm="l1", steps=2, large_radii=True)
+    with pytest.raises(ValueError, match="settings.apgd-ce.large_radii"):
+        autoattack(small_cnn, x, y, [0.1], settings={"apgd-ce": {"large_radii": True}})
+    inputs = keras.Input((28, 28, 1))
+    three = keras.Model(inputs, small_cnn(inputs)[:, :3])
+    keep = y < 3
+    with pytest.raises(ValueError, match="at least 4 classes for 'apgd-t'"):
+        auto_pgd_targeted(three, x[keep], y[keep], [0.1])
+    with pytest.raises(ValueError, match="leave it out of `attacks`"):
+        autoattack(three, x[keep], y[keep], [0.1])

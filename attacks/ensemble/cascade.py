@@ -88,7 +88,7 @@ def autoattack(
     attacks = members_of(call.params["version"], attacks)
     x, labels, eps = call.x, call.labels, call.eps
     classes = classes_of(model, x)
-    check_combination("autoattack", {"attacks": attacks, "settings": call.params["settings"]}, call.norm, classes)
+    check_combination("autoattack", {"attacks": attacks}, call.norm, classes)  # the settings: version_settings
     return ensemble_engine(model, x, labels, eps, norm=call.norm, attacks=attacks, seed=call.seed,
                            example_ids=call.example_ids, gradient=gradient, classes=classes, settings=changes)
 

@@ -22,7 +22,6 @@ from advsweep.models.config import GRADIENT_PATHS, check_gradient_path
 
 NORMS: tuple[str, ...] = ("linf", "l2")
 L1_NORMS: tuple[str, ...] = ("linf", "l2", "l1")  # for the attacks that also take the L1 threat model
-L1_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "fab", "square", "autoattack")  # of a sweep
 NORM_LABELS: dict[str, str] = {"linf": "L∞", "l2": "L2", "l1": "L1"}  # as tables and figures name the norms
 NORM_LATEX: dict[str, str] = {"linf": r"\ell_\infty", "l2": r"\ell_2", "l1": r"\ell_1"}
 LOSSES: tuple[str, ...] = ("ce", "margin")
@@ -36,6 +35,7 @@ _APGD = ("norm", "example_ids", "gradient", "steps", "restarts", "rho", "seed", 
 ENSEMBLE: tuple[str, ...] = AUTOATTACK_VERSIONS["standard"]["attacks"]  # the standard attacks, in AutoAttack's order
 MEMBERS: tuple[str, ...] = tuple(AUTOATTACK)  # every attack an ensemble may run
 VERSIONS: tuple[str, ...] = tuple(AUTOATTACK_VERSIONS)
+
 
 @dataclasses.dataclass(frozen=True)
 class AttackDefinition:
@@ -51,6 +51,7 @@ class AttackDefinition:
         norm: the one norm the attack takes (FGSM: L∞), or ``None``.
         fixed: keyword arguments the name fixes (APGD-CE is ``auto_pgd`` with ``loss="ce"``).
         min_classes: the fewest classes a model must have (the targeted DLR loss reads the 4th logit).
+        l1: whether it takes the L1 threat model too (AutoAttack's attacks, with the L1-ball ∩ box projection).
     """
 
     function: str
@@ -59,6 +60,7 @@ class AttackDefinition:
     norm: str | None = None
     fixed: tuple[tuple[str, Any], ...] = ()
     min_classes: int = 2
+    l1: bool = False
 
 
 _FAB = ("norm", "example_ids", "gradient", "steps", "restarts", "alpha_max", "eta", "beta", "seed")
@@ -70,17 +72,20 @@ ATTACK_SPECS: dict[str, AttackDefinition] = {
                             _COMMON + _ITERATIVE + ("random_start", "restarts", "seed"), foolbox="pgd"),
     "bim": AttackDefinition("advsweep.attacks.gradient.pgd:basic_iterative_method", _COMMON + _ITERATIVE,
                             foolbox="bim"),
-    "apgd-ce": AttackDefinition("advsweep.attacks.gradient.apgd:auto_pgd", _APGD, fixed=(("loss", "ce"),)),
-    "apgd-dlr": AttackDefinition("advsweep.attacks.gradient.apgd:auto_pgd", _APGD, fixed=(("loss", "dlr"),)),
+    "apgd-ce": AttackDefinition("advsweep.attacks.gradient.apgd:auto_pgd", _APGD, fixed=(("loss", "ce"),), l1=True),
+    "apgd-dlr": AttackDefinition("advsweep.attacks.gradient.apgd:auto_pgd", _APGD, fixed=(("loss", "dlr"),), l1=True),
     "apgd-t": AttackDefinition("advsweep.attacks.gradient.apgd:auto_pgd_targeted", _APGD + ("target_classes",),
-                               min_classes=4),
-    "fab-t": AttackDefinition("advsweep.attacks.ensemble.fab:fab_targeted", _FAB[:4] + ("target_classes",) + _FAB[4:]),
-    "fab": AttackDefinition("advsweep.attacks.ensemble.fab:fab_untargeted", _FAB),
+                               min_classes=4, l1=True),
+    "fab-t": AttackDefinition("advsweep.attacks.ensemble.fab:fab_targeted",
+                              _FAB[:4] + ("target_classes",) + _FAB[4:], l1=True),
+    "fab": AttackDefinition("advsweep.attacks.ensemble.fab:fab_untargeted", _FAB, l1=True),
     "square": AttackDefinition("advsweep.attacks.ensemble.square:square_attack",
-                               ("norm", "example_ids", "queries", "p_init", "restarts", "seed")),
+                               ("norm", "example_ids", "queries", "p_init", "restarts", "seed"), l1=True),
     "autoattack": AttackDefinition("advsweep.attacks.ensemble.cascade:autoattack",
-                                   ("norm", "example_ids", "gradient", "version", "attacks", "settings", "seed")),
+                                   ("norm", "example_ids", "gradient", "version", "attacks", "settings", "seed"),
+                                   l1=True),
 }
+L1_ATTACKS: tuple[str, ...] = tuple(name for name, definition in ATTACK_SPECS.items() if definition.l1)  # of a sweep
 
 
 def implementations_of(name: str) -> tuple[str, ...]:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from advsweep.attacks import predict_logits, run_attack
-from advsweep.attacks.evaluation.checks import check_incomplete_optimization
+from advsweep.attacks.evaluation.checks import Check, check_incomplete_optimization
 from advsweep.attacks.engine.programme import INCOMPLETE_THRESHOLD, LossTrace
 from advsweep.experiments.config import ConfigError, load_config, parse_config
-from advsweep.experiments.reporting.report import load_run
+from advsweep.experiments.reporting.report import incomplete_optimization_checks, load_run, silent_success_checks
 from advsweep.experiments.sweep import run_sweep
 
 
@@ -22,32 +22,50 @@ def _silent(run_dir):
     return {c["name"]: c for c in checks if c["name"].startswith("no silent success")}
 
 
+def _silent_expected(records, model):
+    """Per implementation of the PGD, the examples per ε whose any-iterate point is fooled and whose point foolbox
+    returned (its last iterate) is correct: what the silent-success check must count, from the records alone."""
+    rows = records[(records["model"] == model) & (records["attack"] == "pgd-linf")]
+    view = {(i, t): v.set_index(["eps", "example"])["correct"].astype(bool)
+            for (i, t), v in rows.groupby(["implementation", "iterate"])}
+    returned = view[("foolbox", "last")]
+    return {implementation: (~view[(implementation, "any")] & returned.loc[view[(implementation, "any")].index])
+            .groupby(level="eps").sum() for implementation in ("own", "foolbox")}
+
+
+SILENT = {"own": "pgd-linf/own against foolbox's last iterate, linf", "foolbox": "pgd-linf/foolbox against last iterate, linf"}
+
+
 def test_silent_success_counts_follow_from_the_records(finished_run):
     """The tiny run's PGD, own (any-iterate, early stop) and foolbox (any-iterate and the last iterate of the same
     path): the examples an any-iterate view counts fooled that foolbox's returned point leaves correct, per model
-    and ε."""
+    and ε; and on the same records with one of foolbox's returned points made correct, the check fires and counts
+    it (the tiny run's two small networks lose no adversarial; the VGG16's PGD-5 lost 2 of 20 at ε = 0.1)."""
     records = load_run(finished_run)[0]
-    silent = _silent(finished_run)
-    assert silent, "the tiny run has PGD by both implementations: the indicator must be computed"
+    run = str(records["run"].iloc[0])
+    assert _silent(finished_run), "the tiny run has PGD by both implementations: the indicator must be computed"
+    rows = records[(records["model"] == "cnn") & (records["attack"] == "pgd-linf") & (records["eps"] > 0)
+                   & (records["implementation"] == "foolbox")]
+    eps, example = rows[(rows["iterate"] == "any") & ~rows["correct"].astype(bool)].iloc[0][["eps", "example"]]
+    lost = rows.index[(rows["iterate"] == "last") & (rows["eps"] == eps) & (rows["example"] == example)]
+    assert len(lost) == 1
+    edited = records.copy()
+    edited.loc[lost, "correct"] = True
     verdicts = []
-    for model in ("vgg16", "cnn"):
-        rows = records[(records["model"] == model) & (records["attack"] == "pgd-linf")]
-        view = {(i, t): v.set_index(["eps", "example"])["correct"].astype(bool)
-                for (i, t), v in rows.groupby(["implementation", "iterate"])}
-        returned = view[("foolbox", "last")]
-        for implementation, name in (("own", "pgd-linf/own against foolbox's last iterate, linf"),
-                                     ("foolbox", "pgd-linf/foolbox against last iterate, linf")):
-            found = view[(implementation, "any")]
-            expected = (~found & returned.loc[found.index]).groupby(level="eps").sum()
-            check = [c for c in json.loads((finished_run / "checks.json").read_text()) if c["model"] == model
-                     and c["name"] == f"no silent success ({name})"][0]
-            assert check["passed"] == (expected.sum() == 0) and check["informational"]
-            for eps, count in expected.items():
-                assert f"{float(eps)}: {int(count)}" in check["detail"]
-            verdicts.append(check["passed"])
-    # both outcomes occur in the tiny run (measured: the VGG16's foolbox PGD-5 ends 2 of its ε = 0.1 adversarials on a
-    # correct point, the small CNN's none), so the comparison above exercises the firing and the silent branch
-    assert True in verdicts and False in verdicts
+    for model, frame in (("wong", records), ("cnn", records), ("cnn", edited)):
+        checks = {c.name: c for c in silent_success_checks(frame, run, model)}
+        if frame is records:
+            assert checks == {c["name"]: Check(**{k: c[k] for k in ("name", "passed", "detail", "suggestion",
+                                                                       "informational")})
+                              for c in json.loads((finished_run / "checks.json").read_text())
+                              if c["model"] == model and c["name"].startswith("no silent success")}
+        for implementation, expected in _silent_expected(frame, model).items():
+            check = checks[f"no silent success ({SILENT[implementation]})"]
+            assert check.passed == (expected.sum() == 0) and check.informational
+            for e, count in expected.items():
+                assert f"{float(e)}: {int(count)}" in check.detail
+            verdicts.append(check.passed)
+    assert True in verdicts and False in verdicts  # both branches ran, the firing one on the edited records
 
 
 def _pintor_incomplete(losses: np.ndarray) -> float:
@@ -147,13 +165,13 @@ def test_incomplete_optimization_counts_follow_from_the_records(finished_run):
     """The tiny run's PGD-5 (own engine): per model and ε, the check counts the robust examples whose record says
     the loss was still rising, names them, and fails (5 steps: every example whose loss rose is flagged); FGSM and
     foolbox's PGD carry no trace and get no check, and neither does a model the attack left no robust example of
-    (the VGG16 in this run: its records' measures are all NaN, the examples being fooled)."""
+    (shown on the same records with the small CNN's robust rows fooled: their measures NaN)."""
     records = load_run(finished_run)[0]
     checks = [c for c in json.loads((finished_run / "checks.json").read_text())
               if c["name"].startswith("optimization complete")]
     assert {c["name"] for c in checks} == {"optimization complete (pgd-linf/own, linf)"}
     checked = []
-    for model in ("vgg16", "cnn"):
+    for model in ("wong", "cnn"):
         rows = records[(records["model"] == model) & (records["attack"] == "pgd-linf")
                        & (records["implementation"] == "own") & (records["iterate"] == "any")]
         assert rows.loc[rows["eps"] == 0, "loss_rise"].isna().all()  # no run at ε = 0
@@ -176,51 +194,60 @@ def test_incomplete_optimization_counts_follow_from_the_records(finished_run):
             count = int((cell["correct"] & (cell["loss_rise"] > INCOMPLETE_THRESHOLD)).sum())
             assert f"{float(eps)}: '{count} of " in check["detail"]
         assert str(int(flagged["example"].iloc[0])) in check["detail"]
-    assert checked == ["cnn"]
+    assert checked == ["wong", "cnn"]
+    # a model the attack left no robust example of gets no check (the VGG16 of an earlier tiny run): the same records
+    # with every robust own-PGD row of the small CNN fooled
+    edited = records.copy()
+    own = ((edited["model"] == "cnn") & (edited["attack"] == "pgd-linf") & (edited["implementation"] == "own")
+           & (edited["eps"] > 0))
+    edited.loc[own, "correct"], edited.loc[own, "loss_rise"] = False, np.nan
+    run = str(records["run"].iloc[0])
+    assert incomplete_optimization_checks(records, run, "cnn")
+    assert not incomplete_optimization_checks(edited, run, "cnn")
     other = records[(records["attack"] == "fgsm") | (records["implementation"] == "foolbox")]
     assert other["loss_rise"].isna().all()
 
 
 def test_a_transfer_attack_evaluates_the_surrogates_adversarials_and_reports_transfer_failure(
-        model_folders, small_cnn, vgg16_model, test_images, tmp_path, transfer_config_text):
-    """PGD found on the small CNN (the surrogate) and evaluated on the VGG16: the records' outcomes are the VGG16's
+        model_folders, small_cnn, wong_cnn, test_images, tmp_path, transfer_config_text):
+    """PGD found on the small CNN (the surrogate) and evaluated on Wong's network: the records' outcomes are its
     classes of exactly the points the same PGD finds on the CNN alone (same seed, same examples), `found_by` says
     where those points fooled the CNN, no unit runs the transfer on the surrogate itself, and the transfer-failure
-    check counts the points that fooled the CNN and leave the VGG16 correct, from the records."""
+    check counts the points that fooled the CNN and leave Wong's network correct, from the records."""
     config = tmp_path / "transfer.toml"
     config.write_text(transfer_config_text(model_folders, copy=True, surrogate="cnn"))
     run = run_sweep(load_config(config), tmp_path / "results")
     records = load_run(run)[0]
     label = "pgd-linf-from-cnn"
-    assert set(records.loc[records["attack"] == label, "model"]) == {"vgg16", "cnn_copy"}
+    assert set(records.loc[records["attack"] == label, "model"]) == {"wong", "cnn_copy"}
     copy = {c["model"]: c for c in json.loads((run / "checks.json").read_text())
             if c["name"].startswith("adversarials transfer from the surrogate")}["cnn_copy"]
     assert copy["passed"], copy["detail"]  # the same weights: every adversarial of the surrogate transfers
-    rows = records[(records["attack"] == label) & (records["model"] == "vgg16")].sort_values(["eps", "example"])
+    rows = records[(records["attack"] == label) & (records["model"] == "wong")].sort_values(["eps", "example"])
     x, y = test_images[0][:20], test_images[1][:20]
     direct = run_attack("pgd", small_cnn, x, y, [0.0, 0.1, 0.2], steps=5, rel_stepsize=0.3, seed=0,
                         example_ids=np.arange(20))
     for k, eps in enumerate((0.0, 0.1, 0.2)):
         cell = rows[rows["eps"] == eps]
         np.testing.assert_array_equal(cell["found_by"].to_numpy() == "surrogate", direct.success[k])
-        on_vgg16 = predict_logits(vgg16_model, direct.x_adv[k], example_ids=np.arange(20)).argmax(-1)
-        np.testing.assert_array_equal(cell["prediction"].to_numpy(), on_vgg16)
+        on_wong = predict_logits(wong_cnn, direct.x_adv[k], example_ids=np.arange(20)).argmax(-1)
+        np.testing.assert_array_equal(cell["prediction"].to_numpy(), on_wong)
     checks = [c for c in json.loads((run / "checks.json").read_text())
-              if c["name"].startswith("adversarials transfer from the surrogate") and c["model"] == "vgg16"]
+              if c["name"].startswith("adversarials transfer from the surrogate") and c["model"] == "wong"]
     positive = rows[rows["eps"] > 0]
     failed = positive[(positive["found_by"] == "surrogate") & positive["correct"]]
     for eps, cell in positive.groupby("eps"):
         count = int(((cell["found_by"] == "surrogate") & cell["correct"]).sum())
         assert f"{float(eps)}: '{count} of {int((cell['found_by'] == 'surrogate').sum())}'" in checks[0]["detail"]
-    assert not failed.empty and not checks[0]["passed"]  # measured: some of the CNN's adversarials leave the VGG16 correct
+    assert not failed.empty and not checks[0]["passed"]  # measured: some of the CNN's adversarials leave Wong's network correct
 
 
 def test_a_transfer_attack_names_a_model_of_the_sweep(model_folders, tmp_path, transfer_config_text):
     """A surrogate that is not a model of the sweep, or a sweep with no other model to evaluate on, is refused
     before any work, naming the key."""
-    with pytest.raises(ConfigError, match=r"attacks\[0\]\.surrogate.*names no model of this sweep.*vgg16, cnn"):
+    with pytest.raises(ConfigError, match=r"attacks\[0\]\.surrogate.*names no model of this sweep.*wong, cnn"):
         parse_config(tomllib.loads(transfer_config_text(model_folders, surrogate="resnet")), base=tmp_path)
     alone = transfer_config_text(model_folders, surrogate="cnn")
-    alone = alone.replace(f'[[models]]\nname = "vgg16"\npath = "{model_folders["vgg16"]}"\n', "")
+    alone = alone.replace(f'[[models]]\nname = "wong"\npath = "{model_folders["wong"]}"\n', "")
     with pytest.raises(ConfigError, match=r"attacks\[0\]\.surrogate.*no other"):
         parse_config(tomllib.loads(alone), base=tmp_path)

@@ -79,7 +79,7 @@ def test_paired_table_of_a_run_is_recomputed_from_its_records(finished_run, caps
     records = load_run(finished_run)[0]
     clean = records[records["attack"] == "clean"].set_index(["model", "example"])["correct"]
     attacked = records[(records["attack"] != "clean")]
-    assert len(paired) > 0 and set(paired["model_a"]) | set(paired["model_b"]) == {"vgg16", "cnn"}
+    assert len(paired) > 0 and set(paired["model_a"]) | set(paired["model_b"]) == {"wong", "cnn"}
     p_values = []
     for row in paired.itertuples():
         if row.attack == "worst case":  # robust: correct when clean and under every attack of the run

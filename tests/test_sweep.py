@@ -38,7 +38,7 @@ def test_run_folder_has_records_tables_figures_checks_and_manifest(finished_run,
     for name in ("config.resolved.json", "manifest.json", "examples.csv", "summary.csv", "summary.md", "summary.tex",
                  "checks.json", "checks.md", "robustness_curve.csv"):
         assert (finished_run / name).is_file(), name
-    for stem in ("accuracy_vs_eps", "robustness_curve", "adversarial_grid_vgg16", "adversarial_grid_cnn"):
+    for stem in ("accuracy_vs_eps", "robustness_curve", "adversarial_grid_wong", "adversarial_grid_cnn"):
         assert (finished_run / "figures" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
         assert (finished_run / "figures" / f"{stem}.pdf").read_bytes()[:4] == b"%PDF"
     manifest = json.loads((finished_run / "manifest.json").read_text())
@@ -56,7 +56,7 @@ def test_run_folder_has_records_tables_figures_checks_and_manifest(finished_run,
     models = {m.spec.name: m.model for m in prepare_models(load_config(sweep_config), finished_run.parents[1] / "models")}
     assert manifest["execution"] == {"device": "cpu", "plans": {name: plan_of(model).to_dict()
                                                                 for name, model in models.items()}}
-    assert {m["name"] for m in manifest["models"]} == {"vgg16", "cnn"}
+    assert {m["name"] for m in manifest["models"]} == {"wong", "cnn"}
     assert all(len(m["model_keras_sha256"]) == 64 for m in manifest["models"])
     assert manifest["assets"][0]["name"] == "mnist" and len(manifest["assets"][0]["content_sha256"]) == 64
     assert set(manifest["unit_seconds"]) == {u.key for u in plan(load_config(sweep_config))}
@@ -156,7 +156,7 @@ def test_a_run_is_resumed_only_on_the_kind_of_device_that_made_it(finished_run, 
     unmeasured = {"gradient": {"rows": 256, "free": False, "sizes": [256]},
                   "forward": {"rows": 256, "free": False, "sizes": [256]},
                   "gradient_path": "plain"}  # planned from a CPU: the fixed plan of a device not measured here
-    assert on_gpu == {"device": "gpu", "plans": {"vgg16": unmeasured, "cnn": unmeasured}}
+    assert on_gpu == {"device": "gpu", "plans": {"wong": unmeasured, "cnn": unmeasured}}
     assert run_identity(config, models, code, on_gpu) != finished_run.name
     assert run_identity(config, models, code, execution_plan({m.spec.name: m.model for m in models}, "cpu")) == \
         finished_run.name
@@ -167,9 +167,9 @@ def test_a_run_is_resumed_only_on_the_kind_of_device_that_made_it(finished_run, 
 
     monkeypatch.setattr(planning, "measure_plan", lambda model: planning.UNMEASURED)
     monkeypatch.setattr(planning, "_write", lambda path, value: None)
-    with pytest.raises(SweepError, match=r"holds records made on cpu \(rows per gradient/forward call: vgg16 \d+/\d+, "
+    with pytest.raises(SweepError, match=r"holds records made on cpu \(rows per gradient/forward call: wong \d+/\d+, "
                                          r"cnn \d+/\d+\); this sweep would make them on gpu \(rows per gradient/forward "
-                                         r"call: vgg16 256/256, cnn 256/256\)"):
+                                         r"call: wong 256/256, cnn 256/256\)"):
         run_sweep(config, finished_run.parents[1], run_id=finished_run.name)
     assert {p: p.stat().st_mtime_ns for p in finished_run.rglob("*") if p.is_file()} == before
 
@@ -255,7 +255,7 @@ def test_interrupted_sweep_resumes_to_the_same_summary(finished_run, sweep_confi
     stamps = {key: json.loads((run_dir / f"done/{key.replace('/', '__')}.json").read_text())["finished"]
               for key in finished}
     # a half-written record of the next unit, as a kill mid-write would leave under its temporary name
-    (run_dir / "records" / "vgg16" / ".fgsm--foolbox--chunk-0000.parquet.junk.parquet").write_bytes(b"PAR1 half")
+    (run_dir / "records" / "wong" / ".fgsm--foolbox--chunk-0000.parquet.junk.parquet").write_bytes(b"PAR1 half")
     run_sweep(config, tmp_path, run_id="interrupted")
     for key, stamp in stamps.items():  # finished units were not run again
         assert json.loads((run_dir / f"done/{key.replace('/', '__')}.json").read_text())["finished"] == stamp
@@ -475,11 +475,11 @@ def test_corrupt_model_file_is_refused_and_leaves_no_run_folder(model_folders, t
     shutil.copytree(model_folders["cnn"], broken)
     (broken / "model.keras").write_bytes(b"this is not a keras file")
     path = tmp_path / "bad.toml"
-    path.write_text(tiny_config_text({"vgg16": broken, "cnn": model_folders["cnn"]}))
+    path.write_text(tiny_config_text({"wong": broken, "cnn": model_folders["cnn"]}))
     results = tmp_path / "results"
     assert main(["sweep", str(path), "--results", str(results)]) == 2
     err = capsys.readouterr().err
-    assert "config key `models[0].path` (model 'vgg16')" in err
+    assert "config key `models[0].path` (model 'wong')" in err
     assert "model.keras cannot be loaded" in err and "advsweep train" in err
     assert not (results / "tiny").exists()
 
@@ -489,8 +489,8 @@ def test_corrupt_model_file_is_found_before_any_model_is_trained(model_folders, 
     broken = tmp_path / "broken"
     shutil.copytree(model_folders["cnn"], broken)
     (broken / "model.keras").write_bytes(b"PK\x03\x04 truncated")
-    text = tiny_config_text({"vgg16": broken, "cnn": model_folders["cnn"]})
-    text = text.replace('name = "vgg16"\npath =', 'name = "cnn-trained"\ntrain = {kind = "small_cnn", epochs = 1}\n#')
+    text = tiny_config_text({"wong": broken, "cnn": model_folders["cnn"]})
+    text = text.replace('name = "wong"\npath =', 'name = "cnn-trained"\ntrain = {kind = "small_cnn", epochs = 1}\n#')
     text = text.replace('name = "cnn"\npath = "' + str(model_folders["cnn"]), 'name = "broken"\npath = "' + str(broken))
     path = tmp_path / "bad.toml"
     path.write_text(text)

@@ -36,6 +36,21 @@ from advsweep.models.config import ModelConfig  # noqa: E402
 from advsweep.models.training import compute_features, to_float_images  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quick_plan_measurements():
+    """Plans measured with 0.05 s per candidate size and kind instead of 0.25 s. A plan is measured once per model
+    architecture (and Keras' generated layer names are part of it), so the models the tests build measure one each:
+    14 measurements of 6–8 s in a default run. What a plan decides, the rows of each call, is checked against a full
+    call whatever the timings chose (:func:`advsweep.attacks.engine.plan.best_plan`); only the speed it picks for
+    is noisier. Sweeps run in a separate process measure at the product's setting."""
+    import advsweep.attacks.engine.plan as planning
+
+    kept = planning.SECONDS_PER_SIZE
+    planning.SECONDS_PER_SIZE = 0.05
+    yield
+    planning.SECONDS_PER_SIZE = kept
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """((x_train, y_train, x_test, y_test), resolved) as uint8, from the verified asset."""

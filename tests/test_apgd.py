@@ -148,7 +148,8 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
     import advsweep.attacks.engine.programme as engine
     from advsweep.attacks.engine.plan import plan_of
 
-    x, y = test_images[0][:24], test_images[1][:24]
+    n = 12 if targeted else 24  # the reference runs each example alone (APGD-T: up to 3 targets), 25 steps per run
+    x, y = test_images[0][:n], test_images[1][:n]
     eps, steps, targets, seed = 0.06, 25, 3, 3
     runs = targets if targeted else 1
     draws = {}
@@ -211,7 +212,7 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
             if fooled[i]:
                 break
         highest_loss_point[i] = best.detach().numpy()[0].transpose(1, 2, 0)
-    assert 4 <= fooled.sum() <= 20, "ε should leave the outcome open on these examples"
+    assert n // 6 <= fooled.sum() <= n - n // 6, "ε should leave the outcome open on these examples"
     np.testing.assert_array_equal(ours.success[0], fooled)
     robust = ~fooled
     same = (ours.x_adv[0] == highest_loss_point).all(axis=(1, 2, 3))

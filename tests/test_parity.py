@@ -27,7 +27,7 @@ def _model(name, small_cnn, vgg16_model):
 def test_fast_gradient_adversarials_agree(model_name, attack, norm, grid, small_cnn, vgg16_model, test_images):
     model = _model(model_name, small_cnn, vgg16_model)
     x, y = test_images
-    n = 64 if model_name == "vgg16" else 500
+    n = 32 if model_name == "vgg16" else 256  # exact agreement is per row: one block of the VGG16, eight of the CNN
     own = run_attack(attack, model, x[:n], y[:n], grid, norm=norm, implementation="own", gradient="plain")
     reference = run_attack(attack, model, x[:n], y[:n], grid, norm=norm, implementation="foolbox", gradient="plain")
     assert np.abs(own.x_adv - reference.x_adv).max() <= 1e-6
@@ -45,7 +45,7 @@ def test_iterative_attacks_without_random_start_agree(model_name, attack, norm, 
                                                       test_images):
     model = _model(model_name, small_cnn, vgg16_model)
     x, y = test_images
-    n = 16 if model_name == "vgg16" else 300
+    n = 16 if model_name == "vgg16" else 96
     if model_name == "vgg16":  # the plain tape through the VGG16 base is slow on a CPU: 3 steps and one ε suffice
         params, grid = {**params, "steps": 3}, grid[-1:]
     own = run_attack(attack, model, x[:n], y[:n], grid, norm=norm, implementation="own", gradient="plain", **params)

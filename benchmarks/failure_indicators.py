@@ -39,7 +39,7 @@ from advsweep.attacks.evaluation.checks import (  # noqa: E402
     STABILITY_THRESHOLD,
     _loss_changes,
 )
-from advsweep.attacks.engine.core import blocked_gradients, gradient_fn  # noqa: E402
+from advsweep.attacks.engine.core import gradient_fn, input_gradients  # noqa: E402
 from advsweep.experiments.config import select_examples  # noqa: E402
 from advsweep.attacks.engine.programme import INCOMPLETE_THRESHOLD  # noqa: E402
 from presets import machine  # noqa: E402
@@ -85,7 +85,7 @@ def stability(model: keras.Model, x: np.ndarray, y: np.ndarray) -> None:
     """The loss form of unstable predictions (relative change) and the change against the gradient's prediction
     (:func:`advsweep.attacks.evaluation.checks.check_loss_stability` flags an example where both exceed their thresholds)."""
     ids = np.arange(len(x))
-    _, gradients = blocked_gradients(gradient_fn(model, "margin"), x, y.astype(np.int64), ids)
+    gradients = input_gradients(gradient_fn(model, "margin"), x, y.astype(np.int64), ids)
     reference, change, predicted = _loss_changes(model, x, y, seed=0, example_ids=ids, draws=STABILITY_DRAWS,
                                                  radius=STABILITY_RADIUS, gradients=gradients)
     variation = np.minimum(change / np.where(reference == 0, 1.0, np.abs(reference)), 1.0)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from advsweep.attacks.gradient.apgd import auto_pgd
 from advsweep.attacks.engine.core import logits_fn, loss_gradient_fn
-from advsweep.attacks.engine.programme import calls
+from advsweep.attacks.engine.core import calls
 from advsweep.attacks.engine.plan import (
     LADDER,
     ModelPlan,

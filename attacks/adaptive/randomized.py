@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from advsweep.defaults import RANDOMIZED
-from advsweep.attacks.engine.core import BLOCK, block_rounds, check_example_ids, gather_block, predict_logits
+from advsweep.attacks.engine.core import BLOCK, calls, check_example_ids, gather, predict_logits
 
 # Draws per judgement. Measured on the quick sweep's small CNN behind Gaussian input noise of σ = 0.3, first 1,000
 # test images, two judgements with independent draws (`python benchmarks/randomized_draws.py
@@ -78,8 +78,8 @@ def judged_logits(model: keras.Model, x: np.ndarray, *, example_ids: Any = None,
     ids = check_example_ids(example_ids, len(x))
     states = [(v, np.asarray(v.numpy())) for v in _seed_generator_states(model)]
     out: np.ndarray | None = None
-    for rows in block_rounds(ids):
-        block = tf.constant(gather_block(x, rows))
+    for rows in calls(ids):
+        block = tf.constant(gather(x, rows))
         used = rows >= 0
         key = np.where(used, ids[np.maximum(rows, 0)], -1)
         total: np.ndarray | None = None

@@ -42,11 +42,13 @@ from advsweep.attacks.engine.spec import (  # noqa: F401  (re-exported: the atta
     check_stepsize,
     eps_limit,
 )
+from advsweep.attacks.engine.plan import Plan
 from advsweep.models.common import model_function
 from advsweep.models.config import check_gradient_path
 
 BALL_TOLERANCE = 1e-5  # float32 rounding of x0 + δ - x0
 BLOCK = 32  # rows of every model call an attack makes; an example always sits in row (test index mod BLOCK)
+FIXED = Plan(rows=BLOCK)  # that rule as a plan of calls (AutoAttack's attacks use the model's measured plan instead)
 
 
 def device_kind() -> str:
@@ -429,52 +431,74 @@ def check_example_ids(example_ids: Any, n: int) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def block_rounds(example_ids: np.ndarray) -> list[np.ndarray]:
-    """Rounds of model calls for a set of examples: each round is ``(BLOCK,)`` positions into ``example_ids``
-    (−1 for an idle row), example ``i`` in row ``example_ids[i] % BLOCK``."""
-    slots = np.asarray(example_ids) % BLOCK
-    queues = [np.flatnonzero(slots == s) for s in range(BLOCK)]
-    rounds = []
-    for r in range(max((len(q) for q in queues), default=0)):
-        rounds.append(np.array([q[r] if r < len(q) else -1 for q in queues], dtype=np.int64))
-    return rounds
+# --------------------------------------------------------------------------------------------
+# the one way the attack layer calls a model: a plan's calls over a set of examples
 
 
-def gather_block(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``array[rows]`` with zeros for idle rows (−1): a full ``(BLOCK, …)`` block."""
-    block = np.zeros((BLOCK,) + array.shape[1:], dtype=array.dtype)
+def calls(example_ids: np.ndarray, plan: Plan = FIXED) -> list[np.ndarray]:
+    """The model calls of one round over ``example_ids`` ``(M,)``: each an array of positions into ``example_ids``,
+    as long as the call's rows, −1 for an idle row. A free plan packs the examples in order into calls of the sizes
+    :meth:`Plan.packing` gives; otherwise every call has ``plan.rows`` rows and an example sits in row
+    ``example_id % rows`` (:data:`FIXED`: the :data:`BLOCK` rows of FGSM, PGD, BIM, foolbox, the checks and the
+    minimal ε)."""
+    m, rows = len(example_ids), plan.rows
+    if plan.free:
+        parts, start = [], 0
+        for size in plan.packing(m):
+            part = np.full(size, -1, dtype=np.int64)
+            part[:min(size, m - start)] = np.arange(start, min(start + size, m))
+            parts.append(part)
+            start += size
+        return parts
+    slots = np.asarray(example_ids) % rows
+    order = np.argsort(slots, kind="stable")
+    counts = np.bincount(slots, minlength=rows)
+    rank = np.arange(m) - np.repeat(np.cumsum(counts) - counts, counts)  # each example's turn within its row
+    table = np.full((int(counts.max(initial=0)), rows), -1, dtype=np.int64)
+    table[rank, slots[order]] = order
+    return list(table)
+
+
+def gather(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` with zeros for idle rows (−1): one call's block, ``(len(rows), …)``."""
+    block = np.zeros((len(rows),) + array.shape[1:], dtype=array.dtype)
     used = rows >= 0
     block[used] = array[rows[used]]
     return block
 
 
-def predict_logits(model: keras.Model, x: np.ndarray, *, example_ids: Any = None) -> np.ndarray:
-    """Logits ``(N, C)`` float32 of images, computed in blocks of :data:`BLOCK` rows (see the module notes)."""
-    forward = logits_fn(model)
+def in_calls(function: Callable[..., Any], arrays: Sequence[np.ndarray], example_ids: np.ndarray,
+             plan: Plan = FIXED) -> tuple[np.ndarray, ...]:
+    """``function`` over the plan's calls (:func:`calls`): called on one block of each of ``arrays`` (``(M, …)``,
+    gathered as tensors, idle rows zero), it returns one array or tensor or a tuple of them, each ``(rows, …)``; their
+    used rows are put back in the examples' order, ``(M, …)`` each. Every model call of the attack layer is made
+    here."""
+    outputs: list[np.ndarray] = []
+    for rows in calls(example_ids, plan):
+        used = rows >= 0
+        out = function(*(tf.constant(gather(array, rows)) for array in arrays))
+        for j, value in enumerate(out if isinstance(out, tuple | list) else (out,)):
+            value = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+            if len(outputs) <= j:
+                outputs.append(np.empty((len(example_ids),) + value.shape[1:], value.dtype))
+            outputs[j][rows[used]] = value[used]
+    return tuple(outputs)
+
+
+def predict_logits(model: keras.Model, x: np.ndarray, *, example_ids: Any = None, plan: Plan = FIXED) -> np.ndarray:
+    """Logits ``(N, C)`` float32 of images, in the plan's calls (:data:`FIXED`: blocks of :data:`BLOCK` rows, see the
+    module notes)."""
     ids = check_example_ids(example_ids, len(x))
-    out: np.ndarray | None = None
-    for rows in block_rounds(ids):
-        logits = forward(tf.constant(gather_block(x, rows))).numpy()
-        if out is None:
-            out = np.empty((len(x),) + logits.shape[1:], dtype=np.float32)
-        used = rows >= 0
-        out[rows[used]] = logits[used]
-    return out if out is not None else np.zeros((0, model_classes(model) or 0), dtype=np.float32)
+    if not len(x):
+        return np.zeros((0, model_classes(model) or 0), dtype=np.float32)
+    return in_calls(logits_fn(model), (x,), ids, plan)[0]
 
 
-def blocked_gradients(value_and_gradient: GradientFn, x: np.ndarray, classes: np.ndarray,
-                      example_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(logits (N, C), ∇_x loss (N, …))`` of every example, in blocks of :data:`BLOCK` rows."""
-    gradients = np.empty_like(x)
-    logits_out: np.ndarray | None = None
-    for rows in block_rounds(example_ids):
-        logits, gradient = value_and_gradient(tf.constant(gather_block(x, rows)), tf.constant(gather_block(classes, rows)))
-        used = rows >= 0
-        if logits_out is None:
-            logits_out = np.empty((len(x),) + tuple(logits.shape[1:]), dtype=np.float32)
-        logits_out[rows[used]] = logits.numpy()[used]
-        gradients[rows[used]] = gradient.numpy()[used]
-    return (logits_out if logits_out is not None else np.zeros((0, 0), np.float32)), gradients
+def input_gradients(value_and_gradient: GradientFn, x: np.ndarray, classes: np.ndarray,
+                    example_ids: np.ndarray) -> np.ndarray:
+    """``∇_x loss`` ``(N, …)`` of every example (``value_and_gradient``: :func:`gradient_fn`'s), in blocks of
+    :data:`BLOCK` rows."""
+    return in_calls(value_and_gradient, (x, classes), example_ids)[1] if len(x) else np.empty_like(x)
 
 
 def example_stream(seed: int, example_id: int, attack: str, epsilon: float, restart: int) -> np.random.Generator:

@@ -38,6 +38,7 @@ from advsweep.attacks.engine.core import (
     AttackResult,
     any_iterate_view,
     example_stream,
+    in_calls,
     logits_fn,
     loss_gradient_fn,
     predict_logits,
@@ -46,29 +47,6 @@ from advsweep.attacks.engine.core import (
 )
 from advsweep.attacks.engine.geometry import sizes_of
 from advsweep.attacks.engine.plan import Plan, plan_of
-
-
-def calls(example_ids: np.ndarray, plan: Plan) -> list[np.ndarray]:
-    """The model calls of one round over ``example_ids`` ``(M,)``: each an array of positions into ``example_ids``,
-    as long as the call's rows, −1 for an idle row. A free plan packs the examples in order into calls of the sizes
-    :meth:`Plan.packing` gives; otherwise every call has ``plan.rows`` rows and an example sits in row
-    ``example_id % rows``."""
-    m, rows = len(example_ids), plan.rows
-    if plan.free:
-        parts, start = [], 0
-        for size in plan.packing(m):
-            part = np.full(size, -1, dtype=np.int64)
-            part[:min(size, m - start)] = np.arange(start, min(start + size, m))
-            parts.append(part)
-            start += size
-        return parts
-    slots = example_ids % rows
-    order = np.argsort(slots, kind="stable")
-    counts = np.bincount(slots, minlength=rows)
-    rank = np.arange(m) - np.repeat(np.cumsum(counts) - counts, counts)  # each example's turn within its row
-    table = np.full((int(counts.max(initial=0)), rows), -1, dtype=np.int64)
-    table[rank, slots[order]] = order
-    return list(table)
 
 
 @dataclasses.dataclass
@@ -84,26 +62,11 @@ class Outputs:
 def evaluate(model: keras.Model, x: np.ndarray, classes: np.ndarray | None, example_ids: np.ndarray, plan: Plan,
              loss: str | None, gradient: str) -> Outputs:
     """The model's logits (and with ``loss``, that loss and its input gradient) at ``x`` ``(M, …)``, in the
-    plan's calls."""
-    parts: list[list[np.ndarray]] = []
-    fn = loss_gradient_fn(model, loss, gradient) if loss is not None else None
-    forward = logits_fn(model)
-    for rows in calls(example_ids, plan):
-        used = rows >= 0
-        block = np.zeros((len(rows),) + x.shape[1:], np.float32)
-        block[used] = x[rows[used]]
-        if fn is None:
-            outs = [forward(tf.constant(block)).numpy()]
-        else:
-            assert classes is not None
-            class_block = np.zeros((len(rows),) + classes.shape[1:], np.int64)
-            class_block[used] = classes[rows[used]]
-            outs = [t.numpy() for t in fn(tf.constant(block), tf.constant(class_block))]
-        for j, out in enumerate(outs):
-            if len(parts) <= j:
-                parts.append([np.empty((len(x),) + out.shape[1:], out.dtype)])
-            parts[j][0][rows[used]] = out[used]
-    return Outputs(*(p[0] for p in parts))
+    plan's calls (:func:`~advsweep.attacks.engine.core.in_calls`)."""
+    if loss is None:
+        return Outputs(*in_calls(logits_fn(model), (x,), example_ids, plan))
+    assert classes is not None
+    return Outputs(*in_calls(loss_gradient_fn(model, loss, gradient), (x, classes), example_ids, plan))
 
 
 @dataclasses.dataclass

@@ -19,10 +19,10 @@ from advsweep.attacks.engine.core import (
     BALL_TOLERANCE,
     BLOCK,
     AttackResult,
-    blocked_gradients,
     check_example_ids,
     example_stream,
     gradient_fn,
+    input_gradients,
     predict_logits,
 )
 from advsweep.attacks.engine.geometry import l2_norms, sizes_of, to_box
@@ -267,7 +267,7 @@ def check_loss_stability(model: keras.Model, x: np.ndarray, labels: np.ndarray, 
     loss that is flat or stepped at that scale (a quantizer: zero gradient, changes of whole steps). The check fails where more than half the examples are flagged and is a note where some
     are; the exact check of randomness is :func:`check_deterministic`."""
     ids = check_example_ids(example_ids, len(x))
-    _, gradients = blocked_gradients(gradient_fn(model, "margin"), x, labels.astype(np.int64), ids)
+    gradients = input_gradients(gradient_fn(model, "margin"), x, labels.astype(np.int64), ids)
     reference, change, predicted = _loss_changes(model, x, labels, seed=seed, example_ids=ids,
                                                  draws=STABILITY_DRAWS, radius=STABILITY_RADIUS, gradients=gradients)
     scale = np.where(reference == 0, 1.0, np.abs(reference))
@@ -296,7 +296,7 @@ def check_loss_stability(model: keras.Model, x: np.ndarray, labels: np.ndarray, 
 def check_gradients(model: keras.Model, x: np.ndarray, labels: np.ndarray, *, example_ids: Any = None) -> Check:
     """Input gradients of the loss are not zero (a zero gradient hides examples from every gradient attack)."""
     ids = check_example_ids(example_ids, len(x))
-    _, gradients = blocked_gradients(gradient_fn(model, "ce"), x, labels.astype(np.int64), ids)
+    gradients = input_gradients(gradient_fn(model, "ce"), x, labels.astype(np.int64), ids)
     all_norms = l2_norms(gradients.reshape(len(x), -1))
     zero = float(np.mean(all_norms < 1e-12)) if len(all_norms) else 0.0
     nan = bool(np.isnan(all_norms).any())

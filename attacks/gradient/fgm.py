@@ -16,11 +16,10 @@ import tensorflow as tf
 
 from advsweep.attacks.engine.core import (
     AttackResult,
-    block_rounds,
-    blocked_gradients,
     checked_call,
-    gather_block,
     gradient_fn,
+    in_calls,
+    input_gradients,
     model_classes,
     predict_logits,
     success_of,
@@ -71,14 +70,14 @@ def fast_gradient_method(
     classes = targets if targets is not None else labels
     direction = -1.0 if targets is not None else 1.0
 
-    _, gradients = blocked_gradients(gradient_fn(model, loss, gradient), x, classes, ids)
-    x_adv = np.empty((len(eps),) + x.shape, dtype=np.float32)
-    for rows in block_rounds(ids):
-        used = rows >= 0
-        x_block = gather_block(x, rows)
-        unit_step = normalize(tf.constant(gather_block(gradients, rows)), norm).numpy()
-        for k, epsilon in enumerate(eps):
-            x_adv[k, rows[used]] = fgm_step(x_block, unit_step, float(epsilon), norm, direction)[used]
+    gradients = input_gradients(gradient_fn(model, loss, gradient), x, classes, ids)
+
+    def steps(x_block: tf.Tensor, gradient_block: tf.Tensor) -> tuple[np.ndarray, ...]:
+        unit_step = normalize(gradient_block, norm).numpy()
+        return tuple(fgm_step(x_block.numpy(), unit_step, float(epsilon), norm, direction) for epsilon in eps)
+
+    x_adv = np.stack(in_calls(steps, (x, gradients), ids)) if len(x) and len(eps) else np.empty(
+        (len(eps),) + x.shape, dtype=np.float32)
     logits = np.stack([predict_logits(model, x_adv[k], example_ids=ids) for k in range(len(eps))]) \
         if len(x) else np.zeros((len(eps), 0, model_classes(model) or 0), np.float32)
     success = np.stack([success_of(logits[k], labels, targets) for k in range(len(eps))])

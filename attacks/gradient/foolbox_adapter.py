@@ -22,7 +22,7 @@ from advsweep.assets.validate import one_of
 from advsweep.attacks.engine.core import (
     AttackResult,
     any_iterate_view,
-    block_rounds,
+    calls,
     check_epsilons,
     check_example_ids,
     check_inputs,
@@ -34,7 +34,7 @@ from advsweep.attacks.engine.core import (
     check_stepsize,
     compiled_forward,
     example_stream,
-    gather_block,
+    gather,
     loss_per_example,
     predict_logits,
     resolved_gradient,
@@ -239,13 +239,13 @@ def _run_blocks(instance: Any, fmodel: fb.TensorFlowModel, x: np.ndarray, labels
     for restart in range(restarts if moving else 0):
         todo = np.arange(n) if restart == 0 else np.flatnonzero(~instance.recorder.found[moving].all(axis=0))
         instance.restart = restart
-        for rows in block_rounds(ids[todo]):
+        for rows in calls(ids[todo]):
             used = rows >= 0
             block = np.where(used, todo[np.maximum(rows, 0)], -1)
             instance.block_ids = np.where(used, ids[np.maximum(block, 0)], -1)
             instance.recorder.begin_block(block)
-            inputs = tf.constant(gather_block(x, block))
-            block_classes = tf.constant(gather_block(classes, block))
+            inputs = tf.constant(gather(x, block))
+            block_classes = tf.constant(gather(classes, block))
             criterion = (fb.criteria.TargetedMisclassification(block_classes) if targets is not None
                          else fb.criteria.Misclassification(block_classes))
             _, clipped, found = instance(fmodel, inputs, criterion, epsilons=[float(eps[k]) for k in moving])

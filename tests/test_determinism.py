@@ -80,13 +80,13 @@ def test_sweep_records_are_byte_identical_across_chunk_sizes(small_cnn, tmp_path
     (folder / "config.json").write_text(json.dumps(ModelConfig(kind="small_cnn").to_dict()))
     (folder / "metrics.json").write_text(json.dumps({"model_id": "small_cnn-fixture", "assets": {}}))
     frames = []
-    for chunk in (20, 100):
+    for chunk in (10, 50):
         path = tmp_path / f"chunk{chunk}.toml"
         path.write_text(f'''
 name = "chunks"
 chunk_size = {chunk}
 [examples]
-count = 100
+count = 50
 [[models]]
 name = "cnn"
 path = "{folder}"
@@ -100,7 +100,7 @@ steps = 5
 rel_stepsize = 0.3
 loss = "margin"
 [minimal]
-examples = 20
+examples = 10
 steps = 5
 ''')
         run_dir = run_sweep(load_config(path), tmp_path / "results", run_id=f"chunk{chunk}")
@@ -113,4 +113,4 @@ steps = 5
         summary.to_csv(tmp_path / f"summary{chunk}.csv", index=False)
     pd.testing.assert_frame_equal(frames[0], frames[2], check_exact=True)
     pd.testing.assert_frame_equal(frames[1], frames[3], check_exact=True)
-    assert (tmp_path / "summary20.csv").read_bytes() == (tmp_path / "summary100.csv").read_bytes()
+    assert (tmp_path / "summary10.csv").read_bytes() == (tmp_path / "summary50.csv").read_bytes()

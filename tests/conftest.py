@@ -74,26 +74,26 @@ def _compile(model: keras.Model) -> None:
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 
 
-@pytest.fixture(scope="session")
-def small_cnn(mnist):
+def _one_epoch(mnist, build, images: int) -> keras.Model:
+    """A network built by ``build`` (seed 0), trained for one epoch on the first ``images`` MNIST training images."""
     (x_train, y_train, _, _), _ = mnist
     keras.utils.set_random_seed(0)
-    model = build_small_cnn()
+    model = build()
     _compile(model)
-    model.fit(to_float_images(x_train[:12000]), y_train[:12000].astype(np.int64), epochs=1, batch_size=64, verbose=0)
+    model.fit(to_float_images(x_train[:images]), y_train[:images].astype(np.int64), epochs=1, batch_size=64, verbose=0)
     return model
+
+
+@pytest.fixture(scope="session")
+def small_cnn(mnist):
+    return _one_epoch(mnist, build_small_cnn, 12000)
 
 
 @pytest.fixture(scope="session")
 def wong_cnn(mnist):
     """Wong et al.'s MNIST network (two strided convolutions, 166k parameters), one epoch on 6000 real images: the
     tiny sweep's second model, a few times cheaper per call than the small CNN and a different architecture."""
-    (x_train, y_train, _, _), _ = mnist
-    keras.utils.set_random_seed(0)
-    model = build_wong_cnn()
-    _compile(model)
-    model.fit(to_float_images(x_train[:6000]), y_train[:6000].astype(np.int64), epochs=1, batch_size=64, verbose=0)
-    return model
+    return _one_epoch(mnist, build_wong_cnn, 6000)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,6 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from advsweep.attacks.engine.core import (
     AttackResult,

@@ -485,13 +485,12 @@ def in_calls(function: Callable[..., Any], arrays: Sequence[np.ndarray], example
     return tuple(outputs)
 
 
-def predict_logits(model: keras.Model, x: np.ndarray, *, example_ids: Any = None, plan: Plan = FIXED) -> np.ndarray:
-    """Logits ``(N, C)`` float32 of images, in the plan's calls (:data:`FIXED`: blocks of :data:`BLOCK` rows, see the
-    module notes)."""
+def predict_logits(model: keras.Model, x: np.ndarray, *, example_ids: Any = None) -> np.ndarray:
+    """Logits ``(N, C)`` float32 of images, in blocks of :data:`BLOCK` rows (:data:`FIXED`, see the module notes)."""
     ids = check_example_ids(example_ids, len(x))
     if not len(x):
         return np.zeros((0, model_classes(model) or 0), dtype=np.float32)
-    return in_calls(logits_fn(model), (x,), ids, plan)[0]
+    return in_calls(logits_fn(model), (x,), ids)[0]
 
 
 def input_gradients(value_and_gradient: GradientFn, x: np.ndarray, classes: np.ndarray,

@@ -19,7 +19,6 @@ from advsweep.attacks.engine.core import (
     checked_call,
     gradient_fn,
     in_calls,
-    input_gradients,
     model_classes,
     predict_logits,
     success_of,
@@ -70,13 +69,14 @@ def fast_gradient_method(
     classes = targets if targets is not None else labels
     direction = -1.0 if targets is not None else 1.0
 
-    gradients = input_gradients(gradient_fn(model, loss, gradient), x, classes, ids)
+    value_and_gradient = gradient_fn(model, loss, gradient)
 
-    def steps(x_block: tf.Tensor, gradient_block: tf.Tensor) -> tuple[np.ndarray, ...]:
-        unit_step = normalize(gradient_block, norm).numpy()
+    def steps(x_block: tf.Tensor, class_block: tf.Tensor) -> tuple[np.ndarray, ...]:
+        """One block's gradient and its point at every ε: each block is gathered and called once."""
+        unit_step = normalize(value_and_gradient(x_block, class_block)[1], norm).numpy()
         return tuple(fgm_step(x_block.numpy(), unit_step, float(epsilon), norm, direction) for epsilon in eps)
 
-    x_adv = np.stack(in_calls(steps, (x, gradients), ids)) if len(x) and len(eps) else np.empty(
+    x_adv = np.stack(in_calls(steps, (x, classes), ids)) if len(x) and len(eps) else np.empty(
         (len(eps),) + x.shape, dtype=np.float32)
     logits = np.stack([predict_logits(model, x_adv[k], example_ids=ids) for k in range(len(eps))]) \
         if len(x) else np.zeros((len(eps), 0, model_classes(model) or 0), np.float32)

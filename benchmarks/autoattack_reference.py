@@ -101,32 +101,39 @@ class KerasModule(torch.nn.Module):
 
 
 class InPlanRows(KerasModule):
-    """:class:`KerasModule` computing each one-example call as the harness computes it: in a zero-padded block of
-    one of the model's plan's call sizes (a gradient in the gradient plan's smallest call, a check's logits in the
-    forward plan's), the example in row ``row``. Every size of a plan gives a row the floats of a full call
-    (tests/test_plan.py), so the reference and the harness read the same floats from the model; set ``row`` to the
-    example's index before attacking it."""
+    """:class:`KerasModule` computing each call as the harness computes it: in a zero-padded block of one of the
+    model's plan's call sizes (a gradient in the gradient plan's, a check's logits in the forward plan's: the
+    smallest that holds the call), each example in its row (``example_id % rows``). Every size of a plan gives a
+    row the floats of a full call (tests/test_plan.py), so the reference and the harness read the same floats from
+    the model. Set ``examples`` to the ids of the images of the next calls (one example, or a batch whose calls all
+    hold the same examples in the same order) before attacking them."""
 
     def __init__(self, model: keras.Model, plan: Any):
         super().__init__(model)
-        self.plan, self.row, self.rows = plan, 0, plan.forward.size_for(1)
+        self.plan, self.examples, self.rows = plan, np.zeros(1, np.int64), plan.forward.size_for(1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self.rows = (self.plan.gradient.size_for(1) if images.requires_grad and torch.is_grad_enabled()
-                     else self.plan.forward.size_for(1))
+        part = self.plan.gradient if images.requires_grad and torch.is_grad_enabled() else self.plan.forward
+        self.rows = part.size_for(len(images))
         return super().forward(images)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        return super().logits(self._block(images))[self.row % self.rows:self.row % self.rows + 1]
+        return super().logits(self._block(images))[self._at(len(images))]
 
     def vjp(self, images: np.ndarray, upstream: np.ndarray) -> np.ndarray:
         padded = np.zeros((self.rows,) + upstream.shape[1:], np.float32)
-        padded[self.row % self.rows] = upstream[0]
-        return super().vjp(self._block(images), padded)[self.row % self.rows:self.row % self.rows + 1]
+        padded[self._at(len(images))] = upstream
+        return super().vjp(self._block(images), padded)[self._at(len(images))]
+
+    def _at(self, n: int) -> np.ndarray:
+        at = np.asarray(self.examples, np.int64) % self.rows
+        if len(at) != n or len(np.unique(at)) != n:
+            raise ValueError(f"a call of {n} images for examples {self.examples} in blocks of {self.rows} rows")
+        return at
 
     def _block(self, images: np.ndarray) -> np.ndarray:
         block = np.zeros((self.rows,) + images.shape[1:], np.float32)
-        block[self.row % self.rows] = images[0]
+        block[self._at(len(images))] = images
         return block
 
 

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,6 +35,7 @@ from advsweep.experiments.config import load_config  # noqa: E402
 from advsweep.experiments.sweep import run_sweep  # noqa: E402
 from advsweep.models.config import ModelConfig  # noqa: E402
 from advsweep.models.training import compute_features, to_float_images  # noqa: E402
+from advsweep.attacks.engine.plan import plan_of  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -74,40 +76,88 @@ def _compile(model: keras.Model) -> None:
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 
 
-def _one_epoch(mnist, build, images: int) -> keras.Model:
-    """A network built by ``build`` (seed 0), trained for one epoch on the first ``images`` MNIST training images."""
-    (x_train, y_train, _, _), _ = mnist
-    keras.utils.set_random_seed(0)
-    model = build()
-    _compile(model)
-    model.fit(to_float_images(x_train[:images]), y_train[:images].astype(np.int64), epochs=1, batch_size=64, verbose=0)
-    return model
+def _shared(tmp_path_factory, name: str, build: Callable[[], Any], save: Callable[[Any, Path], None],
+            load: Callable[[Path], Any]) -> Any:
+    """A session fixture's value built once per test run. Under pytest-xdist the first worker to ask builds it and
+    saves it into the run's folder that all workers share, under a file lock; the other workers wait and load it
+    (the same weights, so the same floats). In one process, built."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build()
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "shared"  # the run's folder above each worker's own
+    root.mkdir(exist_ok=True)
+    path, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if done.exists():
+            return load(path)
+        value = build()
+        save(value, path)
+        done.touch()
+        return value
+
+
+def _keras_file(value: keras.Model, path: Path) -> None:
+    value.save(path.with_suffix(".keras"))
+
+
+def _load_keras_file(path: Path) -> keras.Model:
+    return keras.saving.load_model(path.with_suffix(".keras"))
+
+
+def _one_epoch(tmp_path_factory, mnist, build, images: int) -> keras.Model:
+    """A network built by ``build`` (seed 0), trained for one epoch on the first ``images`` MNIST training images
+    (once per test run: :func:`_shared`)."""
+    def train() -> keras.Model:
+        (x_train, y_train, _, _), _ = mnist
+        keras.utils.set_random_seed(0)
+        model = build()
+        _compile(model)
+        model.fit(to_float_images(x_train[:images]), y_train[:images].astype(np.int64), epochs=1, batch_size=64,
+                  verbose=0)
+        return model
+
+    return _shared(tmp_path_factory, f"{build.__name__}-{images}", train, _keras_file, _load_keras_file)
 
 
 @pytest.fixture(scope="session")
-def small_cnn(mnist):
-    return _one_epoch(mnist, build_small_cnn, 12000)
+def small_cnn(tmp_path_factory, mnist):
+    return _one_epoch(tmp_path_factory, mnist, build_small_cnn, 12000)
 
 
 @pytest.fixture(scope="session")
-def wong_cnn(mnist):
+def wong_cnn(tmp_path_factory, mnist):
     """Wong et al.'s MNIST network (two strided convolutions, 166k parameters), one epoch on 6000 real images: the
     tiny sweep's second model, a few times cheaper per call than the small CNN and a different architecture."""
-    return _one_epoch(mnist, build_wong_cnn, 6000)
+    return _one_epoch(tmp_path_factory, mnist, build_wong_cnn, 6000)
 
 
 @pytest.fixture(scope="session")
-def vgg16_model(mnist, vgg16_weights):
-    (x_train, y_train, _, _), _ = mnist
+def vgg16_model(tmp_path_factory, mnist, vgg16_weights):
+    """The default VGG16 classifier, its head trained for 15 epochs on the frozen features of 4000 training images,
+    and its plan measured (once per test run: :func:`_shared`; the head's weights are what the workers share)."""
     weights, _ = vgg16_weights
-    keras.utils.set_random_seed(0)
-    model = build_vgg16_classifier(weights)  # the default architecture
-    features = compute_features(feature_extractor(model), x_train[:4000])
-    head = model.get_layer("head")
-    head.get_layer("feature_scaling").adapt(features)
-    _compile(head)
-    head.fit(features, y_train[:4000].astype(np.int64), epochs=15, batch_size=64, verbose=0)
-    return model
+
+    def train() -> keras.Model:
+        (x_train, y_train, _, _), _ = mnist
+        keras.utils.set_random_seed(0)
+        model = build_vgg16_classifier(weights)  # the default architecture
+        features = compute_features(feature_extractor(model), x_train[:4000])
+        head = model.get_layer("head")
+        head.get_layer("feature_scaling").adapt(features)
+        _compile(head)
+        head.fit(features, y_train[:4000].astype(np.int64), epochs=15, batch_size=64, verbose=0)
+        plan_of(model)  # measured here, once: the other workers find it in the cache
+        return model
+
+    def load(path: Path) -> keras.Model:
+        keras.utils.set_random_seed(0)
+        model = build_vgg16_classifier(weights)
+        model.get_layer("head").load_weights(path.with_suffix(".weights.h5"))
+        return model
+
+    return _shared(tmp_path_factory, "vgg16-head", train,
+                   lambda model, path: model.get_layer("head").save_weights(path.with_suffix(".weights.h5")), load)
 
 
 @pytest.fixture(scope="session", params=["small_cnn", "vgg16"])
@@ -138,16 +188,21 @@ def digits_classifier(input_shape: tuple[int, ...], *, softmax: bool = False, se
 
 @pytest.fixture(scope="session")
 def digits_model(digits, tmp_path_factory) -> Path:
-    """A Keras classifier trained here on the digits training split (not by `advsweep train`), saved as .keras."""
-    model = digits_classifier((8, 8, 1))
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    model.fit(digits.train_images(), digits.y_train.astype(np.int64), epochs=30, batch_size=64, verbose=0)
-    accuracy = float(np.mean(np.argmax(model.predict(digits.test_images(), verbose=0), -1) == digits.test_labels))
-    assert accuracy > 0.9, accuracy  # a real classifier, or the attacks below would mean nothing
-    path = tmp_path_factory.mktemp("digits") / "digits_cnn.keras"
-    model.save(path)
-    return path
+    """A Keras classifier trained here on the digits training split (not by `advsweep train`), saved as .keras
+    (once per test run: :func:`_shared`)."""
+    def train() -> Path:
+        model = digits_classifier((8, 8, 1))
+        model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        model.fit(digits.train_images(), digits.y_train.astype(np.int64), epochs=30, batch_size=64, verbose=0)
+        accuracy = float(np.mean(np.argmax(model.predict(digits.test_images(), verbose=0), -1) == digits.test_labels))
+        assert accuracy > 0.9, accuracy  # a real classifier, or the attacks below would mean nothing
+        path = tmp_path_factory.mktemp("digits") / "digits_cnn.keras"
+        model.save(path)
+        return path
+
+    return _shared(tmp_path_factory, "digits-model", train, lambda path, shared: shared.write_text(str(path)),
+                   lambda shared: Path(shared.read_text()))
 
 
 @pytest.fixture(scope="session")

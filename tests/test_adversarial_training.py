@@ -27,14 +27,14 @@ from advsweep.models.config import AdversarialConfig, ModelConfig
 from advsweep.models.training import build_model, export_savedmodel, train_model
 
 EPS = 0.2
-SMALL = {"kind": "small_cnn", "train_examples": 4000, "validation_examples": 1000, "epochs": 3, "seed": 3,
+SMALL = {"kind": "small_cnn", "train_examples": 3000, "validation_examples": 500, "epochs": 2, "seed": 3,
          "augment_shift": 0}
-ADVERSARIAL = {"method": "pgd", "eps": EPS, "steps": 5, "eval_examples": 300, "ramp_epochs": 1.0}
+ADVERSARIAL = {"method": "pgd", "eps": EPS, "steps": 5, "eval_examples": 200, "ramp_epochs": 1.0}
 
 
 @pytest.fixture(scope="module")
 def natural_and_robust(tmp_path_factory):
-    """The small CNN trained naturally and by PGD-5 adversarial training on the same 4000 images, 3 epochs."""
+    """The small CNN trained naturally and by PGD-5 adversarial training on the same 3000 images, 2 epochs."""
     root = tmp_path_factory.mktemp("models")
     natural = train_model(ModelConfig.from_mapping(SMALL), root)
     robust = train_model(ModelConfig.from_mapping({**SMALL, "adversarial": ADVERSARIAL}), root,
@@ -44,10 +44,10 @@ def natural_and_robust(tmp_path_factory):
 
 def test_adversarial_training_lowers_pgd_success_on_held_out_images(natural_and_robust, test_images):
     natural, robust = natural_and_robust
-    x, y = test_images[0][:200], test_images[1][:200]  # test images: neither model saw them
+    x, y = test_images[0][:100], test_images[1][:100]  # test images: neither model saw them
     accuracy = {name: run_attack("pgd", trained.model, x, y, [0.0, EPS], steps=20, loss="margin").robust_accuracy
                 for name, trained in (("natural", natural), ("robust", robust))}
-    assert accuracy["robust"][0] > 0.85  # still a classifier
+    assert accuracy["robust"][0] > 0.8  # still a classifier
     # PGD-20 succeeds far less often on the adversarially trained model
     assert accuracy["robust"][1] > accuracy["natural"][1] + 0.25, accuracy
 
@@ -55,7 +55,7 @@ def test_adversarial_training_lowers_pgd_success_on_held_out_images(natural_and_
 @pytest.mark.slow
 def test_trades_and_fast_training_make_their_papers_models_robust(natural_and_robust, test_images, tmp_path):
     """A short TRADES run of TRADES' SmallCNN and a short fast-training run (FGSM from a random start) of Madry et
-    al.'s CNN, on the same 4000 images as the fixture: each stays a classifier, PGD-20 succeeds far less often on it
+    al.'s CNN, on 4000 images for 3 epochs: each stays a classifier, PGD-20 succeeds far less often on it
     than on the naturally trained small CNN, and metrics.json records the method's resolved options."""
     natural, _ = natural_and_robust
     x, y = test_images[0][:200], test_images[1][:200]
@@ -65,7 +65,8 @@ def test_trades_and_fast_training_make_their_papers_models_robust(natural_and_ro
     resolved = {"trades": {"steps": 5, "step_size": 0.5, "beta": 1.0},
                 "fast": {"step_size": 1.25, "noise": 1.0, "clip_noise": True}}
     for method, (kind, adversarial) in runs.items():
-        config = {**SMALL, "kind": kind, "adversarial": {**adversarial, "eval_examples": 300, "ramp_epochs": 1.0}}
+        config = {**SMALL, "train_examples": 4000, "validation_examples": 1000, "epochs": 3, "kind": kind,
+                  "adversarial": {**adversarial, "eval_examples": 300, "ramp_epochs": 1.0}}
         trained = train_model(ModelConfig.from_mapping(config), tmp_path)
         accuracy = run_attack("pgd", trained.model, x, y, [0.0, EPS], steps=20, loss="margin").robust_accuracy
         assert accuracy[0] > 0.85, (method, accuracy)
@@ -83,7 +84,7 @@ def test_adversarial_metrics_history_curves_and_logs(natural_and_robust):
     assert adversarial["options"]["step_size"] == pytest.approx(0.5)  # the default 2.5 / steps, resolved
     assert adversarial["collapse"] is None and adversarial["label"] == "PGD-5 ε=0.2"
     history = pd.read_csv(robust.folder / "history.csv")
-    assert list(history["epoch"]) == [1, 2, 3]
+    assert list(history["epoch"]) == [1, 2]
     for column in ("loss", "accuracy", "val_accuracy", "val_robust_accuracy", "eps", "learning_rate", "kept"):
         assert history[column].notna().all(), column
     assert history["eps"].iloc[0] == pytest.approx(EPS)  # the ramp reached ε at the end of epoch 1
@@ -100,7 +101,7 @@ def test_adversarial_metrics_history_curves_and_logs(natural_and_robust):
         for value in event.summary.value:
             if value.tag == "epoch_robust_accuracy":
                 logged[event.step] = float(tf.make_ndarray(value.tensor))
-    np.testing.assert_allclose([logged[e] for e in range(3)], history["val_robust_accuracy"], rtol=1e-6)
+    np.testing.assert_allclose([logged[e] for e in range(2)], history["val_robust_accuracy"], rtol=1e-6)
     # natural training logs too (Keras' TensorBoard callback)
     assert list((natural.folder / "tensorboard" / "validation").glob("events.out.tfevents.*"))
 

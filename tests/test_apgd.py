@@ -136,9 +136,10 @@ def test_apgd_t_reads_the_classes_from_the_logits_when_the_model_does_not_declar
 def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_images, monkeypatch, targeted,
                                                                 benchmark_module):
     """Like with like against the authors' algorithm: torchattacks' APGD / APGDT (ports of the authors' code) run
-    each example alone, seeded, on the same Keras model, as their ``perturb`` does (one ``torch.rand`` start per
-    run; APGD-T: targets 2, 3, … until one fools); ours starts every run from the point the reference drew for it
-    and otherwise runs its own engine. The step-size schedule, momentum, restarts from the best point, targets and
+    the examples together as their ``perturb`` does (seeded once, one ``torch.rand`` start per run; APGD-T: targets 2,
+    3, … on the examples still robust), on the same Keras model, each call in a block of the plan's call sizes with
+    each example in its row, as ours computes it; ours starts every run from the point the reference drew for it and
+    otherwise runs its own engine. The step-size schedule, momentum, restarts from the best point, targets and
     losses then decide alone: the same examples must be fooled, and for the others the highest-loss point of the
     last run (what both return there) must be the same point, to the bit."""
     import torch
@@ -148,22 +149,43 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
     import advsweep.attacks.engine.programme as engine
     from advsweep.attacks.engine.plan import plan_of
 
-    n = 12 if targeted else 24  # the reference runs each example alone (APGD-T: up to 3 targets), 25 steps per run
+    n = 24
     x, y = test_images[0][:n], test_images[1][:n]
     eps, steps, targets, seed = 0.06, 25, 3, 3
-    runs = targets if targeted else 1
-    draws = {}
-    for i in range(len(x)):
-        torch.manual_seed(seed)  # the reference seeds each call; one example per call, one draw per run
-        draws[i] = [(2 * torch.rand((1, 1, 28, 28)) - 1).numpy()[0].transpose(1, 2, 0) for _ in range(runs)]
+
+    # the reference first: its runs, and the start each run of each example drew (the draw repeated from the same
+    # generator state just before the run makes it)
+    bridge = benchmark_module("autoattack_reference").InPlanRows(small_cnn, plan_of(small_cnn)).eval()
+    if targeted:
+        attack = torchattacks.APGDT(bridge, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, rho=0.75,
+                                    n_classes=targets + 1)
+    else:
+        attack = torchattacks.APGD(bridge, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce",
+                                   rho=0.75)
+    images, labels = torch.tensor(x.transpose(0, 3, 1, 2).copy()), torch.tensor(y)
+    fooled = np.zeros(n, dtype=bool)
+    highest_loss_point = np.zeros_like(x)
+    draws: dict[tuple[int, int], np.ndarray] = {}
+    torch.manual_seed(seed)
+    for run, rank in enumerate(range(2, targets + 2) if targeted else [None]):
+        todo = np.flatnonzero(~fooled)
+        state = torch.get_rng_state()
+        starts = (2 * torch.rand((len(todo),) + images.shape[1:]) - 1).numpy().transpose(0, 2, 3, 1)
+        torch.set_rng_state(state)
+        draws.update({(int(i), run): start for i, start in zip(todo, starts)})
+        bridge.examples, attack.target_class = todo, rank
+        best, robust, _, _ = attack.attack_single_run(images[todo], labels[todo])
+        fooled[todo] = ~robust.numpy().astype(bool)
+        highest_loss_point[todo] = best.detach().numpy().transpose(0, 2, 3, 1)
 
     class Run:
         def __init__(self, example: int, stream: str):
             self.example, self.stream = example, stream
 
     def reference_start(x0: np.ndarray, e: float, norm: str, run: Run) -> np.ndarray:
-        t = draws[run.example][int(run.stream[len("apgd-t"):]) - 2 if targeted else 0]
-        return np.clip(x0 + np.float32(e) * t / np.abs(t).max(), 0.0, 1.0).astype(np.float32)
+        index = int(run.stream[len("apgd-t"):]) - 2 if targeted else 0
+        t = draws.get((run.example, index), np.zeros_like(x0))  # a run the reference did not make: parts, and fails
+        return np.clip(x0 + np.float32(e) * t / max(np.abs(t).max(), 1e-12), 0.0, 1.0).astype(np.float32)
 
     monkeypatch.setattr(engine, "example_stream", lambda s, example, stream, e, restart: Run(example, stream))
     monkeypatch.setattr(apgd, "edge_start", reference_start)
@@ -171,47 +193,6 @@ def test_apgd_follows_the_reference_from_the_same_random_starts(small_cnn, test_
         ours = apgd.auto_pgd_targeted(small_cnn, x, y, [eps], steps=steps, target_classes=targets)
     else:
         ours = apgd.auto_pgd(small_cnn, x, y, [eps], steps=steps)
-
-    class InRow(benchmark_module("autoattack_reference").KerasModule):
-        """The bridge, computing each call in a zero-padded block of one of the plan's call sizes with the example in
-        a row, as ours does: TensorFlow's kernels round differently at other batch shapes (a gradient component near zero then
-        changes sign and the two trajectories part after a few steps, though both run the same algorithm)."""
-        row = 0
-
-        def logits(self, images):
-            return super().logits(self._block(images))[self.row:self.row + 1]
-
-        def vjp(self, images, upstream):
-            padded = np.zeros((rows,) + upstream.shape[1:], np.float32)
-            padded[self.row] = upstream[0]
-            return super().vjp(self._block(images), padded)[self.row:self.row + 1]
-
-        def _block(self, images):
-            block = np.zeros((rows,) + images.shape[1:], np.float32)
-            block[self.row] = images[0]
-            return block
-
-    rows = plan_of(small_cnn).gradient.size_for(1)  # the plan's smallest call: its rows are a full call's (test_plan.py)
-    bridge = InRow(small_cnn).eval()
-    if targeted:
-        attack = torchattacks.APGDT(bridge, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, rho=0.75,
-                                    n_classes=targets + 1)
-    else:
-        attack = torchattacks.APGD(bridge, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce",
-                                   rho=0.75)
-    fooled = np.zeros(len(x), dtype=bool)
-    highest_loss_point = np.zeros_like(x)
-    for i in range(len(x)):
-        image, label = torch.tensor(x[i:i + 1].transpose(0, 3, 1, 2).copy()), torch.tensor(y[i:i + 1])
-        bridge.row = i % rows
-        torch.manual_seed(seed)
-        for rank in range(2, targets + 2) if targeted else [None]:
-            attack.target_class = rank
-            best, robust, _, _ = attack.attack_single_run(image, label)
-            fooled[i] = not bool(robust[0])
-            if fooled[i]:
-                break
-        highest_loss_point[i] = best.detach().numpy()[0].transpose(1, 2, 0)
     assert n // 6 <= fooled.sum() <= n - n // 6, "ε should leave the outcome open on these examples"
     np.testing.assert_array_equal(ours.success[0], fooled)
     robust = ~fooled

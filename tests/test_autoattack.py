@@ -421,20 +421,18 @@ def test_plus_version_runs_the_authors_six_attacks_and_breaks_whatever_standard_
 def test_fab_follows_the_original_from_the_same_start(small_cnn, test_images, benchmark_module, norm, targeted):
     """Like with like against the original AutoAttack's FAB-T (``pyautoattack``, the authors' code): its first run of
     each target starts at the input, so both sides start from the same point and only the algorithm decides. The
-    original runs one example at a time on the same Keras model, each call computed in a zero-padded block of one of
-    the plan's call sizes with the example in its row, as ours computes it (gradients in the gradient plan's rows, the check
-    of a new point in the forward plan's); targets 2 and 3 in turn, on the examples still robust. The examples
-    fooled within ε must be the same (L∞, and L1 with the L1 projection). Untargeted FAB (the plus version's): one
-    run from the input, each step towards the closest boundary of any class, the original's gradients of every
-    logit taken by one backward pass per class as ours; the same examples fooled, up to one whose path parts on the
-    float rounding of those gradients."""
+    original runs the correctly classified examples together, as its authors batch them, on the same Keras model,
+    each call computed in a zero-padded block of one of the plan's call sizes with each example in its row, as ours
+    computes it (gradients in the gradient plan's rows, the check of a new point in the forward plan's); targets 2
+    and 3 in turn, on the examples still robust. The examples fooled within ε must be the same (L∞, and L1 with the
+    L1 projection). Untargeted FAB (the plus version's): one run from the input, each step towards the closest
+    boundary of any class, the original's gradients of every logit taken by one backward pass per class as ours;
+    the same examples fooled, up to one whose path parts on the float rounding of those gradients."""
     import torch
     from pyautoattack.fab_pt import FABAttack_PT
 
     from advsweep.attacks.engine.plan import plan_of
 
-    # the original runs each example alone, each call a block of the plan's rows; untargeted FAB takes a backward
-    # pass per class at every step of it
     n = 24 if norm == "l1" else 16 if targeted else 12
     x, y = test_images[0][:n], test_images[1][:n]
     eps, steps, targets = {"linf": 0.08, "l1": 4.0}[norm], 25, 2
@@ -445,19 +443,20 @@ def test_fab_follows_the_original_from_the_same_start(small_cnn, test_images, be
     bridge = benchmark_module("autoattack_reference").InPlanRows(small_cnn, plan).eval()
     original = FABAttack_PT(bridge, norm={"linf": "Linf", "l1": "L1"}[norm], n_restarts=1, n_iter=steps, eps=eps, alpha_max=0.1, eta=1.05,
                             beta=0.9, n_target_classes=targets)
-    fooled = np.zeros(len(x), dtype=bool)
-    for i in range(len(x)):
-        bridge.row = i
-        image, label = torch.tensor(x[i:i + 1].transpose(0, 3, 1, 2).copy()), torch.tensor(y[i:i + 1])
-        for rank in range(2, targets + 2) if targeted else [None]:
-            original.target_class = rank
-            adv = original.attack_single_run(image, label, use_rand_start=False, is_targeted=targeted)
-            with torch.no_grad():
-                wrong = bool(bridge(adv).argmax(1)[0] != label[0])
-            size = (adv - image).abs().max() if norm == "linf" else (adv - image).abs().sum()
-            fooled[i] = wrong and float(size) <= eps
-            if fooled[i]:
-                break
+    images, labels = torch.tensor(x.transpose(0, 3, 1, 2).copy()), torch.tensor(y)
+    bridge.examples = np.arange(n)
+    with torch.no_grad():
+        fooled = bridge(images).argmax(1).numpy() != y  # misclassified: fooled at any ε, not attacked
+    for rank in range(2, targets + 2) if targeted else [None]:
+        todo = np.flatnonzero(~fooled)  # the original attacks only correctly classified points: all of these
+        bridge.examples = todo
+        original.target_class = rank
+        adv = original.attack_single_run(images[todo], labels[todo], use_rand_start=False, is_targeted=targeted)
+        with torch.no_grad():
+            wrong = bridge(adv).argmax(1).numpy() != y[todo]
+        size = (adv - images[todo]).abs().reshape(len(todo), -1)
+        size = size.max(1)[0] if norm == "linf" else size.sum(1)
+        fooled[todo] = wrong & (size.numpy() <= eps)
     assert n // 6 <= fooled.sum() <= n - n // 6, "ε should leave the outcome open on these examples"
     if targeted:
         np.testing.assert_array_equal(ours.success[0], fooled)

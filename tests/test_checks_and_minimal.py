@@ -124,7 +124,7 @@ def test_robustness_curve_counts_examples_above_each_eps():
 
 @pytest.mark.parametrize("norm,tolerance", [("linf", 1 / 255), ("l2", 0.02), ("l1", 0.1)])
 def test_minimal_perturbation_is_adversarial_and_agrees_with_fmn(small_cnn, test_images, norm, tolerance):
-    x, y = test_images[0][:60], test_images[1][:60]
+    x, y = test_images[0][:40], test_images[1][:40]
     result = minimal_perturbation(small_cnn, x, y, norm=norm, steps=20, tolerance=tolerance)
     found = np.isfinite(result.eps) & (result.eps > 0)
     assert found.mean() > 0.9

@@ -5,7 +5,6 @@ fails here): batch shape changes rounding, and at one fixed shape a row ignores 
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,6 @@ from advsweep.attacks import run_attack
 from advsweep.attacks.engine.core import BLOCK, example_stream, gradient_fn
 from advsweep.experiments.config import load_config
 from advsweep.experiments.sweep import run_sweep
-from advsweep.models.config import ModelConfig
 
 
 @pytest.mark.parametrize("model_name", ["small_cnn", "vgg16"])
@@ -73,12 +71,10 @@ def test_own_and_foolbox_agree_to_the_bit_with_random_start(small_cnn, test_imag
     assert np.all(np.diff(own.robust_accuracy) <= 0)  # any-iterate: fooled at ε stays fooled at larger ε
 
 
-def test_sweep_records_are_byte_identical_across_chunk_sizes(small_cnn, tmp_path):
-    folder = tmp_path / "cnn"
-    folder.mkdir()
-    small_cnn.save(folder / "model.keras")
-    (folder / "config.json").write_text(json.dumps(ModelConfig(kind="small_cnn").to_dict()))
-    (folder / "metrics.json").write_text(json.dumps({"model_id": "small_cnn-fixture", "assets": {}}))
+def test_sweep_records_are_byte_identical_across_chunk_sizes(model_folders, tmp_path):
+    """The same sweep (FGSM, PGD-5 by both implementations, minimal ε) of Wong et al.'s CNN in chunks of 10 and of 50
+    examples: the records, minimal ε's included, and the summary are byte-identical."""
+    folder = model_folders["wong"]
     frames = []
     for chunk in (10, 50):
         path = tmp_path / f"chunk{chunk}.toml"
@@ -88,7 +84,7 @@ chunk_size = {chunk}
 [examples]
 count = 50
 [[models]]
-name = "cnn"
+name = "wong"
 path = "{folder}"
 [epsilons]
 linf = [0.1, 0.2]
@@ -104,11 +100,11 @@ examples = 10
 steps = 5
 ''')
         run_dir = run_sweep(load_config(path), tmp_path / "results", run_id=f"chunk{chunk}")
-        records = pd.concat([pd.read_parquet(p) for p in sorted((run_dir / "records" / "cnn").glob("*.parquet"))
+        records = pd.concat([pd.read_parquet(p) for p in sorted((run_dir / "records" / "wong").glob("*.parquet"))
                              if p.name != "minimal.parquet"])
         frames.append(records.sort_values(["attack", "implementation", "iterate", "eps", "example"])
                       .reset_index(drop=True))
-        frames.append(pd.read_parquet(run_dir / "records" / "cnn" / "minimal.parquet"))
+        frames.append(pd.read_parquet(run_dir / "records" / "wong" / "minimal.parquet"))
         summary = pd.read_csv(run_dir / "summary.csv").drop(columns=["run"])
         summary.to_csv(tmp_path / f"summary{chunk}.csv", index=False)
     pd.testing.assert_frame_equal(frames[0], frames[2], check_exact=True)

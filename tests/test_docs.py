@@ -98,9 +98,9 @@ def test_the_readme_commands_are_the_ones_ci_runs():
     blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.DOTALL)
     assert blocks[0] == ("python3 -m venv .venv && .venv/bin/pip install -e . && "
                          ".venv/bin/advsweep sweep experiments/configs/quick.toml")
-    assert blocks[1] == '.venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest'
+    assert blocks[1] == '.venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest -n 2'
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "\n.venv/bin/python -m pytest\n" in ci and ".[test]" in ci
+    assert "\n.venv/bin/python -m pytest -n 2\n" in ci and ".[test]" in ci
 
 
 def _architecture() -> ModuleType:

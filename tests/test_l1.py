@@ -97,7 +97,7 @@ def test_l1_apgd_follows_the_authors_from_the_same_random_starts(small_cnn, test
                             device="cpu", use_largereps=large_radii)
     fooled = np.zeros(len(x), dtype=bool)
     for i in range(len(x)):  # perturb seeds itself (torch.manual_seed(seed)) and draws one start per run
-        module.row = i
+        module.examples = [i]
         image, label = torch.tensor(x[i:i + 1].transpose(0, 3, 1, 2).copy()), torch.tensor(y[i:i + 1])
         with torch.no_grad():
             fooled[i] = bool(module(attack.perturb(image, label)).argmax(1)[0] != label[0])

@@ -115,6 +115,25 @@ def test_a_plan_is_measured_once_and_read_back_from_the_cache(small_cnn):
     assert set(plan.measured) >= {"forward", "gradient-plain"}
 
 
+def test_a_plans_key_is_the_architecture_not_keras_counters_nor_the_compile_settings():
+    """The same layers built second in a process (Keras numbers the names it generates), or compiled, have the
+    same key, and read the same cached plan; another activation, another width or a renamed layer the user named
+    has another."""
+    import keras
+
+    def build(activation: str = "relu", units: int = 16, name: str | None = None) -> keras.Model:
+        inputs = keras.Input((8, 8, 1))
+        hidden = keras.layers.Dense(units, activation=activation, name=name)(keras.layers.Flatten()(inputs))
+        return keras.Model(inputs, keras.layers.Dense(10)(hidden))
+
+    first, second = build(), build()
+    assert first.layers[0].name != second.layers[0].name  # input_layer_7, input_layer_8: counters, not layers
+    second.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    assert plan_key(first, "cpu") == plan_key(second, "cpu")
+    assert len({plan_key(m, "cpu") for m in (first, build("tanh"), build(units=32), build(name="mine"),
+                                              build(name="yours"))}) == 5
+
+
 @pytest.mark.parametrize("model_name", ["small_cnn", "vgg16"])
 def test_every_size_of_the_plan_gives_a_row_the_floats_of_a_full_call(model_name, small_cnn, vgg16_model,
                                                                       test_images):

@@ -368,7 +368,7 @@ BAD_CONFIGS = [
 
 
 def test_an_l1_sweep_runs_apgd_and_autoattack_on_the_l1_ball(model_folders, tmp_path):
-    """APGD-CE and AutoAttack's L1 version (shortened) at L1 ε = 5 and 10 on the small CNN: every record's L1 size
+    """APGD-CE and AutoAttack's L1 version (shortened) at L1 ε = 5 and 10 on Wong et al.'s CNN: every record's L1 size
     is within its ε (and its L∞ size may be far above any L∞ budget: the L1 ball is not the L∞ one), the ensemble is
     at least as strong as its APGD-CE alone, the summary and figures name L1, and the adversarials' validity check
     passes."""
@@ -380,8 +380,8 @@ chunk_size = 10
 count = 20
 selection = "first"
 [[models]]
-name = "cnn"
-path = "{model_folders['cnn']}"
+name = "wong"
+path = "{model_folders['wong']}"
 [epsilons]
 l1 = [0.0, 5.0, 10.0]
 [[attacks]]
@@ -398,7 +398,7 @@ examples = 10
 steps = 10
 ''')
     run = run_sweep(load_config(config), tmp_path / "results")
-    records = pd.concat(pd.read_parquet(p) for p in (run / "records" / "cnn").glob("*.parquet"))
+    records = pd.concat(pd.read_parquet(p) for p in (run / "records" / "wong").glob("*.parquet"))
     attacked = records[records["attack"] != "clean"]
     assert set(attacked["norm"]) == {"l1"} and set(attacked["attack"]) == {"apgd-ce-l1", "autoattack-l1"}
     robust = attacked[attacked["eps"] > 0].groupby(["attack", "eps"])["correct"].mean().unstack("attack")
@@ -410,7 +410,7 @@ steps = 10
     worst = summary[summary["attack"] == "worst case"].set_index("eps")["robust_accuracy"]
     assert worst.loc[0.0] > worst.loc[10.0]
     assert "**L1**" in (run / "summary.md").read_text()
-    entries = sorted((run / "robustbench" / "mnist" / "L1").glob("cnn_eps*.json"))
+    entries = sorted((run / "robustbench" / "mnist" / "L1").glob("wong_eps*.json"))
     assert [json.loads(e.read_text())["threat_model"] for e in entries] == ["L1", "L1"]
     checks = json.loads((run / "checks.json").read_text())
     validity = [c for c in checks if c["name"].startswith("valid adversarials")]

@@ -38,6 +38,7 @@ import functools
 import hashlib
 import json
 import platform
+import re
 import time
 import weakref
 from pathlib import Path
@@ -172,7 +173,7 @@ def plan_key(model: keras.Model, device: str) -> str:
     TensorFlow's version, and whether its deterministic kernels are on (they are other kernels: a sweep's units run
     with them, a benchmark without)."""
     try:
-        architecture = json.dumps(model.get_config(), sort_keys=True, default=str)
+        architecture = architecture_text(model)
     except (NotImplementedError, TypeError, ValueError):
         architecture = f"{type(model).__qualname__}/{model.count_params()}"
     from tensorflow.python.framework import config as tf_config  # no public getter for it
@@ -180,6 +181,38 @@ def plan_key(model: keras.Model, device: str) -> str:
     deterministic = "deterministic" if tf_config.is_op_determinism_enabled() else "default"
     machine = f"{device}/{cpu_name()}/{tf.__version__}/{platform.machine()}/{deterministic}/plan-format-{FORMAT}"
     return hashlib.sha256(f"{architecture}|{machine}".encode()).hexdigest()[:20]
+
+
+def architecture_text(model: keras.Model) -> str:
+    """The model's configuration as sorted JSON, without what is not its architecture: its compile settings, and
+    the layer names Keras generated (``dense_3``, ``input_layer_1``: a counter of the layers built so far in the
+    process), each replaced by its class's name and its order of appearance. So the same architecture has the same
+    key whether it was built first or tenth in a process, loaded from a file or compiled; names a user gave are
+    kept."""
+    config = model.get_config()
+    generated: dict[str, str] = {}
+
+    def visit(value: Any) -> Any:
+        if isinstance(value, dict):
+            name, kind = value.get("name"), value.get("class_name")
+            if isinstance(name, str) and isinstance(kind, str) and isinstance(value.get("config"), dict):
+                _generated(name, kind, generated)
+            return {k: visit(v) for k, v in value.items() if k != "compile_config"}
+        return [visit(v) for v in value] if isinstance(value, list) else value
+
+    _generated(str(config.get("name", "")), type(model).__name__, generated)
+    text = json.dumps(visit(config), sort_keys=True, default=str)
+    for name, canonical in generated.items():
+        text = text.replace(json.dumps(name), json.dumps(canonical))
+    return text
+
+
+def _generated(name: str, kind: str, generated: dict[str, str]) -> None:
+    """Record ``name`` in ``generated`` when it is the one Keras gives a layer of class ``kind`` by default (its class
+    in snake case, as Keras writes it, with an optional ``_<n>``)."""
+    snake = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z0-9]+)", r"\1_\2", kind)).lower()
+    if name not in generated and re.fullmatch(re.escape(snake) + r"(_\d+)?", name):
+        generated[name] = f"<{snake} {len(generated)}>"
 
 
 def cpu_name() -> str:

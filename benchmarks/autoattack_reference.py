@@ -118,12 +118,12 @@ class InPlanRows(KerasModule):
         return super().forward(images)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        return super().logits(self._block(images))[self._at(len(images))]
+        at = self._at(len(images))
+        return super().logits(self._in_rows(images, at))[at]
 
     def vjp(self, images: np.ndarray, upstream: np.ndarray) -> np.ndarray:
-        padded = np.zeros((self.rows,) + upstream.shape[1:], np.float32)
-        padded[self._at(len(images))] = upstream
-        return super().vjp(self._block(images), padded)[self._at(len(images))]
+        at = self._at(len(images))
+        return super().vjp(self._in_rows(images, at), self._in_rows(upstream, at))[at]
 
     def _at(self, n: int) -> np.ndarray:
         at = np.asarray(self.examples, np.int64) % self.rows
@@ -131,9 +131,10 @@ class InPlanRows(KerasModule):
             raise ValueError(f"a call of {n} images for examples {self.examples} in blocks of {self.rows} rows")
         return at
 
-    def _block(self, images: np.ndarray) -> np.ndarray:
-        block = np.zeros((self.rows,) + images.shape[1:], np.float32)
-        block[self._at(len(images))] = images
+    def _in_rows(self, values: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """``values`` in rows ``at`` of a zero-padded block of ``rows`` rows."""
+        block = np.zeros((self.rows,) + values.shape[1:], np.float32)
+        block[at] = values
         return block
 
 

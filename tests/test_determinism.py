@@ -5,7 +5,6 @@ fails here): batch shape changes rounding, and at one fixed shape a row ignores 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest

@@ -115,27 +115,21 @@ def test_an_edit_to_plots_tables_report_or_cli_keeps_the_run_id(source_copy, edi
 # the command line's one important line
 
 
-def _cli(*runs: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:
-    """``advsweep ARGS`` for each list of arguments, each in a fresh process (started together, each on its own
-    core while TensorFlow imports), with TensorFlow's native log level left to the command line, and a report of
-    whether TensorFlow was imported."""
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``advsweep ARGS`` in a fresh process, with TensorFlow's native log level left to the command line, and
+    a report of whether TensorFlow was imported."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     script = ("import sys\nfrom advsweep.experiments.cli import main\ncode = main(sys.argv[1:])\n"
               "print('tensorflow imported' if 'tensorflow' in sys.modules else 'no tensorflow')\nsys.exit(code)")
-    started = [subprocess.Popen([sys.executable, "-c", script, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for args in runs]
-    done = []
-    for args, process in zip(runs, started):
-        out, err = process.communicate(timeout=300)
-        done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    return done
+    return subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_a_bad_config_is_one_line_on_stderr_before_tensorflow_starts(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text('name = "bad"\n[[models]]\nname = "m"\ntrain = {kind = "small_cnn"}\n'
                       '[epsilons]\nlinf = [0.1]\n[[attacks]]\nname = "pgd"\nsteps = 0\n')
-    (done,) = _cli(["sweep", str(config), "--results", str(tmp_path / "results")], cwd=ROOT)
+    done = _cli(["sweep", str(config), "--results", str(tmp_path / "results")], ROOT)
     assert done.returncode == 2
     assert done.stderr.splitlines() == ["advsweep sweep: error: config key `attacks[0].steps`: must be an integer "
                                         "≥ 1. Received: 0"]
@@ -146,9 +140,10 @@ def test_a_bad_config_is_one_line_on_stderr_before_tensorflow_starts(tmp_path):
 def test_tensorflow_start_up_noise_is_silenced_unless_verbose(tmp_path):
     """`advsweep report` on a folder that is no run imports TensorFlow, then fails: one line on stderr; with -v,
     TensorFlow's native start-up lines are shown."""
-    done, verbose = _cli(["report", str(tmp_path)], ["-v", "report", str(tmp_path)], cwd=ROOT)
+    done = _cli(["report", str(tmp_path)], ROOT)
     assert done.returncode == 2 and done.stdout.strip() == "tensorflow imported"
     assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("advsweep report: error:"), done.stderr
+    verbose = _cli(["-v", "report", str(tmp_path)], ROOT)
     assert verbose.returncode == 2
     assert "absl::InitializeLog" in verbose.stderr  # TensorFlow's native start-up line, shown with -v
     assert verbose.stderr.splitlines()[-1].startswith("advsweep report: error:")
